@@ -1,0 +1,61 @@
+# HeteroPod build. `make test` and `make demo` work on a fresh Debian 12 machine as
+# root: `deps` installs whatever the machine lacks, then everything is built here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+BUILD := build
+CC ?= gcc
+CFLAGS_COMMON := -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
+
+# Debian packages the project runs, with one command each that proves it is there.
+APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 \
+	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps
+APT_PROBES := containerd runc /usr/lib/cni/bridge iptables ip busybox haproxy \
+	prometheus-node-exporter iperf3 sockperf wrk nsenter ps
+
+.PHONY: deps deps-apt deps-npm build build-ts build-c test test-unit test-e2e demo bench clean
+
+deps: deps-apt deps-npm
+
+deps-apt:
+	@missing=""; for p in $(APT_PROBES); do command -v $$p >/dev/null 2>&1 || [ -x $$p ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: missing$$missing; installing Debian packages"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+deps-npm: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+build: deps-npm build-ts build-c
+
+build-ts: node_modules/.installed
+	npx tsc -p tsconfig.json
+
+build-c: $(BUILD)/pause
+
+$(BUILD)/pause: src/images/pause.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -static -o $@ $<
+
+# Module makefiles add their own C targets to build-c and test-c.
+-include src/*/module.mk
+
+test: deps build
+	node scripts/run-tests.js
+
+test-unit: build
+	node scripts/run-tests.js test/unit
+
+test-e2e: deps build
+	node scripts/run-tests.js test/e2e
+
+demo: deps build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf dist $(BUILD)

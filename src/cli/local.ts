@@ -1,0 +1,5 @@
+import { Command } from 'commander';
+
+export function registerLocalCommands(program: Command): void {
+  void program;
+}
