@@ -1,5 +1,5 @@
 import { Command } from 'commander';
 
-export function registerImagesCommands(program: Command): void {
+export function registerImageCommands(program: Command): void {
   void program;
 }
