@@ -1,0 +1,105 @@
+// The long-lived shim process of one pod: serves the Task service to containerd
+// and the Events service to the runtimes behind it, on one socket. Started by
+// `start` with a readiness pipe on fd 3; exits after a Shutdown leaves no task.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TtrpcServer } from '../ttrpc';
+import { decode } from '../proto';
+import { loadConfig } from './config';
+import { ShimFlags } from './flags';
+import { FifoSink, Logger } from './log';
+import { groupPaths } from './paths';
+import { EventForwarder } from './events';
+import { RuncShimRuntime } from './runc-runtime';
+import { EVENTS_SERVICE, TASK_SERVICE } from './runtime';
+import { TaskService } from './task-service';
+
+const READY_FD = 3;
+
+interface Envelope {
+  topic: string;
+  event: { type_url: string; value: Buffer } | null;
+}
+
+export async function serveDaemon(flags: ShimFlags, group: string): Promise<void> {
+  const bundle = process.cwd();
+  const config = loadConfig(flags.configPath);
+  const debug = config.debug || flags.debug;
+  const log = new Logger(new FifoSink(path.join(bundle, 'log')), debug, { runtime: 'io.containerd.heteropod.v2', namespace: flags.namespace, pod: group });
+  process.on('uncaughtException', (err) => log.error('uncaught exception', { error: err.stack ?? err.message }));
+  process.on('unhandledRejection', (err) => log.error('unhandled rejection', { error: err instanceof Error ? err.stack ?? err.message : String(err) }));
+
+  const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
+  const events = new EventForwarder(process.env.TTRPC_ADDRESS ?? '', log);
+  const runc = new RuncShimRuntime(
+    {
+      binary: config.runcShim,
+      namespace: flags.namespace,
+      containerdAddress: flags.address,
+      publishBinary: flags.publishBinary,
+      eventsAddress: paths.socket,
+      workDir: paths.runcWorkDir,
+      debug,
+    },
+    log,
+  );
+  const server = new TtrpcServer({
+    onConnectionError: (err) => log.warn('ttrpc connection error', { error: err.message }),
+    onCall: debug ? (call, status, ms) => log.debug('ttrpc call', { method: `${call.service}.${call.method}`, code: status?.code ?? 0, error: status?.message, ms }) : undefined,
+  });
+
+  let exiting = false;
+  const exit = async (): Promise<void> => {
+    if (exiting) return;
+    exiting = true;
+    await runc.shutdown();
+    await events.flush(5000);
+    events.close();
+    await server.close();
+    fs.rmSync(paths.socket, { force: true });
+    fs.rmSync(paths.dir, { recursive: true, force: true });
+    log.info('shim exited');
+    process.exit(0);
+  };
+
+  const service = new TaskService(() => runc, log, { onShutdown: () => void exit() });
+  server.registerService(TASK_SERVICE, service.handlers());
+  server.register(EVENTS_SERVICE, 'Forward', async (payload, call) => {
+    let topic = '';
+    try {
+      const { envelope } = decode<{ envelope: Envelope | null }>('containerd.services.events.ttrpc.v1.ForwardRequest', payload);
+      topic = envelope?.topic ?? '';
+      if (topic === '/tasks/exit' && envelope?.event) {
+        const exit = decode<{ container_id: string; id: string }>('containerd.events.TaskExit', envelope.event.value);
+        service.observeExit(exit.container_id, exit.id);
+      }
+    } catch (err) {
+      log.warn('undecodable event forwarded as is', { error: (err as Error).message });
+    }
+    events.enqueue(payload, call.metadata, topic);
+    return Buffer.alloc(0);
+  });
+
+  fs.mkdirSync(path.dirname(paths.socket), { recursive: true, mode: 0o711 });
+  await server.listen(paths.socket);
+  fs.chmodSync(paths.socket, 0o600);
+  log.info('shim serving', { socket: paths.socket, pid: process.pid });
+  signalReady();
+}
+
+function signalReady(): void {
+  try {
+    fs.writeSync(READY_FD, 'ready\n');
+    fs.closeSync(READY_FD);
+  } catch {
+    // Started by hand, without a readiness pipe.
+  }
+}
+
+export function signalFailure(err: Error): void {
+  try {
+    fs.writeSync(READY_FD, `error: ${err.message}\n`);
+  } catch {
+    // no pipe
+  }
+}

@@ -1,0 +1,116 @@
+// `delete`: containerd's clean-up for a task whose shim is gone or failed to
+// start (or after a restart when Connect fails). Kills and deletes the task
+// through whatever still runs for the pod — our daemon, else runc's shim behind
+// it, else runc's own `delete` — and prints a binary DeleteResponse. Once the pod
+// has no task left, its shim state goes too.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TtrpcClient, RpcError, Code } from '../ttrpc';
+import { decode, encode, timestampOf, Timestamp } from '../proto';
+import { loadConfig } from './config';
+import { ShimFlags, formatFlags } from './flags';
+import { groupOf, groupPaths, GroupPaths } from './paths';
+import { readSpec } from './bundle';
+import { TASK_SERVICE } from './runtime';
+import { readStartRecord } from './record';
+
+const T = 'containerd.task.v2.';
+const SIGKILL = 9;
+
+interface DeleteResult {
+  pid: number;
+  exit_status: number;
+  exited_at: Timestamp | null;
+}
+
+export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
+  const bundle = flags.bundle || process.cwd();
+  const record = readStartRecord(bundle);
+  const config = loadConfig(record?.configPath);
+  let group = record?.group ?? flags.id;
+  try {
+    group = groupOf(flags.id, readSpec(bundle).annotations);
+  } catch {
+    // No spec left: the start record, else the id, names the pod.
+  }
+  const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
+  const result =
+    (await deleteThrough(`unix://${paths.socket}`, flags, false)) ??
+    (await deleteThrough(readAddress(paths), flags, true)) ??
+    runcDelete(config.runcShim, flags, bundle);
+  if (!(await answers(`unix://${paths.socket}`)) && !(await answers(readAddress(paths)))) {
+    fs.rmSync(paths.socket, { force: true });
+    fs.rmSync(paths.dir, { recursive: true, force: true });
+  }
+  return encode(`${T}DeleteResponse`, {
+    pid: result.pid,
+    exit_status: result.exit_status || 128 + SIGKILL,
+    exited_at: result.exited_at && result.exited_at.seconds > 0 ? result.exited_at : timestampOf(new Date()),
+  });
+}
+
+function readAddress(paths: GroupPaths): string {
+  try {
+    return fs.readFileSync(path.join(paths.runcWorkDir, 'address'), 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+async function answers(address: string): Promise<boolean> {
+  if (!address) return false;
+  try {
+    (await TtrpcClient.connect(address, { timeoutMs: 1000 })).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Kill, wait, delete over a Task service; null when that service is unreachable.
+// `shutdown` asks it to exit afterwards (it does only when no task is left).
+async function deleteThrough(address: string, flags: ShimFlags, shutdown: boolean): Promise<DeleteResult | null> {
+  if (!address) return null;
+  let client: TtrpcClient;
+  try {
+    client = await TtrpcClient.connect(address, { namespace: flags.namespace, timeoutMs: 1000 });
+  } catch {
+    return null;
+  }
+  const call = (method: string, type: string, req: object, timeoutMs = 10_000): Promise<Buffer> =>
+    client.call(TASK_SERVICE, method, encode(`${T}${type}`, req), { timeoutMs });
+  const ignoreNotFound = (err: unknown): null => {
+    if (err instanceof RpcError && (err.code === Code.NOT_FOUND || err.code === Code.DEADLINE_EXCEEDED || err.code === Code.FAILED_PRECONDITION)) return null;
+    throw err;
+  };
+  try {
+    await call('Kill', 'KillRequest', { id: flags.id, signal: SIGKILL, all: true }).catch(ignoreNotFound);
+    await call('Wait', 'WaitRequest', { id: flags.id }, 5000).catch(ignoreNotFound);
+    const res = await call('Delete', 'DeleteRequest', { id: flags.id }).catch(ignoreNotFound);
+    const result = res ? decode<DeleteResult>(`${T}DeleteResponse`, res) : { pid: 0, exit_status: 0, exited_at: null };
+    if (shutdown) {
+      const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
+      await call('Shutdown', 'ShutdownRequest', { id: flags.id, now: false }, 3000).catch(() => null);
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
+    return result;
+  } catch {
+    return null;
+  } finally {
+    client.close();
+  }
+}
+
+function runcDelete(binary: string, flags: ShimFlags, bundle: string): DeleteResult {
+  const args = [...formatFlags({ namespace: flags.namespace, address: flags.address, publishBinary: flags.publishBinary, id: flags.id, bundle }), 'delete'];
+  const r = spawnSync(binary, args, { cwd: bundle, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+  if (r.status === 0 && r.stdout.length > 0) {
+    try {
+      return decode<DeleteResult>(`${T}DeleteResponse`, r.stdout);
+    } catch {
+      // fall through: report a kill
+    }
+  }
+  return { pid: 0, exit_status: 128 + SIGKILL, exited_at: null };
+}
