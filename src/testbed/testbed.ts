@@ -14,6 +14,9 @@ import { killAndWait, listProcesses, mountsUnder, pidAlive, run, sleep, waitFor 
 
 type Log = (line: string) => void;
 
+const SHIM_SOCKET_PARENT = '/run/containerd';
+const CREATED_SHIM_SOCKET_DIR_MARK = `${TESTBED.runDir}/created-run-containerd`;
+
 const REQUIRED = [
   ['containerd', 'containerd'],
   ['ctr', 'containerd'],
@@ -101,6 +104,9 @@ async function start(log: Log): Promise<void> {
   for (const dir of [TESTBED.runDir, TESTBED.stateDir, TESTBED.cniConfDir, TESTBED.cniIpamDir, TESTBED.optDir]) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
   }
+  // containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says;
+  // remember whether that directory is ours to remove at down.
+  if (!fs.existsSync(SHIM_SOCKET_PARENT)) fs.writeFileSync(CREATED_SHIM_SOCKET_DIR_MARK, '');
   fs.writeFileSync(TESTBED.configFile, containerdConfig());
   fs.writeFileSync(path.join(TESTBED.cniConfDir, '10-heteropod-testbed.conflist'), cniConfig());
   const logFd = fs.openSync(TESTBED.logFile, 'a');
@@ -204,7 +210,7 @@ function cniNetnsOfLeftoverPods(): string[] {
     try {
       const nss = JSON.parse(fs.readFileSync(spec, 'utf8')).linux.namespaces as { type: string; path?: string }[];
       const net = nss.find((n) => n.type === 'network' && n.path?.startsWith('/var/run/netns/cni-'));
-      if (net?.path) out.push(net.path);
+      if (net?.path) out.push(net.path.replace(/^\/var\/run\//, '/run/'));
     } catch {
       // no bundle left
     }
@@ -238,6 +244,15 @@ export async function down(log: Log = () => {}): Promise<void> {
   if ((await run('ip', ['link', 'show', TESTBED.cniBridge], { allowFail: true })).code === 0) {
     await run('ip', ['link', 'delete', TESTBED.cniBridge]);
     log(`removed bridge ${TESTBED.cniBridge}`);
+  }
+  if (fs.existsSync(CREATED_SHIM_SOCKET_DIR_MARK)) {
+    for (const dir of [`${SHIM_SOCKET_PARENT}/s`, SHIM_SOCKET_PARENT]) {
+      try {
+        fs.rmdirSync(dir); // only when empty: never what another containerd keeps there
+      } catch {
+        // not empty, or gone
+      }
+    }
   }
   // The overlay snapshots may still be busy for a moment after the last umount.
   for (let attempt = 0; ; attempt++) {
