@@ -45,14 +45,17 @@ $(BUILD)/pause: src/images/pause.c
 # Module makefiles add their own C targets to build-c and test-c.
 -include src/*/module.mk
 
+# End-to-end tests share the machine's one test bed; the lock keeps two runs apart.
+TESTBED_LOCK := /run/heteropod-testbed.lock
+
 test: deps build
-	node scripts/run-tests.js
+	flock $(TESTBED_LOCK) node scripts/run-tests.js
 
 test-unit: build
 	node scripts/run-tests.js test/unit
 
 test-e2e: deps build
-	node scripts/run-tests.js test/e2e
+	flock $(TESTBED_LOCK) node scripts/run-tests.js test/e2e
 
 demo: deps build
 	bash scripts/demo.sh

@@ -49,14 +49,15 @@ function runFile(file) {
       };
       const total = num('Total');
       const passed = num('Passed');
-      const skipped = (plain.match(/^# SKIP /gm) || []).length;
+      const selfSkipped = (plain.match(/^# SKIP /gm) || []).length;
+      const skipped = selfSkipped + (num('Skipped') ?? 0);
       if (total === null || passed === null) {
         resolve({ passed: 0, failed: 1, skipped, why: `no test summary (exit ${code ?? signal})` });
         return;
       }
       let failed = total - passed;
       if (failed === 0 && code !== 0) failed = 1; // crashed after its summary
-      resolve({ passed: passed - skipped, failed, skipped });
+      resolve({ passed: passed - selfSkipped, failed, skipped });
     });
   });
 }

@@ -10,7 +10,8 @@ export function buildProgram(): Command {
     .description('HeteroPod: run pod infrastructure containers on the DPU')
     .version(require('../../../package.json').version)
     .showHelpAfterError()
-    .exitOverride();
+    .exitOverride()
+    .enablePositionalOptions();
   registerLocalCommands(program);
   registerCriCommands(program);
   registerImageCommands(program);
