@@ -11,6 +11,7 @@ const FILES = [
   'containerd/events/task.proto',
   'containerd/services/events/v1/events.proto',
   'containerd/runtimeoptions/v1/options.proto',
+  'containerd/runc/v1/options.proto',
 ];
 
 let root: Protobuf.Root | null = null;

@@ -10,12 +10,15 @@ export interface ShimConfig {
   stateDir: string;
   // The shim that host containers are delegated to.
   runcShim: string;
+  // containerd.runc.v1.Options for it ([runc] table): runc's state root (empty:
+  // runc's shim chooses), the runc binary, and the systemd cgroup driver.
+  runc: { root: string; binaryName: string; systemdCgroup: boolean };
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
 
 export function defaultConfig(): ShimConfig {
-  return { debug: false, stateDir: '/run/heteropod/shim', runcShim: 'containerd-shim-runc-v2' };
+  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false } };
 }
 
 // A small TOML subset: comments, [section] headers and `key = value` with strings,
@@ -71,6 +74,11 @@ export function loadConfig(path: string | undefined): ShimConfig {
   config.debug = debug ?? false;
   config.stateDir = str('state_dir') ?? config.stateDir;
   config.runcShim = str('runc_shim') ?? config.runcShim;
+  config.runc.root = str('runc.root') ?? config.runc.root;
+  config.runc.binaryName = str('runc.binary_name') ?? config.runc.binaryName;
+  const systemd = values.get('runc.systemd_cgroup');
+  if (systemd !== undefined && typeof systemd !== 'boolean') throw new Error(`shim config ${file}: runc.systemd_cgroup must be true or false`);
+  config.runc.systemdCgroup = systemd ?? false;
   return withEnv(config);
 }
 

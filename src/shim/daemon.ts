@@ -14,7 +14,7 @@ import { RuncShimRuntime } from './runc-runtime';
 import { EVENTS_SERVICE, TASK_SERVICE } from './runtime';
 import { TaskService } from './task-service';
 
-const READY_FD = 3;
+const LISTEN_FD = 3;
 
 interface Envelope {
   topic: string;
@@ -23,6 +23,8 @@ interface Envelope {
 
 export async function serveDaemon(flags: ShimFlags, group: string): Promise<void> {
   const bundle = process.cwd();
+  // How ps, and the test bed's clean-up, recognise a shim of containerd's.
+  process.title = `containerd-shim-heteropod-v2 -namespace ${flags.namespace} -id ${group} -address ${flags.address}`;
   const config = loadConfig(flags.configPath);
   const debug = config.debug || flags.debug;
   const log = new Logger(new FifoSink(path.join(bundle, 'log')), debug, { runtime: 'io.containerd.heteropod.v2', namespace: flags.namespace, pod: group });
@@ -40,6 +42,7 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
       eventsAddress: paths.socket,
       workDir: paths.runcWorkDir,
       debug,
+      runc: config.runc,
     },
     log,
   );
@@ -80,26 +83,19 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
     return Buffer.alloc(0);
   });
 
-  fs.mkdirSync(path.dirname(paths.socket), { recursive: true, mode: 0o711 });
-  await server.listen(paths.socket);
-  fs.chmodSync(paths.socket, 0o600);
+  // `start` bound and listened on the socket and passed it as fd 3, so containerd
+  // could connect (its calls wait in the backlog) before this process was up.
+  await server.listen(flags.socket === paths.socket && isSocket(LISTEN_FD) ? { fd: LISTEN_FD } : paths.socket);
   log.info('shim serving', { socket: paths.socket, pid: process.pid });
-  signalReady();
+  // The task that started this shim is about to be created: have runc's shim
+  // ready by then. A failure here is retried by that Create, which reports it.
+  runc.prepare({ id: path.basename(bundle), bundle }).catch((err: Error) => log.warn('start runc shim early', { error: err.message }));
 }
 
-function signalReady(): void {
+function isSocket(fd: number): boolean {
   try {
-    fs.writeSync(READY_FD, 'ready\n');
-    fs.closeSync(READY_FD);
+    return fs.fstatSync(fd).isSocket();
   } catch {
-    // Started by hand, without a readiness pipe.
-  }
-}
-
-export function signalFailure(err: Error): void {
-  try {
-    fs.writeSync(READY_FD, `error: ${err.message}\n`);
-  } catch {
-    // no pipe
+    return false;
   }
 }

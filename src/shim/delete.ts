@@ -43,11 +43,34 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
     fs.rmSync(paths.socket, { force: true });
     fs.rmSync(paths.dir, { recursive: true, force: true });
   }
-  return encode(`${T}DeleteResponse`, {
-    pid: result.pid,
-    exit_status: result.exit_status || 128 + SIGKILL,
-    exited_at: result.exited_at && result.exited_at.seconds > 0 ? result.exited_at : timestampOf(new Date()),
-  });
+  return encodeDeleteResponse(
+    result.pid,
+    result.exit_status || 128 + SIGKILL,
+    result.exited_at && result.exited_at.seconds > 0 ? result.exited_at : timestampOf(new Date()),
+  );
+}
+
+// DeleteResponse { uint32 pid = 1; uint32 exit_status = 2; Timestamp exited_at = 3; }
+// encoded by hand: the usual `delete` (after a clean shutdown) then never loads
+// protobufjs, and containerd waits for it.
+export function encodeDeleteResponse(pid: number, exitStatus: number, exitedAt: Timestamp): Buffer {
+  const varint = (n: number): number[] => {
+    const out: number[] = [];
+    let v = BigInt.asUintN(64, BigInt(Math.trunc(n)));
+    do {
+      let b = Number(v & 0x7fn);
+      v >>= 7n;
+      if (v > 0n) b |= 0x80;
+      out.push(b);
+    } while (v > 0n);
+    return out;
+  };
+  const ts = [...(exitedAt.seconds ? [0x08, ...varint(exitedAt.seconds)] : []), ...(exitedAt.nanos ? [0x10, ...varint(exitedAt.nanos)] : [])];
+  return Buffer.from([
+    ...(pid ? [0x08, ...varint(pid)] : []),
+    ...(exitStatus ? [0x10, ...varint(exitStatus)] : []),
+    0x1a, ...varint(ts.length), ...ts,
+  ]);
 }
 
 function readAddress(paths: GroupPaths): string {

@@ -17,8 +17,9 @@ async function main(argv: string[]): Promise<number> {
   switch (flags.action) {
     case 'start': {
       const address = await (require('./start') as typeof import('./start')).startShim(flags);
-      process.stdout.write(address);
-      return 0;
+      // Exit at once: the listening socket must not be closed (and unlinked) here.
+      process.stdout.write(address, () => process.exit(0));
+      return -1;
     }
     case 'delete': {
       const response = await (require('./delete') as typeof import('./delete')).deleteTask(flags);
@@ -26,13 +27,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'serve': {
-      const daemon = require('./daemon') as typeof import('./daemon');
-      try {
-        await daemon.serveDaemon(flags, flags.id);
-      } catch (err) {
-        daemon.signalFailure(err as Error);
-        throw err;
-      }
+      await (require('./daemon') as typeof import('./daemon')).serveDaemon(flags, flags.id);
       return -1; // keeps running
     }
     default:

@@ -30,6 +30,7 @@ export interface RuncShimOptions {
   eventsAddress: string;
   workDir: string;
   debug: boolean;
+  runc: { root: string; binaryName: string; systemdCgroup: boolean };
 }
 
 export class RuncShimRuntime implements Runtime {
@@ -42,6 +43,15 @@ export class RuncShimRuntime implements Runtime {
 
   prepare(first: FirstTask): Promise<void> {
     return this.connected(first).then(() => undefined);
+  }
+
+  taskOptions(): { type_url: string; value: Buffer } | null {
+    const { root, binaryName, systemdCgroup } = this.opts.runc;
+    if (!root && !binaryName && !systemdCgroup) return null;
+    return {
+      type_url: 'containerd.runc.v1.Options',
+      value: encode('containerd.runc.v1.Options', { root, binary_name: binaryName, systemd_cgroup: systemdCgroup }),
+    };
   }
 
   async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {

@@ -1,6 +1,8 @@
 // `start`: find or start the pod's shim daemon, write its address into the
 // bundle, print only that address. containerd reads stdout+stderr until EOF, so
-// the daemon gets neither: it reports readiness on a pipe of its own (fd 3).
+// the daemon gets neither. `start` binds and listens on the socket itself and
+// hands it to the daemon as fd 3: the address is valid the moment it is printed,
+// and containerd's first calls wait in the backlog while the daemon boots.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -23,7 +25,13 @@ export async function startShim(flags: ShimFlags): Promise<string> {
   if (!(await answers(paths.socket))) {
     fs.mkdirSync(path.dirname(paths.socket), { recursive: true, mode: 0o711 });
     fs.rmSync(paths.socket, { force: true });
-    await spawnDaemon(flags, group, paths.socket, options.configPath, bundle);
+    const listener = await listen(paths.socket);
+    try {
+      spawnDaemon(flags, group, paths.socket, options.configPath, bundle, listener);
+    } catch (err) {
+      fs.rmSync(paths.socket, { force: true });
+      throw err;
+    }
   }
   writeStartRecord(bundle, { configPath: options.configPath, group });
   fs.writeFileSync(path.join(bundle, 'address'), address);
@@ -50,7 +58,22 @@ function answers(socketPath: string): Promise<boolean> {
   });
 }
 
-async function spawnDaemon(flags: ShimFlags, group: string, socket: string, configPath: string, bundle: string): Promise<void> {
+// The listening descriptor. The server object is never closed here: closing
+// would unlink the socket the daemon now serves; `start` just exits.
+function listen(socketPath: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', (err) => reject(new Error(`listen on ${socketPath}: ${err.message}`)));
+    server.listen({ path: socketPath, backlog: 128 }, () => {
+      fs.chmodSync(socketPath, 0o600);
+      const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+      if (typeof fd !== 'number' || fd < 0) reject(new Error(`listen on ${socketPath}: no descriptor`));
+      else resolve(fd);
+    });
+  });
+}
+
+function spawnDaemon(flags: ShimFlags, group: string, socket: string, configPath: string, bundle: string, listener: number): void {
   const args = [
     // A lean heap: one process per pod.
     '--max-semi-space-size=1',
@@ -61,36 +84,9 @@ async function spawnDaemon(flags: ShimFlags, group: string, socket: string, conf
   const child = spawn(process.execPath, args, {
     cwd: bundle,
     detached: true, // its own session: containerd's signals to `start` do not reach it
-    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    stdio: ['ignore', 'ignore', 'ignore', listener],
     env: process.env,
   });
-  const ready = child.stdio[3] as NodeJS.ReadableStream;
-  let said = '';
-  await new Promise<void>((resolve, reject) => {
-    const fail = (why: string): void => {
-      child.kill('SIGKILL');
-      reject(new Error(`start shim daemon: ${why}`));
-    };
-    const timer = setTimeout(() => fail('not ready after 10 s'), 10_000);
-    ready.on('data', (d: Buffer) => {
-      said += d.toString();
-      if (said.startsWith('ready\n')) {
-        clearTimeout(timer);
-        resolve();
-      } else if (said.includes('\n')) {
-        clearTimeout(timer);
-        fail(said.trim());
-      }
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`start shim daemon: exited (${code ?? signal}) before it was ready${said ? `: ${said.trim()}` : ''}`));
-    });
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`start shim daemon: ${err.message}`));
-    });
-  });
-  (ready as unknown as { destroy(): void }).destroy();
+  if (!child.pid) throw new Error('start shim daemon: spawn failed');
   child.unref();
 }

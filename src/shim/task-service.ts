@@ -100,7 +100,8 @@ export class TaskService {
     this.tasks.add(task);
     try {
       await runtime.prepare({ id: req.id, bundle: req.bundle });
-      const forwarded = req.options ? encode(`${T}CreateTaskRequest`, { ...req, options: null }) : payload;
+      const options = runtime.taskOptions();
+      const forwarded = req.options || options ? encode(`${T}CreateTaskRequest`, { ...req, options }) : payload;
       const res = await runtime.call('Create', forwarded);
       task.transition('created');
       this.log.info('task created', { id: req.id, runtime: runtime.name });

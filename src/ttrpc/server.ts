@@ -42,7 +42,8 @@ export class TtrpcServer {
     for (const [method, handler] of Object.entries(methods)) this.register(service, method, handler);
   }
 
-  listen(socketPath: string): Promise<void> {
+  // A socket path, or an already listening socket passed as a descriptor.
+  listen(socketPath: string | { fd: number }): Promise<void> {
     return new Promise((resolve, reject) => {
       const server = net.createServer((socket) => this.serve(socket));
       server.once('error', reject);
