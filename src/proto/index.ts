@@ -45,7 +45,10 @@ const TO_OBJECT = { longs: Number, enums: Number, bytes: Buffer, defaults: true,
 // Throws on malformed input; callers turn that into INVALID_ARGUMENT.
 export function decode<T = Record<string, unknown>>(name: string, bytes: Uint8Array): T {
   const t = messageType(name);
-  return t.toObject(t.decode(bytes), TO_OBJECT) as T;
+  // protobufjs's plain reader, not its Buffer reader: the Buffer reader does not
+  // bounds-check strings, so a truncated message would decode instead of throwing.
+  const protobuf = require('protobufjs') as typeof Protobuf;
+  return t.toObject(t.decode(new protobuf.Reader(bytes)), TO_OBJECT) as T;
 }
 
 export function encode(name: string, value: object): Buffer {
