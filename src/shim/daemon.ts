@@ -8,7 +8,7 @@ import { decode } from '../proto';
 import { loadConfig } from './config';
 import { ShimFlags } from './flags';
 import { FifoSink, Logger } from './log';
-import { groupPaths } from './paths';
+import { groupPaths, removeIfEmpty } from './paths';
 import { EventForwarder } from './events';
 import { RuncShimRuntime } from './runc-runtime';
 import { EVENTS_SERVICE, TASK_SERVICE } from './runtime';
@@ -61,6 +61,7 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
     await server.close();
     fs.rmSync(paths.socket, { force: true });
     fs.rmSync(paths.dir, { recursive: true, force: true });
+    removeIfEmpty(path.dirname(paths.dir));
     log.info('shim exited');
     process.exit(0);
   };

@@ -10,7 +10,7 @@ import { TtrpcClient, RpcError, Code } from '../ttrpc';
 import { decode, encode, timestampOf, Timestamp } from '../proto';
 import { loadConfig } from './config';
 import { ShimFlags, formatFlags } from './flags';
-import { groupOf, groupPaths, GroupPaths } from './paths';
+import { groupOf, groupPaths, GroupPaths, removeIfEmpty } from './paths';
 import { readSpec } from './bundle';
 import { TASK_SERVICE } from './runtime';
 import { readStartRecord } from './record';
@@ -39,10 +39,18 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
     (await deleteThrough(`unix://${paths.socket}`, flags, false)) ??
     (await deleteThrough(readAddress(paths), flags, true)) ??
     runcDelete(config.runcShim, flags, bundle);
-  if (!(await answers(`unix://${paths.socket}`)) && !(await answers(readAddress(paths)))) {
+  // Our daemon's socket is stale once nothing answers on it; the pod's state goes
+  // with the last task, when runc's shim has exited too.
+  if (!(await answers(`unix://${paths.socket}`))) {
     fs.rmSync(paths.socket, { force: true });
+    if (await answers(readAddress(paths))) return encodeResult(result);
     fs.rmSync(paths.dir, { recursive: true, force: true });
+    removeIfEmpty(path.dirname(paths.dir));
   }
+  return encodeResult(result);
+}
+
+function encodeResult(result: DeleteResult): Buffer {
   return encodeDeleteResponse(
     result.pid,
     result.exit_status || 128 + SIGKILL,

@@ -1,6 +1,7 @@
 // Where a pod's shim keeps its socket and state. One shim serves a pod: the group
 // is the CRI sandbox id, or the task id for a task outside any pod.
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 export const SANDBOX_ID_ANNOTATION = 'io.kubernetes.cri.sandbox-id';
@@ -27,4 +28,13 @@ export function groupPaths(stateDir: string, containerdAddress: string, namespac
   if (socket.length > MAX_SOCKET_PATH) throw new Error(`socket path ${socket} longer than ${MAX_SOCKET_PATH} bytes; choose a shorter state_dir`);
   const dir = path.join(stateDir, 'pods', namespace, group);
   return { socket, dir, runcWorkDir: path.join(dir, 'runc') };
+}
+
+// Removes a directory only if it is empty: another pod's shim may be using it.
+export function removeIfEmpty(dir: string): void {
+  try {
+    fs.rmdirSync(dir);
+  } catch {
+    // not empty, or gone
+  }
 }

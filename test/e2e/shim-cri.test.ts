@@ -164,7 +164,7 @@ async function terminalExec(handler: Handler): Promise<unknown> {
     const ctr = `ctr -a ${TESTBED.socket} -n ${TESTBED.namespace} task exec -t --fifo-dir ${fifoDir} --exec-id tty-${handler}`;
     // ctr resizes the pty right after starting the process (with either handler the
     // process may run first), so the process waits for the size to arrive.
-    const inside = 'for i in $(seq 100); do s=$(stty size 2>/dev/null) && [ "$s" != "0 0" ] && break; sleep 0.1; done; echo "size $s"; tty; [ -t 0 ] && echo stdin-is-a-tty; exit 5';
+    const inside = 'i=0; while [ $i -lt 100 ]; do s=$(stty size 2>/dev/null); case "$s" in [1-9]*" "[1-9]*) break;; esac; i=$((i + 1)); sleep 0.1; done; echo "size $s"; tty; [ -t 0 ] && echo stdin-is-a-tty; exit 5';
     const r = await runUnderPty(`stty rows 33 cols 77; ${ctr} ${id} sh -c '${inside}'`);
     const notty = await cri.execSync(id, ['sh', '-c', '[ -t 0 ] || echo no-tty-without-terminal'], 10);
     await cri.stopContainer(id, 0);
