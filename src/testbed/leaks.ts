@@ -5,7 +5,7 @@
 // file. The snapshot is taken before the test bed starts and after it stops.
 import * as fs from 'node:fs';
 import { listProcesses, run } from './proc';
-import { TESTBED } from './paths';
+import { REPO_ROOT, TESTBED } from './paths';
 
 export interface HostSnapshot {
   processes: string[];
@@ -46,11 +46,42 @@ async function netfilterRules(): Promise<string[]> {
   return out;
 }
 
+// A process of another checkout of this project: its cwd, or a path on its
+// command line, lies in a directory with a package.json that is not REPO_ROOT.
+function isCheckout(dir: string): boolean {
+  try {
+    return (JSON.parse(fs.readFileSync(`${dir}/package.json`, 'utf8')) as { name?: string }).name === 'heteropod';
+  } catch {
+    return false;
+  }
+}
+
+function otherCheckout(pid: number, cmdline: string): boolean {
+  const roots = new Set<string>();
+  for (const m of cmdline.matchAll(/(\/[^\s]+?)\/(?:dist|build|bin|src|scripts)\//g)) roots.add(m[1]);
+  try {
+    let dir = fs.readlinkSync(`/proc/${pid}/cwd`);
+    while (dir !== '/' && dir !== '') {
+      roots.add(dir);
+      dir = dir.slice(0, dir.lastIndexOf('/'));
+    }
+  } catch {
+    // gone, or not ours to read
+  }
+  for (const root of roots) {
+    if (root !== REPO_ROOT && !REPO_ROOT.startsWith(`${root}/`) && isCheckout(root)) return true;
+  }
+  return false;
+}
+
 export async function snapshotHost(): Promise<HostSnapshot> {
   const self = process.pid;
   const processes = listProcesses()
     .filter((p) => p.pid !== self && p.ppid !== self && (OUR_PROCESS.test(p.cmdline) || /\/k8s\.io\//.test(p.cgroup)))
     .filter((p) => !p.cmdline.includes('dist/test/')) // the test runners themselves
+    // Not ours either: runs waiting for the shared test bed's lock, and processes
+    // of another checkout on this machine (other engineers' concurrent tests).
+    .filter((p) => !p.cmdline.includes('heteropod-testbed.lock') && !otherCheckout(p.pid, p.cmdline))
     .map((p) => `${p.pid} ${p.cmdline}`);
   const mounts = lines(fs.readFileSync('/proc/self/mountinfo', 'utf8')).map((l) => l.split(' ')[4]);
   const netns = listDir('/run/netns');
