@@ -62,10 +62,12 @@ handler: ${HANDLER}
 }
 
 function shimLauncher(nodePath: string, repoRoot: string): string {
-  return `#!${nodePath}
-'use strict';
-// Installed by heteropod install from ${repoRoot}.
-require(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'shim', 'main.js'))});
+  const launcher = path.join(repoRoot, 'build', SHIM_BINARY);
+  return `#!/bin/sh
+# Installed by heteropod install from ${repoRoot}: the C launcher when built,
+# else the Node.js implementation.
+[ -x ${launcher} ] && exec ${launcher} "$@"
+exec ${nodePath} ${path.join(repoRoot, 'dist', 'src', 'shim', 'main.js')} "$@"
 `;
 }
 
