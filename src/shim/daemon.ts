@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcServer } from '../ttrpc';
-import { decode } from '../proto';
+import { forwardedEvent, taskExit } from './messages';
 import { loadConfig } from './config';
 import { ShimFlags } from './flags';
 import { FifoSink, Logger } from './log';
@@ -15,11 +15,6 @@ import { EVENTS_SERVICE, TASK_SERVICE } from './runtime';
 import { TaskService } from './task-service';
 
 const LISTEN_FD = 3;
-
-interface Envelope {
-  topic: string;
-  event: { type_url: string; value: Buffer } | null;
-}
 
 export async function serveDaemon(flags: ShimFlags, group: string): Promise<void> {
   const bundle = process.cwd();
@@ -71,11 +66,11 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
   server.register(EVENTS_SERVICE, 'Forward', async (payload, call) => {
     let topic = '';
     try {
-      const { envelope } = decode<{ envelope: Envelope | null }>('containerd.services.events.ttrpc.v1.ForwardRequest', payload);
-      topic = envelope?.topic ?? '';
-      if (topic === '/tasks/exit' && envelope?.event) {
-        const exit = decode<{ container_id: string; id: string }>('containerd.events.TaskExit', envelope.event.value);
-        service.observeExit(exit.container_id, exit.id);
+      const event = forwardedEvent(payload);
+      topic = event.topic;
+      if (topic === '/tasks/exit') {
+        const exit = taskExit(event.value);
+        service.observeExit(exit.containerId, exit.id);
       }
     } catch (err) {
       log.warn('undecodable event forwarded as is', { error: (err as Error).message });

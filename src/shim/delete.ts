@@ -7,22 +7,15 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
-import { decode, encode, timestampOf, Timestamp } from '../proto';
 import { loadConfig } from './config';
 import { ShimFlags, formatFlags } from './flags';
 import { groupOf, groupPaths, GroupPaths, removeIfEmpty } from './paths';
 import { readSpec } from './bundle';
 import { TASK_SERVICE } from './runtime';
 import { readStartRecord } from './record';
+import { DeleteResult, decodeDeleteResponse, encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeShutdownRequest } from './messages';
 
-const T = 'containerd.task.v2.';
 const SIGKILL = 9;
-
-interface DeleteResult {
-  pid: number;
-  exit_status: number;
-  exited_at: Timestamp | null;
-}
 
 export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
   const bundle = flags.bundle || process.cwd();
@@ -51,34 +44,12 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
 }
 
 function encodeResult(result: DeleteResult): Buffer {
+  const now = Date.now();
   return encodeDeleteResponse(
     result.pid,
-    result.exit_status || 128 + SIGKILL,
-    result.exited_at && result.exited_at.seconds > 0 ? result.exited_at : timestampOf(new Date()),
+    result.exitStatus || 128 + SIGKILL,
+    result.exitedAt && result.exitedAt.seconds > 0 ? result.exitedAt : { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 },
   );
-}
-
-// DeleteResponse { uint32 pid = 1; uint32 exit_status = 2; Timestamp exited_at = 3; }
-// encoded by hand: the usual `delete` (after a clean shutdown) then never loads
-// protobufjs, and containerd waits for it.
-export function encodeDeleteResponse(pid: number, exitStatus: number, exitedAt: Timestamp): Buffer {
-  const varint = (n: number): number[] => {
-    const out: number[] = [];
-    let v = BigInt.asUintN(64, BigInt(Math.trunc(n)));
-    do {
-      let b = Number(v & 0x7fn);
-      v >>= 7n;
-      if (v > 0n) b |= 0x80;
-      out.push(b);
-    } while (v > 0n);
-    return out;
-  };
-  const ts = [...(exitedAt.seconds ? [0x08, ...varint(exitedAt.seconds)] : []), ...(exitedAt.nanos ? [0x10, ...varint(exitedAt.nanos)] : [])];
-  return Buffer.from([
-    ...(pid ? [0x08, ...varint(pid)] : []),
-    ...(exitStatus ? [0x10, ...varint(exitStatus)] : []),
-    0x1a, ...varint(ts.length), ...ts,
-  ]);
 }
 
 function readAddress(paths: GroupPaths): string {
@@ -109,20 +80,19 @@ async function deleteThrough(address: string, flags: ShimFlags, shutdown: boolea
   } catch {
     return null;
   }
-  const call = (method: string, type: string, req: object, timeoutMs = 10_000): Promise<Buffer> =>
-    client.call(TASK_SERVICE, method, encode(`${T}${type}`, req), { timeoutMs });
+  const call = (method: string, payload: Buffer, timeoutMs = 10_000): Promise<Buffer> => client.call(TASK_SERVICE, method, payload, { timeoutMs });
   const ignoreNotFound = (err: unknown): null => {
     if (err instanceof RpcError && (err.code === Code.NOT_FOUND || err.code === Code.DEADLINE_EXCEEDED || err.code === Code.FAILED_PRECONDITION)) return null;
     throw err;
   };
   try {
-    await call('Kill', 'KillRequest', { id: flags.id, signal: SIGKILL, all: true }).catch(ignoreNotFound);
-    await call('Wait', 'WaitRequest', { id: flags.id }, 5000).catch(ignoreNotFound);
-    const res = await call('Delete', 'DeleteRequest', { id: flags.id }).catch(ignoreNotFound);
-    const result = res ? decode<DeleteResult>(`${T}DeleteResponse`, res) : { pid: 0, exit_status: 0, exited_at: null };
+    await call('Kill', encodeKillRequest(flags.id, SIGKILL, true)).catch(ignoreNotFound);
+    await call('Wait', encodeIdRequest(flags.id), 5000).catch(ignoreNotFound);
+    const res = await call('Delete', encodeIdRequest(flags.id)).catch(ignoreNotFound);
+    const result = res ? decodeDeleteResponse(res) : { pid: 0, exitStatus: 0, exitedAt: null };
     if (shutdown) {
       const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
-      await call('Shutdown', 'ShutdownRequest', { id: flags.id, now: false }, 3000).catch(() => null);
+      await call('Shutdown', encodeShutdownRequest(flags.id), 3000).catch(() => null);
       await Promise.race([gone, new Promise((r) => setTimeout(r, 2000).unref())]);
     }
     return result;
@@ -138,10 +108,10 @@ function runcDelete(binary: string, flags: ShimFlags, bundle: string): DeleteRes
   const r = spawnSync(binary, args, { cwd: bundle, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
   if (r.status === 0 && r.stdout.length > 0) {
     try {
-      return decode<DeleteResult>(`${T}DeleteResponse`, r.stdout);
+      return decodeDeleteResponse(r.stdout);
     } catch {
       // fall through: report a kill
     }
   }
-  return { pid: 0, exit_status: 128 + SIGKILL, exited_at: null };
+  return { pid: 0, exitStatus: 128 + SIGKILL, exitedAt: null };
 }

@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
-import { encode } from '../proto';
+import { encodeShutdownRequest, runcOptions } from './messages';
 import { formatFlags } from './flags';
 import type { Logger } from './log';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
@@ -45,13 +45,9 @@ export class RuncShimRuntime implements Runtime {
     return this.connected(first).then(() => undefined);
   }
 
-  taskOptions(): { type_url: string; value: Buffer } | null {
+  taskOptions(): Buffer | null {
     const { root, binaryName, systemdCgroup } = this.opts.runc;
-    if (!root && !binaryName && !systemdCgroup) return null;
-    return {
-      type_url: 'containerd.runc.v1.Options',
-      value: encode('containerd.runc.v1.Options', { root, binary_name: binaryName, systemd_cgroup: systemdCgroup }),
-    };
+    return root || binaryName || systemdCgroup ? runcOptions(this.opts.runc) : null;
   }
 
   async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
@@ -64,7 +60,7 @@ export class RuncShimRuntime implements Runtime {
     if (!client || client.closed) return;
     const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
     try {
-      await client.call(TASK_SERVICE, 'Shutdown', encode('containerd.task.v2.ShutdownRequest', { id: this.firstId, now: false }), { timeoutMs: 5000 });
+      await client.call(TASK_SERVICE, 'Shutdown', encodeShutdownRequest(this.firstId), { timeoutMs: 5000 });
     } catch (err) {
       // Closing the connection while answering is how it says it has exited.
       if (!(err instanceof RpcError && err.code === Code.UNAVAILABLE)) this.log.warn('shut down runc shim', { error: (err as Error).message });

@@ -16,8 +16,8 @@ export interface Runtime {
   // Idempotent and safe to call concurrently.
   prepare(first: FirstTask): Promise<void>;
   // The options a Create for this runtime carries in place of containerd's (which
-  // are ours): an Any, or null for none.
-  taskOptions(): { type_url: string; value: Buffer } | null;
+  // are ours): an encoded google.protobuf.Any, or null for none.
+  taskOptions(): Buffer | null;
   // Calls a containerd.task.v2.Task method with an encoded request; resolves to
   // the encoded response. Errors keep the runtime's gRPC code.
   call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer>;

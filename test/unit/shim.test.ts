@@ -14,7 +14,7 @@ import { parseFlags, formatFlags } from '../../src/shim/flags';
 import { parseToml, loadConfig } from '../../src/shim/config';
 import { decodeRuntimeOptions } from '../../src/shim/options';
 import { groupOf, groupPaths } from '../../src/shim/paths';
-import { encodeDeleteResponse } from '../../src/shim/delete';
+import { encodeDeleteResponse } from '../../src/shim/messages';
 import { Task } from '../../src/shim/tasks';
 
 const T = 'containerd.task.v2.';
@@ -29,8 +29,8 @@ class FakeRuntime implements Runtime {
   async prepare(first: FirstTask): Promise<void> {
     this.prepared.push(first);
   }
-  taskOptions(): { type_url: string; value: Buffer } | null {
-    return { type_url: 'containerd.runc.v1.Options', value: encode('containerd.runc.v1.Options', { root: '/run/x' }) };
+  taskOptions(): Buffer | null {
+    return encode('google.protobuf.Any', { type_url: 'containerd.runc.v1.Options', value: encode('containerd.runc.v1.Options', { root: '/run/x' }) });
   }
   async call(method: string, payload: Uint8Array): Promise<Buffer> {
     const type = { Create: 'CreateTaskRequest', Kill: 'KillRequest', Connect: 'ConnectRequest', Delete: 'DeleteRequest', State: 'StateRequest' }[method];
