@@ -81,7 +81,9 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
 
   // `start` bound and listened on the socket and passed it as fd 3, so containerd
   // could connect (its calls wait in the backlog) before this process was up.
-  await server.listen(flags.socket === paths.socket && isSocket(LISTEN_FD) ? { fd: LISTEN_FD } : paths.socket);
+  const inherited = flags.socket === paths.socket && isSocket(LISTEN_FD);
+  if (!inherited) fs.rmSync(paths.socket, { force: true }); // stale: `start` found nothing answering
+  await server.listen(inherited ? { fd: LISTEN_FD } : paths.socket);
   log.info('shim serving', { socket: paths.socket, pid: process.pid });
   // The task that started this shim is about to be created: have runc's shim
   // ready by then. A failure here is retried by that Create, which reports it.

@@ -28,15 +28,15 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
     // No spec left: the start record, else the id, names the pod.
   }
   const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
+  // Our daemon's socket is stale once nothing answers on it: it goes first.
+  const daemonAlive = await answers(`unix://${paths.socket}`);
+  if (!daemonAlive) fs.rmSync(paths.socket, { force: true });
   const result =
-    (await deleteThrough(`unix://${paths.socket}`, flags, false)) ??
+    (daemonAlive ? await deleteThrough(`unix://${paths.socket}`, flags, false) : null) ??
     (await deleteThrough(readAddress(paths), flags, true)) ??
     runcDelete(config.runcShim, flags, bundle);
-  // Our daemon's socket is stale once nothing answers on it; the pod's state goes
-  // with the last task, when runc's shim has exited too.
-  if (!(await answers(`unix://${paths.socket}`))) {
-    fs.rmSync(paths.socket, { force: true });
-    if (await answers(readAddress(paths))) return encodeResult(result);
+  // The pod's state goes with its last task, once runc's shim has exited too.
+  if (!daemonAlive && !(await answers(readAddress(paths)))) {
     fs.rmSync(paths.dir, { recursive: true, force: true });
     removeIfEmpty(path.dirname(paths.dir));
   }

@@ -9,6 +9,10 @@
  * into the bundle and print the address. Every other action (delete, serve, -v)
  * is handed to the Node implementation with execv, unchanged.
  *
+ * Warm spares (src/shim/spare.ts): before starting a daemon cold, `start` asks
+ * the spare listening on <state_dir>/s/spare-<hash> to become the pod's daemon;
+ * either way it then starts the next spare, at low priority, and does not wait.
+ *
  * Contract shared with src/shim (paths.ts, options.ts, config.ts, record.ts):
  *   socket = <state_dir>/s/hex(sha256("heteropod\0" address "\0" namespace "\0" group))
  *   group  = annotation io.kubernetes.cri.sandbox-id of ./config.json, else the id
@@ -23,8 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -366,6 +372,101 @@ static void json_escape(char *out, size_t cap, const char *in)
 	out[o] = '\0';
 }
 
+/* What a daemon or spare is started with. */
+struct flags_view {
+	const char *namespace, *address, *publish_binary, *config_path;
+	int debug;
+};
+
+/* ---- spares -------------------------------------------------------------- */
+
+/*
+ * Hands the pod to the warm spare at spare_path: sends the assignment and waits
+ * (at most 5 s) for "ok". Returns 1 when the spare now serves the pod socket.
+ */
+static int activate_spare(const char *spare_path, const char *group, const char *socket_path)
+{
+	struct sockaddr_un addr;
+	struct timeval timeout = { 5, 0 };
+	char cwd[PATH_MAX], request[3 * PATH_MAX + 64], reply[256];
+	size_t got = 0;
+	int fd, n;
+
+	if (!getcwd(cwd, sizeof(cwd)))
+		return 0;
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", spare_path) >= (int)sizeof(addr.sun_path))
+		return 0;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	if (connect(fd, (const struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)) < 0) {
+		close(fd);
+		return 0;
+	}
+	n = snprintf(request, sizeof(request), "id=%s\nsocket=%s\nbundle=%s\n\n", group, socket_path, cwd);
+	if (n <= 0 || n >= (int)sizeof(request) || write(fd, request, (size_t)n) != n) {
+		close(fd);
+		return 0;
+	}
+	while (got < sizeof(reply) - 1) {
+		ssize_t r = read(fd, reply + got, sizeof(reply) - 1 - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+		if (memchr(reply, '\n', got))
+			break;
+	}
+	close(fd);
+	reply[got] = '\0';
+	return strncmp(reply, "ok\n", 3) == 0;
+}
+
+/* Starts the next spare; the launcher does not wait for it. */
+static void spawn_spare(const char *mainjs, const struct flags_view *f, const char *spare_path)
+{
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return; /* parent, or fork failed: the next pod starts cold */
+	{
+		char *args[20];
+		int a = 0, null = open("/dev/null", O_RDWR);
+
+		setsid();
+		/* A spare must not slow the pod being started: it boots at low priority. */
+		if (setpriority(PRIO_PROCESS, 0, 10) < 0) {
+			/* keep the default priority */
+		}
+		if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+			_exit(127);
+		if (null > 2)
+			close(null);
+		args[a++] = "node";
+		args[a++] = "--max-semi-space-size=1";
+		args[a++] = (char *)mainjs;
+		args[a++] = "-namespace"; args[a++] = (char *)f->namespace;
+		args[a++] = "-address"; args[a++] = (char *)f->address;
+		if (f->publish_binary) {
+			args[a++] = "-publish-binary"; args[a++] = (char *)f->publish_binary;
+		}
+		if (f->config_path[0]) {
+			args[a++] = "-config"; args[a++] = (char *)f->config_path;
+		}
+		if (f->debug)
+			args[a++] = "-debug";
+		args[a++] = "-socket"; args[a++] = (char *)spare_path;
+		args[a++] = "spare";
+		args[a] = NULL;
+		execvp("node", args);
+		_exit(127);
+	}
+}
+
 /* ---- main -------------------------------------------------------------- */
 
 struct flags {
@@ -484,13 +585,32 @@ int main(int argc, char **argv)
 		fail("socket path longer than 106 bytes; choose a shorter state_dir", state_dir);
 
 	if (!socket_answers(&addr)) {
-		char sdir[PATH_MAX];
+		char sdir[PATH_MAX], spare[PATH_MAX], spare_hex[65], *spare_key;
+		struct flags_view view = { f.namespace, f.address, f.publish_binary, config_path, f.debug };
+		size_t spare_len;
 		pid_t pid;
 		int err;
 
 		snprintf(sdir, sizeof(sdir), "%s/s", state_dir);
 		if ((err = mkdir_p(sdir, 0711)) < 0)
 			fail(sdir, strerror(-err));
+		/* A spare serves one containerd with one shim configuration. */
+		spare_len = strlen("spare") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(config_path) + 1 +
+			    (f.publish_binary ? strlen(f.publish_binary) : 0) + 2;
+		spare_key = malloc(spare_len + 1);
+		if (!spare_key)
+			fail("out of memory", NULL);
+		snprintf(spare_key, spare_len + 1, "spare%c%s%c%s%c%s%c%s%c%d", 0, f.address, 0, f.namespace, 0, config_path, 0,
+			 f.publish_binary ? f.publish_binary : "", 0, f.debug);
+		sha256_hex((const unsigned char *)spare_key, spare_len, spare_hex);
+		spare_hex[16] = '\0';
+		if (snprintf(spare, sizeof(spare), "%s/s/spare-%s", state_dir, spare_hex) >= (int)sizeof(spare))
+			fail("spare socket path too long", state_dir);
+		free(spare_key);
+		if (activate_spare(spare, group, addr.sun_path)) {
+			spawn_spare(mainjs, &view, spare);
+			goto started;
+		}
 		listener = listen_at(&addr);
 		if (listener < 0)
 			fail(addr.sun_path, strerror(-listener));
@@ -531,7 +651,9 @@ int main(int argc, char **argv)
 			_exit(127);
 		}
 		close(listener); /* the daemon holds it now */
+		spawn_spare(mainjs, &view, spare);
 	}
+started:
 
 	json_escape(esc_cfg, sizeof(esc_cfg), config_path);
 	json_escape(esc_group, sizeof(esc_group), group);

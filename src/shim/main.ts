@@ -13,7 +13,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const flags = parseFlags(argv);
   if (!flags.namespace) throw new Error('-namespace is required');
-  if (!flags.id) throw new Error('-id is required');
+  if (!flags.id && flags.action !== 'spare') throw new Error('-id is required');
   switch (flags.action) {
     case 'start': {
       const address = await (require('./start') as typeof import('./start')).startShim(flags);
@@ -25,6 +25,10 @@ async function main(argv: string[]): Promise<number> {
       const response = await (require('./delete') as typeof import('./delete')).deleteTask(flags);
       process.stdout.write(response);
       return 0;
+    }
+    case 'spare': {
+      await (require('./spare') as typeof import('./spare')).serveSpare(flags);
+      return -1; // keeps running
     }
     case 'serve': {
       await (require('./daemon') as typeof import('./daemon')).serveDaemon(flags, flags.id);
