@@ -80,20 +80,22 @@ async function deleteThrough(address: string, flags: ShimFlags, shutdown: boolea
   } catch {
     return null;
   }
-  const call = (method: string, payload: Buffer, timeoutMs = 10_000): Promise<Buffer> => client.call(TASK_SERVICE, method, payload, { timeoutMs });
+  // containerd gives a `delete` 5 s (io.containerd.timeout.shim.cleanup), Node's
+  // start-up included: every step is short, and nothing waits that need not.
+  const call = (method: string, payload: Buffer, timeoutMs = 2000): Promise<Buffer> => client.call(TASK_SERVICE, method, payload, { timeoutMs });
   const ignoreNotFound = (err: unknown): null => {
     if (err instanceof RpcError && (err.code === Code.NOT_FOUND || err.code === Code.DEADLINE_EXCEEDED || err.code === Code.FAILED_PRECONDITION)) return null;
     throw err;
   };
   try {
-    await call('Kill', encodeKillRequest(flags.id, SIGKILL, true)).catch(ignoreNotFound);
-    await call('Wait', encodeIdRequest(flags.id), 5000).catch(ignoreNotFound);
+    const killed = await call('Kill', encodeKillRequest(flags.id, SIGKILL, true)).then(() => true, ignoreNotFound);
+    if (killed) await call('Wait', encodeIdRequest(flags.id)).catch(ignoreNotFound);
     const res = await call('Delete', encodeIdRequest(flags.id)).catch(ignoreNotFound);
     const result = res ? decodeDeleteResponse(res) : { pid: 0, exitStatus: 0, exitedAt: null };
     if (shutdown) {
       const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
-      await call('Shutdown', encodeShutdownRequest(flags.id), 3000).catch(() => null);
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 2000).unref())]);
+      await call('Shutdown', encodeShutdownRequest(flags.id), 1000).catch(() => null);
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
     }
     return result;
   } catch {
