@@ -11,6 +11,7 @@
 // pod shim answers in its state directory or containerd's socket is gone.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { ShimFlags } from './flags';
 import { serveDaemon } from './daemon';
@@ -88,6 +89,12 @@ export async function serveSpare(flags: ShimFlags): Promise<void> {
 
   server.once('connection', (conn) => {
     clearInterval(idle);
+    // Booted at low priority (launcher.c); a pod's shim runs at the normal one.
+    try {
+      os.setPriority(0);
+    } catch {
+      // not permitted: stays niced
+    }
     // Only one pod per spare: later connections are refused by closing.
     server.close();
     let text = '';
