@@ -1,11 +1,12 @@
 // The leak check every end-to-end test ends with: what of ours exists on the host
 // after a test that did not before it. "Ours": processes of containerd, its shims,
 // runc, our binaries and anything in a CRI pod's cgroup; every mount, network
-// namespace, host link, netfilter rule, pod cgroup, shim socket and shared-memory
-// file. The snapshot is taken before the test bed starts and after it stops.
+// namespace, host link, netfilter rule, pod cgroup, the emulated DPU's cgroups and
+// state dir, shim socket and shared-memory file. The snapshot is taken before the test bed starts and after it stops.
 import * as fs from 'node:fs';
 import { listProcesses, run } from './proc';
 import { TESTBED } from './paths';
+import { cgroupDir, DPU } from '../dpu/paths';
 
 export interface HostSnapshot {
   processes: string[];
@@ -55,11 +56,14 @@ export async function snapshotHost(): Promise<HostSnapshot> {
   const mounts = lines(fs.readFileSync('/proc/self/mountinfo', 'utf8')).map((l) => l.split(' ')[4]);
   const netns = listDir('/run/netns');
   const links = lines((await run('ip', ['-o', 'link', 'show'])).stdout).map((l) => l.split(':')[1].trim().split('@')[0]);
-  const cgroups = ['pids', 'memory', 'cpu', 'unified'].flatMap((c) => listDir(`/sys/fs/cgroup/${c}/k8s.io`)).filter((p) => fs.statSync(p).isDirectory());
+  const cgroups = [
+    ...['pids', 'memory', 'cpu', 'unified'].flatMap((c) => listDir(`/sys/fs/cgroup/${c}/k8s.io`)).filter((p) => fs.statSync(p).isDirectory()),
+    ...DPU.cgroupControllers.map((c) => cgroupDir(c)).filter((p) => fs.existsSync(p)),
+  ];
   const files = [
     ...listDir('/dev/shm/heteropod'),
     ...listDir('/run/containerd/s'),
-    ...[TESTBED.runDir, TESTBED.stateDir].filter((p) => fs.existsSync(p)),
+    ...[TESTBED.runDir, TESTBED.stateDir, DPU.stateDir].filter((p) => fs.existsSync(p)),
   ];
   return { processes, mounts, netns, links, rules: await netfilterRules(), cgroups, files };
 }
