@@ -2,7 +2,8 @@
 // after a test that did not before it. "Ours": processes of containerd, its shims,
 // runc, our binaries and anything in a CRI pod's cgroup; every mount, network
 // namespace, host link, netfilter rule, pod cgroup, the emulated DPU's cgroups and
-// state dir, shim socket and shared-memory file. The snapshot is taken before the test bed starts and after it stops.
+// state dir, shim socket and shared-memory file. The snapshot is taken before the
+// test bed starts and after it stops.
 import * as fs from 'node:fs';
 import { listProcesses, run } from './proc';
 import { TESTBED } from './paths';
