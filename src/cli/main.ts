@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { registerCriCommands } from './cri';
 import { registerLocalCommands } from './local';
 import { registerImageCommands } from './images';
+import { registerDpuCommands } from './dpu';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
   registerLocalCommands(program);
   registerCriCommands(program);
   registerImageCommands(program);
+  registerDpuCommands(program);
   return program;
 }
 
