@@ -49,6 +49,20 @@ export function classify(address: string, err: grpc.ServiceError): DpuAgentError
   return new DpuAgentError('call', `DPU agent at ${address}: ${grpc.status[err.code] ?? err.code}: ${details}`, err.code);
 }
 
+/**
+ * The agent's management address (192.168.100.0/30, BlueField's convention) is
+ * only ever reached over the management link. Without that link the host would
+ * route it like any private address, out of its default route to whoever answers
+ * there; refuse to dial instead.
+ */
+export function assertManagementLink(address: string, sysClassNet = '/sys/class/net'): void {
+  const host = address.slice(0, address.lastIndexOf(':'));
+  if (!host.startsWith('192.168.100.')) return;
+  if (!fs.existsSync(`${sysClassNet}/tmfifo_net0`)) {
+    throw new DpuAgentError('unreachable', `DPU agent at ${address} unreachable: the management link tmfifo_net0 does not exist on this host (is the DPU up? heteropod dpu up)`);
+  }
+}
+
 type Unary<Res> = (req: object, meta: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void;
 
 interface TlsMaterial {
@@ -102,6 +116,7 @@ export class DpuAgentClient {
   ) {}
 
   static connect(opts: DpuAgentClientOptions): DpuAgentClient {
+    assertManagementLink(opts.address);
     const read = (what: string, file: string) => {
       try {
         return fs.readFileSync(file);

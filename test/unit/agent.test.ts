@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { DpuAgentClient, DpuAgentError } from '../../src/agent/client';
+import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agent/client';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
 import { DpuAgentService } from '../../src/agent/service';
 import { capacityOf, effectiveMemoryLimit, parseMemTotal, parseProcCgroup } from '../../src/agent/resources';
@@ -109,6 +109,19 @@ test('resource parsers', () => {
   assert.is(effectiveMemoryLimit(GiB, 4 * GiB), GiB);
   assert.is(effectiveMemoryLimit(9223372036854771712, 4 * GiB), 4 * GiB);
   assert.equal(capacityOf({ cpus: [2, 3], memoryTotalBytes: GiB, memoryUsedBytes: 2 * GiB }, 0), { cpus: 2, cpuset: '2-3', memory_total_bytes: GiB, memory_free_bytes: 0, running_containers: 0 });
+});
+
+
+test('the management address is never dialed without the management link', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-net-'));
+  try {
+    assert.throws(() => assertManagementLink('192.168.100.2:7443', dir), /management link tmfifo_net0 does not exist/);
+    fs.mkdirSync(path.join(dir, 'tmfifo_net0'));
+    assertManagementLink('192.168.100.2:7443', dir);
+    assertManagementLink('127.0.0.1:7443', path.join(dir, 'none'));
+  } finally {
+    fs.rmSync(dir, { recursive: true });
+  }
 });
 
 test.run();
