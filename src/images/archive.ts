@@ -5,10 +5,9 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { IMAGE_TAG, ImageDefinition, REPO_ROOT, ociArchitecture, selectImages } from './definitions';
-import { DigestingStream, FIXED_MTIME, WrittenBlob, writeLayer } from './layer';
+import { FIXED_MTIME, WrittenBlob, writeLayer, writeTar } from './layer';
 import { LayerEntry, collectLayerEntries } from './rootfs';
 
 export const MEDIA_TYPE_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -116,21 +115,13 @@ async function writeLayoutTar(
   layerFile: string,
   layer: WrittenBlob,
 ): Promise<void> {
-  const pack = tar.pack();
-  const written = pipeline(pack, new DigestingStream(), fs.createWriteStream(file));
-  try {
+  await writeTar(file, async (pack) => {
     for (const b of blobs.filter((x) => !x.name.startsWith('blobs/'))) await addBuffer(pack, b.name, b.bytes);
     await addDirectory(pack, 'blobs');
     await addDirectory(pack, 'blobs/sha256');
     for (const b of blobs.filter((x) => x.name.startsWith('blobs/'))) await addBuffer(pack, b.name, b.bytes);
     await addFile(pack, blobName(layer.digest), layerFile, layer.size);
-    pack.finalize();
-  } catch (err) {
-    pack.destroy(err as Error);
-    await written.catch(() => undefined);
-    throw err;
-  }
-  await written;
+  });
 }
 
 async function buildFromEntries(def: ImageDefinition, entries: readonly LayerEntry[], outDir: string): Promise<BuiltImage> {

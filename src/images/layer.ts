@@ -75,14 +75,17 @@ export class DigestingStream extends Transform {
   }
 }
 
-/** Writes `entries` (already in layer order) as a tar to `file`; returns its digest and size. */
-export async function writeLayer(entries: readonly LayerEntry[], file: string): Promise<WrittenBlob> {
+/**
+ * Streams a tar that `fill` writes into `file` and returns its digest and size.
+ * `fill` runs while the tar is consumed (pack applies back-pressure to each
+ * entry); on any error the stream is torn down before the error leaves.
+ */
+export async function writeTar(file: string, fill: (pack: tar.Pack) => Promise<void>): Promise<WrittenBlob> {
   const pack = tar.pack();
   const digesting = new DigestingStream();
-  // The consumer runs while entries are added; pack applies back-pressure to addEntry.
   const written = pipeline(pack, digesting, fs.createWriteStream(file));
   try {
-    for (const entry of entries) await addEntry(pack, entry);
+    await fill(pack);
     pack.finalize();
   } catch (err) {
     pack.destroy(err as Error);
@@ -91,4 +94,11 @@ export async function writeLayer(entries: readonly LayerEntry[], file: string): 
   }
   await written;
   return digesting.result();
+}
+
+/** Writes `entries` (already in layer order) as a tar to `file`; returns its digest and size. */
+export function writeLayer(entries: readonly LayerEntry[], file: string): Promise<WrittenBlob> {
+  return writeTar(file, async (pack) => {
+    for (const entry of entries) await addEntry(pack, entry);
+  });
 }

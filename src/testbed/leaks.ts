@@ -1,11 +1,14 @@
 // The leak check every end-to-end test ends with: what of ours exists on the host
 // after a test that did not before it. "Ours": processes of containerd, its shims,
 // runc, our binaries and anything in a CRI pod's cgroup; every mount, network
-// namespace, host link, netfilter rule, pod cgroup, shim socket and shared-memory
-// file. The snapshot is taken before the test bed starts and after it stops.
+// namespace, host link, netfilter rule, pod cgroup, the emulated DPU's cgroups and
+// state dir, shim socket and shared-memory file. The snapshot is taken before the
+// test bed starts and after it stops.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { listProcesses, run } from './proc';
 import { REPO_ROOT, TESTBED } from './paths';
+import { cgroupDir, DPU } from '../dpu/paths';
 
 export interface HostSnapshot {
   processes: string[];
@@ -46,32 +49,22 @@ async function netfilterRules(): Promise<string[]> {
   return out;
 }
 
-// A process of another checkout of this project: its cwd, or a path on its
-// command line, lies in a directory with a package.json that is not REPO_ROOT.
-function isCheckout(dir: string): boolean {
+/**
+ * The checkout of this project a process works in (found from its cwd), if any.
+ * Several checkouts (git worktrees) share a machine; a process working in another
+ * one belongs to another engineer's build or tests, not to ours.
+ */
+function checkoutOf(pid: number): string | undefined {
+  let dir: string;
   try {
-    return (JSON.parse(fs.readFileSync(`${dir}/package.json`, 'utf8')) as { name?: string }).name === 'heteropod';
+    dir = fs.readlinkSync(`/proc/${pid}/cwd`);
   } catch {
-    return false;
+    return undefined;
   }
-}
-
-function otherCheckout(pid: number, cmdline: string): boolean {
-  const roots = new Set<string>();
-  for (const m of cmdline.matchAll(/(\/[^\s]+?)\/(?:dist|build|bin|src|scripts)\//g)) roots.add(m[1]);
-  try {
-    let dir = fs.readlinkSync(`/proc/${pid}/cwd`);
-    while (dir !== '/' && dir !== '') {
-      roots.add(dir);
-      dir = dir.slice(0, dir.lastIndexOf('/'));
-    }
-  } catch {
-    // gone, or not ours to read
+  for (; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, 'cri-proto')) && fs.existsSync(path.join(dir, 'package.json'))) return dir;
   }
-  for (const root of roots) {
-    if (root !== REPO_ROOT && !REPO_ROOT.startsWith(`${root}/`) && isCheckout(root)) return true;
-  }
-  return false;
+  return undefined;
 }
 
 export async function snapshotHost(): Promise<HostSnapshot> {
@@ -79,18 +72,22 @@ export async function snapshotHost(): Promise<HostSnapshot> {
   const processes = listProcesses()
     .filter((p) => p.pid !== self && p.ppid !== self && (OUR_PROCESS.test(p.cmdline) || /\/k8s\.io\//.test(p.cgroup)))
     .filter((p) => !p.cmdline.includes('dist/test/')) // the test runners themselves
-    // Not ours either: runs waiting for the shared test bed's lock, and processes
-    // of another checkout on this machine (other engineers' concurrent tests).
-    .filter((p) => !p.cmdline.includes('heteropod-testbed.lock') && !otherCheckout(p.pid, p.cmdline))
+    .filter((p) => {
+      const checkout = checkoutOf(p.pid);
+      return checkout === undefined || checkout === REPO_ROOT;
+    })
     .map((p) => `${p.pid} ${p.cmdline}`);
   const mounts = lines(fs.readFileSync('/proc/self/mountinfo', 'utf8')).map((l) => l.split(' ')[4]);
   const netns = listDir('/run/netns');
   const links = lines((await run('ip', ['-o', 'link', 'show'])).stdout).map((l) => l.split(':')[1].trim().split('@')[0]);
-  const cgroups = ['pids', 'memory', 'cpu', 'unified'].flatMap((c) => listDir(`/sys/fs/cgroup/${c}/k8s.io`)).filter((p) => fs.statSync(p).isDirectory());
+  const cgroups = [
+    ...['pids', 'memory', 'cpu', 'unified'].flatMap((c) => listDir(`/sys/fs/cgroup/${c}/k8s.io`)).filter((p) => fs.statSync(p).isDirectory()),
+    ...DPU.cgroupControllers.map((c) => cgroupDir(c)).filter((p) => fs.existsSync(p)),
+  ];
   const files = [
     ...listDir('/dev/shm/heteropod'),
     ...listDir('/run/containerd/s'),
-    ...[TESTBED.runDir, TESTBED.stateDir].filter((p) => fs.existsSync(p)),
+    ...[TESTBED.runDir, TESTBED.stateDir, DPU.stateDir].filter((p) => fs.existsSync(p)),
   ];
   return { processes, mounts, netns, links, rules: await netfilterRules(), cgroups, files };
 }
@@ -103,4 +100,18 @@ export function leaksSince(before: HostSnapshot, after: HostSnapshot): string[] 
     for (const item of after[key]) if (!had.has(item)) out.push(`${key}: ${item}`);
   }
   return out;
+}
+
+/**
+ * Leaks that persist: items new since `before` in two snapshots `settleMs` apart.
+ * Other engineers' short-lived processes on a shared machine (a compiler whose
+ * command line names xpu, say) come and go between the two and are not counted;
+ * what our test left behind stays in both.
+ */
+export async function persistentLeaksSince(before: HostSnapshot, settleMs = 1500): Promise<string[]> {
+  const first = leaksSince(before, await snapshotHost());
+  if (first.length === 0) return first;
+  await new Promise((r) => setTimeout(r, settleMs));
+  const second = new Set(leaksSince(before, await snapshotHost()));
+  return first.filter((l) => second.has(l));
 }

@@ -1,26 +1,18 @@
 // The foundation's end-to-end flow against the real containerd, runc and CNI of
 // the test bed: a pod with a busybox container through CRI (handler runc), its
 // log line, ExecSync output and exit code, stop, remove, and a clean `local down`.
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { CriObject } from '../../src/cri/config';
 import { readCriLog } from '../../src/cri/logs';
-import { TESTBED, REPO_ROOT } from '../../src/testbed/paths';
+import { TESTBED } from '../../src/testbed/paths';
 import { waitFor } from '../../src/testbed/proc';
-import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, heteropod, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 
-function heteropod(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(path.join(REPO_ROOT, 'bin', 'heteropod'), args, { env: { ...process.env, CONTAINER_RUNTIME_ENDPOINT: TESTBED.endpoint } }, (err, stdout, stderr) => {
-      resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 test.before(async () => {
   bed = await startBed();

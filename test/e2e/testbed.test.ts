@@ -1,25 +1,16 @@
 // `heteropod local up | status | down` as a user runs them, including `down`
 // after containerd was killed under running pods: still nothing left behind.
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { CriClient } from '../../src/cri/client';
 import { leaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
-import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
+import { TESTBED } from '../../src/testbed/paths';
 import { down } from '../../src/testbed/testbed';
-import { containerConfig, waitForContainerState } from '../lib/testbed';
+import { containerConfig, heteropod, waitForContainerState } from '../lib/testbed';
 
 let before: HostSnapshot;
 
-function heteropod(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(path.join(REPO_ROOT, 'bin', 'heteropod'), args, (err, stdout, stderr) => {
-      resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 test.before(async () => {
   before = await snapshotHost();

@@ -1,12 +1,13 @@
 // End-to-end tests share one test bed on the machine: each test file brings it up,
 // runs, takes it down and checks that nothing was left (leaksSince).
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
 import { leaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
-import { TESTBED } from '../../src/testbed/paths';
+import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { waitFor } from '../../src/testbed/proc';
 import { down, up } from '../../src/testbed/testbed';
 
@@ -58,5 +59,15 @@ export async function waitForContainerState(cri: CriClient, id: string, state: s
   return waitFor(`container ${id.slice(0, 13)} to be ${state}`, timeoutMs, async () => {
     const s = (await cri.containerStatus(id)).status as CriObject;
     return s.state === state ? s : undefined;
+  });
+}
+
+/** Runs the `heteropod` command as a user would, pointed at the test bed. */
+export function heteropod(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const env = { ...process.env, CONTAINER_RUNTIME_ENDPOINT: TESTBED.endpoint };
+    execFile(path.join(REPO_ROOT, 'bin', 'heteropod'), args, { env }, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout, stderr });
+    });
   });
 }

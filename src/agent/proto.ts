@@ -1,0 +1,41 @@
+// Loads the agent API (cri-proto/heteropod/agent/v1/agent.proto) at run time, for
+// both the agent and its client; no generated code. The TypeScript shapes below
+// mirror the .proto and are the one place to change when it grows.
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+export const AGENT_PROTO = path.resolve(__dirname, '../../../cri-proto/heteropod/agent/v1/agent.proto');
+export const AGENT_SERVICE = 'heteropod.agent.v1.DpuAgent';
+
+// keepCase: fields keep the .proto's snake_case names on the wire and in code.
+// longs: Number is exact for memory sizes below 2^53 bytes.
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+
+export interface HealthResponse {
+  ok: boolean;
+  version: string;
+  uptime_seconds: number;
+  problem: string;
+  listen_address: string;
+}
+
+export interface CapacityResponse {
+  cpus: number;
+  cpuset: string;
+  memory_total_bytes: number;
+  memory_free_bytes: number;
+  running_containers: number;
+}
+
+let service: grpc.ServiceClientConstructor | undefined;
+
+export function dpuAgentService(): grpc.ServiceClientConstructor {
+  if (!service) {
+    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(AGENT_PROTO, LOADER_OPTIONS)) as unknown as {
+      heteropod: { agent: { v1: { DpuAgent: grpc.ServiceClientConstructor } } };
+    };
+    service = pkg.heteropod.agent.v1.DpuAgent;
+  }
+  return service;
+}

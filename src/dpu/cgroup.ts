@@ -1,0 +1,68 @@
+// The DPU's cgroup (v1): one directory named heteropod-dpu under each of the
+// cpuset, memory, cpu and pids hierarchies. Its cpuset is the DPU's cores, its
+// memory limit the DPU's RAM; the agent and everything it starts live in it, so
+// its cgroup.procs are exactly the processes `dpu down` must stop.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { waitFor } from '../testbed/proc';
+import { CgroupValues } from './config';
+import { cgroupDir, DPU } from './paths';
+
+export function hostCpuList(): string {
+  return fs.readFileSync(path.join(DPU.cgroupRoot, 'cpuset', 'cpuset.cpus'), 'utf8').trim();
+}
+
+export function cgroupsPresent(): string[] {
+  return DPU.cgroupControllers.map((c) => cgroupDir(c)).filter((d) => fs.existsSync(d));
+}
+
+/** Creates the cgroups (if missing) and writes `values`; cpuset.cpus before cpuset.mems, both before anyone joins. */
+export function ensureCgroups(values: CgroupValues): void {
+  for (const controller of DPU.cgroupControllers) {
+    const dir = cgroupDir(controller);
+    if (!fs.existsSync(path.dirname(dir))) throw new Error(`cgroup v1 controller ${controller} is not mounted at ${path.dirname(dir)}`);
+    fs.mkdirSync(dir, { recursive: true });
+    for (const [file, value] of Object.entries(values[controller] as Record<string, string>)) {
+      try {
+        fs.writeFileSync(path.join(dir, file), value);
+      } catch (err) {
+        throw new Error(`set ${controller} ${file}=${value} in ${dir}: ${(err as Error).message}`);
+      }
+    }
+  }
+}
+
+export function readCgroupFile(controller: string, file: string): string | undefined {
+  try {
+    return fs.readFileSync(path.join(cgroupDir(controller), file), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Every process in any of the DPU's cgroups. */
+export function cgroupPids(): number[] {
+  const pids = new Set<number>();
+  for (const controller of DPU.cgroupControllers) {
+    for (const line of (readCgroupFile(controller, 'cgroup.procs') ?? '').split('\n')) if (line.trim()) pids.add(Number(line));
+  }
+  return [...pids];
+}
+
+/** Removes the (empty) cgroups. A v1 memory cgroup may stay busy for a moment after its last task exits. */
+export async function removeCgroups(): Promise<string[]> {
+  const removed: string[] = [];
+  for (const dir of cgroupsPresent()) {
+    await waitFor(`cgroup ${dir} to be removed`, 5000, () => {
+      try {
+        fs.rmdirSync(dir);
+        return true;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+        throw new Error(`rmdir ${dir}: ${(err as Error).message}`);
+      }
+    });
+    removed.push(`cgroup ${dir}`);
+  }
+  return removed;
+}

@@ -1,0 +1,183 @@
+// `heteropod dpu up | down | status`: the emulated DPU on the local machine.
+//
+// `up` is idempotent and repairs: each part (keys, network, cgroups, agent) is
+// checked and made only if missing or broken, so `up` after the agent died only
+// restarts the agent and keeps the certificates the shim already holds. A failing
+// `up` tears everything down (`down` removes by fixed names, so it is also the
+// roll-back) and leaves nothing.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DpuAgentClient } from '../agent/client';
+import type { CapacityResponse, HealthResponse } from '../agent/proto';
+import { killAndWait, pidAlive, waitFor } from '../testbed/proc';
+import { cgroupPids, cgroupsPresent, ensureCgroups, hostCpuList, readCgroupFile, removeCgroups } from './cgroup';
+import { cgroupValues, dpuSize, DpuOptions, formatBytes, formatCpuList, parseCpuList } from './config';
+import { launchAgent } from './launch';
+import { createNetwork, networkReady, removeNetwork } from './network';
+import { agentAddress, DPU } from './paths';
+import { ensurePki } from './pki';
+
+type Log = (line: string) => void;
+const quiet: Log = () => undefined;
+
+/** How the host (the shim, `dpu status`) reaches the agent. */
+export function hostClientOptions() {
+  return { address: agentAddress(), caFile: DPU.pki.caCert, certFile: DPU.pki.shimCert, keyFile: DPU.pki.shimKey };
+}
+
+function isAgent(pid: number): boolean {
+  try {
+    return pidAlive(pid) && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('heteropod-dpu-agent');
+  } catch {
+    return false;
+  }
+}
+
+export function agentPid(): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(DPU.pidFile, 'utf8').trim());
+    return pid > 0 && isAgent(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function callAgent<T>(fn: (c: DpuAgentClient) => Promise<T>, timeoutMs = 3000): Promise<T> {
+  const client = DpuAgentClient.connect({ ...hostClientOptions(), timeoutMs });
+  try {
+    return await fn(client);
+  } finally {
+    client.close();
+  }
+}
+
+function logTail(): string {
+  try {
+    const lines = fs.readFileSync(DPU.logFile, 'utf8').trim().split('\n');
+    return lines.slice(-5).join('\n  ');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** The DPU's TLS files, copied where the agent sees them: its state dir's tls/. */
+function installAgentTls(): void {
+  const dir = path.join(DPU.dpuRootOnHost, 'tls');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  fs.copyFileSync(DPU.pki.caCert, path.join(dir, 'ca.crt'));
+  fs.copyFileSync(DPU.pki.agentCert, path.join(dir, 'agent.crt'));
+  fs.copyFileSync(DPU.pki.agentKey, path.join(dir, 'agent.key'));
+  fs.chmodSync(path.join(dir, 'agent.key'), 0o600);
+}
+
+async function stopAgent(log: Log): Promise<void> {
+  const pids = new Set(cgroupPids());
+  const recorded = agentPid();
+  if (recorded) pids.add(recorded);
+  if (pids.size === 0) return;
+  await killAndWait([...pids], 5000);
+  log(`stopped the DPU agent (pid ${[...pids].join(', ')})`);
+}
+
+export interface UpResult {
+  pid: number;
+  already: boolean;
+}
+
+export async function up(opts: DpuOptions = {}, log: Log = quiet): Promise<UpResult> {
+  if (process.getuid?.() !== 0) throw new Error('the emulated DPU needs root (network namespace, cgroups, mounts)');
+  const size = dpuSize(opts, parseCpuList(hostCpuList()));
+  try {
+    fs.mkdirSync(DPU.dpuRootOnHost, { recursive: true });
+    if ((await ensurePki(DPU.pki, DPU.dpuAddress)) === 'made') log(`made keys and certificates in ${DPU.pki.dir}`);
+    installAgentTls();
+
+    if (!(await networkReady())) {
+      await stopAgent(log); // an agent in a half-made namespace cannot be kept
+      await removeNetwork();
+      await createNetwork();
+      log(`network namespace ${DPU.netns}: ${DPU.link} ${DPU.hostAddress} <-> ${DPU.dpuAddress}`);
+    }
+
+    ensureCgroups(cgroupValues(size));
+    fs.writeFileSync(DPU.recordFile, `${JSON.stringify({ cpuset: formatCpuList(size.cpus), memoryBytes: size.memoryBytes }, null, 2)}\n`);
+
+    const running = agentPid();
+    if (running && (await callAgent((c) => c.health()).then((h) => h.ok, () => false))) {
+      log(`already running: DPU agent pid ${running} at ${agentAddress()}`);
+      return { pid: running, already: true };
+    }
+    await stopAgent(log); // a recorded agent that does not answer, or strays in the cgroup
+    const pid = launchAgent();
+    fs.writeFileSync(DPU.pidFile, `${pid}\n`);
+    await waitFor('the DPU agent to answer over mutual TLS', 20_000, async () => {
+      if (!pidAlive(pid)) throw new Error(`the agent exited; its log says:\n  ${logTail()}`);
+      return callAgent((c) => c.health(), 1500).then((h) => h.ok, () => false);
+    }, 200).catch((err) => {
+      throw new Error(`${(err as Error).message}\n  (agent log: ${DPU.logFile})`);
+    });
+    log(`DPU agent pid ${pid} serving on ${agentAddress()} (cpuset ${formatCpuList(size.cpus)}, memory ${formatBytes(size.memoryBytes)})`);
+    return { pid, already: false };
+  } catch (err) {
+    await down(quiet).catch(() => undefined);
+    throw new Error(`dpu up: ${(err as Error).message}`);
+  }
+}
+
+/** Removes everything `up` made; fine when nothing is there. */
+export async function down(log: Log = quiet): Promise<void> {
+  await stopAgent(log);
+  for (const what of await removeNetwork()) log(`removed ${what}`);
+  for (const what of await removeCgroups()) log(`removed ${what}`);
+  if (fs.existsSync(DPU.stateDir)) {
+    fs.rmSync(DPU.stateDir, { recursive: true, force: true });
+    log(`removed ${DPU.stateDir}`);
+  }
+  // The parent is ours too unless the test bed (or anything else) has put something there.
+  const parent = path.dirname(DPU.stateDir);
+  try {
+    fs.rmdirSync(parent);
+  } catch {
+    // not empty, or already gone
+  }
+}
+
+export interface DpuStatus {
+  running: boolean;
+  pid?: number;
+  address: string;
+  netns: boolean;
+  cgroup: string;
+  cpuset?: string;
+  memoryLimitBytes?: number;
+  health?: HealthResponse;
+  capacity?: CapacityResponse;
+  problems: string[];
+}
+
+export async function status(): Promise<DpuStatus> {
+  const problems: string[] = [];
+  const pid = agentPid();
+  const netns = fs.existsSync(DPU.netnsFile);
+  const cgroups = cgroupsPresent();
+  const s: DpuStatus = { running: false, pid, address: agentAddress(), netns, cgroup: `/${DPU.cgroupName}`, problems };
+  if (!pid && !netns && cgroups.length === 0 && !fs.existsSync(DPU.stateDir)) return s;
+  s.cpuset = readCgroupFile('cpuset', 'cpuset.cpus');
+  const limit = readCgroupFile('memory', 'memory.limit_in_bytes');
+  if (limit !== undefined) s.memoryLimitBytes = Number(limit);
+  if (!netns) problems.push(`network namespace ${DPU.netns} is missing`);
+  if (cgroups.length < DPU.cgroupControllers.length) problems.push('some DPU cgroups are missing');
+  if (!pid) problems.push('the DPU agent is not running');
+  else {
+    try {
+      s.health = await callAgent((c) => c.health());
+      s.capacity = await callAgent((c) => c.capacity());
+      if (!s.health.ok) problems.push(`agent unhealthy: ${s.health.problem}`);
+    } catch (err) {
+      problems.push((err as Error).message);
+    }
+  }
+  s.running = Boolean(pid && s.health?.ok);
+  if (problems.length) problems.push('repair with: heteropod dpu up');
+  return s;
+}

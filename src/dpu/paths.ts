@@ -1,0 +1,68 @@
+// Names and places of the emulated DPU. Everything `dpu up` makes is under these
+// names, so `dpu down` (and the leak check) can find all of it without records.
+//
+// Host view of the state directory:
+//   /var/lib/heteropod/dpu/pki/        CA, agent and shim keys (host only)
+//   /var/lib/heteropod/dpu/agent.pid   agent.log   dpu.json
+//   /var/lib/heteropod/dpu/root/       the DPU's own state dir; inside the DPU's
+//                                      mount namespace it appears as
+//                                      /var/lib/heteropod/dpu, so the DPU never
+//                                      sees the CA key or the shim's key.
+import * as path from 'node:path';
+
+export const DPU_STATE_DIR = '/var/lib/heteropod/dpu';
+const PKI = `${DPU_STATE_DIR}/pki`;
+
+export const DPU = {
+  netns: 'hp-dpu',
+  netnsFile: '/run/netns/hp-dpu',
+  /** The management link: BlueField calls both ends tmfifo_net0. */
+  link: 'tmfifo_net0',
+  /** Name of the DPU end while it is still in the host namespace, before it is moved and renamed. */
+  linkPeerTemp: 'hp-dpu-tmfifo',
+  hostAddress: '192.168.100.1',
+  dpuAddress: '192.168.100.2',
+  prefixLength: 30,
+  agentPort: 7443,
+  cgroupName: 'heteropod-dpu',
+  cgroupControllers: ['cpuset', 'memory', 'cpu', 'pids'] as const,
+  cgroupRoot: '/sys/fs/cgroup',
+  stateDir: DPU_STATE_DIR,
+  pidFile: `${DPU_STATE_DIR}/agent.pid`,
+  logFile: `${DPU_STATE_DIR}/agent.log`,
+  recordFile: `${DPU_STATE_DIR}/dpu.json`,
+  /** Host side of the DPU's state dir (bind-mounted over DPU_STATE_DIR inside the DPU). */
+  dpuRootOnHost: `${DPU_STATE_DIR}/root`,
+  pki: {
+    dir: PKI,
+    caKey: `${PKI}/ca.key`,
+    caCert: `${PKI}/ca.crt`,
+    agentKey: `${PKI}/agent.key`,
+    agentCert: `${PKI}/agent.crt`,
+    shimKey: `${PKI}/shim.key`,
+    shimCert: `${PKI}/shim.crt`,
+  },
+  /**
+   * Host paths that hold the host's containerd and test-bed state; inside the
+   * DPU they are empty tmpfs. /run is covered as a whole (so /run/heteropod and
+   * /run/containerd exist, empty, whether or not the host has them), and so is
+   * /var/lib/heteropod (hiding /var/lib/heteropod/local).
+   */
+  hiddenRun: '/run',
+  hiddenState: '/var/lib/heteropod',
+  emptyInside: ['/run/heteropod', '/run/containerd', '/var/lib/heteropod/local'],
+  /** Where the agent finds its TLS files inside the DPU (a subdir of its state dir). */
+  tlsDirInside: `${DPU_STATE_DIR}/tls`,
+  defaultMemoryBytes: 1024 * 1024 * 1024,
+  defaultPidsMax: 4096,
+} as const;
+
+export type CgroupController = (typeof DPU.cgroupControllers)[number];
+
+export function cgroupDir(controller: CgroupController | string): string {
+  return path.join(DPU.cgroupRoot, controller, DPU.cgroupName);
+}
+
+export function agentAddress(): string {
+  return `${DPU.dpuAddress}:${DPU.agentPort}`;
+}

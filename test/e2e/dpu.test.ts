@@ -1,0 +1,168 @@
+// `heteropod dpu up | status | down` as a user runs them: the agent really is in
+// the DPU's network namespace, cgroup and its own mount namespace; it answers the
+// shim's certificate over mutual TLS from the host and refuses any other; `up`
+// is idempotent and repairs a killed agent; `down` leaves nothing behind.
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { DpuAgentClient, DpuAgentError } from '../../src/agent/client';
+import { down, hostClientOptions } from '../../src/dpu/dpu';
+import { makeCa, makeLeaf } from '../../src/dpu/pki';
+import { DPU } from '../../src/dpu/paths';
+import { persistentLeaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
+import { pidAlive, run, waitFor } from '../../src/testbed/proc';
+import { REPO_ROOT } from '../../src/testbed/paths';
+
+const GiB = 1024 ** 3;
+let before: HostSnapshot;
+let tmp: string;
+
+function heteropod(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(path.join(REPO_ROOT, 'bin', 'heteropod'), args, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+function agentPid(): number {
+  return Number(fs.readFileSync(DPU.pidFile, 'utf8').trim());
+}
+
+async function withClient<T>(opts: Parameters<typeof DpuAgentClient.connect>[0], fn: (c: DpuAgentClient) => Promise<T>): Promise<T> {
+  const c = DpuAgentClient.connect(opts);
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+async function refused(opts: Parameters<typeof DpuAgentClient.connect>[0]): Promise<DpuAgentError> {
+  try {
+    await withClient(opts, (c) => c.health());
+  } catch (err) {
+    return err as DpuAgentError;
+  }
+  throw new Error('the agent served a client it should have refused');
+}
+
+test.before(async () => {
+  before = await snapshotHost();
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-dpu-e2e-'));
+});
+
+test('down when not up is fine; status says it is not running', async () => {
+  const d = await heteropod(['dpu', 'down']);
+  assert.is(d.code, 0, d.stderr);
+  const s = await heteropod(['dpu', 'status']);
+  assert.is(s.code, 3);
+  assert.match(s.stdout, 'DPU: not running (start it with: heteropod dpu up)');
+});
+
+test('up makes the DPU; the agent is in its netns, cgroup and own mount namespace', async () => {
+  const r = await heteropod(['dpu', 'up']);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stdout, 'DPU agent pid');
+  const pid = agentPid();
+  assert.ok(pidAlive(pid));
+
+  assert.is(fs.statSync(`/proc/${pid}/ns/net`).ino, fs.statSync(DPU.netnsFile).ino, 'agent in netns hp-dpu');
+  const cgroups = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  for (const c of DPU.cgroupControllers) assert.match(cgroups, new RegExp(`^\\d+:${c}:/heteropod-dpu$`, 'm'), `${c} cgroup`);
+  assert.is.not(fs.readlinkSync(`/proc/${pid}/ns/mnt`), fs.readlinkSync('/proc/self/ns/mnt'), 'own mount namespace');
+  for (const dir of DPU.emptyInside) assert.equal(fs.readdirSync(`/proc/${pid}/root${dir}`), [], `${dir} empty inside the DPU`);
+  // the DPU sees its TLS files but not the CA key or the shim's key
+  assert.ok(fs.existsSync(`/proc/${pid}/root${DPU.tlsDirInside}/agent.key`));
+  assert.not.ok(fs.existsSync(`/proc/${pid}/root${DPU.pki.caKey}`));
+
+  assert.is(fs.readFileSync('/sys/fs/cgroup/cpuset/heteropod-dpu/cpuset.cpus', 'utf8').trim(), String(os.cpus().length - 1));
+  assert.is(Number(fs.readFileSync('/sys/fs/cgroup/memory/heteropod-dpu/memory.limit_in_bytes', 'utf8')), GiB);
+
+  const routes = (await run('ip', ['-n', DPU.netns, 'route', 'show'])).stdout;
+  assert.not.match(routes, 'default', 'no way out of the DPU but the management link');
+  const links = (await run('ip', ['-n', DPU.netns, '-o', 'link', 'show'])).stdout;
+  assert.match(links, /tmfifo_net0/);
+  assert.match((await run('ip', ['-o', 'addr', 'show', 'dev', DPU.link])).stdout, 'inet 192.168.100.1/30');
+});
+
+test('Health and Capacity over mutual TLS from the host', async () => {
+  const h = await withClient(hostClientOptions(), (c) => c.health());
+  assert.is(h.ok, true);
+  assert.is(h.version, require('../../../package.json').version);
+  assert.is(h.listen_address, '192.168.100.2:7443');
+  const cap = await withClient(hostClientOptions(), (c) => c.capacity());
+  assert.is(cap.cpus, 1);
+  assert.is(cap.cpuset, String(os.cpus().length - 1));
+  assert.is(cap.memory_total_bytes, GiB);
+  assert.ok(cap.memory_free_bytes > 0 && cap.memory_free_bytes < GiB, `free ${cap.memory_free_bytes}`);
+  assert.is(cap.running_containers, 0);
+});
+
+test('a client certificate from another CA is refused', async () => {
+  await makeCa(`${tmp}/other-ca.key`, `${tmp}/other-ca.crt`, 'not the DPU CA');
+  await makeLeaf({ key: `${tmp}/other-ca.key`, cert: `${tmp}/other-ca.crt` }, `${tmp}/c.key`, `${tmp}/c.crt`, 'heteropod-shim', ['extendedKeyUsage=clientAuth']);
+  const err = await refused({ ...hostClientOptions(), certFile: `${tmp}/c.crt`, keyFile: `${tmp}/c.key`, timeoutMs: 3000 });
+  assert.instance(err, DpuAgentError);
+  assert.is(err.kind, 'tls', err.message);
+  assert.match(err.message, 'TLS with the DPU agent at 192.168.100.2:7443');
+});
+
+test('a client without a certificate is refused', async () => {
+  const err = await refused({ address: hostClientOptions().address, caFile: DPU.pki.caCert, timeoutMs: 3000 });
+  assert.is(err.kind, 'tls', err.message);
+});
+
+test('status shows address, cgroup, cpuset, memory and health', async () => {
+  const s = await heteropod(['dpu', 'status']);
+  assert.is(s.code, 0, s.stderr);
+  for (const want of ['DPU: running', `pid ${agentPid()}, 192.168.100.2:7443`, 'cgroup         /heteropod-dpu', `cpuset         ${os.cpus().length - 1}`, 'memory limit   1 GiB', 'health         ok, version']) {
+    assert.match(s.stdout, want);
+  }
+  const j = JSON.parse((await heteropod(['dpu', 'status', '-o', 'json'])).stdout);
+  assert.is(j.running, true);
+  assert.is(j.capacity.memory_total_bytes, GiB);
+});
+
+test('a second up is a no-op; a killed agent is unreachable and up repairs it', async () => {
+  const pid = agentPid();
+  const again = await heteropod(['dpu', 'up']);
+  assert.is(again.code, 0, again.stderr);
+  assert.match(again.stdout, 'already running');
+  assert.is(agentPid(), pid);
+  const ca = fs.readFileSync(DPU.pki.caCert, 'utf8');
+
+  process.kill(pid, 'SIGKILL');
+  await waitFor('the agent to die', 5000, () => !pidAlive(pid));
+  // The link is still up, so the call stays on 192.168.100.0/30 and meets a closed port.
+  const err = await refused({ ...hostClientOptions(), timeoutMs: 1500 });
+  assert.is(err.kind, 'unreachable', err.message);
+  assert.match(err.message, 'DPU agent at 192.168.100.2:7443 unreachable');
+  const st = await heteropod(['dpu', 'status']);
+  assert.is(st.code, 3);
+  assert.match(st.stdout, 'repair with: heteropod dpu up');
+
+  const repair = await heteropod(['dpu', 'up']);
+  assert.is(repair.code, 0, repair.stderr);
+  assert.is.not(agentPid(), pid);
+  assert.is(fs.readFileSync(DPU.pki.caCert, 'utf8'), ca, 'certificates kept: the shim\'s copy stays valid');
+  assert.is((await withClient(hostClientOptions(), (c) => c.health())).ok, true);
+});
+
+test('down removes everything', async () => {
+  const d = await heteropod(['dpu', 'down']);
+  assert.is(d.code, 0, d.stderr);
+  assert.match(d.stdout, 'DPU down');
+  const leaks = await persistentLeaksSince(before);
+  assert.equal(leaks, [], `left behind:\n${leaks.join('\n')}`);
+});
+
+test.after(async () => {
+  if (fs.existsSync(DPU.stateDir) || fs.existsSync(DPU.netnsFile)) await down();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test.run();

@@ -1,0 +1,127 @@
+// The agent's gRPC server and client on loopback, with certificates made the way
+// `dpu up` makes them: the right client is served, a client from another CA or
+// without a certificate is refused, a dead address is "unreachable", and the
+// resource parsers read cgroup files right.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agent/client';
+import { startAgentServer, RunningServer } from '../../src/agent/server';
+import { DpuAgentService } from '../../src/agent/service';
+import { capacityOf, effectiveMemoryLimit, parseMemTotal, parseProcCgroup } from '../../src/agent/resources';
+import { ensurePki, makeCa, makeLeaf, PkiFiles } from '../../src/dpu/pki';
+
+let dir: string;
+let pki: PkiFiles;
+let server: RunningServer;
+let address: string;
+const GiB = 1024 ** 3;
+
+test.before(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-unit-'));
+  const p = path.join(dir, 'pki');
+  pki = { dir: p, caKey: `${p}/ca.key`, caCert: `${p}/ca.crt`, agentKey: `${p}/agent.key`, agentCert: `${p}/agent.crt`, shimKey: `${p}/shim.key`, shimCert: `${p}/shim.crt` };
+  assert.is(await ensurePki(pki, '127.0.0.1'), 'made');
+  const api = new DpuAgentService({
+    version: 'test',
+    listenAddress: '127.0.0.1:0',
+    resources: () => ({ cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: 100 * 1024 * 1024 }),
+  });
+  server = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
+  address = `127.0.0.1:${server.port}`;
+});
+
+test.after(async () => {
+  await server?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a second ensurePki keeps the set', async () => {
+  const ca = fs.readFileSync(pki.caCert, 'utf8');
+  assert.is(await ensurePki(pki, '127.0.0.1'), 'kept');
+  assert.is(fs.readFileSync(pki.caCert, 'utf8'), ca);
+  assert.is(fs.statSync(pki.caKey).mode & 0o777, 0o600);
+});
+
+test('the shim certificate gets Health and Capacity', async () => {
+  const c = DpuAgentClient.connect({ address, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  try {
+    const h = await c.health();
+    assert.is(h.ok, true);
+    assert.is(h.version, 'test');
+    assert.ok(h.uptime_seconds >= 0);
+    const cap = await c.capacity();
+    assert.equal(cap, { cpus: 1, cpuset: '3', memory_total_bytes: GiB, memory_free_bytes: GiB - 100 * 1024 * 1024, running_containers: 0 });
+  } finally {
+    c.close();
+  }
+});
+
+async function refusal(c: DpuAgentClient): Promise<DpuAgentError> {
+  try {
+    await c.health();
+  } catch (err) {
+    return err as DpuAgentError;
+  } finally {
+    c.close();
+  }
+  throw new Error('the call was served');
+}
+
+test('a client certificate from another CA is refused', async () => {
+  const other = path.join(dir, 'other');
+  fs.mkdirSync(other);
+  await makeCa(`${other}/ca.key`, `${other}/ca.crt`, 'some other CA');
+  await makeLeaf({ key: `${other}/ca.key`, cert: `${other}/ca.crt` }, `${other}/c.key`, `${other}/c.crt`, 'heteropod-shim', ['extendedKeyUsage=clientAuth']);
+  const err = await refusal(DpuAgentClient.connect({ address, caFile: pki.caCert, certFile: `${other}/c.crt`, keyFile: `${other}/c.key`, timeoutMs: 3000 }));
+  assert.instance(err, DpuAgentError);
+  assert.is(err.kind, 'tls', err.message);
+});
+
+test('a client without a certificate is refused', async () => {
+  const err = await refusal(DpuAgentClient.connect({ address, caFile: pki.caCert, timeoutMs: 3000 }));
+  assert.is(err.kind, 'tls', err.message);
+});
+
+test('an agent from another CA is not trusted by the client', async () => {
+  const err = await refusal(DpuAgentClient.connect({ address, caFile: path.join(dir, 'other', 'ca.crt'), certFile: pki.shimCert, keyFile: pki.shimKey, timeoutMs: 3000 }));
+  assert.is(err.kind, 'tls', err.message);
+});
+
+test('nothing listening is unreachable', async () => {
+  const err = await refusal(DpuAgentClient.connect({ address: '127.0.0.1:1', caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey, timeoutMs: 1500 }));
+  assert.is(err.kind, 'unreachable', err.message);
+  assert.match(err.message, 'DPU agent at 127.0.0.1:1 unreachable');
+});
+
+test('a missing certificate file is named', () => {
+  assert.throws(() => DpuAgentClient.connect({ address, caFile: '/nonexistent/ca.crt' }), /read CA certificate \/nonexistent\/ca.crt/);
+});
+
+test('resource parsers', () => {
+  const cg = parseProcCgroup('12:pids:/heteropod-dpu\n4:cpu,cpuacct:/x\n3:cpuset:/heteropod-dpu\n0::/\n');
+  assert.is(cg.get('cpuset'), '/heteropod-dpu');
+  assert.is(cg.get('cpuacct'), '/x');
+  assert.is(cg.get('cpu'), '/x');
+  assert.is(parseMemTotal('MemTotal:        4000000 kB\nMemFree: 1 kB\n'), 4_096_000_000);
+  assert.is(effectiveMemoryLimit(GiB, 4 * GiB), GiB);
+  assert.is(effectiveMemoryLimit(9223372036854771712, 4 * GiB), 4 * GiB);
+  assert.equal(capacityOf({ cpus: [2, 3], memoryTotalBytes: GiB, memoryUsedBytes: 2 * GiB }, 0), { cpus: 2, cpuset: '2-3', memory_total_bytes: GiB, memory_free_bytes: 0, running_containers: 0 });
+});
+
+
+test('the management address is never dialed without the management link', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-net-'));
+  try {
+    assert.throws(() => assertManagementLink('192.168.100.2:7443', dir), /management link tmfifo_net0 does not exist/);
+    fs.mkdirSync(path.join(dir, 'tmfifo_net0'));
+    assertManagementLink('192.168.100.2:7443', dir);
+    assertManagementLink('127.0.0.1:7443', path.join(dir, 'none'));
+  } finally {
+    fs.rmSync(dir, { recursive: true });
+  }
+});
+
+test.run();

@@ -1,0 +1,85 @@
+// The emulated DPU's pure parts: sizes from `dpu up` options, the cgroup values
+// written for them, its names and paths, and the launch scripts' order of steps.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { cgroupValues, dpuSize, formatBytes, formatCpuList, parseCpuList, parseMemory } from '../../src/dpu/config';
+import { agentCommand, insideScript, outsideScript } from '../../src/dpu/launch';
+import { agentAddress, cgroupDir, DPU } from '../../src/dpu/paths';
+
+const GiB = 1024 ** 3;
+
+test('CPU lists parse and format the kernel way', () => {
+  assert.equal(parseCpuList('0-3,6,8-9\n'), [0, 1, 2, 3, 6, 8, 9]);
+  assert.equal(parseCpuList(''), []);
+  assert.equal(parseCpuList('1,1,0'), [0, 1]);
+  assert.throws(() => parseCpuList('3-1'), /runs backwards/);
+  assert.throws(() => parseCpuList('a'), /bad CPU list "a"/);
+  assert.is(formatCpuList([5, 0, 1, 2, 9, 8]), '0-2,5,8-9');
+  assert.is(formatCpuList([1]), '1');
+});
+
+test('memory sizes', () => {
+  assert.is(parseMemory('1G'), GiB);
+  assert.is(parseMemory('1GiB'), GiB);
+  assert.is(parseMemory('512m'), 512 * 1024 ** 2);
+  assert.is(parseMemory('1.5G'), 1.5 * GiB);
+  assert.is(parseMemory(String(2 * GiB)), 2 * GiB);
+  assert.throws(() => parseMemory('lots'), /bad memory size "lots"/);
+  assert.throws(() => parseMemory('1M'), /below the DPU's minimum/);
+  assert.is(formatBytes(GiB), '1 GiB');
+  assert.is(formatBytes(1.5 * GiB), '1.5 GiB');
+  assert.is(formatBytes(100), '100 B');
+});
+
+test('default size: the last CPU and 1 GiB', () => {
+  assert.equal(dpuSize({}, [0, 1]), { cpus: [1], memoryBytes: GiB });
+  assert.equal(dpuSize({}, [0, 1, 2, 3, 4, 5, 6, 7]), { cpus: [7], memoryBytes: GiB });
+  assert.equal(dpuSize({}, [0]), { cpus: [0], memoryBytes: GiB });
+});
+
+test('--cpus takes from the end, --cpuset names CPUs, both are checked', () => {
+  assert.equal(dpuSize({ cpus: '2', memory: '2G' }, [0, 1, 2, 3]), { cpus: [2, 3], memoryBytes: 2 * GiB });
+  assert.equal(dpuSize({ cpuset: '0,2' }, [0, 1, 2, 3]).cpus, [0, 2]);
+  assert.throws(() => dpuSize({ cpus: '3' }, [0, 1]), /the host has only 2/);
+  assert.throws(() => dpuSize({ cpus: '0' }, [0, 1]), /whole number of CPUs/);
+  assert.throws(() => dpuSize({ cpus: '1.5' }, [0, 1]), /whole number/);
+  assert.throws(() => dpuSize({ cpuset: '4' }, [0, 1]), /CPU 4 not on this host \(it has 0-1\)/);
+  assert.throws(() => dpuSize({ cpus: '1', cpuset: '1' }, [0, 1]), /not both/);
+  assert.throws(() => dpuSize({}, []), /no CPUs/);
+});
+
+test('cgroup values per controller', () => {
+  assert.equal(cgroupValues({ cpus: [2, 3], memoryBytes: GiB }), {
+    cpuset: { 'cpuset.cpus': '2-3', 'cpuset.mems': '0' },
+    memory: { 'memory.limit_in_bytes': String(GiB) },
+    pids: { 'pids.max': String(DPU.defaultPidsMax) },
+    cpu: {},
+  });
+  // every controller the DPU joins has an entry, and nothing else
+  assert.equal(Object.keys(cgroupValues({ cpus: [0], memoryBytes: GiB })).sort(), [...DPU.cgroupControllers].sort());
+});
+
+test('names and paths', () => {
+  assert.is(cgroupDir('cpuset'), '/sys/fs/cgroup/cpuset/heteropod-dpu');
+  assert.is(agentAddress(), '192.168.100.2:7443');
+  assert.is(DPU.netnsFile, `/run/netns/${DPU.netns}`);
+  for (const p of Object.values(DPU.pki).filter((v) => v !== DPU.pki.dir)) assert.ok(p.startsWith(`${DPU.pki.dir}/`), p);
+  // the DPU's own state dir is a sibling of the PKI, so the keys it must not see stay outside it
+  assert.not.ok(DPU.pki.dir.startsWith(DPU.dpuRootOnHost));
+  assert.ok(DPU.tlsDirInside.startsWith(`${DPU.stateDir}/`));
+});
+
+test('launch: cgroups first, then mount ns, then netns; inside, hide before exec', () => {
+  const outside = outsideScript();
+  const joins = DPU.cgroupControllers.map((c) => outside.indexOf(`${cgroupDir(c)}/cgroup.procs`));
+  assert.ok(joins.every((i) => i >= 0 && i < outside.indexOf('exec unshare')));
+  assert.match(outside, `unshare --mount --propagation private -- nsenter --net=${DPU.netnsFile}`);
+  const inside = insideScript().split('\n');
+  const at = (needle: string) => inside.findIndex((l) => l.includes(needle));
+  assert.ok(at('--bind /var/lib/heteropod/dpu/root') < at('hp-dpu-state /var/lib/heteropod'), 'bind the state dir before covering its parent');
+  assert.ok(at('mount --move') > at('hp-dpu-state /var/lib/heteropod'));
+  assert.is(inside[inside.length - 1], 'exec "$@"');
+  assert.ok(agentCommand().includes('192.168.100.2:7443'));
+});
+
+test.run();
