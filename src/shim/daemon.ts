@@ -16,7 +16,9 @@ import { TaskService } from './task-service';
 
 const LISTEN_FD = 3;
 
-export async function serveDaemon(flags: ShimFlags, group: string): Promise<void> {
+// `listen`: 'inherited' when `start` passed the listening socket as fd 3 (checked
+// at exec, before Node opened descriptors of its own), 'bind' to bind the path.
+export async function serveDaemon(flags: ShimFlags, group: string, listen: 'inherited' | 'bind'): Promise<void> {
   const bundle = process.cwd();
   // How ps, and the test bed's clean-up, recognise a shim of containerd's.
   process.title = `containerd-shim-heteropod-v2 -namespace ${flags.namespace} -id ${group} -address ${flags.address}`;
@@ -27,6 +29,8 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
   process.on('unhandledRejection', (err) => log.error('unhandled rejection', { error: err instanceof Error ? err.stack ?? err.message : String(err) }));
 
   const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
+  // The socket `start` chose and printed to containerd is the one to serve.
+  const socket = flags.socket || paths.socket;
   const events = new EventForwarder(process.env.TTRPC_ADDRESS ?? '', log);
   const runc = new RuncShimRuntime(
     {
@@ -34,7 +38,7 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
       namespace: flags.namespace,
       containerdAddress: flags.address,
       publishBinary: flags.publishBinary,
-      eventsAddress: paths.socket,
+      eventsAddress: socket,
       workDir: paths.runcWorkDir,
       debug,
       runc: config.runc,
@@ -54,7 +58,7 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
     await events.flush(5000);
     events.close();
     await server.close();
-    fs.rmSync(paths.socket, { force: true });
+    fs.rmSync(socket, { force: true });
     fs.rmSync(paths.dir, { recursive: true, force: true });
     removeIfEmpty(path.dirname(paths.dir));
     log.info('shim exited');
@@ -81,18 +85,19 @@ export async function serveDaemon(flags: ShimFlags, group: string): Promise<void
 
   // `start` bound and listened on the socket and passed it as fd 3, so containerd
   // could connect (its calls wait in the backlog) before this process was up.
-  const inherited = flags.socket === paths.socket && isSocket(LISTEN_FD);
-  if (!inherited) fs.rmSync(paths.socket, { force: true }); // stale: `start` found nothing answering
-  await server.listen(inherited ? { fd: LISTEN_FD } : paths.socket);
-  log.info('shim serving', { socket: paths.socket, pid: process.pid });
+  const inherited = listen === 'inherited';
+  if (!inherited) fs.rmSync(socket, { force: true }); // stale: `start` found nothing answering
+  await server.listen(inherited ? { fd: LISTEN_FD } : socket);
+  log.info('shim serving', { socket, pid: process.pid });
   // The task that started this shim is about to be created: have runc's shim
   // ready by then. A failure here is retried by that Create, which reports it.
   runc.prepare({ id: path.basename(bundle), bundle }).catch((err: Error) => log.warn('start runc shim early', { error: err.message }));
 }
 
-function isSocket(fd: number): boolean {
+// Whether this process was started with a listening socket as fd 3.
+export function hasListener(): boolean {
   try {
-    return fs.fstatSync(fd).isSocket();
+    return fs.fstatSync(LISTEN_FD).isSocket();
   } catch {
     return false;
   }

@@ -31,7 +31,8 @@ async function main(argv: string[]): Promise<number> {
       return -1; // keeps running
     }
     case 'serve': {
-      await (require('./daemon') as typeof import('./daemon')).serveDaemon(flags, flags.id);
+      const daemon = require('./daemon') as typeof import('./daemon');
+      await daemon.serveDaemon(flags, flags.id, daemon.hasListener() ? 'inherited' : 'bind');
       return -1; // keeps running
     }
     default:

@@ -110,7 +110,7 @@ export async function serveSpare(flags: ShimFlags): Promise<void> {
         conn.end(`error: ${(err as Error).message}\n`, () => process.exit(1));
         return;
       }
-      serveDaemon({ ...flags, id: assignment.id, socket: assignment.socket }, assignment.id).then(
+      serveDaemon({ ...flags, id: assignment.id, socket: assignment.socket }, assignment.id, 'bind').then(
         () => conn.end('ok\n'),
         (err: Error) => conn.end(`error: ${err.message}\n`, () => process.exit(1)),
       );
