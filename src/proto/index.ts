@@ -1,6 +1,8 @@
-// The project's .proto files (cri-proto/), loaded once at run time with protobufjs.
+// The project's .proto files (cri-proto/), loaded at run time with protobufjs.
 // Nothing is generated: each message type is looked up by its full name and
 // converted to and from plain objects (64-bit integers as numbers, bytes as Buffer).
+// The shim's hot path does not load this (see wire.ts); the tests check the wire
+// codec against it, and tools that need whole messages use it.
 import * as path from 'node:path';
 import type * as Protobuf from 'protobufjs';
 

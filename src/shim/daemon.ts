@@ -1,6 +1,8 @@
 // The long-lived shim process of one pod: serves the Task service to containerd
-// and the Events service to the runtimes behind it, on one socket. Started by
-// `start` with a readiness pipe on fd 3; exits after a Shutdown leaves no task.
+// and the Events service to the runtimes behind it, on one socket. `start`
+// (launcher.c, or start.ts without it) starts it with that socket listening on
+// fd 3, or hands the pod to a warm spare (spare.ts), which binds the socket.
+// Exits after a Shutdown leaves no task.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcServer } from '../ttrpc';

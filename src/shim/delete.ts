@@ -87,22 +87,28 @@ async function deleteThrough(address: string, flags: ShimFlags, shutdown: boolea
     if (err instanceof RpcError && (err.code === Code.NOT_FOUND || err.code === Code.DEADLINE_EXCEEDED || err.code === Code.FAILED_PRECONDITION)) return null;
     throw err;
   };
+  // containerd logs what `delete` writes to stderr as "cleanup warnings".
+  const warn = (what: string, err: unknown): void => void process.stderr.write(`delete ${flags.id}: ${what}: ${(err as Error).message}\n`);
+  let result: DeleteResult | null = null;
   try {
     const killed = await call('Kill', encodeKillRequest(flags.id, SIGKILL, true)).then(() => true, ignoreNotFound);
     if (killed) await call('Wait', encodeIdRequest(flags.id)).catch(ignoreNotFound);
     const res = await call('Delete', encodeIdRequest(flags.id)).catch(ignoreNotFound);
-    const result = res ? decodeDeleteResponse(res) : { pid: 0, exitStatus: 0, exitedAt: null };
-    if (shutdown) {
-      const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
-      await call('Shutdown', encodeShutdownRequest(flags.id), 1000).catch(() => null);
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
-    }
-    return result;
-  } catch {
-    return null;
-  } finally {
-    client.close();
+    result = res ? decodeDeleteResponse(res) : { pid: 0, exitStatus: 0, exitedAt: null };
+  } catch (err) {
+    warn(`through ${address}`, err);
   }
+  // Whatever happened above, the runc shim is asked to exit: it does once no task
+  // is left, so the pod's last `delete` ends it.
+  if (shutdown) {
+    const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
+    await call('Shutdown', encodeShutdownRequest(flags.id), 1000).catch((err) => {
+      if (!(err instanceof RpcError && err.code === Code.UNAVAILABLE)) warn('shut down the runc shim', err);
+    });
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
+  }
+  client.close();
+  return result;
 }
 
 function runcDelete(binary: string, flags: ShimFlags, bundle: string): DeleteResult {
