@@ -113,6 +113,23 @@ test('an exec runs in the task and reports its own exit code', async () => {
   assert.is((await ctr(['container', 'rm', 'longer'])).code, 0);
 });
 
+test('one shim per pod; the shim killed: containerd cleans up, runc’s shim and our state go too', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const pod = ['--annotation', 'io.kubernetes.cri.sandbox-id=pod-k'];
+  for (const id of ['pod-k', 'pod-k-app']) {
+    const r = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', ...pod, '--rootfs', rootfs, id, '/bin/sleep', '600']);
+    assert.is(r.code, 0, r.stderr);
+  }
+  const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock));
+  assert.is(ours.length, 1, 'both tasks share one shim');
+  assert.ok(ours[0].cmdline.includes('-id pod-k '));
+  process.kill(ours[0].pid, 'SIGKILL');
+  await waitFor('containerd to drop both tasks', 15_000, async () => !/pod-k/.test((await ctr(['task', 'ls'])).stdout));
+  await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare ')));
+  assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, 'pod-k')), 'the pod’s state is removed');
+  for (const id of ['pod-k-app', 'pod-k']) assert.is((await ctr(['container', 'rm', id])).code, 0);
+});
+
 test('the shim log reaches containerd’s log as key=value lines; debug by HETEROPOD_DEBUG', () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
   const log = fs.readFileSync(logFile, 'utf8');
@@ -122,7 +139,7 @@ test('the shim log reaches containerd’s log as key=value lines; debug by HETER
 
 test('nothing of the shims is left', async () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
-  await waitFor('the shims to exit', 10_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock)));
+  await waitFor('the shims to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock)));
   const state = path.join(SHIM_STATE, 'pods', ns);
   assert.not.ok(fs.existsSync(state), `${state} is gone`);
   const sockets = fs.existsSync(path.join(SHIM_STATE, 's')) ? fs.readdirSync(path.join(SHIM_STATE, 's')) : [];

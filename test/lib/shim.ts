@@ -39,10 +39,14 @@ export async function shimLeaks(): Promise<string[]> {
   return out;
 }
 
-/** Waits until the shims are gone (they exit shortly after the last Shutdown), then reports leaks. */
+/**
+ * Waits until the shims are gone, then reports leaks. They exit shortly after the
+ * last Shutdown, except when our shim was killed: runc's shim then spends up to 5 s
+ * trying to deliver its last events before it exits.
+ */
 export async function settleAndCheckLeaks(): Promise<string[]> {
   try {
-    await waitFor('the shims to exit', 10_000, async () => (await shimLeaks()).length === 0);
+    await waitFor('the shims to exit', 20_000, async () => (await shimLeaks()).length === 0);
   } catch {
     // reported below
   }
