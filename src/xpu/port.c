@@ -248,12 +248,12 @@ static void *pump_tap_to_ring(void *arg)
 			if (!spin_t0)
 				spin_t0 = now;
 			if (now - spin_t0 < sp.budget_ns) {
-				xr_cpu_relax();
+				sched_yield(); /* see xr_wait: spin without starving others */
 				continue;
 			}
-			xr_spin_wasted(&sp);
 			spin_t0 = 0;
 			wait_tap_readable(p);
+			xr_spin_slept(&sp, xr_now_ns() - now);
 			continue;
 		}
 		/* Any other error: count it and do not spin on it. */

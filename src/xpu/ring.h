@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -63,7 +64,7 @@ struct xpu_spin {
 
 #define XPU_SPIN_MIN_NS 1000u
 #define XPU_SPIN_START_NS 20000u
-#define XPU_SPIN_MAX_NS 50000u
+#define XPU_SPIN_MAX_NS 100000u
 
 static inline void xr_cpu_relax(void)
 {
@@ -294,17 +295,27 @@ static inline void xr_spin_init(struct xpu_spin *sp, uint64_t max_ns)
 	sp->budget_ns = max_ns < XPU_SPIN_START_NS ? max_ns : XPU_SPIN_START_NS;
 }
 
-/* Spin-phase bookkeeping, shared with the TAP reader's wait. */
+/* Spin-phase bookkeeping, shared with the TAP reader's wait. The budget
+ * doubles when spinning found work, and after a sleep that ended soon enough
+ * that a longer spin would have caught it; it halves after a long sleep. It
+ * never drops below XPU_SPIN_MIN_NS so that it can grow again. */
 static inline void xr_spin_paid(struct xpu_spin *sp)
 {
-	sp->budget_ns = sp->budget_ns * 2 > sp->max_ns ? sp->max_ns : sp->budget_ns * 2;
-	if (sp->budget_ns < XPU_SPIN_MIN_NS && sp->max_ns >= XPU_SPIN_MIN_NS)
-		sp->budget_ns = XPU_SPIN_MIN_NS;
+	uint64_t b = sp->budget_ns * 2;
+	if (b < XPU_SPIN_MIN_NS)
+		b = XPU_SPIN_MIN_NS;
+	sp->budget_ns = b > sp->max_ns ? sp->max_ns : b;
 }
 
-static inline void xr_spin_wasted(struct xpu_spin *sp)
+static inline void xr_spin_slept(struct xpu_spin *sp, uint64_t slept_ns)
 {
+	if (slept_ns < sp->max_ns) {
+		xr_spin_paid(sp);
+		return;
+	}
 	sp->budget_ns /= 2;
+	if (sp->budget_ns < XPU_SPIN_MIN_NS)
+		sp->budget_ns = sp->max_ns < XPU_SPIN_MIN_NS ? sp->max_ns : XPU_SPIN_MIN_NS;
 }
 
 /* Wait until the ring has data (for_space=0, consumer) or room for a frame of
@@ -349,10 +360,13 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 			now = xr_now_ns();
 			if (now - t0 >= sp->budget_ns)
 				break;
+			/* Spinning must not keep the threads we wait for (the
+			 * application, the other pumps) off a core: on a machine with
+			 * fewer cores than busy threads, give the core away. */
+			sched_yield();
 		}
 		xr_cpu_relax();
 	}
-	xr_spin_wasted(sp);
 
 	__atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
 	/* full fence: the sleep mark is visible before we re-read the index; pairs
@@ -363,8 +377,10 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 		if (!for_space)
 			xr_stat_add(&r->c->cons.sleeps, 1);
 		/* Returns at once when a waker already cleared the mark. */
+		t0 = xr_now_ns();
 		xr_futex_wait(word, 1, timeout_ms);
 		ready = xr_ready(r, for_space, need);
+		xr_spin_slept(sp, xr_now_ns() - t0);
 	}
 	__atomic_store_n(word, 0, __ATOMIC_RELAXED);
 	return ready;
