@@ -356,7 +356,7 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 		}
 		if (__atomic_load_n(stop, __ATOMIC_RELAXED))
 			return 0;
-		if ((i & 31) == 0) {
+		if ((i & 3) == 0) {
 			now = xr_now_ns();
 			if (now - t0 >= sp->budget_ns)
 				break;
