@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { registerCriCommands } from './cri';
 import { registerLocalCommands } from './local';
 import { registerImageCommands } from './images';
+import { registerXpuCommands } from './xpu';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
   registerLocalCommands(program);
   registerCriCommands(program);
   registerImageCommands(program);
+  registerXpuCommands(program);
   return program;
 }
 

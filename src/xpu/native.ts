@@ -3,7 +3,7 @@
 // pthreads started by xpu_port_open.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { getSystemErrorName } from 'node:util';
+import { constants } from 'node:os';
 import * as koffi from 'koffi';
 
 export const SIDES = ['host', 'dpu'] as const;
@@ -25,12 +25,10 @@ export class XpuError extends Error {
   }
 }
 
+const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+
 export function errnoName(errno: number): string {
-  try {
-    return getSystemErrorName(-errno);
-  } catch {
-    return `errno ${errno}`;
-  }
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }
 
 const DirStats = koffi.struct('xpu_dir_stats', {
