@@ -28,3 +28,9 @@ $(BUILD)/xpu-test-rings-asan: $(XPU_RING_TEST) $(XPU_HDR)
 $(BUILD)/xpu-test-rings-tsan: $(XPU_RING_TEST) $(XPU_HDR)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) $(XPU_SAN) -fsanitize=thread -Wno-tsan -pthread -Isrc/xpu -o $@ $<
+
+# The XPU benchmark (not a test): veth vs XPU elastic vs XPU poll. About 4 minutes.
+.PHONY: bench-xpu
+bench: bench-xpu
+bench-xpu: build
+	node dist/scripts/bench-xpu.js

@@ -1,21 +1,28 @@
-// A process that owns one end of an XPU link, as the DPU agent will:
-//   node dist/src/xpu/port-process.js WINDOW SIDE NETNS_PATH TAP MODE
-// It attaches the window, opens its port, prints "ready" once the port is open,
-// and closes everything on SIGINT/SIGTERM or when its standard input closes (the
+// A process that owns one end of one or more XPU links, as the DPU agent will:
+//   node dist/src/xpu/port-process.js WINDOW SIDE NETNS_PATH TAP MODE [WINDOW SIDE NETNS_PATH TAP MODE ...]
+// It attaches each window, opens its port, prints "ready" once all are open, and
+// closes everything on SIGINT/SIGTERM or when its standard input closes (the
 // parent that started it is gone).
 import { XpuMode, XpuSide, XpuWindow } from './window';
 
 function main(argv: string[]): void {
-  const [file, side, netns, tap, mode] = argv;
-  if (!file || !side || !netns || !tap || !mode) {
-    process.stderr.write('usage: port-process WINDOW SIDE NETNS_PATH TAP MODE\n');
+  if (argv.length === 0 || argv.length % 5 !== 0) {
+    process.stderr.write('usage: port-process WINDOW SIDE NETNS_PATH TAP MODE [...]\n');
     process.exit(2);
   }
-  let window: XpuWindow;
+  const windows: XpuWindow[] = [];
+  const closeAll = () => {
+    for (const w of windows.splice(0)) w.close();
+  };
   try {
-    window = XpuWindow.attach(file);
-    window.openPort(side as XpuSide, netns, tap, mode as XpuMode);
+    for (let i = 0; i < argv.length; i += 5) {
+      const [file, side, netns, tap, mode] = argv.slice(i, i + 5);
+      const w = XpuWindow.attach(file);
+      windows.push(w);
+      w.openPort(side as XpuSide, netns, tap, mode as XpuMode);
+    }
   } catch (err) {
+    closeAll();
     process.stderr.write(`xpu port: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   }
@@ -23,7 +30,7 @@ function main(argv: string[]): void {
   const shutdown = (code: number) => {
     if (done) return;
     done = true;
-    window.close();
+    closeAll();
     process.exit(code);
   };
   process.on('SIGINT', () => shutdown(0));
