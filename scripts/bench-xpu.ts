@@ -30,6 +30,7 @@ const LATENCY_S = quick ? 2 : 5;
 const IDLE_S = quick ? 3 : 10;
 const BUSY_S = quick ? 2 : 5;
 const BUSY_COUNTS = [1, 4, 16];
+const ROUNDS = quick ? 1 : 3;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
@@ -60,8 +61,8 @@ class Pairs {
   private async setUp(): Promise<void> {
     const dpuSpecs: string[] = [];
     for (let i = 0; i < this.count; i++) {
-      const a = `${PREFIX}-${i}-a`;
-      const b = `${PREFIX}-${i}-b`;
+      const a = `${PREFIX}-${this.transport}-${i}-a`;
+      const b = `${PREFIX}-${this.transport}-${i}-b`;
       this.names.push([a, b]);
       for (const n of [a, b]) {
         sh('ip', ['netns', 'add', n]);
@@ -74,7 +75,7 @@ class Pairs {
         sh('ip', ['-n', a, 'link', 'set', 'xpu0', 'up']);
         sh('ip', ['-n', b, 'link', 'set', 'xpu0', 'up']);
       } else {
-        const file = windowPath(`${PREFIX}-${i}`);
+        const file = windowPath(`${PREFIX}-${this.transport}-${i}`);
         fs.rmSync(file, { force: true });
         const w = XpuWindow.create(file);
         this.windows.push(w);
@@ -232,29 +233,62 @@ interface Result {
   busy: Record<string, Lat & { perLink: Lat[] }>;
 }
 
-async function measure(t: Transport): Promise<Result> {
-  log(`${t}: one link`);
-  const one = await Pairs.make(t, 1);
-  let r: Result;
+const median = (xs: number[]) => {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((x, y) => x - y);
+  return v.length ? v[Math.floor(v.length / 2)] : NaN;
+};
+const medianLat = (ls: Lat[]): Lat => ({ p50: median(ls.map((l) => l.p50)), p99: median(ls.map((l) => l.p99)) });
+
+/** CPU of the transport's threads over IDLE_S seconds with no traffic, % of a core. */
+async function idleCpu(p: Pairs): Promise<number | null> {
+  const pids = p.transportPids();
+  if (pids.length === 0) return null;
+  await sleep(1000); // let the adaptive spin settle
+  const c0 = transportCpuSeconds(pids);
+  await sleep(IDLE_S * 1000);
+  return ((transportCpuSeconds(pids) - c0) / IDLE_S) * 100;
+}
+
+/** Single-link figures. Transports measured together (veth and elastic: both
+ * idle at no cost) alternate round by round, so that a change in the machine's
+ * load during the run does not favour one of them; the median round counts. */
+async function singleLink(ts: Transport[], rounds: number, res: Partial<Record<Transport, Result>>): Promise<void> {
+  const pairs: Pairs[] = [];
   try {
-    const tcpGbps = await throughput(one);
-    log(`${t}: TCP ${tcpGbps.toFixed(2)} Gbit/s`);
-    const [tcp] = await pingPong(one, 1, true, LATENCY_S);
-    const [udp] = await pingPong(one, 1, false, LATENCY_S);
-    log(`${t}: TCP p50 ${tcp.p50} p99 ${tcp.p99}; UDP p50 ${udp.p50} p99 ${udp.p99}`);
-    let idleCpuPercent: number | null = null;
-    const pids = one.transportPids();
-    if (pids.length > 0) {
-      await sleep(1000); // let the adaptive spin settle
-      const c0 = transportCpuSeconds(pids);
-      await sleep(IDLE_S * 1000);
-      idleCpuPercent = ((transportCpuSeconds(pids) - c0) / IDLE_S) * 100;
-      log(`${t}: idle CPU ${idleCpuPercent.toFixed(3)}% of a core`);
+    for (const t of ts) pairs.push(await Pairs.make(t, 1));
+    const tcp = new Map<Transport, Lat[]>(ts.map((t) => [t, []]));
+    const udp = new Map<Transport, Lat[]>(ts.map((t) => [t, []]));
+    const gbps = new Map<Transport, number>();
+    for (const p of pairs) {
+      gbps.set(p.transport, await throughput(p));
+      log(`${p.transport}: TCP ${gbps.get(p.transport)!.toFixed(2)} Gbit/s`);
     }
-    r = { tcpGbps, tcp, udp, idleCpuPercent, busy: {} };
+    for (let r = 0; r < rounds; r++) {
+      for (const p of pairs) {
+        const [t1] = await pingPong(p, 1, true, LATENCY_S);
+        const [u1] = await pingPong(p, 1, false, LATENCY_S);
+        tcp.get(p.transport)!.push(t1);
+        udp.get(p.transport)!.push(u1);
+        log(`${p.transport} round ${r + 1}: TCP p50 ${t1.p50} p99 ${t1.p99}; UDP p50 ${u1.p50} p99 ${u1.p99}`);
+      }
+    }
+    for (const p of pairs) {
+      const idle = await idleCpu(p);
+      if (idle !== null) log(`${p.transport}: idle CPU ${idle.toFixed(3)}% of a core`);
+      res[p.transport] = {
+        tcpGbps: gbps.get(p.transport)!,
+        tcp: medianLat(tcp.get(p.transport)!),
+        udp: medianLat(udp.get(p.transport)!),
+        idleCpuPercent: idle,
+        busy: {},
+      };
+    }
   } finally {
-    await one.tearDown();
+    for (const p of pairs) await p.tearDown();
   }
+}
+
+async function busyLinks(t: Transport, r: Result): Promise<void> {
   for (const n of BUSY_COUNTS) {
     log(`${t}: ${n} busy link(s)`);
     const many = await Pairs.make(t, n);
@@ -266,7 +300,6 @@ async function measure(t: Transport): Promise<Result> {
       await many.tearDown();
     }
   }
-  return r;
 }
 
 function cleanLeftovers(): void {
@@ -341,7 +374,10 @@ async function main(): Promise<void> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    for (const t of TRANSPORTS) res[t] = await measure(t);
+    // poll burns every core it can while it exists: measured on its own.
+    await singleLink(['veth', 'elastic'], ROUNDS, res);
+    await singleLink(['poll'], 1, res);
+    for (const t of TRANSPORTS) await busyLinks(t, res[t]);
   } finally {
     cleanLeftovers();
   }
@@ -350,7 +386,7 @@ async function main(): Promise<void> {
   const machine = { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? '', kernel: os.release(), memGiB: Math.round(os.totalmem() / 2 ** 30) };
   const text =
     `XPU transport benchmark (${command}), ${started}, ${machine.cpus} CPUs (${machine.cpuModel}), kernel ${machine.kernel}\n` +
-    `latency: sockperf ping-pong, half round trip in microseconds; busy links: mean over links\n\n` +
+    `latency: sockperf ping-pong, half round trip in microseconds (veth and elastic: median of ${ROUNDS} alternating rounds); busy links: mean over links\n\n` +
     table(res) +
     '\n\ntargets:\n' +
     tgt.map((t) => `  [${t.met ? 'met' : 'NOT met'}] ${t.target}: ${t.value}`).join('\n') +
