@@ -3,6 +3,7 @@
 // opens a port for its side. Every failure becomes an XpuError whose message
 // names what was being done and why it failed.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { MODES, NativeHandle, RawStats, SIDES, XpuError, XpuMode, XpuSide, errnoName, native } from './native';
 
@@ -14,10 +15,7 @@ export const WINDOW_SUFFIX = '.xpu';
 export const RING_MIN = 256 * 1024;
 export const RING_MAX = 64 * 1024 * 1024;
 
-const E = {
-  ENOENT: 2, EPERM: 1, EACCES: 13, EEXIST: 17, EINVAL: 22, EBUSY: 16,
-  EBADMSG: 74, EPROTONOSUPPORT: 93, EMSGSIZE: 90,
-} as const;
+const E = os.constants.errno;
 
 function fail(what: string, rc: number, reason?: string): never {
   const errno = -rc;
