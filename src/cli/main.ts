@@ -5,6 +5,7 @@ import { registerCriCommands } from './cri';
 import { registerLocalCommands } from './local';
 import { registerImageCommands } from './images';
 import { registerDpuCommands } from './dpu';
+import { registerXpuCommands } from './xpu';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
   registerCriCommands(program);
   registerImageCommands(program);
   registerDpuCommands(program);
+  registerXpuCommands(program);
   return program;
 }
 
