@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { registerCriCommands } from './cri';
 import { registerLocalCommands } from './local';
 import { registerImageCommands } from './images';
+import { registerShimCommands } from './shim';
 import { registerDpuCommands } from './dpu';
 import { registerXpuCommands } from './xpu';
 
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
   registerLocalCommands(program);
   registerCriCommands(program);
   registerImageCommands(program);
+  registerShimCommands(program);
   registerDpuCommands(program);
   registerXpuCommands(program);
   return program;

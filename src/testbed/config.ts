@@ -86,3 +86,15 @@ export function cniConfig(t = TESTBED): string {
   };
   return JSON.stringify(conf, null, 2) + '\n';
 }
+
+// The HeteroPod shim's configuration in the test bed (options.ConfigPath above):
+// its state under the test bed's run directory, and runc's state root the same as
+// handler runc's, so both handlers' containers are found and cleaned up alike.
+export function shimConfig(t = TESTBED): string {
+  return `# Written by heteropod local up; removed by heteropod local down.
+state_dir = "${t.runDir}/shim"
+
+[runc]
+  root = "${t.runcRoot}"
+`;
+}

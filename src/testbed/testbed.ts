@@ -8,8 +8,8 @@ import * as path from 'node:path';
 import { CriClient } from '../cri/client';
 import type { CriObject } from '../cri/config';
 import { ensureImageArchives, importImages } from '../images';
-import { cniConfig, containerdConfig } from './config';
-import { TESTBED } from './paths';
+import { cniConfig, containerdConfig, shimConfig } from './config';
+import { REPO_ROOT, TESTBED } from './paths';
 import { killAndWait, listProcesses, mountsUnder, pidAlive, run, sleep, waitFor } from './proc';
 
 type Log = (line: string) => void;
@@ -100,6 +100,15 @@ export async function up(log: Log = () => {}): Promise<void> {
   log(`test bed up: containerd at ${TESTBED.endpoint}, runtime handlers runc and heteropod, pod network ${TESTBED.podSubnet} on ${TESTBED.cniBridge}`);
 }
 
+/**
+ * containerd's environment. containerd 1.6.20 does not honour `runtime_path` for
+ * CRI tasks: it finds a shim by name on its PATH, so the checkout's bin/ (holding
+ * containerd-shim-heteropod-v2) goes first.
+ */
+export function containerdEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, PATH: `${path.join(REPO_ROOT, 'bin')}:${process.env.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'}` };
+}
+
 async function start(log: Log): Promise<void> {
   for (const dir of [TESTBED.runDir, TESTBED.stateDir, TESTBED.cniConfDir, TESTBED.cniIpamDir, TESTBED.optDir]) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
@@ -108,9 +117,11 @@ async function start(log: Log): Promise<void> {
   // remember whether that directory is ours to remove at down.
   if (!fs.existsSync(SHIM_SOCKET_PARENT)) fs.writeFileSync(CREATED_SHIM_SOCKET_DIR_MARK, '');
   fs.writeFileSync(TESTBED.configFile, containerdConfig());
+  fs.writeFileSync(TESTBED.shimConfig, shimConfig());
   fs.writeFileSync(path.join(TESTBED.cniConfDir, '10-heteropod-testbed.conflist'), cniConfig());
   const logFd = fs.openSync(TESTBED.logFile, 'a');
   const child = spawn('containerd', ['--config', TESTBED.configFile], {
+    env: containerdEnv(),
     detached: true,
     stdio: ['ignore', logFd, logFd],
     cwd: TESTBED.runDir,

@@ -1,0 +1,147 @@
+// Benchmark (not a timed test): handler heteropod against handler runc on the test
+// bed, alternating the two pod by pod in one run. For each pod: the time from
+// RunPodSandbox to its container running, and the resident memory of the shim
+// processes serving it (RSS, and PSS, which shares the node binary's pages fairly
+// among the processes that map them). Prints a markdown table and the ratios.
+//
+//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 20] [--json FILE]
+import * as fs from 'node:fs';
+import { CriClient } from '../src/cri/client';
+import type { CriObject } from '../src/cri/config';
+import { TESTBED } from '../src/testbed/paths';
+import { listProcesses, sleep } from '../src/testbed/proc';
+import { down, up } from '../src/testbed/testbed';
+
+const HANDLERS = ['runc', 'heteropod'] as const;
+type Handler = (typeof HANDLERS)[number];
+
+interface PodSample {
+  handler: Handler;
+  podId: string;
+  startMs: number;
+  rssKiB: number;
+  pssKiB: number;
+  shims: number;
+}
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
+}
+
+function kib(file: string, field: string): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync(file, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+// Every shim process of the pod: runc's own, or ours plus the runc shim behind it.
+function podShims(podId: string): number[] {
+  return listProcesses()
+    .filter((p) => /containerd-shim-(runc|heteropod)-v2/.test(p.cmdline) && p.cmdline.includes(TESTBED.socket) && p.cmdline.includes(`-id ${podId}`))
+    .map((p) => p.pid);
+}
+
+function stats(values: number[]): { mean: number; median: number; p90: number } {
+  const s = [...values].sort((a, b) => a - b);
+  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
+  return { mean: values.reduce((a, b) => a + b, 0) / values.length, median: at(0.5), p90: at(0.9) };
+}
+
+async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodSample> {
+  const pod: CriObject = {
+    metadata: { name: `bench-${handler}-${n}`, namespace: 'bench', uid: `bench-${handler}-${n}-${process.pid}`, attempt: 0 },
+    log_directory: `/tmp/hp-bench-${process.pid}/${handler}-${n}`,
+    linux: {},
+  };
+  const container: CriObject = { metadata: { name: 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: {} };
+  const t0 = process.hrtime.bigint();
+  const podId = await cri.runPodSandbox(pod, handler);
+  const id = await cri.createContainer(podId, container, pod);
+  await cri.startContainer(id);
+  for (;;) {
+    const s = (await cri.containerStatus(id)).status as CriObject;
+    if (s.state === 'CONTAINER_RUNNING') break;
+    await sleep(5);
+  }
+  const startMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0 };
+}
+
+async function main(): Promise<void> {
+  const pods = Number(arg('pods', '20'));
+  if (!(pods >= 1)) throw new Error('--pods must be a positive number');
+  const say = (l: string): void => void process.stderr.write(`${l}\n`);
+  await up(say);
+  const cri = CriClient.connect(TESTBED.endpoint, 120_000);
+  const samples: PodSample[] = [];
+  const spare = { count: 0, rssKiB: 0, pssKiB: 0 };
+  try {
+    // Warm-up, one pod each, not counted: page cache, image unpack.
+    for (const h of HANDLERS) {
+      const w = await runPod(cri, h, -1);
+      await cri.stopPodSandbox(w.podId);
+      await cri.removePodSandbox(w.podId);
+    }
+    for (let i = 0; i < pods; i++) {
+      const order: Handler[] = i % 2 === 0 ? ['runc', 'heteropod'] : ['heteropod', 'runc'];
+      for (const h of order) {
+        const s = await runPod(cri, h, i);
+        samples.push(s);
+        say(`pod ${i} ${h}: ${s.startMs.toFixed(0)} ms`);
+      }
+    }
+    // Memory with every pod running, the steady state of a loaded node.
+    await sleep(2000);
+    for (const p of listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 spare') && p.cmdline.includes(TESTBED.socket))) {
+      spare.rssKiB += kib(`/proc/${p.pid}/status`, 'VmRSS');
+      spare.pssKiB += kib(`/proc/${p.pid}/smaps_rollup`, 'Pss');
+      spare.count++;
+    }
+    for (const s of samples) {
+      const pids = podShims(s.podId);
+      s.shims = pids.length;
+      s.rssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/status`, 'VmRSS'), 0);
+      s.pssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/smaps_rollup`, 'Pss'), 0);
+    }
+  } finally {
+    for (const s of samples) {
+      await cri.stopPodSandbox(s.podId).catch(() => {});
+      await cri.removePodSandbox(s.podId).catch(() => {});
+    }
+    cri.close();
+    await down(() => {});
+    fs.rmSync(`/tmp/hp-bench-${process.pid}`, { recursive: true, force: true });
+  }
+
+  const by = (h: Handler): PodSample[] => samples.filter((s) => s.handler === h);
+  const row = (h: Handler): string => {
+    const t = stats(by(h).map((s) => s.startMs));
+    const rss = stats(by(h).map((s) => s.rssKiB / 1024));
+    const pss = stats(by(h).map((s) => s.pssKiB / 1024));
+    return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} |`;
+  };
+  const ratio = (f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by('heteropod').map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
+  const lines = [
+    `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
+    '',
+    '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    row('runc'),
+    row('heteropod'),
+    '',
+    `heteropod also keeps ${spare.count} warm spare shim per node (not per pod): ${(spare.rssKiB / 1024).toFixed(1)} MiB RSS, ${(spare.pssKiB / 1024).toFixed(1)} MiB PSS.`,
+    `ratio heteropod/runc: start (median) ${ratio((s) => s.startMs, 'median')}x, start (mean) ${ratio((s) => s.startMs, 'mean')}x, RSS ${ratio((s) => s.rssKiB, 'mean')}x, PSS ${ratio((s) => s.pssKiB, 'mean')}x (target: at most 1.25x)`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  const json = arg('json', '');
+  if (json) fs.writeFileSync(json, JSON.stringify(samples, null, 2));
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench-shim: ${(err as Error).message}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,117 @@
+// `heteropod install`: makes this checkout's shim the runtime of containerd
+// handler `heteropod` on this node: the shim on PATH, a containerd config drop-in,
+// a default shim config, and the Kubernetes RuntimeClass that selects it.
+// Everything lands under `root` (default /) so a package build or a test can
+// install into a staging directory.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+export const HANDLER = 'heteropod';
+export const RUNTIME_TYPE = 'io.containerd.heteropod.v2';
+export const SHIM_BINARY = 'containerd-shim-heteropod-v2';
+
+export interface InstallOptions {
+  root: string;
+  binDir: string; // on containerd's PATH
+  dropInDir: string; // a directory containerd's config `imports`
+  configPath: string; // the shim's config (options.ConfigPath)
+  containerdConfig: string; // containerd's main config, checked for the import
+  repoRoot: string;
+  nodePath: string;
+}
+
+export interface InstallResult {
+  written: string[];
+  notes: string[];
+}
+
+export function dropIn(configPath: string): string {
+  const cri = 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.heteropod';
+  return `# Written by heteropod install: the HeteroPod runtime handler.
+version = 2
+
+[${cri}]
+  runtime_type = "${RUNTIME_TYPE}"
+  # Pod annotations the shim reads (heteropod.io/offload and friends).
+  pod_annotations = ["heteropod.io/*"]
+
+[${cri}.options]
+  ConfigPath = "${configPath}"
+`;
+}
+
+export function defaultShimConfig(): string {
+  return `# HeteroPod shim configuration (read at every shim start; absent means defaults).
+# debug = false                        # or HETEROPOD_DEBUG=1 in containerd's environment
+# state_dir = "/run/heteropod-shim"     # per-pod sockets and state
+# runc_shim = "containerd-shim-runc-v2" # host containers are delegated to it
+
+# [runc]                               # containerd.runc.v1.Options for host containers
+# root = "/run/containerd/runc"
+# systemd_cgroup = false
+`;
+}
+
+export function runtimeClassManifest(): string {
+  return `apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: ${HANDLER}
+handler: ${HANDLER}
+`;
+}
+
+function shimLauncher(nodePath: string, repoRoot: string): string {
+  const launcher = path.join(repoRoot, 'build', SHIM_BINARY);
+  return `#!/bin/sh
+# Installed by heteropod install from ${repoRoot}: the C launcher when built,
+# else the Node.js implementation.
+[ -x ${launcher} ] && exec ${launcher} "$@"
+exec ${nodePath} ${path.join(repoRoot, 'dist', 'src', 'shim', 'main.js')} "$@"
+`;
+}
+
+// Writes a file atomically (rename over), creating its directory.
+function put(file: string, text: string, mode: number): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, text, { mode });
+  fs.renameSync(tmp, file);
+}
+
+export function install(o: InstallOptions): InstallResult {
+  const at = (p: string): string => path.join(o.root, p);
+  const compiled = path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js');
+  if (!fs.existsSync(compiled)) throw new Error(`install: ${compiled} is missing; build first (make build)`);
+  const written: string[] = [];
+  const notes: string[] = [];
+  const done: string[] = [];
+  try {
+    const shim = at(path.join(o.binDir, SHIM_BINARY));
+    put(shim, shimLauncher(o.nodePath, o.repoRoot), 0o755);
+    done.push(shim);
+    const drop = at(path.join(o.dropInDir, 'heteropod.toml'));
+    put(drop, dropIn(o.configPath), 0o644);
+    done.push(drop);
+    written.push(shim, drop);
+    const config = at(o.configPath);
+    if (!fs.existsSync(config)) {
+      put(config, defaultShimConfig(), 0o644);
+      written.push(config);
+    } else {
+      notes.push(`kept the existing shim config ${config}`);
+    }
+  } catch (err) {
+    // Roll back what this run wrote, so a failed install leaves no half handler.
+    for (const f of done) fs.rmSync(f, { force: true });
+    throw new Error(`install: ${(err as Error).message}`);
+  }
+  const main = at(o.containerdConfig);
+  const imported = fs.existsSync(main) && new RegExp(`imports\\s*=\\s*\\[[^\\]]*${o.dropInDir.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`).test(fs.readFileSync(main, 'utf8'));
+  if (!imported) {
+    notes.push(`${o.containerdConfig} does not import ${o.dropInDir}: add this line at its top, then restart containerd:\n    imports = ["${path.join(o.dropInDir, '*.toml')}"]`);
+  } else {
+    notes.push('restart containerd to load the handler: systemctl restart containerd');
+  }
+  return { written, notes };
+}

@@ -1,0 +1,671 @@
+/*
+ * containerd-shim-heteropod-v2 launcher: the `start` action in C.
+ *
+ * containerd runs `<shim> ... start` cold for every task and waits for it; a
+ * Node.js start-up for each would dominate pod start time. This does `start`
+ * without Node: find the pod's shim socket, and if nothing answers there, bind
+ * and listen on it and spawn the Node daemon (dist/src/shim/main.js ... serve)
+ * with the listening socket as fd 3, then write `address` and the start record
+ * into the bundle and print the address. Every other action (delete, serve, -v)
+ * is handed to the Node implementation with execv, unchanged.
+ *
+ * Warm spares (src/shim/spare.ts): before starting a daemon cold, `start` asks
+ * the spare listening on <state_dir>/s/spare-<hash> to become the pod's daemon;
+ * either way it then starts the next spare, at low priority, and does not wait.
+ *
+ * Contract shared with src/shim (paths.ts, options.ts, config.ts, record.ts):
+ *   socket = <state_dir>/s/hex(sha256("heteropod\0" address "\0" namespace "\0" group))
+ *   group  = annotation io.kubernetes.cri.sandbox-id of ./config.json, else the id
+ *   state_dir from the top-level `state_dir = "..."` of the config file named by
+ *   the runtime options on stdin (runtimeoptions.v1.Options.config_path), else
+ *   /etc/heteropod/shim.toml; default /run/heteropod-shim.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define DEFAULT_CONFIG "/etc/heteropod/shim.toml"
+#define DEFAULT_STATE_DIR "/run/heteropod-shim"
+#define SANDBOX_ID_KEY "\"io.kubernetes.cri.sandbox-id\""
+#define MAX_SOCKET_PATH 106
+
+/* ---- SHA-256 (FIPS 180-4) -------------------------------------------------- */
+
+static const uint32_t K[64] = {
+	0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+	0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+	0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+	0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+	0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+	0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+	0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+	0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(uint32_t h[8], const unsigned char *p)
+{
+	uint32_t w[64], a, b, c, d, e, f, g, hh;
+	int i;
+
+	for (i = 0; i < 16; i++)
+		w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+	for (i = 16; i < 64; i++) {
+		uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+		uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+		w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+	}
+	a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; hh = h[7];
+	for (i = 0; i < 64; i++) {
+		uint32_t t1 = hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+		uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+		hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+	}
+	h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+}
+
+static void sha256_hex(const unsigned char *data, size_t len, char out[65])
+{
+	uint32_t h[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19 };
+	unsigned char block[64];
+	size_t done = 0, rest;
+	uint64_t bits = (uint64_t)len * 8;
+	int i;
+
+	for (; len - done >= 64; done += 64)
+		sha256_block(h, data + done);
+	rest = len - done;
+	memset(block, 0, sizeof(block));
+	memcpy(block, data + done, rest);
+	block[rest] = 0x80;
+	if (rest >= 56) {
+		sha256_block(h, block);
+		memset(block, 0, sizeof(block));
+	}
+	for (i = 0; i < 8; i++)
+		block[63 - i] = (unsigned char)(bits >> (8 * i));
+	sha256_block(h, block);
+	for (i = 0; i < 8; i++)
+		snprintf(out + 8 * i, 9, "%08x", h[i]);
+}
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static void fail(const char *what, const char *detail)
+{
+	fprintf(stderr, "containerd-shim-heteropod-v2: start: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+	exit(1);
+}
+
+/* Reads a whole file (or fd) into a NUL-terminated buffer; NULL if it cannot. */
+static char *read_fd(int fd, size_t *len_out)
+{
+	size_t cap = 4096, len = 0;
+	char *buf = malloc(cap + 1);
+	ssize_t n;
+
+	if (!buf)
+		return NULL;
+	for (;;) {
+		if (len == cap) {
+			char *bigger = realloc(buf, cap * 2 + 1);
+			if (!bigger) {
+				free(buf);
+				return NULL;
+			}
+			buf = bigger;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			free(buf);
+			return NULL;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (len_out)
+		*len_out = len;
+	return buf;
+}
+
+static char *read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char *text;
+
+	if (fd < 0)
+		return NULL;
+	text = read_fd(fd, NULL);
+	close(fd);
+	return text;
+}
+
+/* Protobuf: finds length-delimited field `want` of a message; 0 if absent. */
+static int pb_field(const unsigned char *p, size_t len, unsigned want, const unsigned char **val, size_t *vlen)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		uint64_t tag = 0, n = 0;
+		int shift = 0;
+
+		do {
+			if (i >= len || shift > 63)
+				return 0;
+			tag |= (uint64_t)(p[i] & 0x7f) << shift;
+			shift += 7;
+		} while (p[i++] & 0x80);
+		switch (tag & 7) {
+		case 0:
+			while (i < len && (p[i] & 0x80))
+				i++;
+			i++;
+			break;
+		case 1:
+			i += 8;
+			break;
+		case 5:
+			i += 4;
+			break;
+		case 2:
+			shift = 0;
+			do {
+				if (i >= len || shift > 63)
+					return 0;
+				n |= (uint64_t)(p[i] & 0x7f) << shift;
+				shift += 7;
+			} while (p[i++] & 0x80);
+			if (n > len - i)
+				return 0;
+			if ((tag >> 3) == want) {
+				*val = p + i;
+				*vlen = (size_t)n;
+				return 1;
+			}
+			i += (size_t)n;
+			break;
+		default:
+			return 0;
+		}
+	}
+	return 0;
+}
+
+/* runtimeoptions.v1.Options.config_path out of the Any on stdin, else "". */
+static char *config_path_from_options(const unsigned char *any, size_t len)
+{
+	const unsigned char *type, *value, *path;
+	size_t tlen, vlen, plen;
+	static const char suffix[] = "runtimeoptions.v1.Options";
+	char *out;
+
+	if (!pb_field(any, len, 1, &type, &tlen) || tlen < sizeof(suffix) - 1 ||
+	    memcmp(type + tlen - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) != 0)
+		return strdup("");
+	if (!pb_field(any, len, 2, &value, &vlen) || !pb_field(value, vlen, 2, &path, &plen))
+		return strdup("");
+	out = malloc(plen + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, path, plen);
+	out[plen] = '\0';
+	return out;
+}
+
+/* The top-level `state_dir = "..."` of the shim config, else the default. */
+static char *state_dir_from_config(const char *config_path)
+{
+	char *text = read_file(config_path[0] ? config_path : DEFAULT_CONFIG);
+	char *line, *save = NULL, *result = NULL;
+
+	if (!text)
+		return strdup(DEFAULT_STATE_DIR);
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *p = line, *end;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '[')
+			break; /* tables follow: no more top-level keys */
+		if (strncmp(p, "state_dir", 9) != 0)
+			continue;
+		p += 9;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p++ != '=')
+			continue;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p != '"' && *p != '\'')
+			continue;
+		end = strchr(p + 1, *p);
+		if (!end)
+			continue;
+		*end = '\0';
+		result = strdup(p + 1);
+		break;
+	}
+	free(text);
+	return result ? result : strdup(DEFAULT_STATE_DIR);
+}
+
+/* The pod the task belongs to: its sandbox-id annotation, else the task id. */
+static char *group_of(const char *id)
+{
+	char *spec = read_file("config.json"), *p, *end, *out;
+
+	if (!spec)
+		fail("read bundle spec config.json", strerror(errno));
+	p = strstr(spec, SANDBOX_ID_KEY);
+	if (p) {
+		p += strlen(SANDBOX_ID_KEY);
+		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+			p++;
+		if (*p == ':') {
+			p++;
+			while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+				p++;
+			if (*p == '"' && (end = strchr(p + 1, '"')) && end > p + 1) {
+				*end = '\0';
+				out = strdup(p + 1);
+				free(spec);
+				return out;
+			}
+		}
+	}
+	free(spec);
+	return strdup(id);
+}
+
+static int mkdir_p(const char *dir, mode_t mode)
+{
+	char buf[PATH_MAX];
+	char *p;
+
+	if (snprintf(buf, sizeof(buf), "%s", dir) >= (int)sizeof(buf))
+		return -ENAMETOOLONG;
+	for (p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int socket_answers(const struct sockaddr_un *addr)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int ok;
+
+	if (fd < 0)
+		return 0;
+	ok = connect(fd, (const struct sockaddr *)addr, sizeof(*addr)) == 0;
+	close(fd);
+	return ok;
+}
+
+/* Returns a listening socket at addr, or a negative errno. */
+static int listen_at(const struct sockaddr_un *addr)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0); /* no CLOEXEC: the daemon inherits it */
+	int err;
+
+	if (fd < 0)
+		return -errno;
+	unlink(addr->sun_path);
+	if (bind(fd, (const struct sockaddr *)addr, sizeof(*addr)) < 0 || chmod(addr->sun_path, 0600) < 0 || listen(fd, 128) < 0) {
+		err = -errno;
+		close(fd);
+		unlink(addr->sun_path);
+		return err;
+	}
+	return fd;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	size_t len = strlen(text);
+
+	if (fd < 0 || write(fd, text, len) != (ssize_t)len)
+		fail("write", path);
+	close(fd);
+}
+
+/* JSON string body for the start record: the few characters that need escaping. */
+static void json_escape(char *out, size_t cap, const char *in)
+{
+	size_t o = 0;
+
+	for (; *in && o + 7 < cap; in++) {
+		unsigned char c = (unsigned char)*in;
+		if (c == '"' || c == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)c;
+		} else if (c < 0x20) {
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	out[o] = '\0';
+}
+
+/* What a daemon or spare is started with. */
+struct flags_view {
+	const char *namespace, *address, *publish_binary, *config_path;
+	int debug;
+};
+
+/* ---- spares -------------------------------------------------------------- */
+
+/*
+ * Hands the pod to the warm spare at spare_path: sends the assignment and waits
+ * (at most 5 s) for "ok". Returns 1 when the spare now serves the pod socket.
+ */
+static int activate_spare(const char *spare_path, const char *group, const char *socket_path)
+{
+	struct sockaddr_un addr;
+	struct timeval timeout = { 5, 0 };
+	char cwd[PATH_MAX], request[3 * PATH_MAX + 64], reply[256];
+	size_t got = 0;
+	int fd, n;
+
+	if (!getcwd(cwd, sizeof(cwd)))
+		return 0;
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", spare_path) >= (int)sizeof(addr.sun_path))
+		return 0;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return 0;
+	if (connect(fd, (const struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)) < 0) {
+		close(fd);
+		return 0;
+	}
+	n = snprintf(request, sizeof(request), "id=%s\nsocket=%s\nbundle=%s\n\n", group, socket_path, cwd);
+	if (n <= 0 || n >= (int)sizeof(request) || write(fd, request, (size_t)n) != n) {
+		close(fd);
+		return 0;
+	}
+	while (got < sizeof(reply) - 1) {
+		ssize_t r = read(fd, reply + got, sizeof(reply) - 1 - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+		if (memchr(reply, '\n', got))
+			break;
+	}
+	close(fd);
+	reply[got] = '\0';
+	return strncmp(reply, "ok\n", 3) == 0;
+}
+
+/* Starts the next spare; the launcher does not wait for it. */
+static void spawn_spare(const char *mainjs, const struct flags_view *f, const char *spare_path)
+{
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return; /* parent, or fork failed: the next pod starts cold */
+	{
+		char *args[20];
+		int a = 0, null = open("/dev/null", O_RDWR);
+
+		setsid();
+		/* A spare must not slow the pod being started: it boots at low priority. */
+		if (setpriority(PRIO_PROCESS, 0, 10) < 0) {
+			/* keep the default priority */
+		}
+		if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+			_exit(127);
+		if (null > 2)
+			close(null);
+		args[a++] = "node";
+		args[a++] = "--max-semi-space-size=1";
+		args[a++] = (char *)mainjs;
+		args[a++] = "-namespace"; args[a++] = (char *)f->namespace;
+		args[a++] = "-address"; args[a++] = (char *)f->address;
+		if (f->publish_binary) {
+			args[a++] = "-publish-binary"; args[a++] = (char *)f->publish_binary;
+		}
+		if (f->config_path[0]) {
+			args[a++] = "-config"; args[a++] = (char *)f->config_path;
+		}
+		if (f->debug)
+			args[a++] = "-debug";
+		args[a++] = "-socket"; args[a++] = (char *)spare_path;
+		args[a++] = "spare";
+		args[a] = NULL;
+		execvp("node", args);
+		_exit(127);
+	}
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+struct flags {
+	const char *namespace, *address, *publish_binary, *id, *action;
+	int debug;
+};
+
+static const char *flag_value(int argc, char **argv, int *i, const char *name)
+{
+	const char *arg = argv[*i] + (argv[*i][1] == '-' ? 2 : 1);
+	size_t n = strlen(name);
+
+	if (strncmp(arg, name, n) != 0)
+		return NULL;
+	if (arg[n] == '=')
+		return arg + n + 1;
+	if (arg[n] != '\0' || *i + 1 >= argc)
+		return NULL;
+	return argv[++*i];
+}
+
+static int parse_flags(int argc, char **argv, struct flags *f)
+{
+	int i;
+
+	memset(f, 0, sizeof(*f));
+	for (i = 1; i < argc; i++) {
+		const char *v;
+
+		if (argv[i][0] != '-') {
+			if (f->action)
+				return -1;
+			f->action = argv[i];
+		} else if (!strcmp(argv[i], "-debug") || !strcmp(argv[i], "--debug")) {
+			f->debug = 1;
+		} else if ((v = flag_value(argc, argv, &i, "namespace"))) {
+			f->namespace = v;
+		} else if ((v = flag_value(argc, argv, &i, "address"))) {
+			f->address = v;
+		} else if ((v = flag_value(argc, argv, &i, "publish-binary"))) {
+			f->publish_binary = v;
+		} else if ((v = flag_value(argc, argv, &i, "id"))) {
+			f->id = v;
+		} else {
+			return -1; /* anything else: the Node implementation decides */
+		}
+	}
+	return 0;
+}
+
+/* dist/src/shim/main.js of the checkout this launcher was built in (build/). */
+static void main_js(char *out, size_t cap)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash;
+
+	if (n <= 0)
+		fail("find own path", strerror(errno));
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = '\0';
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = '\0';
+	if (snprintf(out, cap, "%s/dist/src/shim/main.js", exe) >= (int)cap)
+		fail("main.js path too long", NULL);
+}
+
+static void exec_node(char *mainjs, int argc, char **argv)
+{
+	char **args = calloc((size_t)argc + 3, sizeof(char *));
+	int i;
+
+	if (!args)
+		fail("out of memory", NULL);
+	args[0] = "node";
+	args[1] = mainjs;
+	for (i = 1; i < argc; i++)
+		args[i + 1] = argv[i];
+	execvp("node", args);
+	fail("exec node", strerror(errno));
+}
+
+int main(int argc, char **argv)
+{
+	char mainjs[PATH_MAX], hex[65], record[3 * PATH_MAX], esc_cfg[PATH_MAX], esc_group[PATH_MAX];
+	char *stdin_bytes, *config_path, *state_dir, *group, *key;
+	struct sockaddr_un addr;
+	struct flags f;
+	size_t in_len = 0, key_len;
+	int listener;
+
+	main_js(mainjs, sizeof(mainjs));
+	if (parse_flags(argc, argv, &f) < 0 || !f.action || strcmp(f.action, "start") != 0 || !f.namespace || !f.address || !f.id)
+		exec_node(mainjs, argc, argv);
+
+	stdin_bytes = isatty(0) ? strdup("") : read_fd(0, &in_len);
+	if (!stdin_bytes)
+		stdin_bytes = strdup("");
+	config_path = config_path_from_options((const unsigned char *)stdin_bytes, in_len);
+	state_dir = state_dir_from_config(config_path);
+	group = group_of(f.id);
+
+	key_len = strlen("heteropod") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(group);
+	key = malloc(key_len + 1);
+	if (!config_path || !state_dir || !group || !key)
+		fail("out of memory", NULL);
+	snprintf(key, key_len + 1, "heteropod%c%s%c%s%c%s", 0, f.address, 0, f.namespace, 0, group);
+	sha256_hex((const unsigned char *)key, key_len, hex);
+
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/s/%s", state_dir, hex) > MAX_SOCKET_PATH)
+		fail("socket path longer than 106 bytes; choose a shorter state_dir", state_dir);
+
+	if (!socket_answers(&addr)) {
+		char sdir[PATH_MAX], spare[PATH_MAX], spare_hex[65], *spare_key;
+		struct flags_view view = { f.namespace, f.address, f.publish_binary, config_path, f.debug };
+		size_t spare_len;
+		pid_t pid;
+		int err;
+
+		snprintf(sdir, sizeof(sdir), "%s/s", state_dir);
+		if ((err = mkdir_p(sdir, 0711)) < 0)
+			fail(sdir, strerror(-err));
+		/* A spare serves one containerd with one shim configuration. */
+		spare_len = strlen("spare") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(config_path) + 1 +
+			    (f.publish_binary ? strlen(f.publish_binary) : 0) + 2;
+		spare_key = malloc(spare_len + 1);
+		if (!spare_key)
+			fail("out of memory", NULL);
+		snprintf(spare_key, spare_len + 1, "spare%c%s%c%s%c%s%c%s%c%d", 0, f.address, 0, f.namespace, 0, config_path, 0,
+			 f.publish_binary ? f.publish_binary : "", 0, f.debug);
+		sha256_hex((const unsigned char *)spare_key, spare_len, spare_hex);
+		spare_hex[16] = '\0';
+		if (snprintf(spare, sizeof(spare), "%s/s/spare-%s", state_dir, spare_hex) >= (int)sizeof(spare))
+			fail("spare socket path too long", state_dir);
+		free(spare_key);
+		if (activate_spare(spare, group, addr.sun_path)) {
+			spawn_spare(mainjs, &view, spare);
+			goto started;
+		}
+		listener = listen_at(&addr);
+		if (listener < 0)
+			fail(addr.sun_path, strerror(-listener));
+		pid = fork();
+		if (pid < 0) {
+			unlink(addr.sun_path);
+			fail("fork", strerror(errno));
+		}
+		if (pid == 0) {
+			/* The daemon: its own session, no stdio of containerd's (which waits
+			 * for EOF on our stdout and stderr), the listener as fd 3. */
+			char *args[20];
+			int a = 0, null = open("/dev/null", O_RDWR);
+
+			setsid();
+			if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 || dup2(listener, 3) < 0)
+				_exit(127);
+			if (null > 3)
+				close(null);
+			args[a++] = "node";
+			args[a++] = "--max-semi-space-size=1";
+			args[a++] = mainjs;
+			args[a++] = "-namespace"; args[a++] = (char *)f.namespace;
+			args[a++] = "-address"; args[a++] = (char *)f.address;
+			if (f.publish_binary) {
+				args[a++] = "-publish-binary"; args[a++] = (char *)f.publish_binary;
+			}
+			args[a++] = "-id"; args[a++] = group;
+			args[a++] = "-socket"; args[a++] = addr.sun_path;
+			if (config_path[0]) {
+				args[a++] = "-config"; args[a++] = config_path;
+			}
+			if (f.debug)
+				args[a++] = "-debug";
+			args[a++] = "serve";
+			args[a] = NULL;
+			execvp("node", args);
+			_exit(127);
+		}
+		close(listener); /* the daemon holds it now */
+		spawn_spare(mainjs, &view, spare);
+	}
+started:
+
+	json_escape(esc_cfg, sizeof(esc_cfg), config_path);
+	json_escape(esc_group, sizeof(esc_group), group);
+	snprintf(record, sizeof(record), "{\"configPath\":\"%s\",\"group\":\"%s\"}", esc_cfg, esc_group);
+	write_file("heteropod-shim.json", record);
+	{
+		char address[sizeof(addr.sun_path) + 8];
+
+		snprintf(address, sizeof(address), "unix://%s", addr.sun_path);
+		write_file("address", address);
+		if (write(1, address, strlen(address)) != (ssize_t)strlen(address))
+			return 1;
+	}
+	return 0;
+}

@@ -1,0 +1,92 @@
+// The fields of the task API (cri-proto/containerd/task/v2/shim.proto) and of
+// events that the shim reads or writes, at the wire level. Everything else it
+// relays as received. Field numbers are containerd 1.6's; the unit tests check
+// each encoding against protobufjs and the .proto files.
+import { MessageWriter, readFields, str, bool, uint, field, decodeTimestamp, encodeTimestamp, encodeAny, replaceField, Timestamp } from '../proto/wire';
+
+// Requests whose field 2 is exec_id; for the others field 2 is something else.
+const HAS_EXEC_ID = new Set(['State', 'Start', 'Delete', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Wait']);
+
+export interface TaskRef {
+  id: string;
+  execId: string;
+}
+
+// The task (and process) a request names.
+export function taskRef(method: string, payload: Uint8Array): TaskRef {
+  const f = readFields(payload);
+  return { id: str(f, 1), execId: HAS_EXEC_ID.has(method) ? str(f, 2) : '' };
+}
+
+// CreateTaskRequest { id = 1; bundle = 2; … options = 10; }
+export function createRequest(payload: Uint8Array): { id: string; bundle: string; hasOptions: boolean } {
+  const f = readFields(payload);
+  return { id: str(f, 1), bundle: str(f, 2), hasOptions: field(f, 10) !== undefined };
+}
+
+// The same request with its options replaced by `options` (an encoded Any) or removed.
+export function withCreateOptions(payload: Uint8Array, options: Buffer | null): Buffer {
+  return replaceField(payload, 10, options ? new MessageWriter().message(10, options).finish() : null);
+}
+
+// ShutdownRequest { id = 1; now = 2; }
+export function shutdownRequest(payload: Uint8Array): { id: string; now: boolean } {
+  const f = readFields(payload);
+  return { id: str(f, 1), now: bool(f, 2) };
+}
+
+export const encodeShutdownRequest = (id: string, now = false): Buffer => new MessageWriter().bytes(1, id).varint(2, now).finish();
+
+// ConnectResponse { shim_pid = 1; task_pid = 2; version = 3; }
+export const connectTaskPid = (payload: Uint8Array): number => uint(readFields(payload), 2);
+export const encodeConnectResponse = (shimPid: number, taskPid: number): Buffer => new MessageWriter().varint(1, shimPid).varint(2, taskPid).finish();
+
+// KillRequest { id = 1; exec_id = 2; signal = 3; all = 4; }
+export const encodeKillRequest = (id: string, signal: number, all: boolean): Buffer => new MessageWriter().bytes(1, id).varint(3, signal).varint(4, all).finish();
+
+// WaitRequest and DeleteRequest { id = 1; exec_id = 2; }
+export const encodeIdRequest = (id: string, execId = ''): Buffer => new MessageWriter().bytes(1, id).bytes(2, execId).finish();
+
+// DeleteResponse { pid = 1; exit_status = 2; exited_at = 3; }
+export interface DeleteResult {
+  pid: number;
+  exitStatus: number;
+  exitedAt: Timestamp | null;
+}
+
+export function decodeDeleteResponse(payload: Uint8Array): DeleteResult {
+  const f = readFields(payload);
+  const at = field(f, 3);
+  return { pid: uint(f, 1), exitStatus: uint(f, 2), exitedAt: at ? decodeTimestamp(at.bytes) : null };
+}
+
+export function encodeDeleteResponse(pid: number, exitStatus: number, exitedAt: Timestamp): Buffer {
+  return new MessageWriter().varint(1, pid).varint(2, exitStatus).message(3, encodeTimestamp(exitedAt)).finish();
+}
+
+// containerd.runc.v1.Options { binary_name = 6; root = 7; systemd_cgroup = 9; } as an Any.
+export function runcOptions(o: { root: string; binaryName: string; systemdCgroup: boolean }): Buffer {
+  return encodeAny('containerd.runc.v1.Options', new MessageWriter().bytes(6, o.binaryName).bytes(7, o.root).varint(9, o.systemdCgroup).finish());
+}
+
+// ForwardRequest { Envelope envelope = 1 }, Envelope { timestamp = 1; namespace = 2; topic = 3; Any event = 4; }
+export interface ForwardedEvent {
+  topic: string;
+  typeUrl: string;
+  value: Buffer;
+}
+
+export function forwardedEvent(payload: Uint8Array): ForwardedEvent {
+  const envelope = field(readFields(payload), 1);
+  if (!envelope) return { topic: '', typeUrl: '', value: Buffer.alloc(0) };
+  const e = readFields(envelope.bytes);
+  const any = field(e, 4);
+  const a = any ? readFields(any.bytes) : [];
+  return { topic: str(e, 3), typeUrl: str(a, 1), value: field(a, 2)?.bytes ?? Buffer.alloc(0) };
+}
+
+// TaskExit { container_id = 1; id = 2; pid = 3; exit_status = 4; exited_at = 5; }
+export function taskExit(value: Uint8Array): { containerId: string; id: string } {
+  const f = readFields(value);
+  return { containerId: str(f, 1), id: str(f, 2) };
+}

@@ -1,0 +1,146 @@
+// Host containers, delegated to containerd-shim-runc-v2: started once per pod as
+// containerd would start it, then called over ttrpc. stdio, exec, ptys, OOM and
+// cgroup stats stay its job.
+//
+// Its pitfalls, and what this file does about them:
+// - `start` writes `address` (and shim.pid) into its working directory, and its
+//   daemon reads `address` again at exit to remove that socket: it runs in a
+//   private directory holding links to the bundle's config.json and log fifo.
+// - its socket name derives from containerd's address, namespace and pod; ours
+//   hashes a different input (paths.ts), so they never collide.
+// - it publishes events to $TTRPC_ADDRESS: pointed at our socket, so every event
+//   goes through our ordered forwarder.
+// - it refuses runtime options of another type: Create is forwarded without ours
+//   (task-service.ts).
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { TtrpcClient, RpcError, Code } from '../ttrpc';
+import { encodeShutdownRequest, runcOptions } from './messages';
+import { formatFlags } from './flags';
+import type { Logger } from './log';
+import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
+
+export interface RuncShimOptions {
+  binary: string;
+  namespace: string;
+  containerdAddress: string;
+  publishBinary: string;
+  // Where runc's shim publishes events: our own socket.
+  eventsAddress: string;
+  workDir: string;
+  debug: boolean;
+  runc: { root: string; binaryName: string; systemdCgroup: boolean };
+}
+
+export class RuncShimRuntime implements Runtime {
+  readonly name = 'runc';
+  private client: TtrpcClient | null = null;
+  private starting: Promise<TtrpcClient> | null = null;
+  private firstId = '';
+
+  constructor(private readonly opts: RuncShimOptions, private readonly log: Logger) {}
+
+  prepare(first: FirstTask): Promise<void> {
+    return this.connected(first).then(() => undefined);
+  }
+
+  taskOptions(): Buffer | null {
+    const { root, binaryName, systemdCgroup } = this.opts.runc;
+    return root || binaryName || systemdCgroup ? runcOptions(this.opts.runc) : null;
+  }
+
+  async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
+    const client = await this.connected(null);
+    return client.call(TASK_SERVICE, method, payload, { signal });
+  }
+
+  async shutdown(): Promise<void> {
+    const client = this.client ?? (await this.starting?.catch(() => null)) ?? null;
+    if (!client || client.closed) return;
+    const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
+    try {
+      await client.call(TASK_SERVICE, 'Shutdown', encodeShutdownRequest(this.firstId), { timeoutMs: 5000 });
+    } catch (err) {
+      // Closing the connection while answering is how it says it has exited.
+      if (!(err instanceof RpcError && err.code === Code.UNAVAILABLE)) this.log.warn('shut down runc shim', { error: (err as Error).message });
+    }
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, 3000).unref());
+    await Promise.race([gone, timeout]);
+    client.close();
+  }
+
+  private connected(first: FirstTask | null): Promise<TtrpcClient> {
+    if (this.client && !this.client.closed) return Promise.resolve(this.client);
+    if (!this.starting) {
+      const attempt = this.attachOrStart(first);
+      this.starting = attempt;
+      attempt.then(
+        (client) => {
+          this.client = client;
+          this.starting = null;
+        },
+        () => {
+          this.starting = null;
+        },
+      );
+    }
+    return this.starting;
+  }
+
+  // Re-attaches to a runc shim already running for the pod (it outlives a lost
+  // connection), or starts one for the pod's first task.
+  private async attachOrStart(first: FirstTask | null): Promise<TtrpcClient> {
+    const addressFile = path.join(this.opts.workDir, 'address');
+    if (fs.existsSync(addressFile)) {
+      try {
+        return await this.connect(fs.readFileSync(addressFile, 'utf8').trim());
+      } catch (err) {
+        if (!first) throw RpcError.wrap(err, 'reconnect to runc shim');
+      }
+    }
+    if (!first) throw new RpcError(Code.FAILED_PRECONDITION, 'runc shim not started: no task created yet');
+    const address = await this.start(first);
+    return this.connect(address);
+  }
+
+  private async connect(address: string): Promise<TtrpcClient> {
+    const client = await TtrpcClient.connect(address, { namespace: this.opts.namespace, timeoutMs: 5000 });
+    client.once('close', (err: Error) => this.log.debug('runc shim connection closed', { error: err.message }));
+    return client;
+  }
+
+  private async start(first: FirstTask): Promise<string> {
+    const { workDir } = this.opts;
+    this.firstId = first.id;
+    fs.mkdirSync(workDir, { recursive: true, mode: 0o711 });
+    for (const name of ['config.json', 'log']) {
+      const link = path.join(workDir, name);
+      fs.rmSync(link, { force: true });
+      fs.symlinkSync(path.join(first.bundle, name), link);
+    }
+    const args = [
+      ...formatFlags({ namespace: this.opts.namespace, address: this.opts.containerdAddress, publishBinary: this.opts.publishBinary, id: first.id, debug: this.opts.debug }),
+      'start',
+    ];
+    this.log.debug('start runc shim', { binary: this.opts.binary, args: args.join(' ') });
+    const child = spawn(this.opts.binary, args, {
+      cwd: workDir,
+      env: { ...process.env, TTRPC_ADDRESS: this.opts.eventsAddress },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const code = await new Promise<number | null>((resolve, reject) => {
+      child.once('error', (err) => reject(RpcError.wrap(err, `start runc shim ${this.opts.binary}`)));
+      child.once('close', (c) => resolve(c));
+    });
+    const address = output.trim();
+    if (code !== 0 || !address.startsWith('unix://')) {
+      throw new Error(`start runc shim: exit ${code}: ${address || 'no output'}`);
+    }
+    this.log.info('runc shim started', { address });
+    return address;
+  }
+}

@@ -1,0 +1,26 @@
+// One interface per layer: the task service routes each task to a Runtime. The
+// host runtime delegates to containerd's runc shim (RuncShimRuntime); the DPU
+// issues add a runtime that calls the DPU agent.
+
+export const TASK_SERVICE = 'containerd.task.v2.Task';
+export const EVENTS_SERVICE = 'containerd.services.events.ttrpc.v1.Events';
+
+export interface FirstTask {
+  id: string;
+  bundle: string;
+}
+
+export interface Runtime {
+  readonly name: string;
+  // Makes the runtime ready for the pod; `first` is the task that caused it.
+  // Idempotent and safe to call concurrently.
+  prepare(first: FirstTask): Promise<void>;
+  // The options a Create for this runtime carries in place of containerd's (which
+  // are ours): an encoded google.protobuf.Any, or null for none.
+  taskOptions(): Buffer | null;
+  // Calls a containerd.task.v2.Task method with an encoded request; resolves to
+  // the encoded response. Errors keep the runtime's gRPC code.
+  call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer>;
+  // Stops the runtime once no task is left; resolves when it has gone.
+  shutdown(): Promise<void>;
+}

@@ -1,0 +1,6 @@
+// ttrpc, containerd's RPC for shims: framing, client, server, status mapping.
+export * from './frame';
+export * from './status';
+export * from './messages';
+export { TtrpcServer, CallContext, Handler, ServerHooks } from './server';
+export { TtrpcClient, CallOptions } from './client';

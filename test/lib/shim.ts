@@ -1,0 +1,90 @@
+// Helpers for the shim's end-to-end tests on the test bed: a leak check of what
+// the shims make (run after every test, before the test bed goes down, so a shim
+// that fails to exit is caught rather than killed by `local down`), and a
+// containerd restart that keeps the pods running.
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CriClient } from '../../src/cri/client';
+import { TESTBED } from '../../src/testbed/paths';
+import { killAndWait, listProcesses, run, waitFor } from '../../src/testbed/proc';
+import { containerdEnv } from '../../src/testbed/testbed';
+
+export const SHIM_STATE_DIR = path.join(TESTBED.runDir, 'shim');
+
+function listDir(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir).map((n) => path.join(dir, n));
+  } catch {
+    return [];
+  }
+}
+
+/** Shim processes (runc's and ours) serving the test bed's containerd. */
+export function testbedShims(): { pid: number; cmdline: string }[] {
+  return listProcesses().filter((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(TESTBED.socket));
+}
+
+/** What is left of pods once every pod is removed: shims, their sockets and state, runc containers, bundles. */
+export async function shimLeaks(): Promise<string[]> {
+  const out: string[] = [];
+  for (const p of testbedShims()) out.push(`process ${p.pid} ${p.cmdline}`);
+  for (const f of [...listDir(path.join(SHIM_STATE_DIR, 's')), ...listDir(path.join(SHIM_STATE_DIR, 'pods')).flatMap(listDir)]) out.push(`file ${f}`);
+  const root = path.join(TESTBED.runcRoot, TESTBED.namespace);
+  if (fs.existsSync(root)) {
+    const { stdout } = await run('runc', ['--root', root, 'list', '-q'], { allowFail: true });
+    for (const id of stdout.split('\n').filter(Boolean)) out.push(`runc container ${id}`);
+  }
+  for (const b of listDir(path.join(TESTBED.containerdState, 'io.containerd.runtime.v2.task', TESTBED.namespace))) out.push(`bundle ${b}`);
+  return out;
+}
+
+/** Waits until the shims are gone (they exit shortly after the last Shutdown), then reports leaks. */
+export async function settleAndCheckLeaks(): Promise<string[]> {
+  try {
+    await waitFor('the shims to exit', 10_000, async () => (await shimLeaks()).length === 0);
+  } catch {
+    // reported below
+  }
+  return shimLeaks();
+}
+
+function containerdPid(): number {
+  return Number(fs.readFileSync(TESTBED.pidFile, 'utf8').trim());
+}
+
+/** Stops the test bed's containerd (SIGTERM: shims and containers keep running) and starts it again. */
+export async function restartContainerd(): Promise<void> {
+  await killAndWait([containerdPid()], 10_000);
+  const logFd = fs.openSync(TESTBED.logFile, 'a');
+  const child = spawn('containerd', ['--config', TESTBED.configFile], { env: containerdEnv(), detached: true, stdio: ['ignore', logFd, logFd], cwd: TESTBED.runDir });
+  fs.closeSync(logFd);
+  child.unref();
+  fs.writeFileSync(TESTBED.pidFile, `${child.pid}\n`);
+  await waitFor('containerd to answer CRI again', 30_000, async () => {
+    const cri = CriClient.connect(TESTBED.endpoint, 2000);
+    try {
+      await cri.version();
+      return true;
+    } finally {
+      cri.close();
+    }
+  }, 200);
+}
+
+/** The containerd log written since `offset`, for diagnosis in failure messages. */
+export function containerdLogSince(offset: number): string {
+  try {
+    return fs.readFileSync(TESTBED.logFile, 'utf8').slice(offset);
+  } catch {
+    return '';
+  }
+}
+
+export function containerdLogSize(): number {
+  try {
+    return fs.statSync(TESTBED.logFile).size;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,47 @@
+// The C launcher (build/containerd-shim-heteropod-v2) and the TypeScript shim
+// must agree on the pod's socket: same group, same hash, same state_dir.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { encode } from '../../src/proto';
+import { groupPaths } from '../../src/shim/paths';
+import { skip } from '../lib/skip';
+
+const launcher = path.resolve(__dirname, '../../../build/containerd-shim-heteropod-v2');
+
+test('start finds the socket TypeScript computes, writes address and the start record', async () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'build/containerd-shim-heteropod-v2 not built (make build-c)');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  const server = net.createServer((s) => s.destroy());
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations: { 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': 'pod-abc' } }));
+    const config = path.join(dir, 'shim.toml');
+    fs.writeFileSync(config, `# test\ndebug = false\nstate_dir = "${dir}/state"\n[runc]\nroot = "/x"\n`);
+    const paths = groupPaths(`${dir}/state`, '/run/c.sock', 'k8s.io', 'pod-abc');
+    fs.mkdirSync(path.dirname(paths.socket), { recursive: true });
+    await new Promise<void>((r) => server.listen(paths.socket, r));
+    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'ctr-1', 'start'], { cwd: bundle, input: options });
+    assert.is(r.status, 0, r.stderr.toString());
+    assert.is(r.stdout.toString(), `unix://${paths.socket}`);
+    assert.is(fs.readFileSync(path.join(bundle, 'address'), 'utf8'), `unix://${paths.socket}`);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(bundle, 'heteropod-shim.json'), 'utf8')), { configPath: config, group: 'pod-abc' });
+  } finally {
+    server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('other actions go to the Node implementation', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const r = spawnSync(launcher, ['-v']);
+  assert.match(r.stdout.toString(), /containerd-shim-heteropod-v2:\n\s+Version/);
+});
+
+test.run();

@@ -1,0 +1,192 @@
+// The shim's routing and its small parsers, with a fake runtime standing in at the
+// Runtime boundary: no containerd, no runc.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { TtrpcServer, TtrpcClient, RpcError, Code, notFound } from '../../src/ttrpc';
+import { decode, encode } from '../../src/proto';
+import { TaskService } from '../../src/shim/task-service';
+import type { Runtime, FirstTask } from '../../src/shim/runtime';
+import { Logger, LogSink } from '../../src/shim/log';
+import { parseFlags, formatFlags } from '../../src/shim/flags';
+import { parseToml, loadConfig } from '../../src/shim/config';
+import { decodeRuntimeOptions } from '../../src/shim/options';
+import { groupOf, groupPaths } from '../../src/shim/paths';
+import { encodeDeleteResponse } from '../../src/shim/messages';
+import { Task } from '../../src/shim/tasks';
+
+const T = 'containerd.task.v2.';
+const TASK = 'containerd.task.v2.Task';
+
+class FakeRuntime implements Runtime {
+  readonly name = 'fake';
+  calls: { method: string; req: Record<string, unknown> }[] = [];
+  prepared: FirstTask[] = [];
+  exited = new Set<string>();
+
+  async prepare(first: FirstTask): Promise<void> {
+    this.prepared.push(first);
+  }
+  taskOptions(): Buffer | null {
+    return encode('google.protobuf.Any', { type_url: 'containerd.runc.v1.Options', value: encode('containerd.runc.v1.Options', { root: '/run/x' }) });
+  }
+  async call(method: string, payload: Uint8Array): Promise<Buffer> {
+    const type = { Create: 'CreateTaskRequest', Kill: 'KillRequest', Connect: 'ConnectRequest', Delete: 'DeleteRequest', State: 'StateRequest' }[method];
+    const req = type ? decode<Record<string, unknown>>(`${T}${type}`, payload) : {};
+    this.calls.push({ method, req });
+    if (method === 'Kill' && this.exited.has(req.id as string)) throw notFound('process already finished');
+    if (method === 'Create') return encode(`${T}CreateTaskResponse`, { pid: 1234 });
+    if (method === 'Connect') return encode(`${T}ConnectResponse`, { shim_pid: 999, task_pid: 1234 });
+    if (method === 'Delete') return encode(`${T}DeleteResponse`, { pid: 1234, exit_status: 3 });
+    return Buffer.alloc(0);
+  }
+  async shutdown(): Promise<void> {}
+}
+
+const lines: string[] = [];
+const sink: LogSink = { write: (l) => lines.push(l) };
+const runtime = new FakeRuntime();
+let shutdowns = 0;
+const service = new TaskService(() => runtime, new Logger(sink, true), { onShutdown: () => shutdowns++ });
+const server = new TtrpcServer();
+server.registerService(TASK, service.handlers());
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-unit-'));
+const sock = path.join(dir, 's');
+let client: TtrpcClient;
+
+const call = (method: string, type: string, req: object): Promise<Buffer> => client.call(TASK, method, encode(`${T}${type}`, req));
+const codeOf = (p: Promise<unknown>): Promise<number> => p.then(() => 0, (e: RpcError) => e.code);
+
+test.before(async () => {
+  await server.listen(sock);
+  client = await TtrpcClient.connect(sock, { namespace: 'k8s.io' });
+});
+
+test.after(async () => {
+  client.close();
+  await server.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('unknown task id: NOT_FOUND, for every per-task method', async () => {
+  for (const [method, type] of [['State', 'StateRequest'], ['Start', 'StartRequest'], ['Kill', 'KillRequest'], ['Wait', 'WaitRequest'], ['Stats', 'StatsRequest'], ['Delete', 'DeleteRequest'], ['Exec', 'ExecProcessRequest'], ['Update', 'UpdateTaskRequest']]) {
+    assert.is(await codeOf(call(method, type, { id: 'nope' })), Code.NOT_FOUND, method);
+  }
+});
+
+test('unsupported method: UNIMPLEMENTED', async () => {
+  assert.is(await codeOf(client.call(TASK, 'Teleport', Buffer.alloc(0))), Code.UNIMPLEMENTED);
+});
+
+test('malformed request: INVALID_ARGUMENT, and the service goes on', async () => {
+  assert.is(await codeOf(client.call(TASK, 'State', Buffer.from([0x0a, 0x50]))), Code.INVALID_ARGUMENT);
+  assert.is(await codeOf(call('State', 'StateRequest', { id: 'nope' })), Code.NOT_FOUND);
+});
+
+test('Create: prepares the runtime, replaces our runtime options with the runtime’s own', async () => {
+  const ours = { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: '/etc/heteropod/shim.toml' }) };
+  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await call('Create', 'CreateTaskRequest', { id: 'c1', bundle: '/b/c1', stdout: '/fifo/out', options: ours }));
+  assert.is(res.pid, 1234);
+  assert.equal(runtime.prepared, [{ id: 'c1', bundle: '/b/c1' }]);
+  const forwarded = runtime.calls.find((c) => c.method === 'Create')!.req as { options: { type_url: string }; stdout: string };
+  assert.is(forwarded.options.type_url, 'containerd.runc.v1.Options');
+  assert.is(forwarded.stdout, '/fifo/out');
+  assert.is(await codeOf(call('Create', 'CreateTaskRequest', { id: 'c1', bundle: '/b/c1' })), Code.ALREADY_EXISTS);
+});
+
+test('Kill of an exited process: NOT_FOUND from the runtime reaches containerd', async () => {
+  runtime.exited.add('c1');
+  assert.is(await codeOf(call('Kill', 'KillRequest', { id: 'c1', signal: 9 })), Code.NOT_FOUND);
+});
+
+test('Connect: the shim pid is ours, the task pid the runtime’s', async () => {
+  const res = decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await call('Connect', 'ConnectRequest', { id: 'c1' }));
+  assert.equal([res.shim_pid, res.task_pid], [process.pid, 1234]);
+  const unknown = decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await call('Connect', 'ConnectRequest', { id: 'other' }));
+  assert.equal([unknown.shim_pid, unknown.task_pid], [process.pid, 0]);
+});
+
+test('Shutdown: ignored while a task remains, exits after the last Delete', async () => {
+  await call('Shutdown', 'ShutdownRequest', { id: 'c1' });
+  await new Promise((r) => setImmediate(r));
+  assert.is(shutdowns, 0);
+  const del = decode<{ exit_status: number }>(`${T}DeleteResponse`, await call('Delete', 'DeleteRequest', { id: 'c1' }));
+  assert.is(del.exit_status, 3);
+  assert.is(service.tasks.size, 0);
+  await call('Shutdown', 'ShutdownRequest', { id: 'c1' });
+  await new Promise((r) => setImmediate(r));
+  assert.is(shutdowns, 1);
+});
+
+test('task lifecycle refuses illegal moves', () => {
+  const t = new Task('x', '/b', runtime);
+  t.transition('created');
+  t.transition('running');
+  assert.throws(() => t.transition('created'), /cannot go from running to created/);
+  t.observe('created'); // a late event changes nothing
+  assert.is(t.status, 'running');
+});
+
+test('flags: Go style, both forms', () => {
+  const f = parseFlags(['-namespace', 'k8s.io', '-address=/run/c.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'abc', '-debug', 'start']);
+  assert.equal([f.namespace, f.address, f.publishBinary, f.id, f.debug, f.action], ['k8s.io', '/run/c.sock', '/usr/bin/containerd', 'abc', true, 'start']);
+  assert.equal(parseFlags(formatFlags(f).concat('delete')).address, '/run/c.sock');
+  assert.throws(() => parseFlags(['-bogus', 'x']), /unknown flag -bogus/);
+});
+
+test('config: TOML subset, defaults when the file is absent', () => {
+  const v = parseToml('# c\ndebug = true\nstate_dir = "/run/x"\n[runc]\n  root = "/run/r" # comment\n  systemd_cgroup = false\n');
+  assert.equal([...v.entries()], [['debug', true], ['state_dir', '/run/x'], ['runc.root', '/run/r'], ['runc.systemd_cgroup', false]]);
+  assert.throws(() => parseToml('x = [1]'), /line 1/);
+  const saved = process.env.HETEROPOD_DEBUG;
+  delete process.env.HETEROPOD_DEBUG;
+  const d = loadConfig(path.join(dir, 'absent.toml'));
+  assert.is(d.stateDir, '/run/heteropod-shim');
+  assert.is(d.debug, false);
+  process.env.HETEROPOD_DEBUG = '1';
+  assert.is(loadConfig(path.join(dir, 'absent.toml')).debug, true);
+  if (saved === undefined) delete process.env.HETEROPOD_DEBUG;
+  else process.env.HETEROPOD_DEBUG = saved;
+  const file = path.join(dir, 'shim.toml');
+  fs.writeFileSync(file, 'state_dir = "/run/y"\n[runc]\nroot = "/run/yr"\n');
+  const c = loadConfig(file);
+  assert.equal([c.stateDir, c.runc.root], ['/run/y', '/run/yr']);
+});
+
+test('runtime options: ConfigPath out of runtimeoptions.v1.Options in an Any', () => {
+  const value = encode('runtimeoptions.v1.Options', { type_url: '', config_path: '/etc/heteropod/shim.toml' });
+  const any = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value });
+  assert.is(decodeRuntimeOptions(any).configPath, '/etc/heteropod/shim.toml');
+  assert.is(decodeRuntimeOptions(Buffer.alloc(0)).configPath, '');
+  assert.throws(() => decodeRuntimeOptions(Buffer.from([0x0a, 0x7f])), /truncated/);
+});
+
+test('one shim per pod: grouped by sandbox id; our socket never equals runc’s', () => {
+  assert.is(groupOf('c2', { 'io.kubernetes.cri.sandbox-id': 'pod1' }), 'pod1');
+  assert.is(groupOf('c2', {}), 'c2');
+  const a = groupPaths('/run/heteropod-shim', '/run/containerd/containerd.sock', 'k8s.io', 'pod1');
+  const b = groupPaths('/run/heteropod-shim', '/run/containerd/containerd.sock', 'k8s.io', 'pod2');
+  assert.is.not(a.socket, b.socket);
+  assert.ok(a.socket.length <= 106);
+  assert.throws(() => groupPaths('/' + 'x'.repeat(60), 'a', 'b', 'c'), /longer than/);
+});
+
+test('DeleteResponse encoded by hand equals protobufjs', () => {
+  const ts = { seconds: 1763700000, nanos: 123000000 };
+  const mine = encodeDeleteResponse(4321, 137, ts);
+  assert.equal(decode(`${T}DeleteResponse`, mine), { pid: 4321, exit_status: 137, exited_at: ts });
+  assert.equal([...mine], [...encode(`${T}DeleteResponse`, { pid: 4321, exit_status: 137, exited_at: ts })]);
+});
+
+test('log lines are logrus-style key=value', () => {
+  const log = new Logger(sink, false, { runtime: 'io.containerd.heteropod.v2' });
+  log.debug('hidden');
+  log.info('task created', { id: 'c1', note: 'two words' });
+  const last = lines.at(-1)!;
+  assert.match(last, /^time="[^"]+" level=info msg="task created" runtime=io.containerd.heteropod.v2 id=c1 note="two words"\n$/);
+  assert.not.match(lines.join(''), /hidden/);
+});
+
+test.run();
