@@ -6,6 +6,7 @@ import { registerLocalCommands } from './local';
 import { registerImageCommands } from './images';
 import { registerShimCommands } from './shim';
 import { registerDpuCommands } from './dpu';
+import { registerXpuCommands } from './xpu';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerShimCommands(program);
   registerDpuCommands(program);
+  registerXpuCommands(program);
   return program;
 }
 

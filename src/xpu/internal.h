@@ -1,0 +1,23 @@
+/* Process-local state shared by window.c and port.c. Not installed. */
+#ifndef XPU_INTERNAL_H
+#define XPU_INTERNAL_H
+
+#include "layout.h"
+#include "xpu.h"
+
+/* A side whose heartbeat has not moved for this long is taken for dead. */
+#define XPU_PEER_TIMEOUT_MS 1000u
+#define XPU_TICK_MS 100
+
+struct xpu_window {
+	struct xpu_hdr *hdr;
+	uint64_t size;
+	int ports; /* ports open on this mapping; guarded by the caller (control path) */
+};
+
+static inline uint8_t *xpu_ring_data(struct xpu_window *w, int ring)
+{
+	return (uint8_t *)w->hdr + w->hdr->header_size + (uint64_t)ring * w->hdr->ring_bytes;
+}
+
+#endif

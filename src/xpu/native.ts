@@ -1,0 +1,123 @@
+// The koffi binding of build/libxpu.so: control calls only (windows, ports,
+// statistics). Frames never pass through JavaScript: the pump threads are C
+// pthreads started by xpu_port_open.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { constants } from 'node:os';
+import * as koffi from 'koffi';
+
+export const SIDES = ['host', 'dpu'] as const;
+export type XpuSide = (typeof SIDES)[number];
+export const MODES = ['elastic', 'poll'] as const;
+export type XpuMode = (typeof MODES)[number];
+
+/** Opaque C handle (a pointer value owned by libxpu). */
+export type NativeHandle = unknown;
+
+/** A libxpu call failed; errno is the positive error number. */
+export class XpuError extends Error {
+  constructor(message: string, readonly errno: number) {
+    super(message);
+    this.name = 'XpuError';
+  }
+  get code(): string {
+    return errnoName(this.errno);
+  }
+}
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
+
+const DirStats = koffi.struct('xpu_dir_stats', {
+  frames: 'uint64_t',
+  bytes: 'uint64_t',
+  drops: 'uint64_t',
+  wakeups: 'uint64_t',
+  sleeps: 'uint64_t',
+  spins: 'uint64_t',
+  tap_errors: 'uint64_t',
+  full_waits: 'uint64_t',
+});
+
+const SideInfo = koffi.struct('xpu_side_info', {
+  pid: 'int32_t',
+  state: 'uint32_t',
+  mode: 'uint32_t',
+  alive: 'uint32_t',
+  peer_up: 'uint32_t',
+  reserved: 'uint32_t',
+  heartbeat: 'uint64_t',
+  link_downs: 'uint64_t',
+  tap: koffi.array('char', 16),
+  netns: koffi.array('char', 112),
+});
+
+const Stats = koffi.struct('xpu_stats', {
+  version: 'uint32_t',
+  link_up: 'uint32_t',
+  ring_bytes: 'uint32_t',
+  frame_max: 'uint32_t',
+  side: koffi.array(SideInfo, 2),
+  dir: koffi.array(DirStats, 2),
+});
+
+koffi.opaque('xpu_window');
+koffi.opaque('xpu_port');
+
+interface RawDir {
+  frames: number | bigint; bytes: number | bigint; drops: number | bigint; wakeups: number | bigint;
+  sleeps: number | bigint; spins: number | bigint; tap_errors: number | bigint; full_waits: number | bigint;
+}
+interface RawSide {
+  pid: number; state: number; mode: number; alive: number; peer_up: number;
+  heartbeat: number | bigint; link_downs: number | bigint; tap: string; netns: string;
+}
+export interface RawStats {
+  version: number; link_up: number; ring_bytes: number; frame_max: number; side: RawSide[]; dir: RawDir[];
+}
+
+export interface Native {
+  windowCreate(path: string, ringBytes: number, out: NativeHandle[]): number;
+  windowAttach(path: string, out: NativeHandle[]): number;
+  windowClose(w: NativeHandle): number;
+  portOpen(w: NativeHandle, side: number, netns: string, tap: string, mode: number, out: NativeHandle[]): number;
+  portClose(p: NativeHandle): number;
+  portLinkUp(p: NativeHandle): number;
+  windowStats(path: string, out: Partial<RawStats>): number;
+}
+
+/** Where the library is: HETEROPOD_LIBXPU, else build/libxpu.so of this checkout. */
+export function libraryPath(): string {
+  if (process.env.HETEROPOD_LIBXPU) return process.env.HETEROPOD_LIBXPU;
+  // dist/src/xpu/native.js -> <root>/build/libxpu.so
+  return path.resolve(__dirname, '..', '..', '..', 'build', 'libxpu.so');
+}
+
+let loaded: Native | undefined;
+
+export function native(): Native {
+  if (loaded) return loaded;
+  const file = libraryPath();
+  if (!fs.existsSync(file)) throw new Error(`libxpu not found at ${file} (run "make build")`);
+  const lib = koffi.load(file);
+  const statsSize = lib.func('uint32_t xpu_stats_size(void)');
+  const want = koffi.sizeof(Stats);
+  const have = statsSize() as number;
+  if (have !== want) throw new Error(`libxpu at ${file}: struct xpu_stats is ${have} bytes, binding expects ${want}`);
+  const n: Native = {
+    windowCreate: lib.func('int xpu_window_create(const char *path, uint32_t ring_bytes, _Out_ xpu_window **out)'),
+    windowAttach: lib.func('int xpu_window_attach(const char *path, _Out_ xpu_window **out)'),
+    windowClose: lib.func('int xpu_window_close(xpu_window *w)'),
+    portOpen: lib.func(
+      'int xpu_port_open(xpu_window *w, int side, const char *netns, const char *tap, int mode, _Out_ xpu_port **out)',
+    ),
+    portClose: lib.func('int xpu_port_close(xpu_port *p)'),
+    portLinkUp: lib.func('int xpu_port_link_up(xpu_port *p)'),
+    windowStats: lib.func('int xpu_window_stats(const char *path, _Out_ xpu_stats *out)'),
+  };
+  loaded = n;
+  return n;
+}

@@ -1,0 +1,537 @@
+/*
+ * Ports: one end of a link. A TAP device inside a network namespace, a pump
+ * thread per direction between it and the window's rings, and a monitor thread
+ * that keeps this side's heartbeat and decides whether the peer is alive.
+ *
+ * Threads of a port:
+ *   tap->ring  reads frames (virtio_net_hdr + Ethernet) from the TAP device into
+ *              the ring this side produces, until EAGAIN, then waits on the fd.
+ *   ring->tap  writes frames from the ring this side consumes into the TAP device.
+ *   monitor    every tick: heartbeat, peer liveness, carrier on/off.
+ * The data path never leaves these threads.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "ring.h"
+
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#define TUN_F_USO6 0x40
+#endif
+
+#define PUMP_BATCH 32
+#define WAIT_MS 1000
+
+struct xpu_port {
+	struct xpu_window *w;
+	struct xpu_side_hdr *me;
+	struct xpu_side_hdr *peer;
+	struct xpu_ring tx; /* this side produces */
+	struct xpu_ring rx; /* this side consumes */
+	int side;
+	int mode;
+	int tapfd;
+	int evfd;
+	uint32_t stop;    /* set once by xpu_port_close */
+	uint32_t link_up; /* the monitor's verdict, read by the pumps */
+	uint32_t corrupt; /* the consumer met a record no honest peer writes */
+	uint64_t spin_max_ns;
+	pthread_t th_tx, th_rx, th_mon;
+	int threads;
+};
+
+/* ---- TAP device, created from a short-lived thread inside the namespace ---- */
+
+struct tap_req {
+	const char *netns_path;
+	const char *name;
+	int fd; /* result */
+	int rc;
+};
+
+static int tap_configure(int fd, const char *name)
+{
+	struct ifreq ifr;
+	unsigned offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+	int sock, rc = 0;
+
+	memset(&ifr, 0, sizeof(ifr));
+	/* IFF_VNET_HDR: each frame carries a virtio_net_hdr, so checksum and GSO
+	 * metadata cross the link with the frame; IFF_NO_CARRIER: the carrier
+	 * comes on only when the peer is there. */
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_NO_CARRIER;
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0)
+		return errno == EBUSY ? -EEXIST : -errno;
+	/* Offloads let the kernel hand us (and take from us) unchecksummed GSO
+	 * frames up to 64 KiB. UDP segmentation is newer: try it, then without. */
+	if (ioctl(fd, TUNSETOFFLOAD, offloads | TUN_F_USO4 | TUN_F_USO6) < 0 &&
+	    ioctl(fd, TUNSETOFFLOAD, offloads) < 0)
+		return -errno;
+
+	sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0) {
+		rc = -errno;
+	} else {
+		ifr.ifr_flags |= IFF_UP;
+		if (ioctl(sock, SIOCSIFFLAGS, &ifr) < 0)
+			rc = -errno;
+	}
+	close(sock);
+	return rc;
+}
+
+static void *tap_open_thread(void *arg)
+{
+	struct tap_req *req = arg;
+	int nsfd, fd, rc;
+
+	nsfd = open(req->netns_path, O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0) {
+		req->rc = errno == ENOENT || errno == ENOTDIR ? -ENOENT : -errno;
+		return NULL;
+	}
+	/* This thread exists only to enter the namespace: the caller's thread
+	 * (e.g. node's main thread) never changes namespace. */
+	rc = setns(nsfd, CLONE_NEWNET);
+	close(nsfd);
+	if (rc < 0) {
+		req->rc = -errno; /* EINVAL: not a network namespace */
+		return NULL;
+	}
+	if (if_nametoindex(req->name) != 0) {
+		req->rc = -EEXIST;
+		return NULL;
+	}
+	fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		req->rc = -errno;
+		return NULL;
+	}
+	rc = tap_configure(fd, req->name);
+	if (rc < 0) {
+		close(fd); /* a non-persistent TAP device goes with its fd */
+		req->rc = rc;
+		return NULL;
+	}
+	req->fd = fd;
+	req->rc = 0;
+	return NULL;
+}
+
+static int tap_open(const char *netns_path, const char *name, int *out)
+{
+	struct tap_req req = { netns_path, name, -1, -EIO };
+	pthread_t th;
+	int rc;
+
+	rc = pthread_create(&th, NULL, tap_open_thread, &req);
+	if (rc)
+		return -rc;
+	pthread_join(th, NULL);
+	if (req.rc < 0)
+		return req.rc;
+	*out = req.fd;
+	return 0;
+}
+
+static void tap_set_carrier(int fd, int on)
+{
+	int v = on;
+	(void)ioctl(fd, TUNSETCARRIER, &v);
+}
+
+/* ---- pumps ---- */
+
+static int stopping(struct xpu_port *p)
+{
+	return __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+static int link_is_up(struct xpu_port *p)
+{
+	return __atomic_load_n(&p->link_up, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Block until the TAP fd is readable or the port stops. */
+static void wait_tap_readable(struct xpu_port *p)
+{
+	struct pollfd fds[2] = {
+		{ .fd = p->tapfd, .events = POLLIN },
+		{ .fd = p->evfd, .events = POLLIN },
+	};
+	(void)poll(fds, 2, WAIT_MS);
+}
+
+static void *pump_tap_to_ring(void *arg)
+{
+	struct xpu_port *p = arg;
+	struct xpu_ring *r = &p->tx;
+	struct xpu_ring_ctrl *c = r->c;
+	struct xpu_spin sp;
+	uint8_t *scratch = malloc(XPU_FRAME_MAX);
+	uint64_t spin_t0 = 0;
+	unsigned batch = 0;
+
+	if (!scratch)
+		return NULL;
+	xr_spin_init(&sp, p->spin_max_ns);
+	while (!stopping(p)) {
+		int up = link_is_up(p);
+		void *buf = scratch;
+		ssize_t n;
+
+		if (up) {
+			buf = xr_reserve(r, XPU_FRAME_MAX);
+			if (!buf) {
+				if (batch) {
+					xr_kick(r, 0);
+					batch = 0;
+				}
+				xr_wait(r, 1, XPU_FRAME_MAX, p->mode, &sp, &p->stop, WAIT_MS);
+				continue;
+			}
+		}
+		n = read(p->tapfd, buf, XPU_FRAME_MAX);
+		if (n > 0) {
+			if (spin_t0) {
+				xr_spin_paid(&sp);
+				spin_t0 = 0;
+			}
+			if (!up) {
+				/* No peer: the frame cannot cross. */
+				xr_stat_add(&c->prod.drops, 1);
+				continue;
+			}
+			xr_commit(r, (uint32_t)n);
+			xr_stat_add(&c->prod.frames, 1);
+			xr_stat_add(&c->prod.bytes, (uint64_t)n);
+			/* Batching: wake the consumer once per batch, not per frame; a
+			 * consumer that is spinning sees each frame as it is published. */
+			if (++batch >= PUMP_BATCH) {
+				xr_kick(r, 0);
+				batch = 0;
+			}
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (batch) {
+			xr_kick(r, 0);
+			batch = 0;
+		}
+		if (n < 0 && errno == EAGAIN) {
+			if (p->mode == XPU_MODE_POLL) {
+				xr_cpu_relax();
+				continue;
+			}
+			/* Elastic: retry for the adaptive spin budget, then sleep in poll. */
+			uint64_t now = xr_now_ns();
+			if (!spin_t0)
+				spin_t0 = now;
+			if (now - spin_t0 < sp.budget_ns) {
+				sched_yield(); /* see xr_wait: spin without starving others */
+				continue;
+			}
+			spin_t0 = 0;
+			wait_tap_readable(p);
+			xr_spin_slept(&sp, xr_now_ns() - now);
+			continue;
+		}
+		/* Any other error: count it and do not spin on it. */
+		xr_stat_add(&c->prod.drops, 1);
+		wait_tap_readable(p);
+	}
+	free(scratch);
+	return NULL;
+}
+
+static void *pump_ring_to_tap(void *arg)
+{
+	struct xpu_port *p = arg;
+	struct xpu_ring *r = &p->rx;
+	struct xpu_ring_ctrl *c = r->c;
+	struct xpu_spin sp;
+	unsigned batch = 0;
+
+	xr_spin_init(&sp, p->spin_max_ns);
+	while (!stopping(p)) {
+		const void *buf;
+		uint32_t len;
+		int rc = xr_peek(r, &buf, &len);
+
+		if (rc == 0) {
+			if (write(p->tapfd, buf, len) < 0)
+				xr_stat_add(&c->cons.tap_errors, 1);
+			xr_release(r);
+			if (++batch >= PUMP_BATCH) {
+				xr_kick(r, 1);
+				batch = 0;
+			}
+			continue;
+		}
+		if (batch) {
+			xr_kick(r, 1);
+			batch = 0;
+		}
+		if (rc == -EBADMSG) {
+			/* A corrupt ring is not recoverable from this side: take the
+			 * link down and wait to be closed. */
+			__atomic_store_n(&p->corrupt, 1, __ATOMIC_RELEASE);
+			struct timespec ts = { 0, 100 * 1000000L };
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		xr_wait(r, 0, 0, p->mode, &sp, &p->stop, WAIT_MS);
+	}
+	return NULL;
+}
+
+/* ---- liveness ---- */
+
+static void *monitor(void *arg)
+{
+	struct xpu_port *p = arg;
+	uint64_t last_hb = __atomic_load_n(&p->peer->heartbeat, __ATOMIC_RELAXED);
+	uint64_t last_seen = 0; /* 0: never seen the peer's heartbeat move */
+
+	while (!stopping(p)) {
+		uint32_t bell = __atomic_load_n(&p->me->doorbell, __ATOMIC_ACQUIRE);
+		uint64_t now = xr_now_ns();
+		uint64_t hb;
+		uint32_t state;
+		int alive;
+
+		__atomic_store_n(&p->me->heartbeat, __atomic_load_n(&p->me->heartbeat, __ATOMIC_RELAXED) + 1,
+				 __ATOMIC_RELEASE);
+		__atomic_store_n(&p->me->heartbeat_ns, now, __ATOMIC_RELAXED);
+
+		state = __atomic_load_n(&p->peer->state, __ATOMIC_ACQUIRE);
+		hb = __atomic_load_n(&p->peer->heartbeat, __ATOMIC_ACQUIRE);
+		if (hb != last_hb) {
+			last_hb = hb;
+			last_seen = now;
+		}
+		alive = state == XPU_SIDE_ATTACHED && last_seen != 0 &&
+			now - last_seen < (uint64_t)XPU_PEER_TIMEOUT_MS * 1000000ull &&
+			!__atomic_load_n(&p->corrupt, __ATOMIC_ACQUIRE);
+		if (alive != link_is_up(p)) {
+			__atomic_store_n(&p->link_up, (uint32_t)alive, __ATOMIC_RELEASE);
+			tap_set_carrier(p->tapfd, alive);
+			if (!alive) {
+				xr_stat_add(&p->me->link_downs, 1);
+				/* A producer waiting for room the dead peer will never
+				 * free must notice and drop instead. */
+				xr_interrupt(&p->tx, 1);
+			}
+		}
+		__atomic_store_n(&p->me->peer_up, (uint32_t)alive, __ATOMIC_RELAXED);
+		/* Sleep one tick, or less when the peer rings (it closed). */
+		xr_futex_wait(&p->me->doorbell, bell, XPU_TICK_MS);
+	}
+	return NULL;
+}
+
+static void ring_doorbell(struct xpu_side_hdr *s)
+{
+	__atomic_add_fetch(&s->doorbell, 1, __ATOMIC_RELEASE);
+	xr_futex_wake(&s->doorbell);
+}
+
+/* ---- open / close ---- */
+
+static int side_owner_alive(const struct xpu_side_hdr *s)
+{
+	int32_t pid = __atomic_load_n(&s->pid, __ATOMIC_RELAXED);
+	if (pid <= 0)
+		return 0;
+	return kill(pid, 0) == 0 || errno == EPERM;
+}
+
+/* Claim a side of the window for this process. A side left attached by a
+ * process that no longer exists may be taken over. */
+static int claim_side(struct xpu_side_hdr *s)
+{
+	uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+	if (st == XPU_SIDE_ATTACHED && side_owner_alive(s))
+		return -EBUSY;
+	if (!__atomic_compare_exchange_n(&s->state, &st, XPU_SIDE_ATTACHED, 0, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return -EBUSY;
+	__atomic_store_n(&s->pid, (int32_t)getpid(), __ATOMIC_RELEASE);
+	return 0;
+}
+
+static void release_side(struct xpu_side_hdr *s)
+{
+	__atomic_store_n(&s->peer_up, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->pid, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->state, XPU_SIDE_CLOSED, __ATOMIC_RELEASE);
+}
+
+static int valid_tap_name(const char *name)
+{
+	size_t n = name ? strlen(name) : 0;
+	if (n == 0 || n >= IFNAMSIZ)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (name[i] == '/' || name[i] == ':' || name[i] <= ' ' || name[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+static uint64_t spin_max_from_env(void)
+{
+	const char *v = getenv("HETEROPOD_XPU_SPIN_US");
+	char *end;
+	unsigned long us;
+	if (!v || !*v)
+		return XPU_SPIN_MAX_NS;
+	us = strtoul(v, &end, 10);
+	if (*end || us > 10000)
+		return XPU_SPIN_MAX_NS;
+	return (uint64_t)us * 1000u;
+}
+
+static void stop_threads(struct xpu_port *p)
+{
+	uint64_t one = 1;
+
+	__atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
+	xr_interrupt(&p->tx, 1);
+	xr_interrupt(&p->rx, 0);
+	if (write(p->evfd, &one, sizeof(one)) < 0) {
+		/* eventfd counter cannot overflow here; the poll timeout covers it */
+	}
+	ring_doorbell(p->me);
+	if (p->threads > 0)
+		pthread_join(p->th_tx, NULL);
+	if (p->threads > 1)
+		pthread_join(p->th_rx, NULL);
+	if (p->threads > 2)
+		pthread_join(p->th_mon, NULL);
+	p->threads = 0;
+}
+
+int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *tap_name, int mode,
+		  xpu_port **out)
+{
+	struct xpu_port *p;
+	sigset_t all, old;
+	int rc;
+
+	if (!w || !out || !netns_path || (side != XPU_SIDE_HOST && side != XPU_SIDE_DPU) ||
+	    (mode != XPU_MODE_ELASTIC && mode != XPU_MODE_POLL) || !valid_tap_name(tap_name))
+		return -EINVAL;
+	*out = NULL;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->w = w;
+	p->side = side;
+	p->mode = mode;
+	p->tapfd = -1;
+	p->me = &w->hdr->side[side];
+	p->peer = &w->hdr->side[1 - side];
+	p->spin_max_ns = spin_max_from_env();
+	p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (p->evfd < 0) {
+		rc = -errno;
+		free(p);
+		return rc;
+	}
+
+	rc = claim_side(p->me);
+	if (rc < 0)
+		goto fail_free;
+	rc = tap_open(netns_path, tap_name, &p->tapfd);
+	if (rc < 0)
+		goto fail_release;
+
+	p->me->mode = (uint32_t)mode;
+	memset(p->me->tap, 0, sizeof(p->me->tap));
+	strncpy(p->me->tap, tap_name, sizeof(p->me->tap) - 1);
+	memset(p->me->netns, 0, sizeof(p->me->netns));
+	strncpy(p->me->netns, netns_path, sizeof(p->me->netns) - 1);
+	__atomic_store_n(&p->me->heartbeat_ns, xr_now_ns(), __ATOMIC_RELAXED);
+	/* Ring `side` carries this side's outbound frames. */
+	xr_init(&p->tx, &w->hdr->ring[side], xpu_ring_data(w, side), w->hdr->ring_bytes);
+	xr_init(&p->rx, &w->hdr->ring[1 - side], xpu_ring_data(w, 1 - side), w->hdr->ring_bytes);
+
+	/* Pump threads take no signals: the embedding process (node) handles them. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rc = -pthread_create(&p->th_tx, NULL, pump_tap_to_ring, p);
+	if (rc == 0) {
+		p->threads = 1;
+		rc = -pthread_create(&p->th_rx, NULL, pump_ring_to_tap, p);
+	}
+	if (rc == 0) {
+		p->threads = 2;
+		rc = -pthread_create(&p->th_mon, NULL, monitor, p);
+	}
+	if (rc == 0) {
+		p->threads = 3;
+		/* Named so that tools (and the benchmark) can tell transport CPU time. */
+		pthread_setname_np(p->th_tx, "xpu-tap2ring");
+		pthread_setname_np(p->th_rx, "xpu-ring2tap");
+		pthread_setname_np(p->th_mon, "xpu-monitor");
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc < 0)
+		goto fail_threads;
+
+	w->ports++;
+	ring_doorbell(p->peer); /* let the peer see us without waiting a tick */
+	*out = p;
+	return 0;
+
+fail_threads:
+	stop_threads(p);
+	close(p->tapfd);
+fail_release:
+	release_side(p->me);
+fail_free:
+	close(p->evfd);
+	free(p);
+	return rc;
+}
+
+int xpu_port_close(xpu_port *p)
+{
+	if (!p)
+		return -EINVAL;
+	stop_threads(p);
+	release_side(p->me);
+	ring_doorbell(p->peer); /* the peer's monitor sees the link go down now */
+	close(p->tapfd);
+	close(p->evfd);
+	p->w->ports--;
+	free(p);
+	return 0;
+}
+
+int xpu_port_link_up(const xpu_port *p)
+{
+	if (!p)
+		return -EINVAL;
+	return (int)__atomic_load_n(&p->link_up, __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,119 @@
+/*
+ * libxpu: the XPU transport, a shared-memory packet link between the host half
+ * and the DPU half of a pod.
+ *
+ * One window (a file, normally under /dev/shm/heteropod/) holds a fixed-layout
+ * header and two single-producer single-consumer rings of variable-size frames:
+ * ring 0 carries host->DPU, ring 1 DPU->host. Each end of the link ("side") is
+ * owned by one process, which opens a port: a TAP device inside a network
+ * namespace plus one pump thread per direction between the TAP device and a ring.
+ *
+ * Contract for every function: a return value < 0 is a negative errno; nothing
+ * is read from the global errno. Handles are opaque and owned by the caller until
+ * passed to the matching close function.
+ */
+#ifndef XPU_H
+#define XPU_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define XPU_API __attribute__((visibility("default")))
+
+typedef struct xpu_window xpu_window;
+typedef struct xpu_port xpu_port;
+
+enum xpu_side { XPU_SIDE_HOST = 0, XPU_SIDE_DPU = 1 };
+
+/* ELASTIC: a consumer with nothing to read spins adaptively, then sleeps on a
+ * futex in the window; a producer enters the kernel only to wake a consumer that
+ * has said it is asleep. POLL: never sleeps (kernel-bypass baseline). */
+enum xpu_mode { XPU_MODE_ELASTIC = 0, XPU_MODE_POLL = 1 };
+
+/* Largest frame a ring carries: a 64 KiB GSO segment, its Ethernet header and
+ * the virtio_net_hdr in front of it, with room to spare. */
+#define XPU_FRAME_MAX 65792u
+
+/* Ring sizes accepted by xpu_window_create (bytes of frame data per ring, a
+ * power of two). 0 selects the default. */
+#define XPU_RING_MIN (256u * 1024u)
+#define XPU_RING_MAX (64u * 1024u * 1024u)
+#define XPU_RING_DEFAULT (4u * 1024u * 1024u)
+
+/* Per-direction counters. Producer-side: frames, bytes, drops (frames read from
+ * the TAP device that could not cross: link down or unwritable), wakeups (futex
+ * wakes issued to a sleeping consumer). Consumer-side: sleeps (futex waits),
+ * spins (times spinning found work and saved a sleep), tap_errors (frames the
+ * consumer could not write into its TAP device). */
+struct xpu_dir_stats {
+	uint64_t frames;
+	uint64_t bytes;
+	uint64_t drops;
+	uint64_t wakeups;
+	uint64_t sleeps;
+	uint64_t spins;
+	uint64_t tap_errors;
+	uint64_t full_waits; /* times the producer found the ring full */
+};
+
+struct xpu_side_info {
+	int32_t pid;       /* owner process, 0 when free */
+	uint32_t state;    /* 0 free, 1 attached, 2 closed */
+	uint32_t mode;     /* enum xpu_mode of the owner */
+	uint32_t alive;    /* attached and heartbeat fresh (seen from the reader) */
+	uint32_t peer_up;  /* this side's own view: the peer is alive */
+	uint32_t reserved;
+	uint64_t heartbeat;
+	uint64_t link_downs; /* times this side saw the link go down */
+	char tap[16];
+	char netns[112];
+};
+
+struct xpu_stats {
+	uint32_t version;
+	uint32_t link_up;
+	uint32_t ring_bytes;
+	uint32_t frame_max;
+	struct xpu_side_info side[2];
+	struct xpu_dir_stats dir[2]; /* 0: host->DPU, 1: DPU->host */
+};
+
+/* Create a new window file at path (O_EXCL: -EEXIST when it exists). The
+ * directory /dev/shm/heteropod is created when path is inside it. On error no
+ * file is left behind. */
+XPU_API int xpu_window_create(const char *path, uint32_t ring_bytes, xpu_window **out);
+
+/* Map an existing window. -EBADMSG: not a window (wrong magic); -EPROTONOSUPPORT:
+ * another layout version; -EMSGSIZE: file size does not match its header. */
+XPU_API int xpu_window_attach(const char *path, xpu_window **out);
+
+/* Unmap. Ports opened on the window must be closed first (-EBUSY otherwise). */
+XPU_API int xpu_window_close(xpu_window *w);
+
+/* Open one end of the link: claim the side in the window (-EBUSY when a live
+ * process owns it), create TAP device tap_name inside the network namespace at
+ * netns_path (-EINVAL: not a network namespace; -EEXIST: the name is in use
+ * there), bring it up, and start its pump threads and liveness monitor. */
+XPU_API int xpu_port_open(xpu_window *w, int side, const char *netns_path,
+			  const char *tap_name, int mode, xpu_port **out);
+
+/* Stop the pumps, remove the TAP device, release the side (the peer sees the
+ * link go down at once). Never blocks on the peer. */
+XPU_API int xpu_port_close(xpu_port *p);
+
+/* 1 when both ends are attached and alive, 0 otherwise. */
+XPU_API int xpu_port_link_up(const xpu_port *p);
+
+/* Read the statistics of the window at path; any process may call it. */
+XPU_API int xpu_window_stats(const char *path, struct xpu_stats *out);
+
+/* sizeof(struct xpu_stats), for bindings that check their layout. */
+XPU_API uint32_t xpu_stats_size(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
