@@ -97,13 +97,22 @@ test('task events reach containerd in order: create, start, exit, delete', async
   assert.equal(topics, ['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
 });
 
-test('an exec runs in the task and reports its own exit code', async () => {
+test('exec with its own exit code; Pids, Pause, Resume, Stats; Kill of an exited task is NOT_FOUND', async () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
   const started = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, 'longer', '/bin/sleep', '600']);
   assert.is(started.code, 0, started.stderr);
   const exec = await ctr(['task', 'exec', '--exec-id', 'e1', 'longer', '/bin/sh', '-c', 'echo in-exec; exit 4']);
   assert.is(exec.stdout, 'in-exec\n');
   assert.is(exec.code, 4);
+  const ps = await ctr(['task', 'ps', 'longer']);
+  assert.match(ps.stdout, /PID\s+INFO/, 'Pids relayed');
+  assert.is((await ctr(['task', 'pause', 'longer'])).code, 0);
+  assert.match((await ctr(['task', 'ls'])).stdout, /longer\s+\d+\s+PAUSED/);
+  assert.is((await ctr(['task', 'resume', 'longer'])).code, 0);
+  assert.match((await ctr(['task', 'ls'])).stdout, /longer\s+\d+\s+RUNNING/);
+  const metrics = await ctr(['task', 'metrics', 'longer']);
+  assert.is(metrics.code, 0, metrics.stderr);
+  assert.match(metrics.stdout, /memory/, 'Stats relayed');
   const kill = await ctr(['task', 'kill', '-s', 'SIGKILL', 'longer']);
   assert.is(kill.code, 0, kill.stderr);
   await waitFor('the task to stop', 10_000, async () => (await ctr(['task', 'ls'])).stdout.includes('STOPPED'));
