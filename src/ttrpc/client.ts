@@ -66,7 +66,12 @@ export class TtrpcClient extends EventEmitter {
     });
     return new Promise<Buffer>((resolve, reject) => {
       let timer: NodeJS.Timeout | null = null;
-      const onAbort = (): void => settle(new RpcError(Code.CANCELLED, `${service}.${method}: cancelled`));
+      // A deadline passing (AbortSignal.timeout, also inside AbortSignal.any) is
+      // DEADLINE_EXCEEDED; any other abort, such as the caller's peer leaving, CANCELLED.
+      const onAbort = (): void => {
+        const timedOut = (opts.signal?.reason as Error | undefined)?.name === 'TimeoutError';
+        settle(new RpcError(timedOut ? Code.DEADLINE_EXCEEDED : Code.CANCELLED, `${service}.${method}: ${timedOut ? 'deadline exceeded' : 'cancelled'}`));
+      };
       const settle = (err: Error | null, result?: Buffer): void => {
         if (!this.pending.delete(streamId)) return;
         if (timer) clearTimeout(timer);

@@ -141,4 +141,16 @@ test('client: calls time out with DEADLINE_EXCEEDED', async () => {
   client.close();
 });
 
+test('client: an aborted signal is CANCELLED, a passed deadline DEADLINE_EXCEEDED', async () => {
+  const client = await TtrpcClient.connect(sock);
+  const wait = () => encode('containerd.task.v2.WaitRequest', { id: 'c1' });
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 20);
+  const cancelled = await client.call(TASK, 'Wait', wait(), { signal: ac.signal }).then(() => null, (e: RpcError) => e);
+  assert.is(cancelled?.code, Code.CANCELLED);
+  const late = await client.call(TASK, 'Wait', wait(), { signal: AbortSignal.any([new AbortController().signal, AbortSignal.timeout(20)]) }).then(() => null, (e: RpcError) => e);
+  assert.is(late?.code, Code.DEADLINE_EXCEEDED);
+  client.close();
+});
+
 test.run();
