@@ -46,6 +46,10 @@ export async function serveDaemon(flags: ShimFlags, group: string, listen: 'inhe
       runc: config.runc,
     },
     log,
+    (why) => {
+      log.error('runc shim lost; exiting so that containerd cleans up the pod', { error: why });
+      void exit();
+    },
   );
   const server = new TtrpcServer({
     onConnectionError: (err) => log.warn('ttrpc connection error', { error: err.message }),

@@ -38,8 +38,12 @@ export class RuncShimRuntime implements Runtime {
   private client: TtrpcClient | null = null;
   private starting: Promise<TtrpcClient> | null = null;
   private firstId = '';
+  private stopping = false;
 
-  constructor(private readonly opts: RuncShimOptions, private readonly log: Logger) {}
+  // `onLost` is told when runc's shim goes away without being asked to: its tasks
+  // are gone with it, and the pod's shim should go too, so that containerd sees a
+  // dead shim and cleans up, as it would under runc.
+  constructor(private readonly opts: RuncShimOptions, private readonly log: Logger, private readonly onLost: (why: string) => void = () => {}) {}
 
   prepare(first: FirstTask): Promise<void> {
     return this.connected(first).then(() => undefined);
@@ -56,6 +60,7 @@ export class RuncShimRuntime implements Runtime {
   }
 
   async shutdown(): Promise<void> {
+    this.stopping = true;
     const client = this.client ?? (await this.starting?.catch(() => null)) ?? null;
     if (!client || client.closed) return;
     const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
@@ -106,7 +111,10 @@ export class RuncShimRuntime implements Runtime {
 
   private async connect(address: string): Promise<TtrpcClient> {
     const client = await TtrpcClient.connect(address, { namespace: this.opts.namespace, timeoutMs: 5000 });
-    client.once('close', (err: Error) => this.log.debug('runc shim connection closed', { error: err.message }));
+    client.once('close', (err: Error) => {
+      this.log.debug('runc shim connection closed', { error: err.message });
+      if (!this.stopping) this.onLost(`connection to runc shim ${address} lost: ${err.message}`);
+    });
     return client;
   }
 

@@ -139,6 +139,20 @@ test('one shim per pod; the shim killed: containerd cleans up, runc’s shim and
   for (const id of ['pod-k-app', 'pod-k']) assert.is((await ctr(['container', 'rm', id])).code, 0);
 });
 
+test('runc’s shim killed behind ours: our shim exits, containerd cleans up', async () => {
+  if (missing) return skip('shim-ctr', `missing${missing}`);
+  const r = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, 'lost', '/bin/sleep', '600']);
+  assert.is(r.code, 0, r.stderr);
+  const runc = listProcesses().filter((p) => p.cmdline.includes('containerd-shim-runc-v2') && p.cmdline.includes(sock) && p.cmdline.includes('-id lost '));
+  assert.is(runc.length, 1);
+  process.kill(runc[0].pid, 'SIGKILL');
+  await waitFor('containerd to drop the task', 15_000, async () => !/lost/.test((await ctr(['task', 'ls'])).stdout));
+  await waitFor('our shim to exit', 10_000, () => !listProcesses().some((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes('-id lost ')));
+  await waitFor('the container process to be gone', 10_000, () => !listProcesses().some((p) => p.cmdline === '/bin/sleep 600' && p.cgroup.includes('/lost')));
+  assert.is((await ctr(['container', 'rm', 'lost'])).code, 0);
+  assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, 'lost')));
+});
+
 test('the shim log reaches containerd’s log as key=value lines; debug by HETEROPOD_DEBUG', () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
   const log = fs.readFileSync(logFile, 'utf8');
