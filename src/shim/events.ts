@@ -7,7 +7,9 @@ import type { KeyValue } from '../ttrpc';
 import type { Logger } from './log';
 import { EVENTS_SERVICE } from './runtime';
 
-const ATTEMPTS = 5;
+// Bounded retries: about 10 s in all, long enough to ride out a containerd restart.
+const ATTEMPTS = 12;
+const MAX_BACKOFF_MS = 1000;
 
 interface Queued {
   request: Buffer; // an encoded ForwardRequest
@@ -62,7 +64,7 @@ export class EventForwarder {
             this.log.error('forward event: giving up', { topic: event.topic, error: (err as Error).message });
             break;
           }
-          await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
+          await new Promise((r) => setTimeout(r, Math.min(MAX_BACKOFF_MS, 50 * 2 ** attempt)));
         }
       }
       this.queue.shift();
