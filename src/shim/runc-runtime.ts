@@ -10,8 +10,9 @@
 //   hashes a different input (paths.ts), so they never collide.
 // - it publishes events to $TTRPC_ADDRESS: pointed at our socket, so every event
 //   goes through our ordered forwarder.
-// - it refuses runtime options of another type: Create is forwarded without ours
-//   (task-service.ts).
+// - it refuses runtime options of another type: Create carries its own
+//   containerd.runc.v1.Options, made from our [runc] config, in place of ours
+//   (taskOptions, used by task-service.ts), or none.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';

@@ -1,5 +1,6 @@
-// `start`: find or start the pod's shim daemon, write its address into the
-// bundle, print only that address. containerd reads stdout+stderr until EOF, so
+// `start` in TypeScript, used when the C launcher (launcher.c, which also uses
+// warm spares) is not built: find or start the pod's shim daemon, write its
+// address into the bundle, print only that address. containerd reads stdout+stderr until EOF, so
 // the daemon gets neither. `start` binds and listens on the socket itself and
 // hands it to the daemon as fd 3: the address is valid the moment it is printed,
 // and containerd's first calls wait in the backlog while the daemon boots.
