@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { addAddress } from '../src/xpu/link';
-import { XpuMode, XpuWindow, listWindows, windowPath } from '../src/xpu/window';
+import { XpuMode, XpuWindow, listWindows, removeWindow, windowPath } from '../src/xpu/window';
 
 type Transport = 'veth' | XpuMode;
 const TRANSPORTS: Transport[] = ['veth', 'elastic', 'poll'];
@@ -76,7 +76,7 @@ class Pairs {
         sh('ip', ['-n', b, 'link', 'set', 'xpu0', 'up']);
       } else {
         const file = windowPath(`${PREFIX}-${this.transport}-${i}`);
-        fs.rmSync(file, { force: true });
+        removeWindow(file);
         const w = XpuWindow.create(file);
         this.windows.push(w);
         w.openPort('host', `/run/netns/${a}`, 'xpu0', this.transport);
@@ -114,7 +114,7 @@ class Pairs {
   async tearDown(): Promise<void> {
     for (const w of this.windows.splice(0)) {
       w.close();
-      fs.rmSync(w.path, { force: true });
+      removeWindow(w.path);
     }
     if (this.child && this.child.exitCode === null) {
       const c = this.child;
@@ -308,7 +308,7 @@ function cleanLeftovers(): void {
     const n = line.split(' ')[0];
     if (n.startsWith(`${PREFIX}-`)) spawnSync('ip', ['netns', 'del', n]);
   }
-  for (const f of listWindows()) if (path.basename(f).startsWith(PREFIX)) fs.rmSync(f, { force: true });
+  for (const f of listWindows()) if (path.basename(f).startsWith(PREFIX)) removeWindow(f);
 }
 
 function fmt(x: number | null, digits = 1): string {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
 import { loadConfig } from './config';
 import { ShimFlags, formatFlags } from './flags';
-import { groupOf, groupPaths, GroupPaths, removeIfEmpty } from './paths';
+import { groupOf, groupPaths, GroupPaths, removeIfEmpty, socketAnswers } from './paths';
 import { readSpec } from './bundle';
 import { TASK_SERVICE } from './runtime';
 import { readStartRecord } from './record';
@@ -29,14 +29,14 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
   }
   const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
   // Our daemon's socket is stale once nothing answers on it: it goes first.
-  const daemonAlive = await answers(`unix://${paths.socket}`);
+  const daemonAlive = await socketAnswers(`unix://${paths.socket}`);
   if (!daemonAlive) fs.rmSync(paths.socket, { force: true });
   const result =
     (daemonAlive ? await deleteThrough(`unix://${paths.socket}`, flags, false) : null) ??
     (await deleteThrough(readAddress(paths), flags, true)) ??
     runcDelete(config.runcShim, flags, bundle);
   // The pod's state goes with its last task, once runc's shim has exited too.
-  if (!daemonAlive && !(await answers(readAddress(paths)))) {
+  if (!daemonAlive && !(await socketAnswers(readAddress(paths)))) {
     fs.rmSync(paths.dir, { recursive: true, force: true });
     removeIfEmpty(path.dirname(paths.dir));
   }
@@ -57,16 +57,6 @@ function readAddress(paths: GroupPaths): string {
     return fs.readFileSync(path.join(paths.runcWorkDir, 'address'), 'utf8').trim();
   } catch {
     return '';
-  }
-}
-
-async function answers(address: string): Promise<boolean> {
-  if (!address) return false;
-  try {
-    (await TtrpcClient.connect(address, { timeoutMs: 1000 })).close();
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
 import { encodeShutdownRequest, runcOptions } from './messages';
 import { formatFlags } from './flags';
+import { socketAnswers } from './paths';
 import type { Logger } from './log';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
 
@@ -114,7 +115,12 @@ export class RuncShimRuntime implements Runtime {
     const client = await TtrpcClient.connect(address, { namespace: this.opts.namespace, timeoutMs: 5000 });
     client.once('close', (err: Error) => {
       this.log.debug('runc shim connection closed', { error: err.message });
-      if (!this.stopping) this.onLost(`connection to runc shim ${address} lost: ${err.message}`);
+      if (this.stopping) return;
+      // A runc shim that died cannot remove its own socket, and nothing else will.
+      void socketAnswers(address)
+        .then((alive) => alive || fs.rmSync(address.replace(/^unix:\/\//, ''), { force: true }))
+        .catch(() => undefined)
+        .finally(() => this.onLost(`connection to runc shim ${address} lost: ${err.message}`));
     });
     return client;
   }

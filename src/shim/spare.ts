@@ -15,6 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ShimFlags } from './flags';
 import { serveDaemon } from './daemon';
+import { socketAnswers } from './paths';
 
 const IDLE_CHECK_MS = 2000;
 
@@ -35,17 +36,6 @@ function parseAssignment(text: string): Assignment {
   return a;
 }
 
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 // Is any pod shim (not a spare) serving in this state directory?
 async function anyPodShim(socketDir: string): Promise<boolean> {
   let names: string[];
@@ -54,14 +44,14 @@ async function anyPodShim(socketDir: string): Promise<boolean> {
   } catch {
     return false;
   }
-  for (const name of names) if (!name.startsWith('spare-') && (await answers(path.join(socketDir, name)))) return true;
+  for (const name of names) if (!name.startsWith('spare-') && (await socketAnswers(path.join(socketDir, name)))) return true;
   return false;
 }
 
 export async function serveSpare(flags: ShimFlags): Promise<void> {
   const sparePath = flags.socket;
   process.title = `containerd-shim-heteropod-v2 spare -namespace ${flags.namespace} -address ${flags.address}`;
-  if (await answers(sparePath)) return; // another spare got there first
+  if (await socketAnswers(sparePath)) return; // another spare got there first
   fs.rmSync(sparePath, { force: true });
   const server = net.createServer();
   await new Promise<void>((resolve, reject) => {

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { loadConfig } from './config';
 import { ShimFlags, formatFlags } from './flags';
 import { decodeRuntimeOptions } from './options';
-import { groupOf, groupPaths } from './paths';
+import { groupOf, groupPaths, socketAnswers } from './paths';
 import { readSpec } from './bundle';
 import { writeStartRecord } from './record';
 
@@ -23,7 +23,7 @@ export async function startShim(flags: ShimFlags): Promise<string> {
   const paths = groupPaths(config.stateDir, flags.address, flags.namespace, group);
   const address = `unix://${paths.socket}`;
 
-  if (!(await answers(paths.socket))) {
+  if (!(await socketAnswers(paths.socket))) {
     fs.mkdirSync(path.dirname(paths.socket), { recursive: true, mode: 0o711 });
     fs.rmSync(paths.socket, { force: true });
     const listener = await listen(paths.socket);
@@ -46,17 +46,6 @@ function readStdin(): Buffer {
   } catch {
     return Buffer.alloc(0);
   }
-}
-
-function answers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 // The listening descriptor. The server object is never closed here: closing

@@ -14,8 +14,30 @@ import { killAndWait, listProcesses, mountsUnder, pidAlive, run, sleep, waitFor 
 
 type Log = (line: string) => void;
 
-const SHIM_SOCKET_PARENT = '/run/containerd';
-const CREATED_SHIM_SOCKET_DIR_MARK = `${TESTBED.runDir}/created-run-containerd`;
+/**
+ * Shared places that containerd and runc create whatever the test bed's config
+ * says: shim sockets in /run/containerd/s, and the parent cgroup `k8s.io` of every
+ * pod. When one is absent at `up`, the test bed made it, and `down` removes it
+ * again if it is empty (never what another containerd keeps there).
+ */
+const SHARED_PARENTS = [
+  { name: 'run-containerd', probe: '/run/containerd', remove: () => ['/run/containerd/s', '/run/containerd'] },
+  {
+    name: 'k8s-cgroups',
+    probe: '/sys/fs/cgroup/pids/k8s.io',
+    remove: () => listDirs('/sys/fs/cgroup').map((controller) => `/sys/fs/cgroup/${controller}/k8s.io`),
+  },
+];
+
+function listDirs(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+const createdMark = (name: string) => `${TESTBED.runDir}/created-${name}`;
 
 const REQUIRED = [
   ['containerd', 'containerd'],
@@ -113,9 +135,7 @@ async function start(log: Log): Promise<void> {
   for (const dir of [TESTBED.runDir, TESTBED.stateDir, TESTBED.cniConfDir, TESTBED.cniIpamDir, TESTBED.optDir]) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
   }
-  // containerd 1.6 puts shim sockets in /run/containerd/s whatever its config says;
-  // remember whether that directory is ours to remove at down.
-  if (!fs.existsSync(SHIM_SOCKET_PARENT)) fs.writeFileSync(CREATED_SHIM_SOCKET_DIR_MARK, '');
+  for (const parent of SHARED_PARENTS) if (!fs.existsSync(parent.probe)) fs.writeFileSync(createdMark(parent.name), '');
   fs.writeFileSync(TESTBED.configFile, containerdConfig());
   fs.writeFileSync(TESTBED.shimConfig, shimConfig());
   fs.writeFileSync(path.join(TESTBED.cniConfDir, '10-heteropod-testbed.conflist'), cniConfig());
@@ -256,10 +276,11 @@ export async function down(log: Log = () => {}): Promise<void> {
     await run('ip', ['link', 'delete', TESTBED.cniBridge]);
     log(`removed bridge ${TESTBED.cniBridge}`);
   }
-  if (fs.existsSync(CREATED_SHIM_SOCKET_DIR_MARK)) {
-    for (const dir of [`${SHIM_SOCKET_PARENT}/s`, SHIM_SOCKET_PARENT]) {
+  for (const parent of SHARED_PARENTS) {
+    if (!fs.existsSync(createdMark(parent.name))) continue;
+    for (const dir of parent.remove()) {
       try {
-        fs.rmdirSync(dir); // only when empty: never what another containerd keeps there
+        fs.rmdirSync(dir); // only when empty (a cgroup: when it has no children)
       } catch {
         // not empty, or gone
       }

@@ -5,7 +5,7 @@
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, windowPath } from './window';
+import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, removeWindow, windowPath } from './window';
 
 export const DEFAULT_TAP = 'xpu0';
 export const HOST_ADDR = '169.254.77.1/30';
@@ -51,7 +51,7 @@ function removeStaleWindow(file: string): void {
     stale = false;
   }
   if (!stale) throw new Error(`XPU window ${file} already exists and is in use (another link between these namespaces?)`);
-  fs.rmSync(file, { force: true });
+  removeWindow(file);
 }
 
 export class RunningLink {
@@ -88,7 +88,7 @@ export class RunningLink {
         await this.peerExit;
         clearTimeout(timer);
       }
-      fs.rmSync(this.window.path, { force: true });
+      removeWindow(this.window.path);
     }
   }
 }
@@ -107,7 +107,7 @@ export async function startLink(nsA: string, nsB: string, opts: LinkOptions = {}
   const undo: Array<() => void | Promise<void>> = [];
   try {
     const window = XpuWindow.create(file, { ringBytes: opts.ringBytes });
-    undo.push(() => fs.rmSync(file, { force: true }));
+    undo.push(() => removeWindow(file));
     undo.push(() => window.close());
     const hostPort = window.openPort('host', hostNs, tap, mode);
     undo.push(() => hostPort.close());

@@ -108,6 +108,19 @@ export function readStats(file: string): XpuStats {
 }
 
 /** Every window file on this machine. */
+/**
+ * Removes a window file once no end uses it, and the window directory with the
+ * last window in it (libxpu makes the directory on the first create).
+ */
+export function removeWindow(file: string): void {
+  fs.rmSync(file, { force: true });
+  try {
+    fs.rmdirSync(path.dirname(file));
+  } catch {
+    // other windows remain, or it is gone
+  }
+}
+
 export function listWindows(dir = WINDOW_DIR): string[] {
   if (!fs.existsSync(dir)) return [];
   return fs

@@ -16,6 +16,11 @@ const ns = `hp-ctr-${process.pid}`;
 const rootfs = path.join(dir, 'rootfs');
 const logFile = path.join(dir, 'containerd.log');
 const SHIM_STATE = '/run/heteropod-shim';
+// ctr keeps its stdio fifos, and runc's shim its state, under /run/containerd
+// whatever containerd's config says: the fifos go in the test's directory, and the
+// runc root of the test's own namespace is removed at the end.
+const fifoDir = path.join(dir, 'fifo');
+const runcRoot = `/run/containerd/runc/${ns}`;
 let containerd: ChildProcess | null = null;
 let missing = '';
 
@@ -25,7 +30,9 @@ function which(cmd: string): boolean {
 
 function ctr(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile('ctr', ['-a', sock, '-n', ns, ...args], { timeout: timeoutMs }, (err, stdout, stderr) => {
+    const withFifos = args[0] === 'run' || (args[0] === 'task' && (args[1] === 'exec' || args[1] === 'start'));
+    const full = withFifos ? [args[0], ...(args[0] === 'task' ? [args[1], '--fifo-dir', fifoDir, ...args.slice(2)] : ['--fifo-dir', fifoDir, ...args.slice(1)])] : args;
+    execFile('ctr', ['-a', sock, '-n', ns, ...full], { timeout: timeoutMs }, (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0, stdout: String(stdout), stderr: String(stderr) });
     });
   });
@@ -71,6 +78,22 @@ test.after(async () => {
     await new Promise((r) => containerd!.once('exit', r));
   }
   fs.rmSync(dir, { recursive: true, force: true });
+  fs.rmSync(runcRoot, { recursive: true, force: true });
+  // ctr puts each container in cgroup /<namespace>/<id>; runc removes the leaf only.
+  for (const controller of fs.readdirSync('/sys/fs/cgroup')) {
+    try {
+      fs.rmdirSync(`/sys/fs/cgroup/${controller}/${ns}`);
+    } catch {
+      // not made under this controller
+    }
+  }
+  for (const parent of ['/run/containerd/runc', '/run/containerd/fifo', '/run/containerd/s', '/run/containerd']) {
+    try {
+      fs.rmdirSync(parent); // only when empty: never what another containerd keeps there
+    } catch {
+      // not empty, or gone
+    }
+  }
 });
 
 test('output and exit code 3 come back through the shim', async () => {

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { XpuStats, XpuWindow, listWindows, readStats, windowPath } from '../../src/xpu/window';
+import { XpuStats, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../../src/xpu/window';
 import { addAddress } from '../../src/xpu/link';
 import { addNetns, canMakeNetns, delNetns, devices, listNetns, pidAlive, processesMatching } from '../lib/netns';
 import { skip } from '../lib/skip';
@@ -221,7 +221,7 @@ async function withEnds(name: string, body: (e: Ends) => Promise<void>): Promise
         await exitOf(c, 3000).catch(() => c.kill('SIGKILL'));
       }
     }
-    fs.rmSync(e.window, { force: true });
+    removeWindow(e.window);
   }
   assertClean(e.window);
 }
@@ -276,7 +276,7 @@ test('a peer that stops: the link goes down, and up again when it continues', as
 test.after(async () => {
   for (const c of spawned) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   await sleep(200);
-  for (const f of listWindows().filter((f) => f.includes(tag))) fs.rmSync(f, { force: true });
+  for (const f of listWindows().filter((f) => f.includes(tag))) removeWindow(f);
   delNetns(A);
   delNetns(B);
   // Leak check: no namespace, window or process of this test remains.

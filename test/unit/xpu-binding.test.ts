@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { XpuError, XpuWindow, listWindows, readStats, windowPath } from '../../src/xpu/window';
+import { XpuError, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../../src/xpu/window';
 import { addNetns, canMakeNetns, delNetns, devices, listNetns } from '../lib/netns';
 import { skip } from '../lib/skip';
 
@@ -169,7 +169,7 @@ test('ports: bad namespace paths and a TAP name in use are refused cleanly', () 
 });
 
 test.after(() => {
-  for (const f of files) fs.rmSync(f, { force: true });
+  for (const f of files) removeWindow(f);
   for (const n of namespaces) delNetns(n);
   // Leak check: nothing of this test remains.
   assert.equal(listNetns(tag), [], 'namespaces left behind');

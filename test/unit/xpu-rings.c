@@ -330,6 +330,22 @@ static void test_bulk(uint64_t frames, int threads)
 	ring_free(pa.s, size);
 }
 
+/* Sleeps until the next ping-pong message arrives; true when it carries `want`. */
+static int receive_expect(struct xpu_ring *rx, struct xpu_spin *sp, uint32_t *stop, uint64_t want, const char *what)
+{
+	const void *b = NULL;
+	uint32_t len = 0;
+	uint64_t v;
+
+	while (xr_peek(rx, &b, &len) == -EAGAIN)
+		xr_wait(rx, 0, 0, XPU_MODE_ELASTIC, sp, stop, -1);
+	memcpy(&v, b, 8);
+	xr_release(rx);
+	if (v != want)
+		fprintf(stderr, "FAIL pingpong: %s %llu want %llu\n", what, (unsigned long long)v, (unsigned long long)want);
+	return v == want;
+}
+
 /* Ping-pong where both ends sleep as soon as they find nothing (spin budget 0):
  * every message needs a wake-up, and the sender pauses a random while first so
  * the wake-up races the sleeper at every point of its way to sleep. */
@@ -345,48 +361,21 @@ static void pingpong(struct shared_ring *out_r, struct shared_ring *in_r, uint32
 	xr_init(&rx, &in_r->ctrl, in_r->data, size);
 	xr_spin_init(&sp, 0);
 	for (uint64_t i = 0; i < n; i++) {
-		{
-			if (!initiator) {
-				/* responder: wait for ping i */
-				const void *b = NULL;
-				uint32_t len = 0;
-				uint64_t v;
-				while (xr_peek(&rx, &b, &len) == -EAGAIN)
-					xr_wait(&rx, 0, 0, XPU_MODE_ELASTIC, &sp, stop, -1);
-				memcpy(&v, b, 8);
-				xr_release(&rx);
-				if (v != i) {
-					fprintf(stderr, "FAIL pingpong: got %llu want %llu\n", (unsigned long long)v,
-						(unsigned long long)i);
-					return;
-				}
-			}
-			uint64_t pause = rng_next(&rs) % 4;
-			if (pause == 1)
-				sched_yield();
-			else if (pause == 2)
-				for (volatile int k = 0; k < (int)(rng_next(&rs) % 2000); k++)
-					;
-			if (xr_push(&tx, &i, 8) != 0) {
-				fprintf(stderr, "FAIL pingpong: ring full\n");
-				return;
-			}
-			xr_kick(&tx, 0);
-			if (initiator) {
-				const void *b = NULL;
-				uint32_t len = 0;
-				uint64_t v;
-				while (xr_peek(&rx, &b, &len) == -EAGAIN)
-					xr_wait(&rx, 0, 0, XPU_MODE_ELASTIC, &sp, stop, -1);
-				memcpy(&v, b, 8);
-				xr_release(&rx);
-				if (v != i) {
-					fprintf(stderr, "FAIL pingpong: echo %llu want %llu\n", (unsigned long long)v,
-						(unsigned long long)i);
-					return;
-				}
-			}
+		if (!initiator && !receive_expect(&rx, &sp, stop, i, "got"))
+			return;
+		uint64_t pause = rng_next(&rs) % 4;
+		if (pause == 1)
+			sched_yield();
+		else if (pause == 2)
+			for (volatile int k = 0; k < (int)(rng_next(&rs) % 2000); k++)
+				;
+		if (xr_push(&tx, &i, 8) != 0) {
+			fprintf(stderr, "FAIL pingpong: ring full\n");
+			return;
 		}
+		xr_kick(&tx, 0);
+		if (initiator && !receive_expect(&rx, &sp, stop, i, "echo"))
+			return;
 	}
 	*ok = 1;
 }
