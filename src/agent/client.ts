@@ -145,21 +145,47 @@ export class DpuAgentClient {
     return new DpuAgentClient(client, opts.address, opts.timeoutMs ?? 5000, material);
   }
 
-  private call<Res>(method: string): Promise<Res> {
+  /**
+   * One unary call. `timeoutMs` null: no deadline (Wait lasts as long as the
+   * process); `signal` cancels the call.
+   */
+  call<Res>(method: string, request: object = {}, opts: { timeoutMs?: number | null; signal?: AbortSignal } = {}): Promise<Res> {
     const fn = (this.client as unknown as Record<string, Unary<Res>>)[method].bind(this.client);
+    const timeoutMs = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
     return new Promise((resolve, reject) => {
-      fn({}, new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (err, res) => {
-        if (!err) return resolve(res as Res);
-        const first = classify(this.address, err);
-        if (first.kind === 'call') return reject(first);
-        probeTls(this.address, this.material, Math.min(this.timeoutMs, 3000)).then((probe) => {
-          if (!probe) return reject(first);
-          reject(probe.kind === 'tls'
-            ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${probe.why}`, err.code)
-            : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${probe.why}`, err.code));
-        });
-      });
+      const callOpts: grpc.CallOptions = timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs };
+      const call = (fn as unknown as (req: object, meta: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall)(
+        request,
+        new grpc.Metadata(),
+        callOpts,
+        (err, res) => {
+          opts.signal?.removeEventListener('abort', cancel);
+          if (!err) return resolve(res as Res);
+          const first = classify(this.address, err);
+          if (first.kind === 'call') return reject(first);
+          probeTls(this.address, this.material, Math.min(this.timeoutMs, 3000)).then((probe) => {
+            if (!probe) return reject(first);
+            reject(probe.kind === 'tls'
+              ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${probe.why}`, err.code)
+              : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${probe.why}`, err.code));
+          });
+        },
+      );
+      const cancel = () => call.cancel();
+      opts.signal?.addEventListener('abort', cancel, { once: true });
     });
+  }
+
+  /** A server-streamed call (Output, Events); no deadline. */
+  serverStream<Res>(method: string, request: object): grpc.ClientReadableStream<Res> {
+    const fn = (this.client as unknown as Record<string, (req: object) => grpc.ClientReadableStream<Res>>)[method].bind(this.client);
+    return fn(request);
+  }
+
+  /** A client-streamed call (Input, PutLayer); the callback gets the one answer, errors classified. */
+  clientStream<Req, Res>(method: string, done: (err: DpuAgentError | null, res?: Res) => void): grpc.ClientWritableStream<Req> {
+    const fn = (this.client as unknown as Record<string, (cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientWritableStream<Req>>)[method].bind(this.client);
+    return fn((err, res) => done(err ? classify(this.address, err) : null, res));
   }
 
   health(): Promise<HealthResponse> {

@@ -1,8 +1,18 @@
 // heteropod-dpu-agent: runs on the DPU (emulated or real) and serves the shim's
 // calls over gRPC with mutual TLS. Stops cleanly on SIGTERM / SIGINT.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
 import { DPU, agentAddress } from '../dpu/paths';
+import { Logger, StderrSink } from '../shim/log';
+import { forwardedEvent } from '../shim/messages';
+import { EVENTS_SERVICE } from '../shim/runtime';
+import { TtrpcServer } from '../ttrpc';
+import { EventHub, eventContainerId } from './events';
+import { layerHandlers, podHandlers } from './handlers';
+import { LayerCache } from './layer-cache';
+import { AgentPaths, DpuPods } from './pods';
+import { parseProcCgroup } from './resources';
 import { startAgentServer } from './server';
 import { DpuAgentService } from './service';
 
@@ -14,6 +24,15 @@ interface AgentOptions {
   ca?: string;
   cert?: string;
   key?: string;
+  stateDir: string;
+  runDir: string;
+  runcShim: string;
+}
+
+/** Pods' cgroups go under the agent's own (on the emulated DPU: /heteropod-dpu). */
+function cgroupParent(): string {
+  const own = parseProcCgroup(fs.readFileSync('/proc/self/cgroup', 'utf8')).get('memory') ?? '/';
+  return own === '/' ? '/heteropod' : own;
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -24,7 +43,10 @@ export async function main(argv: string[]): Promise<void> {
     .option('--tls-dir <dir>', 'directory with ca.crt, agent.crt and agent.key', DPU.tlsDirInside)
     .option('--ca <file>', 'CA that signs client certificates (default: <tls-dir>/ca.crt)')
     .option('--cert <file>', 'the agent\'s certificate (default: <tls-dir>/agent.crt)')
-    .option('--key <file>', 'the agent\'s key (default: <tls-dir>/agent.key)');
+    .option('--key <file>', 'the agent\'s key (default: <tls-dir>/agent.key)')
+    .option('--state-dir <dir>', 'pods, bundles and the layer cache', DPU.stateDir)
+    .option('--run-dir <dir>', 'sockets (the events socket the runc shims publish to)', '/run/heteropod/agent')
+    .option('--runc-shim <binary>', 'the runtime that runs containers', 'containerd-shim-runc-v2');
   program.parse(argv);
   const o = program.opts<AgentOptions>();
   const tls = {
@@ -32,14 +54,36 @@ export async function main(argv: string[]): Promise<void> {
     certFile: o.cert ?? path.join(o.tlsDir, 'agent.crt'),
     keyFile: o.key ?? path.join(o.tlsDir, 'agent.key'),
   };
-  const server = await startAgentServer(o.listen, tls, new DpuAgentService({ version: AGENT_VERSION, listenAddress: o.listen }));
+  const log = new Logger(new StderrSink(), Boolean(process.env.HETEROPOD_AGENT_DEBUG), { component: 'dpu-agent' });
+  const paths: AgentPaths = { stateDir: o.stateDir, runDir: o.runDir, netnsDir: '/run/netns', cgroupRoot: '/sys/fs/cgroup', cgroupParent: cgroupParent(), runcShim: o.runcShim };
+  fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o711 });
+  const layers = new LayerCache(path.join(paths.stateDir, 'layers'));
+  const pods = new DpuPods(paths, layers, new EventHub(), log);
+  pods.recover();
+
+  // The runc shims' events arrive here (their TTRPC_ADDRESS) and are filed by pod.
+  const events = new TtrpcServer({ onConnectionError: (err) => log.warn('events connection', { error: err.message }) });
+  events.register(EVENTS_SERVICE, 'Forward', async (payload) => {
+    const container = eventContainerId(payload);
+    const pod = pods.podOfContainer(container);
+    if (pod) pods.events.publish(pod, payload);
+    else log.warn('event for a container of no pod dropped', { container, topic: forwardedEvent(payload).topic });
+    return Buffer.alloc(0);
+  });
+  fs.rmSync(pods.eventsSocket, { force: true });
+  await events.listen(pods.eventsSocket);
+
+  const service = new DpuAgentService({ version: AGENT_VERSION, listenAddress: o.listen }, { runningCount: () => pods.runningCount() });
+  const server = await startAgentServer(o.listen, tls, service, { ...podHandlers(pods), ...layerHandlers(layers) });
   process.stdout.write(`heteropod-dpu-agent ${AGENT_VERSION}: serving on ${o.listen} (pid ${process.pid}, mutual TLS)\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     process.stdout.write(`heteropod-dpu-agent: ${signal}, stopping\n`);
-    server.stop().then(() => process.exit(0));
+    // Pods keep running: their runc shims outlive the agent, and the next agent
+    // takes them over (pods.recover).
+    void Promise.all([server.stop(), events.close()]).then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

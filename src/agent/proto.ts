@@ -39,3 +39,80 @@ export function dpuAgentService(): grpc.ServiceClientConstructor {
   }
   return service;
 }
+
+export interface CreatePodRequest {
+  pod_id: string;
+  namespace: string;
+  pod_name: string;
+  pod_namespace: string;
+}
+
+export interface PodInfo {
+  pod_id: string;
+  netns_path: string;
+  netns_inode: number;
+  cgroup_parent: string;
+  containers: string[];
+}
+
+export interface MountedFile {
+  destination: string;
+  content: Buffer;
+  directory: boolean;
+  mode: number;
+}
+
+export interface CreateRequest {
+  pod_id: string;
+  request: Buffer;
+  spec: Buffer;
+  layers: string[];
+  files: MountedFile[];
+  container_name: string;
+}
+
+export interface TaskCall {
+  pod_id: string;
+  request: Buffer;
+}
+
+export interface TaskReply {
+  response: Buffer;
+}
+
+export interface ProcessRef {
+  pod_id: string;
+  container_id: string;
+  exec_id: string;
+}
+
+export interface OutputChunkMessage {
+  stream: 'STDOUT' | 'STDERR';
+  data: Buffer;
+  eof: boolean;
+}
+
+export interface InputChunk extends ProcessRef {
+  data: Buffer;
+}
+
+export interface LayerChunk {
+  digest: string;
+  size: number;
+  data: Buffer;
+}
+
+export interface PutLayerResponse {
+  digest: string;
+  bytes_received: number;
+  already_present: boolean;
+}
+
+export interface TaskEventMessage {
+  sequence: number;
+  topic: string;
+  forward: Buffer;
+}
+
+/** The task calls that carry a containerd.task.v2 request as is (Create and Exec are the agent's own). */
+export const RELAYED_TASK_CALLS = ['Start', 'Wait', 'Kill', 'Delete', 'State', 'Pids', 'Stats', 'ResizePty', 'CloseIO', 'Update', 'Pause', 'Resume'] as const;

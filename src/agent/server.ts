@@ -35,12 +35,16 @@ export function serverCredentials(tls: TlsFiles): grpc.ServerCredentials {
   return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], true);
 }
 
-/** Starts serving `api` on `listen` ("host:port"; port 0 picks one). */
-export function startAgentServer(listen: string, tls: TlsFiles, api: DpuAgentApi): Promise<RunningServer> {
+/**
+ * Starts serving `api` on `listen` ("host:port"; port 0 picks one); `more` adds the
+ * handlers of the other groups (pods.ts, layers, stdio), built by handlers.ts.
+ */
+export function startAgentServer(listen: string, tls: TlsFiles, api: DpuAgentApi, more: grpc.UntypedServiceImplementation = {}): Promise<RunningServer> {
   const server = new grpc.Server();
   server.addService(dpuAgentService().service, {
     Health: unary('Health', () => api.health()),
     Capacity: unary('Capacity', () => api.capacity()),
+    ...more,
   });
   const creds = serverCredentials(tls);
   return new Promise((resolve, reject) => {

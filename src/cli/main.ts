@@ -7,6 +7,7 @@ import { registerImageCommands } from './images';
 import { registerShimCommands } from './shim';
 import { registerDpuCommands } from './dpu';
 import { registerXpuCommands } from './xpu';
+import { registerPodsCommand } from './pods';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerShimCommands(program);
   registerDpuCommands(program);
   registerXpuCommands(program);
+  registerPodsCommand(program);
   return program;
 }
 

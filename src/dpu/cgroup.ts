@@ -40,11 +40,45 @@ export function readCgroupFile(controller: string, file: string): string | undef
   }
 }
 
-/** Every process in any of the DPU's cgroups. */
+/**
+ * The DPU's cgroup directories in every hierarchy, deepest first: runc makes the
+ * DPU's containers' cgroups below heteropod-dpu, also in hierarchies the DPU
+ * itself does not use (devices, freezer, ...).
+ */
+export function cgroupTree(): string[] {
+  const out: string[] = [];
+  const walk = (dir: string) => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) if (e.isDirectory()) walk(path.join(dir, e.name));
+    out.push(dir);
+  };
+  let hierarchies: fs.Dirent[] = [];
+  try {
+    hierarchies = fs.readdirSync(DPU.cgroupRoot, { withFileTypes: true });
+  } catch {
+    return out;
+  }
+  // Symbolic links (cpu,cpuacct) name a hierarchy already listed.
+  for (const h of hierarchies) if (h.isDirectory()) walk(cgroupDir(h.name));
+  return out;
+}
+
+/** Every process in the DPU's cgroups and below: the agent, runc shims, containers. */
 export function cgroupPids(): number[] {
   const pids = new Set<number>();
-  for (const controller of DPU.cgroupControllers) {
-    for (const line of (readCgroupFile(controller, 'cgroup.procs') ?? '').split('\n')) if (line.trim()) pids.add(Number(line));
+  for (const dir of cgroupTree()) {
+    let text = '';
+    try {
+      text = fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) if (line.trim()) pids.add(Number(line));
   }
   return [...pids];
 }
@@ -52,7 +86,7 @@ export function cgroupPids(): number[] {
 /** Removes the (empty) cgroups. A v1 memory cgroup may stay busy for a moment after its last task exits. */
 export async function removeCgroups(): Promise<string[]> {
   const removed: string[] = [];
-  for (const dir of cgroupsPresent()) {
+  for (const dir of cgroupTree()) {
     await waitFor(`cgroup ${dir} to be removed`, 5000, () => {
       try {
         fs.rmdirSync(dir);

@@ -12,7 +12,7 @@ import type { CapacityResponse, HealthResponse } from '../agent/proto';
 import { killAndWait, pidAlive, waitFor } from '../testbed/proc';
 import { cgroupPids, cgroupsPresent, ensureCgroups, hostCpuList, readCgroupFile, removeCgroups } from './cgroup';
 import { cgroupValues, dpuSize, DpuOptions, formatBytes, formatCpuList, parseCpuList } from './config';
-import { launchAgent } from './launch';
+import { ensureMountNamespace, launchAgent, removeMountNamespace } from './launch';
 import { createNetwork, networkReady, removeNetwork } from './network';
 import { agentAddress, DPU } from './paths';
 import { ensurePki } from './pki';
@@ -70,13 +70,16 @@ function installAgentTls(): void {
   fs.chmodSync(path.join(dir, 'agent.key'), 0o600);
 }
 
-async function stopAgent(log: Log): Promise<void> {
-  const pids = new Set(cgroupPids());
+// `everything`: all that runs on the DPU (down): the agent, the pods' runc shims
+// and containers, all of which live in the DPU's cgroups. Otherwise only agents,
+// so that a restarted agent finds the pods still running.
+async function stopAgent(log: Log, everything: boolean): Promise<void> {
+  const pids = new Set(everything ? cgroupPids() : cgroupPids().filter(isAgent));
   const recorded = agentPid();
   if (recorded) pids.add(recorded);
   if (pids.size === 0) return;
   await killAndWait([...pids], 5000);
-  log(`stopped the DPU agent (pid ${[...pids].join(', ')})`);
+  log(`stopped ${everything ? 'everything on the DPU' : 'the DPU agent'} (pid ${[...pids].join(', ')})`);
 }
 
 export interface UpResult {
@@ -93,13 +96,14 @@ export async function up(opts: DpuOptions = {}, log: Log = quiet): Promise<UpRes
     installAgentTls();
 
     if (!(await networkReady())) {
-      await stopAgent(log); // an agent in a half-made namespace cannot be kept
+      await stopAgent(log, true); // nothing in a half-made namespace can be kept
       await removeNetwork();
       await createNetwork();
       log(`network namespace ${DPU.netns}: ${DPU.link} ${DPU.hostAddress} <-> ${DPU.dpuAddress}`);
     }
 
     ensureCgroups(cgroupValues(size));
+    if ((await ensureMountNamespace()) === 'made') log(`mount namespace pinned at ${DPU.mountNsFile}`);
     fs.writeFileSync(DPU.recordFile, `${JSON.stringify({ cpuset: formatCpuList(size.cpus), memoryBytes: size.memoryBytes }, null, 2)}\n`);
 
     const running = agentPid();
@@ -107,7 +111,7 @@ export async function up(opts: DpuOptions = {}, log: Log = quiet): Promise<UpRes
       log(`already running: DPU agent pid ${running} at ${agentAddress()}`);
       return { pid: running, already: true };
     }
-    await stopAgent(log); // a recorded agent that does not answer, or strays in the cgroup
+    await stopAgent(log, false); // a recorded agent that does not answer, or a stray one
     const pid = launchAgent();
     fs.writeFileSync(DPU.pidFile, `${pid}\n`);
     await waitFor('the DPU agent to answer over mutual TLS', 20_000, async () => {
@@ -126,7 +130,8 @@ export async function up(opts: DpuOptions = {}, log: Log = quiet): Promise<UpRes
 
 /** Removes everything `up` made; fine when nothing is there. */
 export async function down(log: Log = quiet): Promise<void> {
-  await stopAgent(log);
+  await stopAgent(log, true);
+  for (const what of await removeMountNamespace()) log(`removed ${what}`);
   for (const what of await removeNetwork()) log(`removed ${what}`);
   for (const what of await removeCgroups()) log(`removed ${what}`);
   if (fs.existsSync(DPU.stateDir)) {

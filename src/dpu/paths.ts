@@ -51,6 +51,13 @@ export const DPU = {
   hiddenRun: '/run',
   hiddenState: '/var/lib/heteropod',
   emptyInside: ['/run/heteropod', '/run/containerd', '/var/lib/heteropod/local'],
+  /**
+   * The DPU's mount namespace outlives its agent: pinned by a bind mount of its
+   * nsfs file here (a private mount, as the kernel requires), so a restarted agent
+   * finds its pods' runc shims, netns and rootfs mounts where it left them.
+   */
+  mountNsDir: '/run/heteropod-dpu',
+  mountNsFile: '/run/heteropod-dpu/mnt',
   /** Where the agent finds its TLS files inside the DPU (a subdir of its state dir). */
   tlsDirInside: `${DPU_STATE_DIR}/tls`,
   defaultMemoryBytes: 1024 * 1024 * 1024,

@@ -13,12 +13,16 @@ export interface ShimConfig {
   // containerd.runc.v1.Options for it ([runc] table): runc's state root (empty:
   // runc's shim chooses), the runc binary, and the systemd cgroup driver.
   runc: { root: string; binaryName: string; systemdCgroup: boolean };
+  // The DPU agent offloaded containers go to ([dpu] table): host:port, and the
+  // mutual-TLS files (CA that signed the agent, the shim's certificate and key).
+  // No address: no DPU; offload falls back (prefer) or fails (require).
+  dpu: { address: string; ca: string; cert: string; key: string; timeoutMs: number };
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
 
 export function defaultConfig(): ShimConfig {
-  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false } };
+  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 } };
 }
 
 // A small TOML subset: comments, [section] headers and `key = value` with strings,
@@ -79,6 +83,14 @@ export function loadConfig(path: string | undefined): ShimConfig {
   const systemd = values.get('runc.systemd_cgroup');
   if (systemd !== undefined && typeof systemd !== 'boolean') throw new Error(`shim config ${file}: runc.systemd_cgroup must be true or false`);
   config.runc.systemdCgroup = systemd ?? false;
+  config.dpu.address = str('dpu.address') ?? config.dpu.address;
+  config.dpu.ca = str('dpu.ca') ?? config.dpu.ca;
+  config.dpu.cert = str('dpu.cert') ?? config.dpu.cert;
+  config.dpu.key = str('dpu.key') ?? config.dpu.key;
+  const timeout = values.get('dpu.timeout_ms');
+  if (timeout !== undefined && (typeof timeout !== 'number' || timeout <= 0)) throw new Error(`shim config ${file}: dpu.timeout_ms must be a positive number`);
+  config.dpu.timeoutMs = timeout ?? config.dpu.timeoutMs;
+  if (config.dpu.address && !(config.dpu.ca && config.dpu.cert && config.dpu.key)) throw new Error(`shim config ${file}: [dpu] needs ca, cert and key with address`);
   return withEnv(config);
 }
 

@@ -15,6 +15,8 @@ import { EventForwarder } from './events';
 import { RuncShimRuntime } from './runc-runtime';
 import { EVENTS_SERVICE, TASK_SERVICE } from './runtime';
 import { TaskService } from './task-service';
+import { PodRouter } from './pod-router';
+import { NAMESPACE_KEY } from '../ttrpc/messages';
 
 const LISTEN_FD = 3;
 
@@ -56,11 +58,20 @@ export async function serveDaemon(flags: ShimFlags, group: string, listen: 'inhe
     onCall: debug ? (call, status, ms) => log.debug('ttrpc call', { method: `${call.service}.${call.method}`, code: status?.code ?? 0, error: status?.message, ms }) : undefined,
   });
 
+  let service: TaskService;
+  // Events of the DPU's containers, as if their runc shim had sent them here.
+  const onDpuEvent = (forward: Buffer, topic: string) => {
+    observe(forward);
+    events.enqueue(forward, [{ key: NAMESPACE_KEY, value: flags.namespace }], topic);
+  };
+  const router = new PodRouter(config, flags.namespace, group, runc, log, onDpuEvent);
+
   let exiting = false;
   const exit = async (): Promise<void> => {
     if (exiting) return;
     exiting = true;
-    await runc.shutdown();
+    await Promise.all(router.runtimes().map((r) => r.shutdown().catch((err: Error) => log.error('shut down runtime', { runtime: r.name, error: err.message }))));
+    router.remove();
     await events.flush(5000);
     events.close();
     await server.close();
@@ -71,21 +82,24 @@ export async function serveDaemon(flags: ShimFlags, group: string, listen: 'inhe
     process.exit(0);
   };
 
-  const service = new TaskService(() => runc, log, { onShutdown: () => void exit() });
-  server.registerService(TASK_SERVICE, service.handlers());
-  server.register(EVENTS_SERVICE, 'Forward', async (payload, call) => {
-    let topic = '';
+  service = new TaskService((req) => router.runtimeFor(req), log, { onShutdown: () => void exit(), onDeleted: (id) => router.forget(id) });
+  // Notes exits for the task table; returns the topic.
+  const observe = (payload: Buffer): string => {
     try {
       const event = forwardedEvent(payload);
-      topic = event.topic;
-      if (topic === '/tasks/exit') {
+      if (event.topic === '/tasks/exit') {
         const exit = taskExit(event.value);
         service.observeExit(exit.containerId, exit.id);
       }
+      return event.topic;
     } catch (err) {
       log.warn('undecodable event forwarded as is', { error: (err as Error).message });
+      return '';
     }
-    events.enqueue(payload, call.metadata, topic);
+  };
+  server.registerService(TASK_SERVICE, service.handlers());
+  server.register(EVENTS_SERVICE, 'Forward', async (payload, call) => {
+    events.enqueue(payload, call.metadata, observe(payload));
     return Buffer.alloc(0);
   });
 

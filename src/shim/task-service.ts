@@ -17,6 +17,8 @@ export interface CreateInfo {
 export interface TaskServiceHooks {
   // Called after a Shutdown that leaves no task: the daemon exits.
   onShutdown: () => void;
+  // Called when a task (not an exec) has been deleted.
+  onDeleted?: (id: string) => void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -25,8 +27,8 @@ export class TaskService {
   readonly tasks = new TaskTable();
 
   constructor(
-    // Chooses the runtime for a new task. Today every task runs on the host.
-    private readonly runtimeFor: (request: CreateInfo) => Runtime,
+    // Chooses the runtime for a new task (pod-router.ts); may refuse the task.
+    private readonly runtimeFor: (request: CreateInfo) => Runtime | Promise<Runtime>,
     private readonly log: Logger,
     private readonly hooks: TaskServiceHooks,
   ) {}
@@ -50,7 +52,10 @@ export class TaskService {
         const task = this.tasks.get(ref.id);
         try {
           const res = await task.runtime.call('Delete', payload, call.signal);
-          if (!ref.execId) this.tasks.remove(ref.id);
+          if (!ref.execId) {
+            this.tasks.remove(ref.id);
+            this.hooks.onDeleted?.(ref.id);
+          }
           return res;
         } catch (err) {
           // The runtime no longer knows the task: it is gone either way.
@@ -90,7 +95,12 @@ export class TaskService {
   private async create(payload: Buffer): Promise<Buffer> {
     const req = parse('Create', () => createRequest(payload));
     if (!req.id) throw invalidArgument('create task: id is required');
-    const runtime = this.runtimeFor(req);
+    let runtime: Runtime;
+    try {
+      runtime = await this.runtimeFor(req);
+    } catch (err) {
+      throw RpcError.wrap(err, `create task ${req.id}`);
+    }
     const task = new Task(req.id, req.bundle, runtime);
     this.tasks.add(task);
     try {

@@ -1,6 +1,7 @@
 // The test bed's containerd and CNI configuration. Every path and name is the
 // test bed's own (paths.ts), so a containerd the machine already runs, its
 // sockets, state and CNI bridge are never touched.
+import { agentAddress, DPU } from '../dpu/paths';
 import { TESTBED } from './paths';
 
 const CRI = 'plugins."io.containerd.grpc.v1.cri"';
@@ -96,5 +97,12 @@ state_dir = "${t.runDir}/shim"
 
 [runc]
   root = "${t.runcRoot}"
+
+# The emulated DPU (heteropod dpu up) and the shim's client certificate.
+[dpu]
+  address = "${agentAddress()}"
+  ca = "${DPU.pki.caCert}"
+  cert = "${DPU.pki.shimCert}"
+  key = "${DPU.pki.shimKey}"
 `;
 }

@@ -6,6 +6,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CriClient } from '../cri/client';
+import * as dpu from '../dpu/dpu';
+import { agentAddress } from '../dpu/paths';
 import type { CriObject } from '../cri/config';
 import { ensureImageArchives, importImages } from '../images';
 import { cniConfig, containerdConfig, shimConfig } from './config';
@@ -106,6 +108,7 @@ export async function up(log: Log = () => {}): Promise<void> {
   if (containerdPids().length && (await criAnswers())) {
     log(`test bed already running (containerd at ${TESTBED.endpoint})`);
     await ensureImages(log);
+    await dpu.up({}, log);
     return;
   }
   // Whatever an earlier run left (a crash, a killed containerd) goes first.
@@ -114,12 +117,14 @@ export async function up(log: Log = () => {}): Promise<void> {
     await start(log);
     await ensureImages(log);
     await waitFor('the CRI network to be ready', 30_000, async () => networkReady());
+    // The emulated DPU, where the heteropod handler runs offloaded containers.
+    await dpu.up({}, log);
   } catch (err) {
     const message = `local up: ${(err as Error).message}\ncontainerd log (${TESTBED.logFile}):\n${logTail()}`;
     await down(() => {});
     throw new Error(message);
   }
-  log(`test bed up: containerd at ${TESTBED.endpoint}, runtime handlers runc and heteropod, pod network ${TESTBED.podSubnet} on ${TESTBED.cniBridge}`);
+  log(`test bed up: containerd at ${TESTBED.endpoint}, runtime handlers runc and heteropod, pod network ${TESTBED.podSubnet} on ${TESTBED.cniBridge}, DPU agent at ${agentAddress()}`);
 }
 
 /**
@@ -260,6 +265,8 @@ export async function down(log: Log = () => {}): Promise<void> {
     log(`containerd stopped`);
   }
   await removeRuncContainers(log);
+  // After the pods (their shims remove their DPU halves), before the shared parents.
+  await dpu.down(log);
   const shims = shimPids();
   if (shims.length) {
     await killAndWait(shims, 5000);

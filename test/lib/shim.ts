@@ -29,7 +29,7 @@ export function testbedShims(): { pid: number; cmdline: string }[] {
 export async function shimLeaks(): Promise<string[]> {
   const out: string[] = [];
   for (const p of testbedShims()) out.push(`process ${p.pid} ${p.cmdline}`);
-  for (const f of [...listDir(path.join(SHIM_STATE_DIR, 's')), ...listDir(path.join(SHIM_STATE_DIR, 'pods')).flatMap(listDir)]) out.push(`file ${f}`);
+  for (const f of [...listDir(path.join(SHIM_STATE_DIR, 's')), ...listDir(path.join(SHIM_STATE_DIR, 'pods')).flatMap(listDir), ...listDir(path.join(SHIM_STATE_DIR, 'placement'))]) out.push(`file ${f}`);
   const root = path.join(TESTBED.runcRoot, TESTBED.namespace);
   if (fs.existsSync(root)) {
     const { stdout } = await run('runc', ['--root', root, 'list', '-q'], { allowFail: true });

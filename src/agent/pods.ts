@@ -1,0 +1,509 @@
+// The DPU halves of pods, and the task calls for their containers.
+//
+// A pod's half is: a network namespace (a plain one until the split-netns link
+// joins it to the host half), a directory holding its containers' bundles and
+// stdio fifos, a cgroup under the DPU's own, and one containerd-shim-runc-v2 that
+// runs its containers, started by the agent the way containerd starts it on the
+// host. Task calls reach that shim over ttrpc carrying the host's request as it
+// was encoded, except Create and Exec, whose paths (bundle, rootfs, stdio) are the
+// host's and are replaced here by the DPU's own.
+//
+// What survives an agent restart: everything but the agent. Each pod's record
+// (pod.json) names its containers and their stdio fifos; a restarted agent reads
+// the records, reattaches to the runc shims (whose address files are in their
+// working directories) and reopens the fifos.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { decode, encode } from '../proto';
+import { Code, RpcError } from '../ttrpc';
+import { encodeIdRequest, encodeKillRequest } from '../shim/messages';
+import { Logger } from '../shim/log';
+import { RuncShimRuntime } from '../shim/runc-runtime';
+import { readFields, str, bool } from '../proto/wire';
+import { AgentError } from './errors';
+import { EventHub } from './events';
+import { isBindMount, OciSpec, specForDpu, SpecError } from './spec';
+import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
+import type { CreateRequest, PodInfo, CreatePodRequest } from './proto';
+
+export interface AgentPaths {
+  // pods/ (one directory per pod) and layers/ live here
+  stateDir: string;
+  // the events socket and the runc shims' notional containerd address
+  runDir: string;
+  // where `ip netns` keeps named namespaces
+  netnsDir: string;
+  cgroupRoot: string;
+  // pods' cgroups go under this (relative to each controller's root)
+  cgroupParent: string;
+  runcShim: string;
+}
+
+export interface LayerPaths {
+  path(digest: string): string;
+}
+
+interface ProcessRecord {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+interface ContainerRecord {
+  name: string;
+  bundle: string;
+}
+
+interface PodRecord {
+  id: string;
+  namespace: string;
+  pod_name: string;
+  pod_namespace: string;
+  netns: string;
+  cgroup: string;
+  containers: Record<string, ContainerRecord>;
+  // by processKey(container, exec)
+  processes: Record<string, ProcessRecord>;
+}
+
+const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const processKey = (container: string, exec: string): string => `${container}/${exec}`;
+
+function checkId(what: string, id: string): void {
+  if (!SAFE_ID.test(id)) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what} ${JSON.stringify(id)} is not a valid id`);
+}
+
+function asAgentError(err: unknown, context: string): AgentError {
+  if (err instanceof AgentError) return new AgentError(err.code, `${context}: ${err.message}`);
+  if (err instanceof RpcError) return new AgentError(err.code as number as grpc.status, `${context}: ${err.message}`);
+  if (err instanceof SpecError) return new AgentError(grpc.status.INVALID_ARGUMENT, `${context}: ${err.message}`);
+  return new AgentError(grpc.status.INTERNAL, `${context}: ${(err as Error).message}`);
+}
+
+class DpuPod {
+  readonly outputs = new Map<string, ProcessOutput>();
+  readonly inputs = new Map<string, ProcessInput>();
+  private logFifo: net.Socket | null = null;
+  lost = '';
+
+  constructor(readonly record: PodRecord, readonly dir: string, readonly runc: RuncShimRuntime) {}
+
+  get shimDir(): string {
+    return path.join(this.dir, 'shim');
+  }
+
+  netnsPath(netnsDir: string): string {
+    return path.join(netnsDir, this.record.netns);
+  }
+
+  save(): void {
+    const file = path.join(this.dir, 'pod.json');
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(this.record, null, 2));
+    fs.renameSync(`${file}.tmp`, file);
+  }
+
+  // runc's shim writes its own log to the `log` fifo of the directory it starts
+  // in; the agent is the reader and passes the lines to its own log.
+  openShimLog(log: Logger): void {
+    const fifo = path.join(this.shimDir, 'log');
+    if (!fs.existsSync(fifo)) makeFifo(fifo);
+    const fd = fs.openSync(fifo, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    const socket = new net.Socket({ fd, readable: true, writable: false });
+    let rest = '';
+    socket.on('data', (d: Buffer) => {
+      const lines = (rest + d.toString()).split('\n');
+      rest = lines.pop() ?? '';
+      for (const line of lines) if (line) log.info('runc shim', { line });
+    });
+    socket.on('error', () => undefined);
+    this.logFifo = socket;
+  }
+
+  closeIo(): void {
+    for (const o of this.outputs.values()) o.close();
+    for (const i of this.inputs.values()) i.close();
+    this.outputs.clear();
+    this.inputs.clear();
+    this.logFifo?.destroy();
+    this.logFifo = null;
+  }
+}
+
+export class DpuPods {
+  private readonly pods = new Map<string, DpuPod>();
+  private readonly containerPod = new Map<string, string>();
+
+  constructor(
+    private readonly paths: AgentPaths,
+    private readonly layers: LayerPaths,
+    readonly events: EventHub,
+    private readonly log: Logger,
+  ) {}
+
+  get eventsSocket(): string {
+    return path.join(this.paths.runDir, 'events.sock');
+  }
+
+  private get podsDir(): string {
+    return path.join(this.paths.stateDir, 'pods');
+  }
+
+  runningCount(): number {
+    let n = 0;
+    for (const p of this.pods.values()) n += Object.keys(p.record.containers).length;
+    return n;
+  }
+
+  podOfContainer(containerId: string): string | undefined {
+    return this.containerPod.get(containerId);
+  }
+
+  /** Reads the records a previous agent left and takes its pods over. */
+  recover(): void {
+    if (!fs.existsSync(this.podsDir)) return;
+    for (const id of fs.readdirSync(this.podsDir)) {
+      const file = path.join(this.podsDir, id, 'pod.json');
+      try {
+        const record = JSON.parse(fs.readFileSync(file, 'utf8')) as PodRecord;
+        const pod = this.newPod(record);
+        pod.openShimLog(this.log.with({ pod: id }));
+        for (const [key, p] of Object.entries(record.processes)) {
+          if (p.stdout || p.stderr) pod.outputs.set(key, new ProcessOutput({ stdout: p.stdout, stderr: p.stderr }, false));
+          if (p.stdin) pod.inputs.set(key, new ProcessInput(p.stdin));
+        }
+        this.pods.set(id, pod);
+        for (const c of Object.keys(record.containers)) this.containerPod.set(c, id);
+        this.log.info('pod recovered', { pod: id, containers: Object.keys(record.containers).length });
+      } catch (err) {
+        this.log.error('recover pod', { pod: id, error: (err as Error).message });
+      }
+    }
+  }
+
+  private newPod(record: PodRecord): DpuPod {
+    const dir = path.join(this.podsDir, record.id);
+    const podLog = this.log.with({ pod: record.id });
+    let pod: DpuPod;
+    const runc = new RuncShimRuntime(
+      {
+        binary: this.paths.runcShim,
+        namespace: record.namespace,
+        containerdAddress: path.join(this.paths.runDir, 'containerd.sock'),
+        publishBinary: '/bin/false',
+        eventsAddress: this.eventsSocket,
+        workDir: path.join(dir, 'runc-shim'),
+        debug: podLog.debugEnabled,
+        runc: { root: '', binaryName: '', systemdCgroup: false },
+      },
+      podLog,
+      (why) => {
+        pod.lost = why;
+        podLog.error('runc shim of the pod lost', { error: why });
+      },
+    );
+    pod = new DpuPod(record, dir, runc);
+    return pod;
+  }
+
+  async createPod(req: CreatePodRequest): Promise<PodInfo> {
+    checkId('pod id', req.pod_id);
+    const existing = this.pods.get(req.pod_id);
+    if (existing) return this.info(existing);
+    const short = req.pod_id.slice(0, 12);
+    const record: PodRecord = {
+      id: req.pod_id,
+      namespace: req.namespace || 'k8s.io',
+      pod_name: req.pod_name,
+      pod_namespace: req.pod_namespace,
+      netns: `hp-pod-${short}`,
+      cgroup: `${this.paths.cgroupParent.replace(/\/$/, '')}/hp-${short}`,
+      containers: {},
+      processes: {},
+    };
+    const pod = this.newPod(record);
+    const undo: Array<() => void> = [];
+    try {
+      fs.mkdirSync(pod.shimDir, { recursive: true, mode: 0o711 });
+      undo.push(() => fs.rmSync(pod.dir, { recursive: true, force: true }));
+      execFileSync('ip', ['netns', 'add', record.netns], { stdio: 'pipe' });
+      undo.push(() => this.deleteNetns(record.netns));
+      execFileSync('ip', ['-n', record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      pod.openShimLog(this.log.with({ pod: record.id }));
+      pod.save();
+    } catch (err) {
+      pod.closeIo();
+      for (const u of undo.reverse()) u();
+      throw asAgentError(err, `create pod ${req.pod_id}`);
+    }
+    this.pods.set(record.id, pod);
+    this.log.info('pod created', { pod: record.id, name: `${req.pod_namespace}/${req.pod_name}`, netns: record.netns });
+    return this.info(pod);
+  }
+
+  listPods(): PodInfo[] {
+    return [...this.pods.values()].map((p) => this.info(p));
+  }
+
+  private info(pod: DpuPod): PodInfo {
+    const netnsPath = pod.netnsPath(this.paths.netnsDir);
+    let inode = 0;
+    try {
+      inode = fs.statSync(netnsPath).ino;
+    } catch {
+      // reported as 0: the namespace is gone
+    }
+    return { pod_id: pod.record.id, netns_path: netnsPath, netns_inode: inode, cgroup_parent: pod.record.cgroup, containers: Object.keys(pod.record.containers) };
+  }
+
+  private pod(id: string): DpuPod {
+    const pod = this.pods.get(id);
+    if (!pod) throw new AgentError(grpc.status.NOT_FOUND, `pod ${id} has no DPU half`);
+    return pod;
+  }
+
+  async removePod(id: string): Promise<void> {
+    const pod = this.pods.get(id);
+    if (!pod) return;
+    const problems: string[] = [];
+    for (const container of Object.keys(pod.record.containers)) {
+      try {
+        await this.forceDelete(pod, container);
+      } catch (err) {
+        problems.push(`container ${container}: ${(err as Error).message}`);
+      }
+    }
+    await pod.runc.shutdown().catch((err: Error) => problems.push(`runc shim: ${err.message}`));
+    pod.closeIo();
+    this.events.forget(id);
+    for (const c of Object.keys(pod.record.containers)) this.containerPod.delete(c);
+    for (const bundle of Object.values(pod.record.containers).map((c) => c.bundle)) this.unmountRootfs(bundle);
+    this.deleteNetns(pod.record.netns);
+    fs.rmSync(pod.dir, { recursive: true, force: true });
+    this.removeCgroups(pod.record.cgroup);
+    this.pods.delete(id);
+    this.log.info('pod removed', { pod: id });
+    if (problems.length) throw new AgentError(grpc.status.INTERNAL, `remove pod ${id}: ${problems.join('; ')}`);
+  }
+
+  // A container the host no longer wants: killed, waited for (briefly) and deleted.
+  private async forceDelete(pod: DpuPod, container: string): Promise<void> {
+    await pod.runc.call('Kill', encodeKillRequest(container, 9, true)).catch(() => undefined);
+    const wait = pod.runc.call('Wait', encodeIdRequest(container)).catch(() => undefined);
+    await Promise.race([wait, new Promise((r) => setTimeout(r, 5000).unref())]);
+    await pod.runc.call('Delete', encodeIdRequest(container)).catch((err: RpcError) => {
+      if (err.code !== Code.NOT_FOUND) throw err;
+    });
+  }
+
+  async create(req: CreateRequest): Promise<Buffer> {
+    const pod = this.pod(req.pod_id);
+    if (pod.lost) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${pod.record.id}: ${pod.lost}`);
+    let host: { id: string; terminal: boolean; stdin: string; stdout: string; stderr: string };
+    let hostSpec: OciSpec;
+    try {
+      host = decode('containerd.task.v2.CreateTaskRequest', req.request);
+      hostSpec = JSON.parse(req.spec.toString('utf8')) as OciSpec;
+    } catch (err) {
+      throw new AgentError(grpc.status.INVALID_ARGUMENT, `create: malformed request or spec: ${(err as Error).message}`);
+    }
+    checkId('container id', host.id);
+    if (pod.record.containers[host.id]) throw new AgentError(grpc.status.ALREADY_EXISTS, `container ${host.id}: already exists`);
+    const bundle = path.join(pod.dir, 'containers', host.id);
+    const key = processKey(host.id, '');
+    const undo: Array<() => void> = [];
+    try {
+      fs.mkdirSync(path.join(bundle, 'files'), { recursive: true, mode: 0o711 });
+      undo.push(() => fs.rmSync(bundle, { recursive: true, force: true }));
+      const copies = new Map<string, string>();
+      let hostname: string | undefined;
+      req.files.forEach((f, i) => {
+        const target = path.join(bundle, 'files', String(i));
+        if (f.directory) {
+          fs.mkdirSync(target, { mode: f.mode & 0o7777 || 0o755 });
+          execFileSync('tar', ['-x', '--no-same-owner', '-C', target, '-f', '-'], { input: f.content, stdio: ['pipe', 'pipe', 'pipe'] });
+        } else {
+          fs.writeFileSync(target, f.content, { mode: f.mode & 0o7777 || 0o644 });
+        }
+        copies.set(f.destination, target);
+        if (f.destination === '/etc/hostname') hostname = f.content.toString('utf8').trim();
+      });
+      for (const m of hostSpec.mounts ?? []) {
+        if (isBindMount(m) && !copies.has(m.destination) && !/\/shm$/.test(m.source ?? '')) {
+          throw new AgentError(grpc.status.INVALID_ARGUMENT, `mount ${m.destination}: bind mount of host path ${m.source} was not sent`);
+        }
+      }
+      const spec = specForDpu(hostSpec, { containerId: host.id, netnsPath: pod.netnsPath(this.paths.netnsDir), cgroupParent: pod.record.cgroup, copies, hostname });
+      const specText = JSON.stringify(spec);
+      fs.writeFileSync(path.join(bundle, 'config.json'), specText);
+      // runc's shim starts from the pod's first container's spec (for its grouping annotation).
+      if (!fs.existsSync(path.join(pod.shimDir, 'config.json'))) fs.writeFileSync(path.join(pod.shimDir, 'config.json'), specText);
+
+      if (req.layers.length === 0) throw new AgentError(grpc.status.INVALID_ARGUMENT, 'create: no rootfs layers');
+      const lowers = req.layers.map((d) => this.layers.path(d));
+      for (const d of ['upper', 'work', 'rootfs']) fs.mkdirSync(path.join(bundle, d), { mode: 0o755 });
+      const rootfs = { type: 'overlay', source: 'overlay', target: '', options: ['index=off', `lowerdir=${lowers.join(':')}`, `upperdir=${path.join(bundle, 'upper')}`, `workdir=${path.join(bundle, 'work')}`] };
+
+      const io = this.makeIo(pod, bundle, 'init', key, host);
+      undo.push(() => this.dropIo(pod, key));
+      pod.record.containers[host.id] = { name: req.container_name, bundle };
+      this.containerPod.set(host.id, pod.record.id);
+      undo.push(() => {
+        delete pod.record.containers[host.id];
+        this.containerPod.delete(host.id);
+      });
+      await pod.runc.prepare({ id: host.id, bundle: pod.shimDir });
+      const res = await pod.runc.call(
+        'Create',
+        encode('containerd.task.v2.CreateTaskRequest', { id: host.id, bundle, rootfs: [rootfs], terminal: host.terminal, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }),
+      );
+      pod.outputs.get(key)?.releasePlaceholders();
+      pod.save();
+      this.log.info('container created', { pod: pod.record.id, container: host.id, name: req.container_name, layers: lowers.length });
+      return res;
+    } catch (err) {
+      for (const u of undo.reverse()) u();
+      throw asAgentError(err, `create container ${host.id}`);
+    }
+  }
+
+  private makeIo(pod: DpuPod, bundle: string, name: string, key: string, host: { stdin: string; stdout: string; stderr: string; terminal: boolean }): ProcessRecord {
+    const dir = path.join(bundle, 'io');
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const io: ProcessRecord = { stdin: '', stdout: '', stderr: '' };
+    for (const stream of ['stdin', 'stdout', 'stderr'] as const) {
+      // With a terminal there is one output stream; the host sends no stderr.
+      if (!host[stream]) continue;
+      io[stream] = path.join(dir, `${name}-${stream}`);
+      makeFifo(io[stream]);
+    }
+    if (io.stdout || io.stderr) pod.outputs.set(key, new ProcessOutput({ stdout: io.stdout, stderr: io.stderr }, true));
+    if (io.stdin) pod.inputs.set(key, new ProcessInput(io.stdin));
+    pod.record.processes[key] = io;
+    return io;
+  }
+
+  private dropIo(pod: DpuPod, key: string, graceMs = 0): void {
+    const out = pod.outputs.get(key);
+    const close = () => {
+      if (pod.outputs.get(key) === out) pod.outputs.delete(key);
+      out?.close();
+    };
+    if (out && graceMs > 0 && !out.finished) setTimeout(close, graceMs).unref();
+    else close();
+    pod.inputs.get(key)?.close();
+    pod.inputs.delete(key);
+    delete pod.record.processes[key];
+  }
+
+  async exec(podId: string, request: Buffer): Promise<Buffer> {
+    const pod = this.pod(podId);
+    let host: { id: string; exec_id: string; terminal: boolean; stdin: string; stdout: string; stderr: string; spec: unknown };
+    try {
+      host = decode('containerd.task.v2.ExecProcessRequest', request);
+    } catch (err) {
+      throw new AgentError(grpc.status.INVALID_ARGUMENT, `exec: malformed request: ${(err as Error).message}`);
+    }
+    checkId('exec id', host.exec_id);
+    const container = pod.record.containers[host.id];
+    if (!container) throw new AgentError(grpc.status.NOT_FOUND, `container ${host.id}: not found`);
+    const key = processKey(host.id, host.exec_id);
+    if (pod.record.processes[key]) throw new AgentError(grpc.status.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
+    try {
+      const io = this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
+      const res = await pod.runc.call('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, ...io }));
+      pod.outputs.get(key)?.releasePlaceholders();
+      pod.save();
+      return res;
+    } catch (err) {
+      this.dropIo(pod, key);
+      throw asAgentError(err, `exec ${host.exec_id} in ${host.id}`);
+    }
+  }
+
+  /** A task call that needs nothing from the agent but the pod's runc shim. */
+  async relay(method: string, podId: string, request: Buffer): Promise<Buffer> {
+    const pod = this.pod(podId);
+    const f = readFields(request);
+    const id = str(f, 1);
+    if (!pod.record.containers[id]) throw new AgentError(grpc.status.NOT_FOUND, `container ${id}: not found`);
+    const execId = ['State', 'Start', 'Delete', 'Kill', 'ResizePty', 'CloseIO', 'Wait'].includes(method) ? str(f, 2) : '';
+    const key = processKey(id, execId);
+    try {
+      if (method === 'CloseIO' && bool(f, 3)) await pod.inputs.get(key)?.end();
+      const res = await pod.runc.call(method, request);
+      if (method === 'Delete') this.afterDelete(pod, id, execId);
+      return res;
+    } catch (err) {
+      if (method === 'Delete' && err instanceof RpcError && err.code === Code.NOT_FOUND) this.afterDelete(pod, id, execId);
+      throw asAgentError(err, `${method} ${id}${execId ? ` exec ${execId}` : ''}`);
+    }
+  }
+
+  private afterDelete(pod: DpuPod, container: string, execId: string): void {
+    // Output still on its way to the host gets a moment to arrive.
+    this.dropIo(pod, processKey(container, execId), 10_000);
+    if (!execId) {
+      for (const key of Object.keys(pod.record.processes)) if (key.startsWith(`${container}/`)) this.dropIo(pod, key, 10_000);
+      const bundle = pod.record.containers[container]?.bundle;
+      delete pod.record.containers[container];
+      this.containerPod.delete(container);
+      if (bundle) {
+        this.unmountRootfs(bundle);
+        fs.rmSync(bundle, { recursive: true, force: true });
+      }
+    }
+    pod.save();
+  }
+
+  output(podId: string, container: string, execId: string): ProcessOutput {
+    const out = this.pod(podId).outputs.get(processKey(container, execId));
+    if (!out) throw new AgentError(grpc.status.NOT_FOUND, `output of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
+    return out;
+  }
+
+  forgetOutput(podId: string, container: string, execId: string, out: ProcessOutput): void {
+    const pod = this.pods.get(podId);
+    const key = processKey(container, execId);
+    if (pod?.outputs.get(key) === out) pod.outputs.delete(key);
+    out.close();
+  }
+
+  input(podId: string, container: string, execId: string): ProcessInput {
+    const input = this.pod(podId).inputs.get(processKey(container, execId));
+    if (!input) throw new AgentError(grpc.status.NOT_FOUND, `stdin of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
+    return input;
+  }
+
+  private unmountRootfs(bundle: string): void {
+    const rootfs = path.join(bundle, 'rootfs');
+    const mounted = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === rootfs);
+    if (mounted) execFileSync('umount', ['-l', rootfs], { stdio: 'pipe' });
+  }
+
+  private deleteNetns(name: string): void {
+    if (fs.existsSync(path.join(this.paths.netnsDir, name))) execFileSync('ip', ['netns', 'del', name], { stdio: 'pipe' });
+  }
+
+  private removeCgroups(relative: string): void {
+    let controllers: string[];
+    try {
+      controllers = fs.readdirSync(this.paths.cgroupRoot);
+    } catch {
+      return;
+    }
+    for (const c of controllers) {
+      const dir = path.join(this.paths.cgroupRoot, c, relative);
+      try {
+        // Leaves first: runc removes its containers' cgroups; anything left is empty.
+        for (const child of fs.readdirSync(dir, { withFileTypes: true })) if (child.isDirectory()) fs.rmdirSync(path.join(dir, child.name));
+        fs.rmdirSync(dir);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') this.log.warn('remove pod cgroup', { dir, error: (err as Error).message });
+      }
+    }
+  }
+}

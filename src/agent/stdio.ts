@@ -1,0 +1,173 @@
+// A DPU process's stdio, as the agent holds it: fifos the agent makes (as
+// containerd does on the host) and the DPU's runc shim opens. Output is read as it
+// comes and handed to the one Output stream the host has open, or held until one
+// opens; input from the host's Input stream is written to the stdin fifo.
+//
+// Fifo rules this file relies on:
+// - the agent opens the read end with O_NONBLOCK, which never waits for a writer;
+//   until runc's shim has opened its write end, the agent holds a write end of its
+//   own ("placeholder"), or the first read would see end-of-file;
+// - runc's shim keeps a read end of each output fifo open itself, so the process
+//   never gets EPIPE while the agent is down (a restarted agent reopens the fifo
+//   and reads on); what it writes meanwhile waits in the pipe;
+// - stdin is opened read-write: a writer that never sees "no reader" and that
+//   CloseIO closes, which is the end of input for runc's shim.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+
+export type StreamName = 'stdout' | 'stderr';
+
+export interface OutputChunk {
+  stream: StreamName;
+  data: Buffer;
+  eof: boolean;
+}
+
+export type OutputSink = (chunk: OutputChunk) => boolean; // false: the sink is full, wait for resume()
+
+// Held back past this much undelivered output: the process then waits on its pipe.
+const HIGH_WATER = 1 << 20;
+
+export function makeFifo(path: string): void {
+  fs.rmSync(path, { force: true });
+  execFileSync('mkfifo', ['-m', '0600', path]);
+}
+
+class OutputFifo {
+  private socket: net.Socket | null = null;
+  private placeholder = -1;
+
+  constructor(readonly name: StreamName, readonly path: string, private readonly owner: ProcessOutput, fresh: boolean) {
+    const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    if (fresh) this.placeholder = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    const socket = new net.Socket({ fd, readable: true, writable: false });
+    socket.on('data', (data: Buffer) => owner.push({ stream: name, data, eof: false }));
+    socket.on('end', () => owner.push({ stream: name, data: Buffer.alloc(0), eof: true }));
+    socket.on('error', () => owner.push({ stream: name, data: Buffer.alloc(0), eof: true }));
+    this.socket = socket;
+  }
+
+  // runc's shim has its write end now: end-of-file is up to it from here on.
+  releasePlaceholder(): void {
+    if (this.placeholder >= 0) fs.closeSync(this.placeholder);
+    this.placeholder = -1;
+  }
+
+  pause(): void {
+    this.socket?.pause();
+  }
+
+  resume(): void {
+    this.socket?.resume();
+  }
+
+  close(): void {
+    this.releasePlaceholder();
+    this.socket?.destroy();
+    this.socket = null;
+  }
+}
+
+export class ProcessOutput {
+  private readonly fifos: OutputFifo[] = [];
+  private pending: OutputChunk[] = [];
+  private pendingBytes = 0;
+  private sink: OutputSink | null = null;
+  private ended = 0;
+
+  // `fresh`: the fifos were just made and runc's shim has not opened them yet.
+  constructor(paths: { stdout?: string; stderr?: string }, fresh: boolean) {
+    if (paths.stdout) this.fifos.push(new OutputFifo('stdout', paths.stdout, this, fresh));
+    if (paths.stderr) this.fifos.push(new OutputFifo('stderr', paths.stderr, this, fresh));
+  }
+
+  get finished(): boolean {
+    return this.ended === this.fifos.length && this.pending.length === 0;
+  }
+
+  releasePlaceholders(): void {
+    for (const f of this.fifos) f.releasePlaceholder();
+  }
+
+  push(chunk: OutputChunk): void {
+    if (chunk.eof) this.ended++;
+    if (this.sink && this.pending.length === 0) {
+      if (!this.sink(chunk)) this.pauseAll();
+      return;
+    }
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.data.length;
+    if (this.pendingBytes > HIGH_WATER) this.pauseAll();
+  }
+
+  /** Attaches the one consumer (a newer one replaces an older); held output goes first. */
+  attach(sink: OutputSink): void {
+    this.sink = sink;
+    this.flush();
+  }
+
+  detach(sink: OutputSink): void {
+    if (this.sink === sink) this.sink = null;
+  }
+
+  /** The consumer has room again. */
+  flush(): void {
+    const sink = this.sink;
+    if (!sink) return;
+    while (this.pending.length > 0) {
+      const chunk = this.pending.shift()!;
+      this.pendingBytes -= chunk.data.length;
+      if (!sink(chunk)) return this.pauseAll();
+    }
+    for (const f of this.fifos) f.resume();
+  }
+
+  close(): void {
+    for (const f of this.fifos) f.close();
+    this.sink = null;
+    this.pending = [];
+  }
+
+  private pauseAll(): void {
+    for (const f of this.fifos) f.pause();
+  }
+}
+
+export class ProcessInput {
+  private socket: net.Socket | null;
+
+  constructor(readonly path: string) {
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    this.socket = new net.Socket({ fd, readable: false, writable: true });
+    this.socket.on('error', () => this.close());
+  }
+
+  get closed(): boolean {
+    return this.socket === null;
+  }
+
+  write(data: Buffer): Promise<void> {
+    const socket = this.socket;
+    if (!socket) return Promise.reject(new Error('stdin is closed'));
+    return new Promise((resolve, reject) => socket.write(data, (err) => (err ? reject(err) : resolve())));
+  }
+
+  /** Ends input: what was written is flushed first. */
+  async end(): Promise<void> {
+    const socket = this.socket;
+    if (!socket) return;
+    this.socket = null;
+    await new Promise<void>((resolve) => {
+      if (socket.writableLength === 0) return resolve();
+      socket.once('drain', () => resolve());
+      socket.once('error', () => resolve());
+    });
+    socket.destroy();
+  }
+
+  close(): void {
+    this.socket?.destroy();
+    this.socket = null;
+  }
+}

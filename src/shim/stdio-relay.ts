@@ -1,0 +1,164 @@
+// The host end of an offloaded process's stdio: containerd's fifos on the host,
+// joined to the agent's Output and Input streams.
+//
+// Output: the shim writes containerd's stdout/stderr fifos, holding a read end of
+// each as runc's shim does, so a write never fails while containerd is away (a
+// restart): the pipe fills, the shim stops reading the agent's stream, the agent
+// stops reading the DPU's fifo, and the process waits — nothing is dropped. A
+// stream that breaks (the agent restarting) is opened again; the agent keeps what
+// it read meanwhile. Each stream's end on the DPU closes the host fifo, which is
+// containerd's end-of-file.
+//
+// Input: containerd's stdin fifo is opened read-write, so it never reads as ended;
+// CloseIO ends input: what was read goes first, then the agent closes the DPU side.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import type * as grpc from '@grpc/grpc-js';
+import type { DpuAgentClient } from '../agent/client';
+import type { InputChunk, OutputChunkMessage } from '../agent/proto';
+import type { Logger } from './log';
+
+export interface StdioPaths {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+const RETRY_MS = 500;
+
+function openWriter(path: string): { socket: net.Socket; keep: number } {
+  const keep = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  try {
+    const fd = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    return { socket: new net.Socket({ fd, readable: false, writable: true }), keep };
+  } catch (err) {
+    fs.closeSync(keep);
+    throw err;
+  }
+}
+
+export class HostStdio {
+  private readonly writers: Partial<Record<'STDOUT' | 'STDERR', { socket: net.Socket; keep: number; ended: boolean }>> = {};
+  private stdin: net.Socket | null = null;
+  private input: grpc.ClientWritableStream<InputChunk> | null = null;
+  private inputDone: Promise<void> = Promise.resolve();
+  private output: grpc.ClientReadableStream<OutputChunkMessage> | null = null;
+  private closed = false;
+  /** Resolves when both output streams have ended on the host. */
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(
+    private readonly client: () => DpuAgentClient,
+    private readonly ref: { pod_id: string; container_id: string; exec_id: string },
+    private readonly paths: StdioPaths,
+    private readonly log: Logger,
+  ) {
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+  }
+
+  start(): void {
+    try {
+      if (this.paths.stdout) this.writers.STDOUT = { ...openWriter(this.paths.stdout), ended: false };
+      if (this.paths.stderr) this.writers.STDERR = { ...openWriter(this.paths.stderr), ended: false };
+      for (const w of Object.values(this.writers)) w.socket.on('error', (err) => this.log.warn('write to containerd stdio', { error: err.message }));
+      if (this.paths.stdin) {
+        const fd = fs.openSync(this.paths.stdin, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+        this.stdin = new net.Socket({ fd, readable: true, writable: false });
+        this.stdin.on('data', (data: Buffer) => this.sendInput(data));
+        this.stdin.on('error', () => undefined);
+      }
+    } catch (err) {
+      this.close();
+      throw new Error(`open containerd's stdio fifos: ${(err as Error).message}`);
+    }
+    this.checkDone();
+    if (Object.keys(this.writers).length) this.follow();
+  }
+
+  private follow(): void {
+    if (this.closed) return;
+    const stream = this.client().serverStream<OutputChunkMessage>('Output', this.ref);
+    this.output = stream;
+    stream.on('data', (chunk: OutputChunkMessage) => {
+      const w = this.writers[chunk.stream];
+      if (!w || w.ended) return;
+      if (chunk.data.length && !w.socket.write(chunk.data)) {
+        stream.pause();
+        w.socket.once('drain', () => stream.resume());
+      }
+      if (chunk.eof) {
+        w.ended = true;
+        w.socket.end();
+        this.checkDone();
+      }
+    });
+    stream.on('error', (err: grpc.ServiceError) => {
+      if (this.closed) return;
+      // NOT_FOUND: the agent has no such process (any more); nothing more will come.
+      if (err.code === 5) {
+        this.endAll();
+        return;
+      }
+      this.log.debug('output stream broken; reopening', { container: this.ref.container_id, exec: this.ref.exec_id, error: err.message });
+      setTimeout(() => this.follow(), RETRY_MS).unref();
+    });
+    stream.on('end', () => this.endAll());
+  }
+
+  private endAll(): void {
+    for (const w of Object.values(this.writers)) {
+      if (!w.ended) {
+        w.ended = true;
+        w.socket.end();
+      }
+    }
+    this.checkDone();
+  }
+
+  private checkDone(): void {
+    if (Object.values(this.writers).every((w) => w.ended)) this.resolveDone();
+  }
+
+  private sendInput(data: Buffer): void {
+    if (!this.input) {
+      this.inputDone = new Promise((resolve) => {
+        this.input = this.client().clientStream<InputChunk, object>('Input', (err) => {
+          if (err) this.log.warn('stdin to the DPU', { container: this.ref.container_id, error: err.message });
+          resolve();
+        });
+      });
+      this.input!.write({ ...this.ref, data: Buffer.alloc(0) });
+    }
+    this.input!.write({ ...this.ref, data });
+  }
+
+  /** CloseIO(stdin): everything read so far reaches the DPU before input ends there. */
+  async closeStdin(): Promise<void> {
+    const stdin = this.stdin;
+    this.stdin = null;
+    if (stdin) {
+      // Data already in the fifo arrives as 'data' before this turn ends.
+      await new Promise((r) => setImmediate(r));
+      stdin.destroy();
+    }
+    const input = this.input;
+    this.input = null;
+    if (input) {
+      input.end();
+      await this.inputDone;
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    this.output?.cancel();
+    this.input?.end();
+    this.stdin?.destroy();
+    for (const w of Object.values(this.writers)) {
+      w.socket.destroy();
+      fs.closeSync(w.keep);
+    }
+    this.resolveDone();
+  }
+}

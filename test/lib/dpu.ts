@@ -1,0 +1,66 @@
+// The DPU side of end-to-end tests: the agent as the shim sees it, and what must
+// be gone from the DPU once its pods are removed.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DpuAgentClient } from '../../src/agent/client';
+import type { PodInfo } from '../../src/agent/proto';
+import { cgroupPids, cgroupTree } from '../../src/dpu/cgroup';
+import { agentPid, hostClientOptions } from '../../src/dpu/dpu';
+import { cgroupDir, DPU } from '../../src/dpu/paths';
+import { waitFor } from '../../src/testbed/proc';
+
+export async function agentPods(): Promise<PodInfo[]> {
+  const client = DpuAgentClient.connect({ ...hostClientOptions(), timeoutMs: 5000 });
+  try {
+    return (await client.call<{ pods: PodInfo[] }>('ListPods')).pods;
+  } finally {
+    client.close();
+  }
+}
+
+/** The cgroup path (memory hierarchy) of a process, e.g. /heteropod-dpu/hp-…/<id>. */
+export function memoryCgroup(pid: number): string {
+  const line = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l));
+  return line ? line.split(':')[2] : '';
+}
+
+export function netnsInode(pid: number): number {
+  return Number(/\[(\d+)\]/.exec(fs.readlinkSync(`/proc/${pid}/ns/net`))?.[1] ?? 0);
+}
+
+/** Pids whose memory cgroup ends with /<containerId> (a container's processes). */
+export function containerPids(containerId: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (memoryCgroup(Number(name)).endsWith(`/${containerId}`)) out.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** What pods left on the DPU: pod halves, processes besides the agent, cgroups, directories. */
+export async function dpuLeaks(): Promise<string[]> {
+  const out: string[] = [];
+  for (const p of await agentPods()) out.push(`DPU pod ${p.pod_id} (netns ${p.netns_path}, containers ${p.containers.join(',')})`);
+  const agent = agentPid();
+  for (const pid of cgroupPids()) if (pid !== agent) out.push(`DPU process ${pid} ${fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ')}`);
+  const base = new Set(DPU.cgroupControllers.map((c) => cgroupDir(c)));
+  for (const dir of cgroupTree()) if (!base.has(dir) && path.basename(dir) !== DPU.cgroupName) out.push(`DPU cgroup ${dir}`);
+  const pods = path.join(DPU.dpuRootOnHost, 'pods');
+  if (fs.existsSync(pods)) for (const d of fs.readdirSync(pods)) out.push(`DPU pod directory ${path.join(pods, d)}`);
+  return out;
+}
+
+/** Waits (briefly) for the DPU to be clean, then reports what is left. */
+export async function settleDpuLeaks(): Promise<string[]> {
+  try {
+    await waitFor('the DPU to be clean', 15_000, async () => (await dpuLeaks()).length === 0);
+  } catch {
+    // reported below
+  }
+  return dpuLeaks();
+}
