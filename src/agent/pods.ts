@@ -413,8 +413,9 @@ export class DpuPods {
     if (pod.record.processes[key]) throw new AgentError(grpc.status.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
     try {
       const io = this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
+      // runc's shim opens an exec's fifos at Start, not here: the placeholders
+      // stay until then (relay).
       const res = await pod.runc.call('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, ...io }));
-      pod.outputs.get(key)?.releasePlaceholders();
       pod.save();
       return res;
     } catch (err) {
@@ -434,6 +435,7 @@ export class DpuPods {
     try {
       if (method === 'CloseIO' && bool(f, 3)) await pod.inputs.get(key)?.end();
       const res = await pod.runc.call(method, request);
+      if (method === 'Start' && execId) pod.outputs.get(key)?.releasePlaceholders();
       if (method === 'Delete') this.afterDelete(pod, id, execId);
       return res;
     } catch (err) {

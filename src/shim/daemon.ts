@@ -82,7 +82,7 @@ export async function serveDaemon(flags: ShimFlags, group: string, listen: 'inhe
     process.exit(0);
   };
 
-  service = new TaskService((req) => router.runtimeFor(req), log, { onShutdown: () => void exit(), onDeleted: (id) => router.forget(id) });
+  service = new TaskService((req) => router.runtimeFor(req), log, { onShutdown: () => void exit() });
   // Notes exits for the task table; returns the topic.
   const observe = (payload: Buffer): string => {
     try {

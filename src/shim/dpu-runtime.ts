@@ -246,7 +246,7 @@ export class DpuAgentRuntime implements Runtime {
       setTimeout(() => this.followEvents(), RETRY_MS).unref();
     };
     stream.on('error', again);
-    stream.on('end', again);
+    stream.on('status', again);
   }
 
   private layerStore(): LayerStore {

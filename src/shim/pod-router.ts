@@ -6,7 +6,9 @@
 // RunPodSandbox, for its health and the pod's DPU half, so that a `require` pod
 // fails at once when the DPU cannot take it and a `prefer` pod knows to stay on
 // the host. Each container is then placed by src/placement. What was decided, and
-// why, is written to the pod's state file for `heteropod pods`.
+// why, is written to the pod's state file for `heteropod pods`; it stays for the
+// life of the pod (an exited container's task is deleted by containerd at once,
+// but the container is still the user's to inspect).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
@@ -155,11 +157,6 @@ export class PodRouter {
   private note(id: string, name: string, p: Placement): void {
     this.record.containers = this.record.containers.filter((c) => c.id !== id);
     this.record.containers.push({ id, name, where: p.where, reason: p.reason });
-    this.save();
-  }
-
-  forget(id: string): void {
-    this.record.containers = this.record.containers.filter((c) => c.id !== id);
     this.save();
   }
 

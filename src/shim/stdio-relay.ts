@@ -93,6 +93,11 @@ export class HostStdio {
         this.checkDone();
       }
     });
+    // A stream ends well only with status OK; after an error grpc-js may still
+    // emit 'end', which must not end containerd's fifos.
+    stream.on('status', (status: grpc.StatusObject) => {
+      if (status.code === 0) this.endAll();
+    });
     stream.on('error', (err: grpc.ServiceError) => {
       if (this.closed) return;
       // NOT_FOUND: the agent has no such process (any more); nothing more will come.
@@ -103,7 +108,6 @@ export class HostStdio {
       this.log.debug('output stream broken; reopening', { container: this.ref.container_id, exec: this.ref.exec_id, error: err.message });
       setTimeout(() => this.follow(), RETRY_MS).unref();
     });
-    stream.on('end', () => this.endAll());
   }
 
   private endAll(): void {

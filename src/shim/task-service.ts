@@ -17,8 +17,6 @@ export interface CreateInfo {
 export interface TaskServiceHooks {
   // Called after a Shutdown that leaves no task: the daemon exits.
   onShutdown: () => void;
-  // Called when a task (not an exec) has been deleted.
-  onDeleted?: (id: string) => void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -52,10 +50,7 @@ export class TaskService {
         const task = this.tasks.get(ref.id);
         try {
           const res = await task.runtime.call('Delete', payload, call.signal);
-          if (!ref.execId) {
-            this.tasks.remove(ref.id);
-            this.hooks.onDeleted?.(ref.id);
-          }
+          if (!ref.execId) this.tasks.remove(ref.id);
           return res;
         } catch (err) {
           // The runtime no longer knows the task: it is gone either way.

@@ -128,7 +128,7 @@ test('one of two containers on the DPU: placement, logs, exec, stats, stop, remo
   await cri.stopContainer(sidecar, 1);
   await cri.stopContainer(app, 1);
   const codes = await Promise.all([sidecar, app].map(async (id) => ((await waitForContainerState(cri, id, 'CONTAINER_EXITED')) as CriObject).exit_code));
-  assert.equal(codes, [137, 137]);
+  assert.equal(codes, [137, 137], `exit codes of sidecar (DPU) and app (host): ${codes}`);
   await cri.removeContainer(sidecar);
   await cri.removeContainer(app);
   assert.equal((await agentPods()).find((p) => p.pod_id === podId)?.containers, [], 'the DPU container is gone with its removal');
