@@ -330,6 +330,8 @@ test('names that would escape the layer are refused, even with a correct digest'
     ['hard link up', [root, { header: { name: 'h', type: 'link', linkname: '../outside/x' } }], /path traversal/],
     ['hard link to a symlink', [root, { header: { name: 's', type: 'symlink', linkname: '/etc/passwd' } }, { header: { name: 'h', type: 'link', linkname: 's' } }], /not a file of this layer/],
     ['twice', [root, { header: { name: 'a', type: 'file' } }, { header: { name: 'a', type: 'file' } }], /appears twice/],
+    ['no root first', [{ header: { name: 'a', type: 'file' } }], /the first entry must be the layer root/],
+    ['no entries', [], /holds no entries/],
     ['other xattrs', [root, { header: { name: 'd', type: 'directory', pax: { 'SCHILY.xattr.security.evil': 'x' } } }], /"SCHILY.xattr.security.evil" is not supported/],
   ];
   for (const [label, entries, pattern] of cases) {
