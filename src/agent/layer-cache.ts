@@ -60,7 +60,9 @@ interface IndexFile {
   layers: Record<string, IndexRecord>;
 }
 
-const INDEX_NAME = 'index.json';
+/** Name of the per-layer metadata file in a cache directory ({version: 1, layers: {digest: record}}). */
+export const LAYER_CACHE_INDEX = 'index.json';
+const INDEX_NAME = LAYER_CACHE_INDEX;
 const HEX_NAME = /^[0-9a-f]{64}$/;
 /** Temporary names carry the owner's pid, so a later agent can sweep what a dead one left. */
 const TEMP_NAME = /^\.(?:tmp|rm)-[0-9a-z]*-(\d+)-[0-9a-z]+$/;
@@ -198,7 +200,8 @@ export class LayerCache {
   /** Makes the directory and sweeps what a dead agent left: temporaries, records of layers not present. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      await fs.promises.mkdir(this.dir, { recursive: true });
+      // Private: layers hold set-user-ID binaries that only containers should reach.
+      await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
       for (const name of await fs.promises.readdir(this.dir)) {
         const m = TEMP_NAME.exec(name);
         if (m && !pidAlive(Number(m[1]))) await fs.promises.rm(path.join(this.dir, name), { recursive: true, force: true });
