@@ -60,7 +60,9 @@ interface IndexFile {
   layers: Record<string, IndexRecord>;
 }
 
-const INDEX_NAME = 'index.json';
+/** Name of the per-layer metadata file in a cache directory ({version: 1, layers: {digest: record}}). */
+export const LAYER_CACHE_INDEX = 'index.json';
+const INDEX_NAME = LAYER_CACHE_INDEX;
 const HEX_NAME = /^[0-9a-f]{64}$/;
 /** Temporary names carry the owner's pid, so a later agent can sweep what a dead one left. */
 const TEMP_NAME = /^\.(?:tmp|rm)-[0-9a-z]*-(\d+)-[0-9a-z]+$/;
@@ -198,7 +200,8 @@ export class LayerCache {
   /** Makes the directory and sweeps what a dead agent left: temporaries, records of layers not present. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      await fs.promises.mkdir(this.dir, { recursive: true });
+      // Private: layers hold set-user-ID binaries that only containers should reach.
+      await fs.promises.mkdir(this.dir, { recursive: true, mode: 0o700 });
       for (const name of await fs.promises.readdir(this.dir)) {
         const m = TEMP_NAME.exec(name);
         if (m && !pidAlive(Number(m[1]))) await fs.promises.rm(path.join(this.dir, name), { recursive: true, force: true });
@@ -250,7 +253,7 @@ export class LayerCache {
     const extract = tar.extract();
     const unpacker = new LayerUnpacker(tmp);
     const unpacked = unpacker.consume(extract);
-    unpacked.catch(() => undefined); // examined below, after the stream's bytes are accounted for
+    // A refused entry is examined below, once the stream's bytes are accounted for.
     let unpackError: unknown;
     unpacked.catch((err) => (unpackError = err));
     const hash = createHash('sha256');
@@ -328,10 +331,19 @@ function parentOf(name: string): string {
   return slash < 0 ? '' : name.slice(0, slash);
 }
 
+/** Files up to this size are written in one synchronous call; larger ones are streamed. */
+const SMALL_FILE = 256 * 1024;
+
 /**
  * Unpacks one layer's entries under `root`, restoring what layerTar records:
  * modes, owners, mtimes, symlinks, hard links, device nodes (whiteouts), FIFOs,
  * opaque markers. Directory mtimes are set by finish(), after their contents.
+ *
+ * File-system calls are synchronous, as in the shim's layerTar and for the same
+ * reason: each asynchronous one is a thread-pool round trip, and a layer of
+ * small files needs half a dozen per entry, one after the other. Each call takes
+ * microseconds, and the event loop turns between entries (each awaits the
+ * parser), so the agent's other calls and stdio relays are not held up.
  */
 class LayerUnpacker {
   /** Directories made by this upload ("" is the root): the only possible parents. */
@@ -356,17 +368,21 @@ class LayerUnpacker {
   }
 
   async finish(): Promise<void> {
+    if (this.seen.size === 0) throw new Error(`the stream holds no entries (not even the layer root "${ROOT_ENTRY_NAME}")`);
     // Children were made after their parents: set times in reverse so that no
     // later change inside a directory moves its mtime again.
     for (let i = this.dirTimes.length - 1; i >= 0; i--) {
       const { abs, mtime } = this.dirTimes[i];
-      await fs.promises.utimes(abs, mtime, mtime);
+      fs.utimesSync(abs, mtime, mtime);
     }
   }
 
   private async entry(h: tar.Header, data: TarEntry): Promise<void> {
     const name = entryName(h.name);
     const label = JSON.stringify(h.name);
+    // The root comes first (layerTar writes it so): its mode, owner and mtime are
+    // the layer's, and a tree without them would be a different layer.
+    if (this.seen.size === 0 && name !== '') throw new Error(`entry ${label}: the first entry must be the layer root "${ROOT_ENTRY_NAME}"`);
     if (this.seen.has(name)) throw new Error(`entry ${label}: appears twice`);
     this.seen.add(name);
     const abs = name === '' ? this.root : path.join(this.root, name);
@@ -389,43 +405,49 @@ class LayerUnpacker {
     if (name === '' && h.type !== 'directory') throw new Error(`entry ${label}: the layer root must be a directory`);
     switch (h.type) {
       case 'directory':
-        if (name !== '') await fs.promises.mkdir(abs, { mode: 0o700 });
-        await this.owner(abs, uid, gid, mode);
+        if (name !== '') fs.mkdirSync(abs, { mode: 0o700 });
+        this.owner(abs, uid, gid, mode);
         if (opaque) setXattr(abs, OPAQUE_XATTR, Buffer.from('y'));
         this.dirs.add(name);
         this.dirTimes.push({ abs, mtime });
         break;
       case 'file':
       case 'contiguous-file':
-        await new Promise<void>((resolve, reject) => {
-          const out = fs.createWriteStream(abs, { flags: 'wx', mode: 0o600 });
-          out.on('error', reject).on('finish', resolve);
-          data.on('error', (err: Error) => out.destroy(err));
-          data.pipe(out);
-        });
-        await this.owner(abs, uid, gid, mode);
-        await fs.promises.utimes(abs, mtime, mtime);
+        if ((h.size ?? 0) <= SMALL_FILE) {
+          const parts: Buffer[] = [];
+          for await (const part of data) parts.push(part as Buffer);
+          fs.writeFileSync(abs, Buffer.concat(parts), { flag: 'wx', mode: 0o600 });
+        } else {
+          await new Promise<void>((resolve, reject) => {
+            const out = fs.createWriteStream(abs, { flags: 'wx', mode: 0o600 });
+            out.on('error', reject).on('finish', resolve);
+            data.on('error', (err: Error) => out.destroy(err));
+            data.pipe(out);
+          });
+        }
+        this.owner(abs, uid, gid, mode);
+        fs.utimesSync(abs, mtime, mtime);
         this.files.add(name);
         return;
       case 'link': {
         const target = entryName(h.linkname ?? '');
         if (!this.files.has(target)) throw new Error(`entry ${label}: hard link to ${JSON.stringify(h.linkname)}, which is not a file of this layer`);
-        await fs.promises.link(path.join(this.root, target), abs);
+        fs.linkSync(path.join(this.root, target), abs);
         break;
       }
       case 'symlink':
         if (!h.linkname || h.linkname.includes('\0')) throw new Error(`entry ${label}: symlink without a valid target`);
-        await fs.promises.symlink(h.linkname, abs);
-        await fs.promises.lchown(abs, uid, gid);
-        await fs.promises.lutimes(abs, mtime, mtime);
+        fs.symlinkSync(h.linkname, abs);
+        fs.lchownSync(abs, uid, gid);
+        fs.lutimesSync(abs, mtime, mtime);
         break;
       case 'character-device':
       case 'block-device':
       case 'fifo': {
         const kind = h.type === 'fifo' ? 'fifo' : h.type === 'character-device' ? 'character' : 'block';
         mknodDevice(abs, kind, 0o600, h.devmajor ?? 0, h.devminor ?? 0);
-        await this.owner(abs, uid, gid, mode);
-        await fs.promises.utimes(abs, mtime, mtime);
+        this.owner(abs, uid, gid, mode);
+        fs.utimesSync(abs, mtime, mtime);
         break;
       }
       default:
@@ -435,8 +457,8 @@ class LayerUnpacker {
   }
 
   /** chown before chmod: chown clears set-user-ID and set-group-ID bits. */
-  private async owner(abs: string, uid: number, gid: number, mode: number): Promise<void> {
-    await fs.promises.lchown(abs, uid, gid);
-    await fs.promises.chmod(abs, mode);
+  private owner(abs: string, uid: number, gid: number, mode: number): void {
+    fs.lchownSync(abs, uid, gid);
+    fs.chmodSync(abs, mode);
   }
 }

@@ -22,9 +22,3 @@ export const OPAQUE_PAX_KEY = `SCHILY.xattr.${OPAQUE_XATTR}`;
 /** The name of the layer root's own entry (its mode, owner and mtime). */
 export const ROOT_ENTRY_NAME = './';
 
-/** The hex part of a digest; throws a message naming the digest when it is not sha256:<64 lower-case hex>. */
-export function digestHex(digest: string): string {
-  const m = DIGEST_PATTERN.exec(digest);
-  if (!m) throw new Error(`invalid layer digest ${JSON.stringify(digest)}: expected sha256:<64 lower-case hex digits>`);
-  return m[1];
-}

@@ -107,6 +107,8 @@ const MAX_USTAR_ID = 0o777777;
 /** Bytes buffered ahead of the consumer before the walk pauses. */
 const OUTPUT_HIGH_WATER = 1024 * 1024;
 const FILE_READ_CHUNK = 1024 * 1024;
+/** Files up to this size are read whole, synchronously (see walk); larger ones are streamed. */
+const SMALL_FILE = 256n * 1024n;
 
 function deviceNumbers(rdev: bigint): { devmajor: number; devminor: number } {
   // The inverse of glibc's gnu_dev_makedev (see makeDev in src/agent/linux-fs.ts).
@@ -156,9 +158,18 @@ class LayerPacker {
     await this.walk(this.root, '');
   }
 
-  /** Depth first, each directory's names in byte order, a directory before its contents. */
+  /**
+   * Depth first, each directory's names in byte order, a directory before its
+   * contents. Metadata and small files are read synchronously: each
+   * asynchronous call costs a libuv thread-pool round trip (tens of microseconds) that
+   * the strictly sequential tar cannot overlap, which made a layer of small files
+   * (/usr/share/doc: 5,400 entries, 114 MiB) take 1.9 s instead of 0.6 s. A
+   * synchronous lstat or read of a committed snapshot's file takes microseconds,
+   * and the event loop still turns between entries (each awaits the pack); large
+   * files are streamed asynchronously.
+   */
   private async walk(dirAbs: string, prefix: string): Promise<void> {
-    const raw = await fs.promises.readdir(dirAbs, { encoding: 'buffer' });
+    const raw = fs.readdirSync(dirAbs, { encoding: 'buffer' });
     raw.sort(Buffer.compare);
     for (const rawName of raw) {
       const name = rawName.toString('utf8');
@@ -169,7 +180,7 @@ class LayerPacker {
       }
       const abs = path.join(dirAbs, name);
       const rel = prefix ? `${prefix}/${name}` : name;
-      const st = await fs.promises.lstat(abs, { bigint: true });
+      const st = fs.lstatSync(abs, { bigint: true });
       if (st.isSocket()) continue; // as GNU tar: a socket means nothing without the process that bound it
       await this.add(abs, rel, st);
       if (st.isDirectory()) await this.walk(abs, rel);
@@ -202,7 +213,7 @@ class LayerPacker {
       return this.entry({ ...h, type: 'directory' });
     }
     if (st.isSymbolicLink()) {
-      return this.entry({ ...h, type: 'symlink', linkname: await fs.promises.readlink(abs) });
+      return this.entry({ ...h, type: 'symlink', linkname: fs.readlinkSync(abs) });
     }
     if (st.isCharacterDevice() || st.isBlockDevice()) {
       // An overlay whiteout is the character device 0:0.
@@ -219,11 +230,26 @@ class LayerPacker {
       if (first !== undefined) return this.entry({ ...h, type: 'link', linkname: first });
       this.firstNames.set(key, name);
     }
-    return this.file(abs, { ...h, type: 'file', size: Number(st.size) });
+    const size = Number(st.size);
+    if (st.size > SMALL_FILE) return this.file(abs, { ...h, type: 'file', size });
+    let data: Buffer;
+    try {
+      data = fs.readFileSync(abs);
+    } catch (err) {
+      throw new Error(`read ${abs}: ${(err as Error).message}`);
+    }
+    // tar-stream takes a buffer's length as the size: check it against the lstat,
+    // as it checks a stream, so a file that changes under us fails the layer.
+    if (data.length !== size) throw new Error(`${abs} changed while it was packed (size ${size}, then ${data.length})`);
+    return this.entry({ ...h, type: 'file', size }, data);
   }
 
-  private entry(h: EntryHeader): Promise<void> {
-    const written = new Promise<void>((resolve, reject) => this.pack.entry(h, (err) => (err ? reject(err) : resolve())));
+  private entry(h: EntryHeader, data?: Buffer): Promise<void> {
+    const written = new Promise<void>((resolve, reject) => {
+      const done = (err?: Error | null) => (err ? reject(err) : resolve());
+      if (data) this.pack.entry(h, data, done);
+      else this.pack.entry(h, done);
+    });
     return Promise.race([written, this.closed]);
   }
 
@@ -238,7 +264,9 @@ class LayerPacker {
         reject(new Error(`read ${abs}: ${err.message}`));
       });
       // A sink torn down by the reader does not end the source: close the file here.
+      // Its error (a premature close) is this entry's failure, not an unhandled one.
       sink.on('close', () => source.destroy());
+      sink.on('error', reject);
       source.pipe(sink);
     });
     return Promise.race([written, this.closed]);

@@ -217,10 +217,15 @@ test('layerTar is deterministic: the same directory, or a copy of it, gives the 
 
 test('layerTar fails with the directory named, and stops when its reader goes away', async () => {
   await rejects(digestOf(layerTar(path.join(base, 'absent'))), /pack layer .*absent: .*ENOENT/);
-  const stream = layerTar(rich);
-  await new Promise((resolve) => stream.once('readable', resolve));
-  stream.destroy();
-  await new Promise((resolve) => setTimeout(resolve, 50)); // nothing left running: no unhandled error
+  const fds = fs.readdirSync('/proc/self/fd').length;
+  // Stop reading at several points, inside small entries and inside the big file.
+  for (const chunks of [0, 1, 3, 8, 20]) {
+    const stream = layerTar(rich);
+    let seen = 0;
+    for await (const _chunk of stream) if (++seen > chunks) break; // break destroys the stream
+    await new Promise((resolve) => setTimeout(resolve, 30)); // an unhandled error would end the test run here
+  }
+  assert.is(fs.readdirSync('/proc/self/fd').length, fds, 'no file left open');
 });
 
 test('layerDigest is remembered: a second call reads nothing but a stat', async () => {
@@ -330,6 +335,8 @@ test('names that would escape the layer are refused, even with a correct digest'
     ['hard link up', [root, { header: { name: 'h', type: 'link', linkname: '../outside/x' } }], /path traversal/],
     ['hard link to a symlink', [root, { header: { name: 's', type: 'symlink', linkname: '/etc/passwd' } }, { header: { name: 'h', type: 'link', linkname: 's' } }], /not a file of this layer/],
     ['twice', [root, { header: { name: 'a', type: 'file' } }, { header: { name: 'a', type: 'file' } }], /appears twice/],
+    ['no root first', [{ header: { name: 'a', type: 'file' } }], /the first entry must be the layer root/],
+    ['no entries', [], /holds no entries/],
     ['other xattrs', [root, { header: { name: 'd', type: 'directory', pax: { 'SCHILY.xattr.security.evil': 'x' } } }], /"SCHILY.xattr.security.evil" is not supported/],
   ];
   for (const [label, entries, pattern] of cases) {
@@ -374,6 +381,25 @@ test('concurrent uploads of one digest: one stores, the others find it present',
   const ships = await Promise.all([1, 2].map(() => shipLayers([rich], store, path.join(base, 'index-c'))));
   assert.is(puts, 1);
   assert.is(ships[0].bytesSent + ships[1].bytesSent, size);
+});
+
+test('a new LayerCache sweeps what a dead agent left', async () => {
+  const dir = path.join(base, 'cache-swept');
+  const cache = new LayerCache(dir);
+  const bytes = await handTar([{ header: { name: './', type: 'directory', mode: 0o755 } }]);
+  await cache.put(sha(bytes), bytes.length, Readable.from([bytes]));
+  let deadPid = 4_000_000;
+  while (fs.existsSync(`/proc/${deadPid}`)) deadPid++;
+  fs.mkdirSync(path.join(dir, `.tmp-0123456789ab-${deadPid}-abc`));
+  fs.mkdirSync(path.join(dir, `.tmp-0123456789ab-${process.pid}-live`)); // a live owner's: kept
+  const index = JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8'));
+  index.layers[sha(Buffer.from('gone'))] = { size: 1, addedAt: new Date().toISOString(), receiveMs: 0 };
+  fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify(index));
+  const reopened = new LayerCache(dir);
+  assert.equal((await reopened.list()).map((l) => l.digest), [sha(bytes)]);
+  assert.equal(cacheEntries(reopened), [`.tmp-0123456789ab-${process.pid}-live`, sha(bytes).slice('sha256:'.length)]);
+  assert.equal(Object.keys(JSON.parse(fs.readFileSync(path.join(dir, 'index.json'), 'utf8')).layers), [sha(bytes)]);
+  assert.is(fs.statSync(dir).mode & 0o777, 0o700);
 });
 
 test('a real image rootfs (the project busybox image) survives the round trip', async () => {
