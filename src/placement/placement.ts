@@ -31,7 +31,17 @@ export interface SpecMount {
 
 export interface ContainerSpec {
   mounts?: SpecMount[];
-  linux?: { resources?: { memory?: { limit?: number } } };
+  linux?: { resources?: { memory?: { limit?: number } }; namespaces?: { type: string; path?: string }[] };
+}
+
+/**
+ * A container that joins the sandbox's process namespace (a pod with
+ * shareProcessNamespace, or a CRI client leaving the pid mode at POD) cannot: the
+ * sandbox is on the host. On the DPU it would be PID 1 of its own namespace and
+ * signals would reach it differently, so it is not offloaded.
+ */
+export function sharesPodPidNamespace(spec: ContainerSpec): boolean {
+  return (spec.linux?.namespaces ?? []).some((ns) => ns.type === 'pid' && Boolean(ns.path));
 }
 
 export interface DpuState {
@@ -79,6 +89,7 @@ export function placeContainer(pod: PodOffload, name: string, spec: ContainerSpe
     return { where: 'host', reason: why };
   };
   if (dpu.unavailable) return refuse(dpu.unavailable);
+  if (sharesPodPidNamespace(spec)) return refuse('the pod shares one process namespace, which cannot span host and DPU');
   const mounts = unshippableMounts(spec, isDirectory);
   if (mounts.length) return refuse(`a writable volume cannot span host and DPU: ${mounts.join(', ')}`);
   const limit = memoryLimit(spec);

@@ -221,7 +221,7 @@ export class DpuAgentRuntime implements Runtime {
     const execId = str(f, 2);
     // Output still on its way is written before the process is gone for containerd.
     const relay = this.stdio.get(key(id, execId));
-    if (relay) await Promise.race([relay.done, sleep(2000)]);
+    if (relay) await Promise.race([relay.done, sleep(5000)]);
     const res = await this.relay('Delete', request);
     for (const [k, r] of this.stdio) {
       if (k === key(id, execId) || (!execId && k.startsWith(`${id}/`))) {

@@ -38,13 +38,14 @@ function openWriter(path: string): { socket: net.Socket; keep: number } {
 }
 
 export class HostStdio {
-  private readonly writers: Partial<Record<'STDOUT' | 'STDERR', { socket: net.Socket; keep: number; ended: boolean }>> = {};
+  // `ended`: the DPU side ended; `flushed`: everything is in containerd's fifo.
+  private readonly writers: Partial<Record<'STDOUT' | 'STDERR', { socket: net.Socket; keep: number; ended: boolean; flushed: boolean }>> = {};
   private stdin: net.Socket | null = null;
   private input: grpc.ClientWritableStream<InputChunk> | null = null;
   private inputDone: Promise<void> = Promise.resolve();
   private output: grpc.ClientReadableStream<OutputChunkMessage> | null = null;
   private closed = false;
-  /** Resolves when both output streams have ended on the host. */
+  /** Resolves when both output streams have ended and all of it is in containerd's fifos. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;
 
@@ -59,8 +60,8 @@ export class HostStdio {
 
   start(): void {
     try {
-      if (this.paths.stdout) this.writers.STDOUT = { ...openWriter(this.paths.stdout), ended: false };
-      if (this.paths.stderr) this.writers.STDERR = { ...openWriter(this.paths.stderr), ended: false };
+      if (this.paths.stdout) this.writers.STDOUT = { ...openWriter(this.paths.stdout), ended: false, flushed: false };
+      if (this.paths.stderr) this.writers.STDERR = { ...openWriter(this.paths.stderr), ended: false, flushed: false };
       for (const w of Object.values(this.writers)) w.socket.on('error', (err) => this.log.warn('write to containerd stdio', { error: err.message }));
       if (this.paths.stdin) {
         const fd = fs.openSync(this.paths.stdin, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
@@ -87,11 +88,7 @@ export class HostStdio {
         stream.pause();
         w.socket.once('drain', () => stream.resume());
       }
-      if (chunk.eof) {
-        w.ended = true;
-        w.socket.end();
-        this.checkDone();
-      }
+      if (chunk.eof) this.endWriter(w);
     });
     // A stream ends well only with status OK; after an error grpc-js may still
     // emit 'end', which must not end containerd's fifos.
@@ -110,18 +107,21 @@ export class HostStdio {
     });
   }
 
+  private endWriter(w: { socket: net.Socket; ended: boolean; flushed: boolean }): void {
+    if (w.ended) return;
+    w.ended = true;
+    w.socket.end(() => {
+      w.flushed = true;
+      this.checkDone();
+    });
+  }
+
   private endAll(): void {
-    for (const w of Object.values(this.writers)) {
-      if (!w.ended) {
-        w.ended = true;
-        w.socket.end();
-      }
-    }
-    this.checkDone();
+    for (const w of Object.values(this.writers)) this.endWriter(w);
   }
 
   private checkDone(): void {
-    if (Object.values(this.writers).every((w) => w.ended)) this.resolveDone();
+    if (Object.values(this.writers).every((w) => w.flushed)) this.resolveDone();
   }
 
   private sendInput(data: Buffer): void {

@@ -37,12 +37,16 @@ async function noLeaks(when: string): Promise<void> {
   assert.equal([...host, ...onDpu], [], `${when} left behind:\n${[...host, ...onDpu].join('\n')}`);
 }
 
+// As kubelet makes them: each container has its own process namespace (CRI's
+// default, POD, shares the sandbox's, which a DPU container cannot join).
+const OWN_PID_NAMESPACE = { security_context: { namespace_options: { pid: 'CONTAINER' } } };
+
 function offloadPod(name: string, annotations: Record<string, string>): CriObject {
-  return podConfig(bed, name, { annotations });
+  return podConfig(bed, name, { annotations, linux: OWN_PID_NAMESPACE });
 }
 
 async function run(podId: string, pod: CriObject, name: string, command: string[], extra: CriObject = {}): Promise<string> {
-  const id = await cri.createContainer(podId, containerConfig(name, command, extra), pod);
+  const id = await cri.createContainer(podId, containerConfig(name, command, { linux: OWN_PID_NAMESPACE, ...extra }), pod);
   await cri.startContainer(id);
   return id;
 }
