@@ -6,6 +6,8 @@
 // annotation, the agent unreachable under both policies, an agent restart while
 // an offloaded container runs, a crash. A leak check on both sides after each.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { CriClient } from '../../src/cri/client';
@@ -13,9 +15,10 @@ import type { CriObject } from '../../src/cri/config';
 import { readCriLog } from '../../src/cri/logs';
 import * as dpu from '../../src/dpu/dpu';
 import { DPU } from '../../src/dpu/paths';
-import { killAndWait, waitFor } from '../../src/testbed/proc';
+import { TESTBED } from '../../src/testbed/paths';
+import { killAndWait, listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, containerPids, memoryCgroup, netnsInode, settleDpuLeaks } from '../lib/dpu';
-import { settleAndCheckLeaks } from '../lib/shim';
+import { runUnderPty, settleAndCheckLeaks } from '../lib/shim';
 import { Bed, containerConfig, heteropod, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
@@ -141,6 +144,31 @@ test('one of two containers on the DPU: placement, logs, exec, stats, stop, remo
   await noLeaks('the split pod');
 });
 
+test('an exec with a terminal in an offloaded container (ctr task exec -t under a pseudo-terminal, ResizePty)', async () => {
+  const pod = offloadPod('tty', { 'heteropod.io/offload': 'shell' });
+  const podId = await cri.runPodSandbox(pod, 'heteropod');
+  const id = await run(podId, pod, 'shell', ['sleep', '3600']);
+  await waitForContainerState(cri, id, 'CONTAINER_RUNNING');
+  const fifoDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-e2e-fifo-'));
+  try {
+    const ctr = `ctr -a ${TESTBED.socket} -n ${TESTBED.namespace} task exec -t --fifo-dir ${fifoDir} --exec-id tty-dpu`;
+    // The size arrives by ResizePty after the process starts; the process waits for it.
+    const inside = 'i=0; while [ $i -lt 100 ]; do s=$(stty size 2>/dev/null); case "$s" in [1-9]*" "[1-9]*) break;; esac; i=$((i + 1)); sleep 0.1; done; echo "size $s"; tty; [ -t 0 ] && echo stdin-is-a-tty; grep -c heteropod-dpu /proc/self/cgroup; exit 5';
+    const r = await runUnderPty(`stty rows 33 cols 77; ${ctr} ${id} sh -c '${inside}'`);
+    const lines = r.output.split('\n').map((l) => l.replace(/\0/g, '').trim());
+    assert.is(r.code, 5, r.output);
+    assert.ok(lines.includes('size 33 77'), r.output);
+    assert.ok(lines.includes('stdin-is-a-tty'), r.output);
+    assert.ok(lines.some((l) => /^\/dev\/pts\/\d+$/.test(l)), r.output);
+  } finally {
+    fs.rmSync(fifoDir, { recursive: true, force: true });
+  }
+  await cri.stopContainer(id, 0);
+  await cri.removeContainer(id);
+  await removePod(podId);
+  await noLeaks('the terminal exec');
+});
+
 test('an offloaded container that crashes: its exit code reaches the host, its logs stay', async () => {
   const pod = offloadPod('crash', { 'heteropod.io/offload': 'crasher', 'heteropod.io/offload-policy': 'require' });
   const podId = await cri.runPodSandbox(pod, 'heteropod');
@@ -202,6 +230,23 @@ test('agent unreachable: require fails with a clear error, prefer runs on the ho
     await dpu.up();
   }
   await noLeaks('the fallback pod');
+});
+
+test('the shim killed: containerd reports the tasks exited and the pod\'s DPU half is removed', async () => {
+  const pod = offloadPod('killed', { 'heteropod.io/offload': 'worker' });
+  const podId = await cri.runPodSandbox(pod, 'heteropod');
+  const worker = await run(podId, pod, 'worker', ['sleep', '1000']);
+  const app = await run(podId, pod, 'app', ['sleep', '1000']);
+  await waitForContainerState(cri, worker, 'CONTAINER_RUNNING');
+  const shim = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2') && p.cmdline.includes(`-id ${podId}`));
+  assert.is(shim.length, 1);
+  process.kill(shim[0].pid, 'SIGKILL');
+  for (const id of [worker, app]) assert.is((await waitForContainerState(cri, id, 'CONTAINER_EXITED')).exit_code, 137);
+  await waitFor('the DPU half to be removed', 15_000, async () => !(await agentPods()).some((p) => p.pod_id === podId));
+  assert.equal(containerPids(worker), [], 'no process of the offloaded container is left');
+  for (const id of [worker, app]) await cri.removeContainer(id);
+  await removePod(podId);
+  await noLeaks('the pod whose shim was killed');
 });
 
 test('agent restarted while an offloaded container runs: it keeps running, exec works, a later exit is reported', async () => {

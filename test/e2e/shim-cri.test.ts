@@ -14,7 +14,7 @@ import { readCriLog } from '../../src/cri/logs';
 import { TESTBED } from '../../src/testbed/paths';
 import { listProcesses, sleep, waitFor } from '../../src/testbed/proc';
 import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
-import { containerdLogSince, containerdLogSize, restartContainerd, settleAndCheckLeaks } from '../lib/shim';
+import { containerdLogSince, containerdLogSize, restartContainerd, runUnderPty, settleAndCheckLeaks } from '../lib/shim';
 
 const HANDLERS = ['runc', 'heteropod'] as const;
 type Handler = (typeof HANDLERS)[number];
@@ -143,16 +143,6 @@ async function lifecycle(handler: Handler): Promise<unknown> {
     containersLeft: left.length,
     podStopped,
   };
-}
-
-function runUnderPty(command: string): Promise<{ code: number; output: string }> {
-  return new Promise((resolve) => {
-    // script(1) gives ctr a pseudo-terminal of the size stty sets, which ctr passes on with ResizePty.
-    execFile('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }, (err, stdout) => {
-      const code = err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0;
-      resolve({ code, output: String(stdout).replace(/\r/g, '') });
-    });
-  });
 }
 
 async function terminalExec(handler: Handler): Promise<unknown> {

@@ -2,7 +2,7 @@
 // the shims make (run after every test, before the test bed goes down, so a shim
 // that fails to exit is caught rather than killed by `local down`), and a
 // containerd restart that keeps the pods running.
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CriClient } from '../../src/cri/client';
@@ -91,4 +91,15 @@ export function containerdLogSize(): number {
   } catch {
     return 0;
   }
+}
+
+/** Runs a shell command under a pseudo-terminal (script(1)); its output with CRs removed. */
+export function runUnderPty(command: string): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    // script(1) gives ctr a pseudo-terminal of the size stty sets, which ctr passes on with ResizePty.
+    execFile('script', ['-qec', command, '/dev/null'], { timeout: 30_000 }, (err, stdout) => {
+      const code = err ? Number((err as NodeJS.ErrnoException).code ?? 1) : 0;
+      resolve({ code, output: String(stdout).replace(/\r/g, '') });
+    });
+  });
 }
