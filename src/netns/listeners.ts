@@ -147,7 +147,7 @@ export class ListenerWatcher {
       // files are the namespace's and not nsenter's own before setns.
       const got = fs.readlinkSync(`/proc/${pid}/ns/net`);
       if (got !== want) throw new Error(`${what}: helper process ${pid} is in ${got}, not ${want}`);
-      const w = new ListenerWatcher(netnsPath, fds);
+      const w = new ListenerWatcher(netnsPath, [...fds]);
       fds.length = 0; // handed over to the watcher
       return w;
     } catch (err) {
