@@ -304,7 +304,8 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Pr
     const self = side === 'host' ? HOST_LINK_IP : DPU_LINK_IP;
     const ipBatch = [`addr add ${self}/${LINK_PREFIX} dev ${LINK_TAP}`];
     // The DPU half has no other way out: everything not on the link goes to the host half.
-    if (side === 'dpu') ipBatch.push(`route add default via ${HOST_LINK_IP} dev ${LINK_TAP}`);
+    // Its loopback carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
+    if (side === 'dpu') ipBatch.push(`route add default via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
     await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
 
     // route_localnet on xpu0: 127.0.0.1 may be routed out of it (before SNAT)

@@ -112,10 +112,17 @@ export function halfRules(r: RuleInput, opts: { jumps: boolean }): string {
 
   if (r.side === 'host') {
     // Forwarding between eth0 and the DPU half, ahead of anything that drops.
+    // Towards the DPU half only what the pod's single namespace would accept:
+    // replies to its egress and connections to its ports at the pod IP (DNAT).
+    // Nothing from the network may reach its link address directly, nor claim
+    // a link address as source (the DPU half maps those to loopback).
+    const link = `${HOST_LINK_IP.replace(/\.\d+$/, '.0')}/${LINK_PREFIX}`;
     lines.push('*filter', ...FILTER_CHAINS.map((b) => `:${c(b)} - [0:0]`));
     if (opts.jumps) for (const b of FILTER_CHAINS) lines.push(`-I ${b} 1 ${jump} -j ${c(b)}`);
+    lines.push(`-A ${c('FORWARD')} -s ${link} ! -i ${tap} ${comment('link addresses only from the link')} -j DROP`);
     lines.push(`-A ${c('FORWARD')} -i ${tap} ${comment('from the DPU half')} -j ACCEPT`);
-    lines.push(`-A ${c('FORWARD')} -o ${tap} ${comment('to the DPU half')} -j ACCEPT`);
+    lines.push(`-A ${c('FORWARD')} -o ${tap} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT ${comment('to the DPU half: replies, pod IP ports')} -j ACCEPT`);
+    lines.push(`-A ${c('FORWARD')} -o ${tap} ${comment('to the DPU half: nothing else')} -j DROP`);
     lines.push('COMMIT');
   }
   return lines.join('\n') + '\n';

@@ -186,6 +186,7 @@ function sysctl(ns: string, name: string): string {
 }
 
 let hostHalf: NetnsHalf | null = null;
+const hostLog: string[] = [];
 let dpu: PeerProcess | null = null;
 
 test.before(async () => {
@@ -209,6 +210,7 @@ test('open both halves: xpu0 in each, link addresses, the DPU half routes via th
     podIp: POD_IP,
     declaredDpuPorts: [15006],
     onListeningPorts: (ports) => dpu?.send(ports),
+    log: (level, msg) => hostLog.push(`${level}: ${msg}`),
   });
   const host = hostHalf;
   dpu = await startHalfProcess('dpu', DPU, (ports) => void host.setPeerListeningPorts(ports), ['--pod-ip', POD_IP]);
@@ -259,6 +261,14 @@ test('pod IP: DPU ports from the node keep the client address; loopback-only lis
     assert.is((await dial(POD, POD_IP, 15006)).half, 'dpu', 'host half → its own podIP:15006');
     assert.is((await dial(DPU, POD_IP, 15006)).half, 'dpu', 'DPU half → podIP:15006 (its own port)');
     assert.is((await dial(DPU, POD_IP, 8081)).half, 'host', 'DPU half → podIP:8081');
+    // A neighbour that routes the link addresses through the pod gets nowhere.
+    sh('ip', ['-n', NODE, 'route', 'add', '169.254.77.0/30', 'via', POD_IP]);
+    try {
+      const direct = await dial(NODE, '169.254.77.2', 15006, 800);
+      assert.is(direct.error, 'timeout', `the DPU half's link address is not reachable from the network: ${JSON.stringify(direct)}`);
+    } finally {
+      sh('ip', ['-n', NODE, 'route', 'del', '169.254.77.0/30']);
+    }
   } finally {
     for (const s of [proxy, admin, web]) await stop(s);
   }
@@ -301,6 +311,7 @@ test('a port listened on in both halves: each localhost keeps its own, the pod I
   try {
     await sleep(600);
     assert.equal(hostHalf!.status().conflicts, [7000]);
+    assert.ok(hostLog.some((l) => /^warn: .*ports 7000 are listened on in both halves/.test(l)), hostLog.join('\n'));
     assert.is((await dial(POD, '127.0.0.1', 7000)).half, 'host');
     assert.is((await dial(DPU, '127.0.0.1', 7000)).half, 'dpu');
     assert.is((await dial(NODE, POD_IP, 7000)).half, 'host');
