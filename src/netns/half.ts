@@ -123,7 +123,9 @@ export class NetnsHalf {
   /** The other half's listening TCP ports, as its owner reported them. Resolves once the rules say so. */
   setPeerListeningPorts(ports: readonly number[]): Promise<void> {
     for (const p of ports) {
-      if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`pod ${this.podId}: peer listening port ${p} is not a port number`);
+      if (!Number.isInteger(p) || p < 1 || p > 65535) {
+        return Promise.reject(new Error(`${this.side} half of pod ${this.podId}: peer listening port ${p} is not a port number`));
+      }
     }
     this.peerListening = sortedPorts(ports);
     return this.sync();

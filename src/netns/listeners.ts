@@ -118,7 +118,10 @@ export class ListenerWatcher {
     }
     // The child says "ready" once nsenter has entered the namespace and exec'd
     // the shell, and then waits for its stdin to close.
-    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', 'sh', '-c', 'echo ready; read _'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // $0 names it in ps (and in the leak check) while it lives.
+    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', 'sh', '-c', 'echo ready; read _', `heteropod-netns-watch ${netnsPath}`], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     const exited = new Promise<void>((r) => child.once('close', () => r()));
     const fds: number[] = [];
     try {
