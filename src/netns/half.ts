@@ -330,6 +330,9 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Pr
     undo.push(() => watcher.close());
     const half = new NetnsHalf(side, o.podId, o.netnsPath, o.podIp, window, port, watcher, restore, o);
     watcher.refresh(); // one look now, so that the first rules know the listeners already there
+    // Chains a previous half of this pod left (its owner crashed and no hook
+    // ran) go first, so that jumps are never doubled.
+    await removeRules(o.netnsPath, o.podId);
     undo.push(() => removeRules(o.netnsPath, o.podId));
     await half.installRules();
     half.startWatching();

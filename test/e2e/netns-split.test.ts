@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { NetnsHalf, openHostHalf, podWindowPath } from '../../src/netns/half';
+import { NetnsHalf, openDpuHalf, openHostHalf, podWindowPath } from '../../src/netns/half';
 import { chainTag } from '../../src/netns/rules';
 import { HostSnapshot, persistentLeaksSince, snapshotHost } from '../../src/testbed/leaks';
 import { addNetns, canMakeNetns, delNetns, listNetns, processesMatching } from '../lib/netns';
@@ -375,6 +375,29 @@ test('poststop hook after a killed host half: removes chains, device and window;
   assert.is(code, 0, stderr);
   assert.equal(chainsIn(DPU), []);
   assert.not.ok(hasDevice(DPU, 'xpu0'));
+});
+
+test('a failed open says why and leaves nothing behind', async () => {
+  if (why) return skip('netns failed open', why);
+  const window = podWindowPath(POD_ID);
+  // (The killed host half above could not put eth0's forwarding back: the hook does not know the old value.)
+  const forwarding = sysctl(POD, 'net.ipv4.conf.eth0.forwarding');
+  await openHostHalf({ podId: POD_ID, netnsPath: nsPath(POD), podIp: '10.233.250.99' }).then(
+    () => assert.unreachable('opened with a pod IP the namespace does not have'),
+    (err: Error) => assert.match(err.message, `open the host half of pod ${POD_ID} in ${nsPath(POD)}: no device in ${nsPath(POD)} has the pod IP 10.233.250.99`),
+  );
+  assert.not.ok(hasDevice(POD, 'xpu0'), 'its xpu0 is gone');
+  assert.not.ok(fs.existsSync(window), 'its window is gone');
+  assert.equal(chainsIn(POD), []);
+  await openDpuHalf({ podId: POD_ID, netnsPath: nsPath(DPU) }).then(
+    () => assert.unreachable('opened a DPU half without a host half'),
+    (err: Error) => assert.match(err.message, 'does not exist (the host half is opened first)'),
+  );
+  await openHostHalf({ podId: POD_ID, netnsPath: path.join(tmp, 'not-a-netns'), podIp: POD_IP }).then(
+    () => assert.unreachable('opened in a path that is not a namespace'),
+    (err: Error) => assert.match(err.message, 'is not a network namespace'),
+  );
+  assert.is(sysctl(POD, 'net.ipv4.conf.eth0.forwarding'), forwarding, 'sysctls untouched');
 });
 
 test.after(async () => {
