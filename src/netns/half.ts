@@ -1,0 +1,355 @@
+// The two halves of a pod's split network namespace. The shim opens the host
+// half in the pod's CNI namespace (it creates the pod's XPU window); the DPU
+// agent opens the DPU half in the namespace it made for the pod (it attaches to
+// that window). Each half owns its end of the XPU link (TAP `xpu0` with its
+// pump threads, in this process), its link address, its sysctls and its
+// netfilter chains; close() removes all of them, and the host half also the
+// window.
+//
+// Port ownership (ports.ts) needs what each half sees: a half watches its own
+// listening sockets and reports them through onListeningPorts; whoever joins
+// the halves (the shim and the agent, over the agent API) hands them to the
+// other half's setPeerListeningPorts. Rule updates are serialised and coalesced.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, removeWindow, windowPath } from '../xpu/window';
+import { inNetns, isNetns, readSysctls, writeSysctls } from './exec';
+import { ListenerWatcher } from './listeners';
+import { PortView, conflictingPorts, dpuOwnedPorts, hostOwnedPorts, sortedPorts } from './ports';
+import { DPU_LINK_IP, HOST_LINK_IP, HalfSide, LINK_PREFIX, LINK_TAP, applyRules, chainName, halfRules, removeRules } from './rules';
+
+export type LogLevel = 'info' | 'warn' | 'error';
+
+export interface HalfOptions {
+  /** The pod sandbox id (CRI's, as containerd passes it to the shim). */
+  podId: string;
+  /** This half's network namespace, e.g. /var/run/netns/cni-… on the host. */
+  netnsPath: string;
+  /** Ports from heteropod.io/ports (declaredPortList): the DPU half's from the start. */
+  declaredDpuPorts?: readonly number[];
+  /** This half's listening TCP ports changed (and once at open): give them to the other half. */
+  onListeningPorts?: (ports: number[]) => void;
+  /** Conflicts and failures of background rule updates; default: stderr. */
+  log?: (level: LogLevel, msg: string) => void;
+  /** XPU notification mode of this end (default elastic). */
+  mode?: XpuMode;
+  /** How often listening sockets are read (default 200 ms). */
+  pollMs?: number;
+}
+
+export interface HostHalfOptions extends HalfOptions {
+  /** The pod IP CNI gave the pod (IPv4). */
+  podIp: string;
+}
+
+export interface DpuHalfOptions extends HalfOptions {
+  /** The pod IP, if known: lets the DPU half's own traffic to podIP:PORT stay local for its ports. */
+  podIp?: string;
+}
+
+const POD_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+/** The pod's XPU window, /dev/shm/heteropod/pod-<pod id>.xpu: the same name on both sides. */
+export function podWindowPath(podId: string): string {
+  if (!POD_ID.test(podId)) throw new Error(`invalid pod id "${podId}"`);
+  return windowPath(`pod-${podId}`);
+}
+
+export interface HalfStatus {
+  side: HalfSide;
+  podId: string;
+  netnsPath: string;
+  window: string;
+  linkUp: boolean;
+  declaredDpuPorts: number[];
+  listening: number[];
+  peerListening: number[];
+  /** Ports this half's traffic (to localhost, and on the host half to the pod IP) sends across. */
+  crossing: number[];
+  conflicts: number[];
+  chains: string[];
+}
+
+type Undo = () => unknown;
+
+async function undoAll(undo: Undo[]): Promise<void> {
+  for (const step of undo.reverse()) {
+    try {
+      await step();
+    } catch {
+      // keep undoing; the error that made us undo is the one reported
+    }
+  }
+}
+
+export class NetnsHalf {
+  private peerListening: number[] = [];
+  private appliedRules: string | null = null;
+  private lastConflicts = '';
+  private queue: Promise<void> = Promise.resolve();
+  private closing: Promise<void> | null = null;
+
+  /** @internal use openHostHalf / openDpuHalf */
+  constructor(
+    readonly side: HalfSide,
+    readonly podId: string,
+    readonly netnsPath: string,
+    readonly podIp: string | undefined,
+    private readonly window: XpuWindow,
+    private readonly port: XpuPort,
+    private readonly watcher: ListenerWatcher,
+    private readonly restoreSysctls: Map<string, string>,
+    private readonly opts: HalfOptions,
+  ) {}
+
+  get windowPath(): string {
+    return this.window.path;
+  }
+
+  /** Both ends of the link attached and alive. */
+  linkUp(): boolean {
+    return this.port.linkUp();
+  }
+
+  waitUp(timeoutMs: number): Promise<boolean> {
+    return this.port.waitUp(timeoutMs);
+  }
+
+  /** This half's listening TCP ports, as last seen. */
+  listeningPorts(): number[] {
+    return this.watcher.lastPorts;
+  }
+
+  /** The other half's listening TCP ports, as its owner reported them. Resolves once the rules say so. */
+  setPeerListeningPorts(ports: readonly number[]): Promise<void> {
+    for (const p of ports) {
+      if (!Number.isInteger(p) || p < 1 || p > 65535) {
+        return Promise.reject(new Error(`${this.side} half of pod ${this.podId}: peer listening port ${p} is not a port number`));
+      }
+    }
+    this.peerListening = sortedPorts(ports);
+    return this.sync();
+  }
+
+  private view(): PortView {
+    const own = this.watcher.lastPorts;
+    return {
+      declaredDpu: this.opts.declaredDpuPorts ?? [],
+      hostListening: this.side === 'host' ? own : this.peerListening,
+      dpuListening: this.side === 'dpu' ? own : this.peerListening,
+    };
+  }
+
+  status(): HalfStatus {
+    const v = this.view();
+    return {
+      side: this.side,
+      podId: this.podId,
+      netnsPath: this.netnsPath,
+      window: this.window.path,
+      linkUp: this.closing === null && this.port.linkUp(),
+      declaredDpuPorts: sortedPorts(v.declaredDpu),
+      listening: this.watcher.lastPorts,
+      peerListening: this.peerListening,
+      crossing: this.side === 'host' ? dpuOwnedPorts(v) : hostOwnedPorts(v),
+      conflicts: conflictingPorts(v),
+      chains: (this.side === 'host' ? ['PREROUTING', 'OUTPUT', 'POSTROUTING', 'FORWARD'] : ['PREROUTING', 'OUTPUT', 'POSTROUTING']).map((b) =>
+        chainName(this.podId, b),
+      ),
+    };
+  }
+
+  private rulesText(jumps: boolean): string {
+    const v = this.view();
+    return halfRules(
+      {
+        side: this.side,
+        podId: this.podId,
+        podIp: this.podIp,
+        tap: LINK_TAP,
+        peerPorts: this.side === 'host' ? dpuOwnedPorts(v) : hostOwnedPorts(v),
+        ownPodIpPorts: this.side === 'dpu' ? dpuOwnedPorts(v) : undefined,
+      },
+      { jumps },
+    );
+  }
+
+  /** @internal first install, with the jumps from the built-in chains. */
+  async installRules(): Promise<void> {
+    const text = this.rulesText(true);
+    await applyRules(this.netnsPath, text);
+    this.appliedRules = this.rulesText(false);
+  }
+
+  /** Bring the rules up to date with what is known now (serialised, skipped when unchanged). */
+  private sync(): Promise<void> {
+    const run = this.queue.then(async () => {
+      if (this.closing || this.appliedRules === null) return;
+      const v = this.view();
+      const conflicts = conflictingPorts(v).join(',');
+      if (conflicts !== this.lastConflicts) {
+        this.lastConflicts = conflicts;
+        if (conflicts) {
+          this.log('warn', `ports ${conflicts} are listened on in both halves: each half's localhost keeps its own listener, the pod IP reaches the host half`);
+        }
+      }
+      const text = this.rulesText(false);
+      if (text === this.appliedRules) return;
+      await applyRules(this.netnsPath, text);
+      this.appliedRules = text;
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private log(level: LogLevel, msg: string): void {
+    const line = `${this.side} half of pod ${this.podId}: ${msg}`;
+    if (this.opts.log) this.opts.log(level, line);
+    else process.stderr.write(`heteropod netns ${level}: ${line}\n`);
+  }
+
+  /** @internal start watching this half's listeners. */
+  startWatching(): void {
+    this.watcher.start({
+      intervalMs: this.opts.pollMs,
+      onChange: (ports) => {
+        this.sync().catch((err: Error) => this.log('error', `update rules: ${err.message}`));
+        this.opts.onListeningPorts?.(ports);
+      },
+    });
+    this.opts.onListeningPorts?.(this.watcher.lastPorts);
+  }
+
+  /**
+   * Remove this half: its rules, its sysctls (back to what they were), its TAP
+   * device and pumps, and on the host half the window. Every step is tried;
+   * the error lists each step that failed. Idempotent.
+   */
+  close(): Promise<void> {
+    if (!this.closing) this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    const failed: string[] = [];
+    const step = async (what: string, fn: () => unknown) => {
+      try {
+        await fn();
+      } catch (err) {
+        failed.push(`${what}: ${(err as Error).message}`);
+      }
+    };
+    this.watcher.close();
+    await this.queue; // an update in flight finishes before its chains go
+    // A namespace already deleted took its rules and sysctls with it.
+    if (isNetns(this.netnsPath)) {
+      await step('remove netfilter rules', () => removeRules(this.netnsPath, this.podId));
+      await step('restore sysctls', () => writeSysctls(this.netnsPath, this.restoreSysctls));
+    }
+    await step(`close XPU port ${LINK_TAP}`, () => this.port.close());
+    await step('close XPU window', () => this.window.close());
+    if (this.side === 'host') await step(`remove XPU window ${this.window.path}`, () => removeWindow(this.window.path));
+    if (failed.length) throw new Error(`close the ${this.side} half of pod ${this.podId}: ${failed.join('; ')}`);
+  }
+}
+
+/** The device in the namespace that carries address ip (eth0, as CNI names it). */
+async function deviceWithAddress(netnsPath: string, ip: string): Promise<string> {
+  const addrs = JSON.parse(await inNetns(netnsPath, ['ip', '-j', '-4', 'addr', 'show'])) as Array<{ ifname: string; addr_info?: Array<{ local?: string }> }>;
+  const dev = addrs.find((d) => d.addr_info?.some((a) => a.local === ip));
+  if (!dev) throw new Error(`no device in ${netnsPath} has the pod IP ${ip} (has CNI set the pod's network up?)`);
+  return dev.ifname;
+}
+
+/**
+ * A window left by a host half whose shim died without its hook running: no
+ * live end means nobody uses it. A live end means this pod already has a host
+ * half (or the DPU half of a previous one is still attached).
+ */
+function removeStaleWindow(file: string): void {
+  if (!fs.existsSync(file)) return;
+  let live: string[];
+  try {
+    const s = readStats(file);
+    live = [s.host.alive ? `host end (pid ${s.host.pid})` : '', s.dpu.alive ? `DPU end (pid ${s.dpu.pid})` : ''].filter(Boolean);
+  } catch {
+    live = []; // not a readable window: ours to replace
+  }
+  if (live.length) throw new Error(`XPU window ${file} is in use by its ${live.join(' and ')}`);
+  removeWindow(file);
+}
+
+async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Promise<NetnsHalf> {
+  const what = `open the ${side} half of pod ${o.podId} in ${o.netnsPath}`;
+  const file = podWindowPath(o.podId);
+  if (!isNetns(o.netnsPath)) throw new Error(`${what}: ${o.netnsPath} is not a network namespace`);
+  if (o.podIp !== undefined && !net.isIPv4(o.podIp)) throw new Error(`${what}: pod IP "${o.podIp}" is not an IPv4 address`);
+  for (const p of o.declaredDpuPorts ?? []) {
+    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`${what}: declared port ${p} is not a port number`);
+  }
+  const undo: Undo[] = [];
+  try {
+    let window: XpuWindow;
+    if (side === 'host') {
+      fs.mkdirSync(WINDOW_DIR, { recursive: true, mode: 0o700 });
+      removeStaleWindow(file);
+      window = XpuWindow.create(file);
+      undo.push(() => removeWindow(file));
+    } else {
+      if (!fs.existsSync(file)) throw new Error(`XPU window ${file} does not exist (the host half is opened first)`);
+      window = XpuWindow.attach(file);
+    }
+    undo.push(() => window.close());
+    const port = window.openPort(side, o.netnsPath, LINK_TAP, o.mode ?? 'elastic');
+    undo.push(() => port.close()); // the device goes, and its addresses and routes with it
+
+    const self = side === 'host' ? HOST_LINK_IP : DPU_LINK_IP;
+    const ipBatch = [`addr add ${self}/${LINK_PREFIX} dev ${LINK_TAP}`];
+    // The DPU half has no other way out: everything not on the link goes to the host half.
+    // Its loopback carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
+    if (side === 'dpu') ipBatch.push(`route add default via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
+    await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
+
+    // route_localnet on xpu0: 127.0.0.1 may be routed out of it (before SNAT)
+    // and DNATed to on arrival. Forwarding (host half): from eth0 to the DPU
+    // half for its ports, and from xpu0 out for its egress. Settings of xpu0 go
+    // with the device; eth0's are put back at close.
+    const conf = (dev: string, key: string) => `net/ipv4/conf/${dev}/${key}`;
+    const want = new Map([[conf(LINK_TAP, 'route_localnet'), '1']]);
+    let restore = new Map<string, string>();
+    if (side === 'host') {
+      const eth = await deviceWithAddress(o.netnsPath, o.podIp!);
+      want.set(conf(LINK_TAP, 'forwarding'), '1');
+      want.set(conf(eth, 'forwarding'), '1');
+      restore = await readSysctls(o.netnsPath, [conf(eth, 'forwarding')]);
+    }
+    await writeSysctls(o.netnsPath, want);
+    undo.push(() => writeSysctls(o.netnsPath, restore));
+
+    const watcher = await ListenerWatcher.open(o.netnsPath);
+    undo.push(() => watcher.close());
+    const half = new NetnsHalf(side, o.podId, o.netnsPath, o.podIp, window, port, watcher, restore, o);
+    watcher.refresh(); // one look now, so that the first rules know the listeners already there
+    // Chains a previous half of this pod left (its owner crashed and no hook
+    // ran) go first, so that jumps are never doubled.
+    await removeRules(o.netnsPath, o.podId);
+    undo.push(() => removeRules(o.netnsPath, o.podId));
+    await half.installRules();
+    half.startWatching();
+    return half;
+  } catch (err) {
+    await undoAll(undo);
+    throw new Error(`${what}: ${(err as Error).message}`);
+  }
+}
+
+/** The host half, in the shim: creates the pod's window and opens xpu0 (169.254.77.1/30) in the pod's netns. */
+export function openHostHalf(o: HostHalfOptions): Promise<NetnsHalf> {
+  if (!o.podIp) return Promise.reject(new Error(`open the host half of pod ${o.podId}: the pod IP is required`));
+  return openHalf('host', o);
+}
+
+/** The DPU half, in the agent: attaches to the pod's window and opens xpu0 (169.254.77.2/30, default route via .1). */
+export function openDpuHalf(o: DpuHalfOptions): Promise<NetnsHalf> {
+  return openHalf('dpu', o);
+}

@@ -1,0 +1,9 @@
+// The split network namespace: what the shim (host half) and the DPU agent
+// (DPU half) call. See README "The split network namespace".
+export { openHostHalf, openDpuHalf, podWindowPath, NetnsHalf } from './half';
+export type { HalfOptions, HostHalfOptions, DpuHalfOptions, HalfStatus, LogLevel } from './half';
+export { cleanupPod } from './cleanup';
+export type { CleanupTarget } from './cleanup';
+export { AnnotationError, PORTS_ANNOTATION, parsePortsAnnotation, declaredPortList } from './ports';
+export type { DeclaredPorts } from './ports';
+export { chainName, chainTag, HOST_LINK_IP, DPU_LINK_IP, LINK_TAP } from './rules';

@@ -1,0 +1,124 @@
+// Port ownership in a split network namespace: which half a TCP port belongs to.
+// Pure functions only; the rules (rules.ts) and the halves (half.ts) are built
+// on what these decide.
+//
+// Ownership, in order of precedence:
+//  1. A port declared in `heteropod.io/ports` belongs to the DPU half, from
+//     before its container starts, whether or not a host process also listens
+//     on it (the declaration is the user's word; a host listener on that port
+//     is reachable only from the host half's own sockets that bind it directly).
+//  2. Otherwise a port belongs to the half in which a listening socket was seen.
+//  3. Seen listening in both halves (a conflict, which one namespace could not
+//     have): each half's localhost reaches its own listener, and the pod IP
+//     reaches the host half, which is the pod's face to the network. Conflicts
+//     are reported so that the shim can log them.
+// A port nobody listens on stays in the half that dialled it and is refused
+// there, as it would be in one namespace.
+
+export const PORTS_ANNOTATION = 'heteropod.io/ports';
+
+/** A malformed pod annotation; the message names the annotation and the bad value. */
+export class AnnotationError extends Error {
+  constructor(readonly annotation: string, readonly value: string, reason: string) {
+    super(`invalid annotation ${annotation}: "${value}": ${reason}`);
+    this.name = 'AnnotationError';
+  }
+}
+
+/** Container name → ports it listens on, in the order given. */
+export type DeclaredPorts = Map<string, number[]>;
+
+// A Kubernetes container name is a DNS-1123 label.
+const CONTAINER_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/**
+ * Parses `heteropod.io/ports`: `container=port,port;container=port`, for
+ * example `istio-proxy=15001,15006;log-agent=24224`. Spaces around names and
+ * numbers are allowed; an empty or absent value declares nothing. When
+ * `offloaded` (the containers `heteropod.io/offload` names) is given, every
+ * container named here must be one of them: a port declared for a container
+ * on the host would be routed to the wrong half.
+ */
+export function parsePortsAnnotation(value: string | undefined, offloaded?: readonly string[]): DeclaredPorts {
+  const out: DeclaredPorts = new Map();
+  if (value === undefined || value.trim() === '') return out;
+  const bad = (reason: string): never => {
+    throw new AnnotationError(PORTS_ANNOTATION, value, reason);
+  };
+  const owner = new Map<number, string>();
+  const entries = value.split(';');
+  for (const [i, rawEntry] of entries.entries()) {
+    const entry = rawEntry.trim();
+    if (entry === '') {
+      if (i === entries.length - 1) continue; // a trailing ";" is harmless
+      bad('empty entry between ";" separators (expected container=port,port;container=port)');
+    }
+    const eq = entry.indexOf('=');
+    if (eq < 0) bad(`entry "${entry}" has no "=" (expected container=port,port)`);
+    const name = entry.slice(0, eq).trim();
+    if (!CONTAINER_NAME.test(name) || name.length > 63) bad(`"${name}" is not a container name (a DNS-1123 label)`);
+    if (out.has(name)) bad(`container "${name}" is listed twice`);
+    if (offloaded && !offloaded.includes(name)) {
+      bad(`container "${name}" is not offloaded (heteropod.io/offload names: ${offloaded.join(', ') || 'none'})`);
+    }
+    const portsText = entry.slice(eq + 1);
+    if (portsText.trim() === '') bad(`container "${name}" has no ports`);
+    const ports: number[] = [];
+    for (const rawPort of portsText.split(',')) {
+      const p = rawPort.trim();
+      if (!/^[0-9]{1,5}$/.test(p) || Number(p) < 1 || Number(p) > 65535) {
+        bad(`"${p}" (container "${name}") is not a port number in 1-65535`);
+      }
+      const port = Number(p);
+      const prev = owner.get(port);
+      if (prev !== undefined) {
+        bad(prev === name ? `port ${port} is listed twice for container "${name}"` : `port ${port} is claimed by both "${prev}" and "${name}"`);
+      }
+      owner.set(port, name);
+      ports.push(port);
+    }
+    out.set(name, ports);
+  }
+  return out;
+}
+
+/** Every declared port, sorted: the DPU half's ports from before start. */
+export function declaredPortList(declared: DeclaredPorts): number[] {
+  return sortedPorts([...declared.values()].flat());
+}
+
+export function sortedPorts(ports: Iterable<number>): number[] {
+  return [...new Set(ports)].sort((a, b) => a - b);
+}
+
+/** What one half knows: the declaration, and the listeners seen in each half. */
+export interface PortView {
+  declaredDpu: readonly number[];
+  hostListening: readonly number[];
+  dpuListening: readonly number[];
+}
+
+/**
+ * Ports the DPU half serves, seen from the host half: traffic for them to
+ * 127.0.0.1 or to the pod IP crosses to the DPU half.
+ */
+export function dpuOwnedPorts(v: PortView): number[] {
+  const host = new Set(v.hostListening);
+  return sortedPorts([...v.declaredDpu, ...v.dpuListening.filter((p) => !host.has(p))]);
+}
+
+/**
+ * Ports the host half serves, seen from the DPU half: the DPU half's traffic for
+ * them to 127.0.0.1 crosses to the host half. (Its traffic to the pod IP goes to
+ * the host half anyway, by its default route.)
+ */
+export function hostOwnedPorts(v: PortView): number[] {
+  const dpu = new Set([...v.dpuListening, ...v.declaredDpu]);
+  return sortedPorts(v.hostListening.filter((p) => !dpu.has(p)));
+}
+
+/** Ports seen listening in both halves (rule 3 above). */
+export function conflictingPorts(v: PortView): number[] {
+  const dpu = new Set(v.dpuListening);
+  return sortedPorts(v.hostListening.filter((p) => dpu.has(p)));
+}
