@@ -639,8 +639,6 @@ static int parse_flags(int argc, char **argv, struct flags *f)
 			f->socket = v;
 		} else if ((v = flag_value(argc, argv, &i, "runc-address"))) {
 			f->runc_address = v;
-		} else if ((v = flag_value(argc, argv, &i, "runc-pid"))) {
-			f->runc_pid = v;
 		} else if ((v = flag_value(argc, argv, &i, "work-dir"))) {
 			f->work_dir = v;
 		} else if ((v = flag_value(argc, argv, &i, "config"))) {

@@ -25,8 +25,8 @@ void shim_config_free(struct shim_config *c);
 /* Go-style flags, as containerd passes them, plus the proxy's own. */
 struct flags {
 	const char *namespace, *address, *publish_binary, *id, *action;
-	/* proxy: our socket, runc's shim (address and pid), its working directory, the config */
-	const char *socket, *runc_address, *runc_pid, *work_dir, *config;
+	/* proxy: our socket, runc's shim address, its working directory, the config */
+	const char *socket, *runc_address, *work_dir, *config;
 	int debug;
 };
 

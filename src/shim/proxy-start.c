@@ -5,7 +5,7 @@
  * pod, then the proxy on our socket, and prints our address.
  *
  * runc's shim, and what is done about its pitfalls (as in runc-runtime.ts):
- * - its `start` writes `address` and `shim.pid` into its working directory, and
+ * - its `start` writes `address` into its working directory, and
  *   its daemon removes the socket named there at exit: it runs in a private
  *   directory, <state_dir>/pods/<namespace>/<pod>/runc, holding links to the
  *   bundle's config.json (which it reads for the pod's grouping) and log fifo.
@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -155,33 +155,61 @@ static int run_runc_start(const struct start_request *req, const char *work_dir,
 	return 0;
 }
 
-/* The pid runc's `start` wrote into its working directory, or a negative errno. */
-static pid_t runc_shim_pid(const char *work_dir)
+static size_t put_field(unsigned char *out, unsigned field, const void *p, size_t len)
 {
-	char path[PATH_MAX + 16], *text, *end;
-	long pid;
+	/* every length here is below 128: one-byte varints */
+	out[0] = (unsigned char)(field << 3 | 2);
+	out[1] = (unsigned char)len;
+	memcpy(out + 2, p, len);
+	return 2 + len;
+}
 
-	snprintf(path, sizeof(path), "%s/shim.pid", work_dir);
-	text = read_file(path);
-	if (!text)
-		return -errno;
-	pid = strtol(text, &end, 10);
-	free(text);
-	return pid > 0 && pid <= INT_MAX ? (pid_t)pid : -EBADMSG;
+/*
+ * Asks runc's shim, which has no task yet, to exit: containerd.task.v2.Task/Shutdown
+ * over ttrpc, and a wait (at most 2 s) for it to close the connection. Only for
+ * rolling back a `start` that failed after runc's shim was up.
+ */
+static void runc_shutdown(const char *address, const char *namespace, const char *id)
+{
+	static const char service[] = "containerd.task.v2.Task", method[] = "Shutdown", ns_key[] = "containerd-namespace-ttrpc";
+	unsigned char frame[512], payload[128], kv[160], *data = frame + HP_TTRPC_HEADER;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	struct timeval timeout = { 2, 0 };
+	size_t plen, kvlen, n = 0;
+	int fd;
+
+	if (strlen(id) > 100 || strlen(namespace) > 100 || strlen(address + 7) >= sizeof(addr.sun_path))
+		return;
+	strcpy(addr.sun_path, address + 7);
+	plen = put_field(payload, 1, id, strlen(id));
+	kvlen = put_field(kv, 1, ns_key, sizeof(ns_key) - 1);
+	kvlen += put_field(kv + kvlen, 2, namespace, strlen(namespace));
+	n += put_field(data + n, 1, service, sizeof(service) - 1);
+	n += put_field(data + n, 2, method, sizeof(method) - 1);
+	n += put_field(data + n, 3, payload, plen);
+	n += put_field(data + n, 5, kv, kvlen);
+	memcpy(frame, (unsigned char[]){ 0, 0, (unsigned char)(n >> 8), (unsigned char)n, 0, 0, 0, 1, HP_TTRPC_REQUEST, 0 }, HP_TTRPC_HEADER);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)) == 0 &&
+	    send(fd, frame, HP_TTRPC_HEADER + n, MSG_NOSIGNAL) == (ssize_t)(HP_TTRPC_HEADER + n)) {
+		while (read(fd, frame, sizeof(frame)) > 0)
+			; /* the reply, then EOF as it exits */
+	}
+	close(fd);
 }
 
 /* The proxy process: its own session, no stdio of containerd's (which waits for
  * EOF on start's output), our listening socket as fd 3. */
-static int spawn_proxy(const struct start_request *req, const char *work_dir, const char *runc_address, pid_t runc_pid,
-		       int listener)
+static int spawn_proxy(const struct start_request *req, const char *work_dir, const char *runc_address, int listener)
 {
 	const struct flags *f = req->flags;
-	char exe[PATH_MAX], pid_text[16];
+	char exe[PATH_MAX];
 	pid_t pid;
 
 	if (self_exe(exe, sizeof(exe)) < 0)
 		return -ENOENT;
-	snprintf(pid_text, sizeof(pid_text), "%d", (int)runc_pid);
 	pid = fork();
 	if (pid < 0)
 		return -errno;
@@ -203,7 +231,6 @@ static int spawn_proxy(const struct start_request *req, const char *work_dir, co
 		args[a++] = "-address"; args[a++] = f->address;
 		args[a++] = "-socket"; args[a++] = req->socket;
 		args[a++] = "-runc-address"; args[a++] = runc_address;
-		args[a++] = "-runc-pid"; args[a++] = pid_text;
 		args[a++] = "-work-dir"; args[a++] = work_dir;
 		if (req->config_path[0]) {
 			args[a++] = "-config"; args[a++] = req->config_path;
@@ -222,8 +249,7 @@ int proxy_start(const struct start_request *req, char *why, size_t why_len)
 {
 	char pod_dir[PATH_MAX - 64], work_dir[PATH_MAX - 32], link[PATH_MAX], target[PATH_MAX], runc_address[PATH_MAX];
 	static const char *const linked[] = { "config.json", "log" };
-	pid_t runc_pid = -1;
-	int listener, err;
+	int listener, err, runc_started = 0;
 	size_t i;
 
 	if (snprintf(pod_dir, sizeof(pod_dir), "%s/pods/%s/%s", req->config->state_dir, req->flags->namespace, req->group) >=
@@ -253,13 +279,8 @@ int proxy_start(const struct start_request *req, char *why, size_t why_len)
 	}
 	if ((err = run_runc_start(req, work_dir, listener, runc_address, sizeof(runc_address), why, why_len)) < 0)
 		goto fail;
-	runc_pid = runc_shim_pid(work_dir);
-	if (runc_pid < 0) {
-		err = runc_pid;
-		explain(why, why_len, "read runc shim's pid from %s/shim.pid", work_dir);
-		goto fail;
-	}
-	if ((err = spawn_proxy(req, work_dir, runc_address, runc_pid, listener)) < 0) {
+	runc_started = 1;
+	if ((err = spawn_proxy(req, work_dir, runc_address, listener)) < 0) {
 		explain(why, why_len, "start the proxy");
 		goto fail;
 	}
@@ -267,8 +288,8 @@ int proxy_start(const struct start_request *req, char *why, size_t why_len)
 	return 0;
 fail:
 	/* runc's shim, if started, has no task yet: nothing of the pod is lost. */
-	if (runc_pid > 0)
-		kill(runc_pid, SIGKILL);
+	if (runc_started)
+		runc_shutdown(runc_address, req->flags->namespace, req->flags->id);
 	close(listener);
 	unlink(req->socket);
 	remove_pod_state(work_dir);
@@ -331,13 +352,10 @@ int proxy_main(const struct flags *f)
 	unsigned char options[4096];
 	struct shim_config config;
 	const char *upstream;
-	char *end;
-	long pid;
-	int pidfd, olen, err;
+	int olen, err;
 
-	if (!f->namespace || !f->id || !f->socket || !f->runc_address || !f->runc_pid || !f->work_dir ||
-	    strncmp(f->runc_address, "unix://", 7) != 0) {
-		fprintf(stderr, "containerd-shim-heteropod-v2: proxy: -namespace, -id, -socket, -runc-address unix://…, -runc-pid and -work-dir are required\n");
+	if (!f->namespace || !f->id || !f->socket || !f->runc_address || !f->work_dir || strncmp(f->runc_address, "unix://", 7) != 0) {
+		fprintf(stderr, "containerd-shim-heteropod-v2: proxy: -namespace, -id, -socket, -runc-address unix://… and -work-dir are required\n");
 		return 2;
 	}
 	upstream = f->runc_address + 7;
@@ -361,18 +379,11 @@ int proxy_main(const struct flags *f)
 		olen = 0; /* runc's shim then uses its defaults */
 	}
 
-	pid = strtol(f->runc_pid, &end, 10);
-	pidfd = pid > 0 && *end == '\0' ? (int)syscall(SYS_pidfd_open, (pid_t)pid, 0) : -1;
-	if (pidfd < 0) {
-		log_line("error", "runc shim is gone before the proxy started", strerror(errno));
-		close(LISTEN_FD);
-		unlink(f->socket);
-	} else {
+	{
 		struct hp_proxy p = {
 			.listener = LISTEN_FD,
 			.socket_path = f->socket,
 			.upstream = upstream,
-			.runc_pidfd = pidfd,
 			.create_options = olen > 0 ? options : NULL,
 			.create_options_len = olen > 0 ? (size_t)olen : 0,
 			.log = log_line,

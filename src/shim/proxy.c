@@ -298,7 +298,7 @@ struct conn {
 
 struct loop {
 	const struct hp_proxy *p;
-	int ep, listener;
+	int ep, listener, watch; /* watch: the idle connection that ends with runc's shim */
 	ino_t socket_ino;
 	struct conn *conns, *dead;
 	unsigned char *scratch;
@@ -307,7 +307,7 @@ struct loop {
 	struct timespec deadline;
 };
 
-/* epoll tags of the two descriptors that are not connections */
+/* epoll tags of the two descriptors that are not containerd's connections */
 static char listener_tag, runc_tag;
 
 static void say(struct loop *l, const char *level, const char *msg, const char *detail)
@@ -695,7 +695,10 @@ static void runc_exited(struct loop *l)
 	struct stat st;
 
 	l->runc_gone = 1;
-	epoll_ctl(l->ep, EPOLL_CTL_DEL, l->p->runc_pidfd, NULL);
+	if (l->watch >= 0) {
+		close(l->watch);
+		l->watch = -1;
+	}
 	if (l->listener >= 0) {
 		close(l->listener);
 		l->listener = -1;
@@ -718,7 +721,7 @@ static int ms_left(const struct timespec *deadline)
 
 int hp_proxy_run(const struct hp_proxy *p)
 {
-	struct loop l = { .p = p, .listener = p->listener, .ep = -1 };
+	struct loop l = { .p = p, .listener = p->listener, .ep = -1, .watch = -1 };
 	struct epoll_event evs[MAX_EVENTS], ev = { .events = EPOLLIN };
 	struct stat st;
 	int err = 0;
@@ -735,10 +738,16 @@ int hp_proxy_run(const struct hp_proxy *p)
 		err = -errno;
 		goto out;
 	}
-	ev.data.ptr = &runc_tag;
-	if (epoll_ctl(l.ep, EPOLL_CTL_ADD, p->runc_pidfd, &ev) < 0) {
-		err = -errno;
-		goto out;
+	l.watch = connect_upstream(p->upstream);
+	if (l.watch < 0) {
+		say(&l, "warning", "runc shim does not answer", strerror(-l.watch));
+		runc_exited(&l);
+	} else {
+		ev.data.ptr = &runc_tag;
+		if (epoll_ctl(l.ep, EPOLL_CTL_ADD, l.watch, &ev) < 0) {
+			err = -errno;
+			goto out;
+		}
 	}
 	for (;;) {
 		int timeout = -1, n, i;
@@ -767,7 +776,12 @@ int hp_proxy_run(const struct hp_proxy *p)
 				continue;
 			}
 			if (tag == &runc_tag) {
-				runc_exited(&l);
+				char byte;
+				ssize_t got = recv(l.watch, &byte, 1, MSG_DONTWAIT);
+
+				/* runc's shim never writes here: anything but EOF is ignored */
+				if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+					runc_exited(&l);
 				continue;
 			}
 			if (e->c->closed || (e->upstream && e->c->up < 0))
@@ -789,7 +803,6 @@ out:
 		runc_exited(&l); /* the loop failed: stop serving all the same */
 	if (l.ep >= 0)
 		close(l.ep);
-	close(p->runc_pidfd);
 	free(l.scratch);
 	return err;
 }

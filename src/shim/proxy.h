@@ -8,8 +8,11 @@
  * runc's shim refuses) are replaced by containerd.runc.v1.Options or removed.
  *
  * One thread, epoll, buffers allocated per connection when it is accepted. The
- * proxy runs until runc's shim exits (a pidfd says so), then closes every
- * connection, so containerd sees the shim gone exactly when it would under runc.
+ * proxy runs until runc's shim exits, then closes every connection, so containerd
+ * sees the shim gone exactly when it would under runc. It learns of the exit from
+ * an idle connection of its own to runc's shim, which ends only with that process
+ * (containerd-shim-runc-v2 1.6 leaves no shim.pid to watch, and its ttrpc server
+ * never closes a connection by itself).
  *
  * Functions return a negative errno on failure.
  */
@@ -54,7 +57,6 @@ struct hp_proxy {
 	int listener;		/* our listening socket; the proxy closes it */
 	const char *socket_path; /* its path: unlinked when runc's shim is gone, if still ours */
 	const char *upstream;	/* runc's shim socket path */
-	int runc_pidfd;		/* readable once runc's shim has exited; the proxy closes it */
 	const unsigned char *create_options; /* Any for Create's field 10, or NULL: none */
 	size_t create_options_len;
 	/* Optional: told about what containerd cannot see (a bad frame, runc's shim gone). */

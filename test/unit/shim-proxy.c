@@ -23,7 +23,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -448,7 +447,7 @@ static void test_relay(void)
 {
 	unsigned char runc[256];
 	int rlen = hp_runc_options("", "/run/heteropod/runc", 0, runc, sizeof(runc));
-	int runc_listener, proxy_listener, pidfd, a, b, c, status, i, r;
+	int runc_listener, proxy_listener, a, b, c, status, i, r;
 	pid_t runc_pid, proxy_pid;
 	size_t n, wn;
 	struct timespec t0, t1;
@@ -465,8 +464,6 @@ static void test_relay(void)
 	if (runc_pid == 0)
 		fake_runc(runc_listener);
 	close(runc_listener);
-	pidfd = (int)syscall(SYS_pidfd_open, runc_pid, 0);
-	CHECK(pidfd >= 0, "pidfd_open: %s", strerror(errno));
 	proxy_listener = listen_unix(proxy_path);
 	proxy_pid = fork();
 	if (proxy_pid == 0) {
@@ -474,7 +471,6 @@ static void test_relay(void)
 			.listener = proxy_listener,
 			.socket_path = proxy_path,
 			.upstream = runc_path,
-			.runc_pidfd = pidfd,
 			.create_options = runc,
 			.create_options_len = (size_t)rlen,
 		};
@@ -482,7 +478,6 @@ static void test_relay(void)
 		_exit(hp_proxy_run(&p) == 0 ? 0 : 1);
 	}
 	close(proxy_listener);
-	close(pidfd);
 
 	a = dial(proxy_path);
 	b = dial(proxy_path);
