@@ -453,10 +453,10 @@ export class DpuPods {
   }
 
   private afterDelete(pod: DpuPod, container: string, execId: string): void {
-    // Output still on its way to the host gets a moment to arrive.
-    this.dropIo(pod, processKey(container, execId), 10_000);
+    // Output still on its way to the host gets time to arrive (the host's relay allows as long).
+    this.dropIo(pod, processKey(container, execId), 60_000);
     if (!execId) {
-      for (const key of Object.keys(pod.record.processes)) if (key.startsWith(`${container}/`)) this.dropIo(pod, key, 10_000);
+      for (const key of Object.keys(pod.record.processes)) if (key.startsWith(`${container}/`)) this.dropIo(pod, key, 60_000);
       const bundle = pod.record.containers[container]?.bundle;
       // The container's id stays known until the pod goes: runc's shim publishes
       // its TaskDelete after answering Delete, and that event must still find the pod.

@@ -50,6 +50,8 @@ export interface ShipStats {
 }
 
 const RETRY_MS = 500;
+// How long output of a deleted process may still take to reach containerd.
+const OUTPUT_GRACE_MS = 60_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A DpuAgentError as the ttrpc status containerd should see. */
@@ -223,10 +225,17 @@ export class DpuAgentRuntime implements Runtime {
     const relay = this.stdio.get(key(id, execId));
     if (relay) await Promise.race([relay.done, sleep(5000)]);
     const res = await this.relay('Delete', request);
+    // A relay still writing (containerd reading slowly, a loaded machine) finishes
+    // in the background: closing it now would cut the output short.
     for (const [k, r] of this.stdio) {
       if (k === key(id, execId) || (!execId && k.startsWith(`${id}/`))) {
-        r.close();
         this.stdio.delete(k);
+        const timer = setTimeout(() => r.close(), OUTPUT_GRACE_MS);
+        timer.unref();
+        void r.done.then(() => {
+          clearTimeout(timer);
+          r.close();
+        });
       }
     }
     return res;
