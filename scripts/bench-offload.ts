@@ -31,6 +31,7 @@ import { DPU } from '../src/dpu/paths';
 import { TESTBED } from '../src/testbed/paths';
 import { killAndWait, sleep, waitFor } from '../src/testbed/proc';
 import { down, status, up } from '../src/testbed/testbed';
+import { arg, stats } from './bench-lib';
 
 const BUSYBOX = 'heteropod.local/busybox:1';
 /** Candidates for the cold-cache transfer; the one with the most bytes is used. */
@@ -67,22 +68,7 @@ interface ShipLine {
   bytesSent: number;
 }
 
-interface Stats {
-  median: number;
-  p90: number;
-  mean: number;
-}
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
-}
-
-function stats(values: number[]): Stats {
-  const s = [...values].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { median: at(0.5), p90: at(0.9), mean: values.reduce((a, b) => a + b, 0) / values.length };
-}
 
 function elapsedMs(since: bigint): number {
   return Number(process.hrtime.bigint() - since) / 1e6;

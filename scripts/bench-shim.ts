@@ -15,6 +15,7 @@ import type { CriObject } from '../src/cri/config';
 import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, sleep } from '../src/testbed/proc';
 import { down, up } from '../src/testbed/testbed';
+import { arg, stats } from './bench-lib';
 
 const ALL = ['runc', 'heteropod', 'heteropod-router'] as const;
 type Handler = (typeof ALL)[number];
@@ -29,10 +30,6 @@ interface PodSample {
   shims: number;
 }
 
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 && process.argv[i + 1] ? process.argv[i + 1] : fallback;
-}
 
 function kib(file: string, field: string): number {
   try {
@@ -48,12 +45,6 @@ function podShims(podId: string): number[] {
   return listProcesses()
     .filter((p) => /containerd-shim-(runc|heteropod)-v2/.test(p.cmdline) && p.cmdline.includes(TESTBED.socket) && p.cmdline.includes(`-id ${podId}`))
     .map((p) => p.pid);
-}
-
-function stats(values: number[]): { mean: number; median: number; p90: number } {
-  const s = [...values].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { mean: values.reduce((a, b) => a + b, 0) / values.length, median: at(0.5), p90: at(0.9) };
 }
 
 async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodSample> {

@@ -19,13 +19,13 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
-import { encodeIdRequest, encodeKillRequest } from '../shim/messages';
+import { encodeIdRequest, encodeKillRequest, taskRef } from '../shim/messages';
 import { Logger } from '../shim/log';
 import { RuncShimRuntime } from '../shim/runc-runtime';
-import { readFields, str, bool } from '../proto/wire';
+import { readFields, bool } from '../proto/wire';
 import { AgentError } from './errors';
 import { EventHub } from './events';
-import { isBindMount, OciSpec, specForDpu, SpecError } from './spec';
+import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
 import type { CreateRequest, PodInfo, CreatePodRequest } from './proto';
 
@@ -340,11 +340,6 @@ export class DpuPods {
         copies.set(f.destination, target);
         if (f.destination === '/etc/hostname') hostname = f.content.toString('utf8').trim();
       });
-      for (const m of hostSpec.mounts ?? []) {
-        if (isBindMount(m) && !copies.has(m.destination) && !/\/shm$/.test(m.source ?? '')) {
-          throw new AgentError(grpc.status.INVALID_ARGUMENT, `mount ${m.destination}: bind mount of host path ${m.source} was not sent`);
-        }
-      }
       const spec = specForDpu(hostSpec, { containerId: host.id, netnsPath: pod.netnsPath(this.paths.netnsDir), cgroupParent: pod.record.cgroup, copies, hostname });
       const specText = JSON.stringify(spec);
       fs.writeFileSync(path.join(bundle, 'config.json'), specText);
@@ -435,13 +430,12 @@ export class DpuPods {
   /** A task call that needs nothing from the agent but the pod's runc shim. */
   async relay(method: string, podId: string, request: Buffer): Promise<Buffer> {
     const pod = this.pod(podId);
-    const f = readFields(request);
-    const id = str(f, 1);
+    const { id, execId } = taskRef(method, request);
     if (!pod.record.containers[id]) throw new AgentError(grpc.status.NOT_FOUND, `container ${id}: not found`);
-    const execId = ['State', 'Start', 'Delete', 'Kill', 'ResizePty', 'CloseIO', 'Wait'].includes(method) ? str(f, 2) : '';
     const key = processKey(id, execId);
     try {
-      if (method === 'CloseIO' && bool(f, 3)) await pod.inputs.get(key)?.end();
+      // CloseIORequest { stdin = 3 }
+      if (method === 'CloseIO' && bool(readFields(request), 3)) await pod.inputs.get(key)?.end();
       const res = await pod.runc.call(method, request);
       if (method === 'Start' && execId) pod.outputs.get(key)?.releasePlaceholders();
       if (method === 'Delete') this.afterDelete(pod, id, execId);

@@ -9,13 +9,7 @@
 //   hooks              -> dropped: they are host programs
 // Everything else (process, user, capabilities, seccomp, environment,
 // resources, devices, masked and read-only paths) is kept as the host made it.
-
-export interface OciMount {
-  destination: string;
-  type?: string;
-  source?: string;
-  options?: string[];
-}
+import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 
 export interface OciNamespace {
   type: string;
@@ -43,17 +37,7 @@ export interface DpuPlacement {
 
 export class SpecError extends Error {}
 
-const SANDBOX_SHM = /\/sandboxes\/[^/]+\/shm$/;
 const OWN_NAMESPACES = new Set(['ipc', 'uts', 'pid']);
-
-export function isBindMount(m: OciMount): boolean {
-  return m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-}
-
-/** Whether a mount is the pod sandbox's shared /dev/shm (replaced, not copied). */
-export function isSandboxShm(m: OciMount): boolean {
-  return m.destination === '/dev/shm' && SANDBOX_SHM.test(m.source ?? '');
-}
 
 export function specForDpu(host: OciSpec, p: DpuPlacement): OciSpec {
   const spec: OciSpec = JSON.parse(JSON.stringify(host));

@@ -8,7 +8,7 @@ import { Command, Option } from 'commander';
 import { CriClient, DEFAULT_CRI_ENDPOINT } from '../cri/client';
 import type { CriObject } from '../cri/config';
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../shim/config';
-import { PodRecordFile, podStateDir } from '../shim/pod-router';
+import { PodRecordFile, podStateDir } from '../shim/pod-record';
 import { TESTBED } from '../testbed/paths';
 import { parseOutputFormat, printJson, renderTable, shortId, OutputFormat } from './table';
 

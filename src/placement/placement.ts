@@ -5,6 +5,7 @@
 // volume). Under `prefer` such a container runs on the host and the reason is
 // kept for the log and `heteropod pods`; under `require` it is an error.
 import * as fs from 'node:fs';
+import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { PodOffload } from './annotations';
 
 export type Where = 'host' | 'dpu';
@@ -22,15 +23,8 @@ export class PlacementError extends Error {
   }
 }
 
-export interface SpecMount {
-  destination: string;
-  type?: string;
-  source?: string;
-  options?: string[];
-}
-
 export interface ContainerSpec {
-  mounts?: SpecMount[];
+  mounts?: OciMount[];
   linux?: { resources?: { memory?: { limit?: number } }; namespaces?: { type: string; path?: string }[] };
 }
 
@@ -50,8 +44,6 @@ export interface DpuState {
   memoryFreeBytes: number;
 }
 
-const SANDBOX_SHM = /\/sandboxes\/[^/]+\/shm$/;
-
 /**
  * Mounts of the spec that cannot go to the DPU: a writable bind mount of a
  * directory is a volume the host side may share, and a copy would split it.
@@ -61,10 +53,8 @@ const SANDBOX_SHM = /\/sandboxes\/[^/]+\/shm$/;
 export function unshippableMounts(spec: ContainerSpec, isDirectory: (p: string) => boolean = defaultIsDirectory): string[] {
   const out: string[] = [];
   for (const m of spec.mounts ?? []) {
-    const opts = m.options ?? [];
-    const bind = m.type === 'bind' || opts.includes('bind') || opts.includes('rbind');
-    if (!bind || SANDBOX_SHM.test(m.source ?? '')) continue;
-    if (!opts.includes('ro') && m.source && isDirectory(m.source)) out.push(`${m.destination} (writable volume from ${m.source})`);
+    if (!isBindMount(m) || isSandboxShm(m)) continue;
+    if (!(m.options ?? []).includes('ro') && m.source && isDirectory(m.source)) out.push(`${m.destination} (writable volume from ${m.source})`);
   }
   return out;
 }

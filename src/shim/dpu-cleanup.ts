@@ -3,18 +3,16 @@
 // offloaded container's is killed and deleted on the DPU (its exit status is
 // the answer), and the sandbox's removes the pod's DPU half with whatever is left.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { DpuAgentClient, DpuAgentError } from '../agent/client';
+import type { DpuAgentError } from '../agent/client';
 import type { ShimConfig } from './config';
 import { DeleteResult, decodeDeleteResponse, encodeIdRequest, encodeKillRequest } from './messages';
-import { PodRecordFile, podStateDir } from './pod-router';
+import { PodRecordFile, podRecordPath } from './pod-record';
 
 const SIGKILL = 9;
 
 /** The task's DeleteResult when it ran on the DPU; null when it did not (or the pod has no DPU half). */
 export async function deleteOnDpu(config: ShimConfig, group: string, taskId: string, warn: (what: string, err: unknown) => void): Promise<DeleteResult | null> {
-  const file = path.join(podStateDir(config.stateDir), `${group}.json`);
+  const file = podRecordPath(config.stateDir, group);
   let record: PodRecordFile;
   try {
     record = JSON.parse(fs.readFileSync(file, 'utf8')) as PodRecordFile;
@@ -30,6 +28,9 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
   }
   if (!onDpu && !isSandbox) return null;
   const d = config.dpu;
+  // Loaded only here: every other pod's `delete` is spared gRPC's start-up.
+  const { DpuAgentClient } = require('../agent/client') as typeof import('../agent/client');
+  const DEADLINE_EXCEEDED = 4;
   // containerd allows a `delete` 5 s in all.
   const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 1500 });
   try {
@@ -45,7 +46,7 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
     }
     await client.call('RemovePod', { pod_id: group }, { timeoutMs: 3000 }).catch((err: DpuAgentError) => {
       // The agent goes on removing after our deadline; only a refusal is a failure.
-      if (err.code !== grpc.status.DEADLINE_EXCEEDED) throw err;
+      if (err.code !== DEADLINE_EXCEEDED) throw err;
     });
     fs.rmSync(file, { force: true });
     return null;

@@ -19,7 +19,8 @@ import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agent/client';
 import type { CapacityResponse, HealthResponse, LayerChunk, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
 import { decode } from '../proto';
-import { readFields, str, bool } from '../proto/wire';
+import { readFields, str, bool, uint } from '../proto/wire';
+import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
 import { encodeConnectResponse, encodeIdRequest, withCreateOptions } from './messages';
 import { LayerStore, overlayLowerdirs, shipLayers } from './layers';
@@ -41,12 +42,6 @@ export interface DpuRuntimeOptions {
   layerIndexDir: string;
   // forwards a DPU task event (ForwardRequest, encoded) to containerd
   onEvent: (forward: Buffer, topic: string) => void;
-}
-
-export interface ShipStats {
-  layers: number;
-  layersSent: number;
-  bytesSent: number;
 }
 
 const RETRY_MS = 500;
@@ -72,8 +67,6 @@ export class DpuAgentRuntime implements Runtime {
   private events: grpc.ClientReadableStream<TaskEventMessage> | null = null;
   private lastEvent = 0;
   private stopped = false;
-  /** What the last Create shipped (for `heteropod pods` and the benchmark). */
-  lastShip: ShipStats = { layers: 0, layersSent: 0, bytesSent: 0 };
 
   constructor(private readonly opts: DpuRuntimeOptions, private readonly log: Logger) {}
 
@@ -148,9 +141,8 @@ export class DpuAgentRuntime implements Runtime {
     );
     await this.podInfo();
     const specText = fs.readFileSync(path.join(req.bundle, 'config.json'));
-    const spec = JSON.parse(specText.toString('utf8')) as { mounts?: { destination: string; type?: string; source?: string; options?: string[] }[]; annotations?: Record<string, string> };
+    const spec = JSON.parse(specText.toString('utf8')) as { mounts?: OciMount[]; annotations?: Record<string, string> };
     const shipped = await shipLayers(overlayLowerdirs(req.rootfs), this.layerStore(), this.opts.layerIndexDir);
-    this.lastShip = { layers: shipped.digests.length, layersSent: shipped.layersSent, bytesSent: shipped.bytesSent };
     const files = mountedFiles(spec.mounts ?? []);
     const name = spec.annotations?.['io.kubernetes.cri.container-name'] ?? req.id;
     let res: Buffer;
@@ -208,7 +200,8 @@ export class DpuAgentRuntime implements Runtime {
   private async connect(request: Buffer): Promise<Buffer> {
     const id = str(readFields(request), 1);
     const state = await this.relay('State', encodeIdRequest(id));
-    return encodeConnectResponse(process.pid, Number(readFields(state).find((x) => x.num === 3)?.varint ?? 0));
+    // StateResponse { pid = 3 }
+    return encodeConnectResponse(process.pid, uint(readFields(state), 3));
   }
 
   private async closeIo(request: Buffer): Promise<Buffer> {
@@ -304,17 +297,14 @@ export class DpuAgentRuntime implements Runtime {
   }
 }
 
-const SANDBOX_SHM = /\/sandboxes\/[^/]+\/shm$/;
 // Directories sent inline with Create; a larger read-only volume is refused.
 const MAX_DIRECTORY_BYTES = 16 << 20;
 
 /** The bind-mounted files and read-only directories of a spec, read for shipping. */
-export function mountedFiles(mounts: { destination: string; type?: string; source?: string; options?: string[] }[]): MountedFile[] {
+export function mountedFiles(mounts: OciMount[]): MountedFile[] {
   const out: MountedFile[] = [];
   for (const m of mounts) {
-    const opts = m.options ?? [];
-    const bind = m.type === 'bind' || opts.includes('bind') || opts.includes('rbind');
-    if (!bind || !m.source || SANDBOX_SHM.test(m.source)) continue;
+    if (!isBindMount(m) || !m.source || isSandboxShm(m)) continue;
     const st = fs.statSync(m.source);
     if (st.isDirectory()) {
       const content = execFileSync('tar', ['-c', '-C', m.source, '.'], { maxBuffer: MAX_DIRECTORY_BYTES });

@@ -13,36 +13,23 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
 import { AnnotationError, parsePodOffload, PodOffload } from '../placement/annotations';
-import { ContainerSpec, Placement, PlacementError, placeContainer, Where } from '../placement/placement';
+import { ContainerSpec, Placement, PlacementError, placeContainer } from '../placement/placement';
 import { failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
 import { DpuAgentRuntime } from './dpu-runtime';
 import type { Logger } from './log';
 import type { Runtime } from './runtime';
 import type { CreateInfo } from './task-service';
-
-export interface PodRecordFile {
-  pod_id: string;
-  name: string;
-  namespace: string;
-  offload: string[];
-  policy: string;
-  // why the DPU cannot be used by this pod; empty when it can (or is not asked for)
-  dpu_problem: string;
-  containers: { id: string; name: string; where: Where; reason: string }[];
-}
-
-export function podStateDir(stateDir: string): string {
-  return path.join(stateDir, 'placement');
-}
+import { readSpec } from './bundle';
+import { PodRecordFile, podRecordPath } from './pod-record';
 
 type Annotations = Record<string, string>;
 
-function readSpec(bundle: string): ContainerSpec & { annotations?: Annotations } {
+function readPodSpec(bundle: string): ContainerSpec & { annotations?: Annotations } {
   try {
-    return JSON.parse(fs.readFileSync(path.join(bundle, 'config.json'), 'utf8'));
+    return readSpec(bundle) as ContainerSpec & { annotations?: Annotations };
   } catch (err) {
-    throw invalidArgument(`read the spec of bundle ${bundle}: ${(err as Error).message}`);
+    throw invalidArgument((err as Error).message);
   }
 }
 
@@ -61,7 +48,7 @@ export class PodRouter {
     private readonly log: Logger,
     private readonly onDpuEvent: (forward: Buffer, topic: string) => void,
   ) {
-    this.file = path.join(podStateDir(config.stateDir), `${group}.json`);
+    this.file = podRecordPath(config.stateDir, group);
     this.record = { pod_id: group, name: '', namespace: '', offload: [], policy: 'prefer', dpu_problem: '', containers: [] };
   }
 
@@ -70,7 +57,7 @@ export class PodRouter {
   }
 
   async runtimeFor(req: CreateInfo): Promise<Runtime> {
-    const spec = readSpec(req.bundle);
+    const spec = readPodSpec(req.bundle);
     const a = spec.annotations ?? {};
     const type = a['io.kubernetes.cri.container-type'];
     if (type !== 'container') {
