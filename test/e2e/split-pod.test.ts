@@ -171,7 +171,7 @@ test('a malformed heteropod.io/ports fails RunPodSandbox naming it', async () =>
   await noLeaks('the refused pod', 'none');
 });
 
-test('the shim killed: the hook and delete remove the split network', async () => {
+test.only('the shim killed: the hook and delete remove the split network', async () => {
   const pod = splitPod('split-killed', { 'heteropod.io/offload': 'proxy' });
   const podId = await cri.runPodSandbox(pod, 'heteropod');
   const app = await run(podId, pod, 'app', httpd('from-host', HOST_PORT));
@@ -182,10 +182,9 @@ test('the shim killed: the hook and delete remove the split network', async () =
   const shim = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2') && p.cmdline.includes(`-id ${podId}`));
   assert.is(shim.length, 1);
   process.kill(shim[0].pid, 'SIGKILL');
-  await waitFor('containerd to see the tasks gone', 30_000, async () => {
-    const states = await Promise.all([app, proxy].map(async (id) => ((await cri.containerStatus(id)).status as CriObject).state));
-    return states.every((s) => s === 'CONTAINER_EXITED') || undefined;
-  });
+  // containerd runs `delete` for each task (the agent removes the DPU half) and runc
+  // deletes the sandbox (its poststop hook runs); the exit codes are offload.test's.
+  for (const id of [proxy, app]) await waitForContainerState(cri, id, 'CONTAINER_EXITED');
   await removePod(podId);
   await noLeaks('the pod whose shim was killed', podId);
 });
