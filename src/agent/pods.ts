@@ -158,6 +158,7 @@ class DpuPod {
 export class DpuPods {
   private readonly pods = new Map<string, DpuPod>();
   private readonly containerPod = new Map<string, string>();
+  private readonly removals = new Map<string, Promise<void>>();
 
   constructor(
     private readonly paths: AgentPaths,
@@ -289,10 +290,10 @@ export class DpuPods {
 
   /** Opens the pod's DPU half in its network namespace (the host half made the window); one already open is returned. */
   async openLink(req: OpenLinkRequest): Promise<LinkInfo> {
-    const pod = this.pod(req.pod_id);
     const what = `open the DPU half of pod ${req.pod_id}'s network`;
     if (!net.isIPv4(req.pod_ip)) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what}: pod IP ${JSON.stringify(req.pod_ip)} is not an IPv4 address`);
     const declared = checkPorts(`${what}: declared port`, req.declared_dpu_ports);
+    const pod = this.pod(req.pod_id);
     if (!pod.link) {
       const netnsPath = pod.netnsPath(this.paths.netnsDir);
       const podLog = this.log.with({ pod: req.pod_id });
@@ -357,8 +358,8 @@ export class DpuPods {
 
   /** The host half's listening ports, for the DPU half's rules. */
   async setPeerPorts(podId: string, ports: readonly number[]): Promise<void> {
-    const pod = this.pod(podId);
     const checked = checkPorts(`pod ${podId}: host half's listening port`, ports);
+    const pod = this.pod(podId);
     if (!pod.link) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
     try {
       await (await pod.link).setPeerListeningPorts(checked);
@@ -367,7 +368,21 @@ export class DpuPods {
     }
   }
 
-  async removePod(id: string): Promise<void> {
+  /**
+   * Removes the pod's half and everything in it. Concurrent calls (containerd
+   * runs `delete` for each task of a pod whose shim died, and each asks) share
+   * one removal.
+   */
+  removePod(id: string): Promise<void> {
+    let removal = this.removals.get(id);
+    if (!removal) {
+      removal = this.doRemovePod(id).finally(() => this.removals.delete(id));
+      this.removals.set(id, removal);
+    }
+    return removal;
+  }
+
+  private async doRemovePod(id: string): Promise<void> {
     const pod = this.pods.get(id);
     if (!pod) return;
     const problems: string[] = [];
