@@ -171,7 +171,7 @@ test('a malformed heteropod.io/ports fails RunPodSandbox naming it', async () =>
   await noLeaks('the refused pod', 'none');
 });
 
-test.only('the shim killed: the hook and delete remove the split network', async () => {
+test('the shim killed: the hook and delete remove the split network', async () => {
   const pod = splitPod('split-killed', { 'heteropod.io/offload': 'proxy' });
   const podId = await cri.runPodSandbox(pod, 'heteropod');
   const app = await run(podId, pod, 'app', httpd('from-host', HOST_PORT));
