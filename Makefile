@@ -60,5 +60,13 @@ test-e2e: deps build
 demo: deps build
 	bash scripts/demo.sh
 
+# The offload benchmark (not a test): host vs DPU start time with the layer cache
+# warm, the cold-cache layer transfer, bytes sent for a second pod. It brings the
+# test bed up if needed (and down again), so it takes the test bed's lock.
+.PHONY: bench-offload
+bench: bench-offload
+bench-offload: deps build
+	flock $(TESTBED_LOCK) node dist/scripts/bench-offload.js
+
 clean:
 	rm -rf dist $(BUILD)

@@ -1,10 +1,14 @@
 // Benchmark (not a timed test): handler heteropod against handler runc on the test
-// bed, alternating the two pod by pod in one run. For each pod: the time from
-// RunPodSandbox to its container running, and the resident memory of the shim
-// processes serving it (RSS, and PSS, which shares the node binary's pages fairly
-// among the processes that map them). Prints a markdown table and the ratios.
+// bed, alternating pod by pod in one run. heteropod runs in both of its modes: a
+// pod without the `heteropod.io/offload` annotation (`heteropod`: runc's shim
+// behind the C proxy) and, unless --no-router, one with it, empty
+// (`heteropod-router`: the Node router, offloading nothing). For each pod: the
+// time from RunPodSandbox to its container running, and the resident memory of
+// ALL the shim processes serving it (ours and runc's behind it; RSS, and PSS,
+// which shares the binaries' pages fairly among the processes that map them).
+// Prints a markdown table and the ratios.
 //
-//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 20] [--json FILE]
+//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 20] [--no-router] [--json FILE]
 import * as fs from 'node:fs';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
@@ -12,8 +16,9 @@ import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, sleep } from '../src/testbed/proc';
 import { down, up } from '../src/testbed/testbed';
 
-const HANDLERS = ['runc', 'heteropod'] as const;
-type Handler = (typeof HANDLERS)[number];
+const ALL = ['runc', 'heteropod', 'heteropod-router'] as const;
+type Handler = (typeof ALL)[number];
+const HANDLERS: Handler[] = process.argv.includes('--no-router') ? ['runc', 'heteropod'] : [...ALL];
 
 interface PodSample {
   handler: Handler;
@@ -56,10 +61,11 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     metadata: { name: `bench-${handler}-${n}`, namespace: 'bench', uid: `bench-${handler}-${n}-${process.pid}`, attempt: 0 },
     log_directory: `/tmp/hp-bench-${process.pid}/${handler}-${n}`,
     linux: {},
+    ...(handler === 'heteropod-router' ? { annotations: { 'heteropod.io/offload': '' } } : {}),
   };
   const container: CriObject = { metadata: { name: 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: {} };
   const t0 = process.hrtime.bigint();
-  const podId = await cri.runPodSandbox(pod, handler);
+  const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
   const id = await cri.createContainer(podId, container, pod);
   await cri.startContainer(id);
   for (;;) {
@@ -87,7 +93,8 @@ async function main(): Promise<void> {
       await cri.removePodSandbox(w.podId);
     }
     for (let i = 0; i < pods; i++) {
-      const order: Handler[] = i % 2 === 0 ? ['runc', 'heteropod'] : ['heteropod', 'runc'];
+      // Each handler goes first, second, … in turn.
+      const order = HANDLERS.map((_, k) => HANDLERS[(i + k) % HANDLERS.length]);
       for (const h of order) {
         const s = await runPod(cri, h, i);
         samples.push(s);
@@ -124,17 +131,20 @@ async function main(): Promise<void> {
     const pss = stats(by(h).map((s) => s.pssKiB / 1024));
     return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} |`;
   };
-  const ratio = (f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by('heteropod').map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
+  const ratio = (h: Handler, f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by(h).map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
+  const ratios = (h: Handler): string =>
+    `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
+    '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-router`: heteropod.io/offload: "" (Node router)',
     '',
     '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    row('runc'),
-    row('heteropod'),
+    ...HANDLERS.map(row),
     '',
-    `heteropod also keeps ${spare.count} warm spare shim per node (not per pod): ${(spare.rssKiB / 1024).toFixed(1)} MiB RSS, ${(spare.pssKiB / 1024).toFixed(1)} MiB PSS.`,
-    `ratio heteropod/runc: start (median) ${ratio((s) => s.startMs, 'median')}x, start (mean) ${ratio((s) => s.startMs, 'mean')}x, RSS ${ratio((s) => s.rssKiB, 'mean')}x, PSS ${ratio((s) => s.pssKiB, 'mean')}x (target: at most 1.25x)`,
+    `heteropod-router pods also keep ${spare.count} warm spare shim per node (not per pod): ${(spare.rssKiB / 1024).toFixed(1)} MiB RSS, ${(spare.pssKiB / 1024).toFixed(1)} MiB PSS.`,
+    `${ratios('heteropod')} (target: at most 1.25x)`,
+    ...HANDLERS.filter((h) => h === 'heteropod-router').map(ratios),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
   const json = arg('json', '');

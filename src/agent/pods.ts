@@ -256,6 +256,9 @@ export class DpuPods {
       undo.push(() => this.deleteNetns(record.netns));
       execFileSync('ip', ['-n', record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
       pod.openShimLog(this.log.with({ pod: record.id }));
+      // runc's shim reads the pod's grouping annotation from here at start; the
+      // first container's spec replaces it later for the record.
+      fs.writeFileSync(path.join(pod.shimDir, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations: { 'io.kubernetes.cri.sandbox-id': record.id } }));
       pod.save();
     } catch (err) {
       pod.closeIo();
@@ -264,6 +267,9 @@ export class DpuPods {
     }
     this.pods.set(record.id, pod);
     this.log.info('pod created', { pod: record.id, name: `${req.pod_namespace}/${req.pod_name}`, netns: record.netns });
+    // The pod's runc shim starts now, while the host starts the sandbox, rather
+    // than in the first container's Create (which awaits the same start).
+    pod.runc.prepare({ id: record.id, bundle: pod.shimDir }).catch((err: Error) => this.log.warn('start the pod\'s runc shim early', { pod: record.id, error: err.message }));
     return this.info(pod);
   }
 
@@ -396,9 +402,13 @@ export class DpuPods {
       }
     }
     await pod.runc.shutdown().catch((err: Error) => problems.push(`runc shim: ${err.message}`));
+    // A runc shim that still holds a container (a Delete racing this removal)
+    // does not exit when asked; the pod is going, so it and anything left in the
+    // pod's cgroups are killed.
+    this.killLeftovers(pod);
     pod.closeIo();
     this.events.forget(id);
-    for (const c of Object.keys(pod.record.containers)) this.containerPod.delete(c);
+    for (const [c, p] of this.containerPod) if (p === id) this.containerPod.delete(c);
     for (const bundle of Object.values(pod.record.containers).map((c) => c.bundle)) this.unmountRootfs(bundle);
     this.deleteNetns(pod.record.netns);
     fs.rmSync(pod.dir, { recursive: true, force: true });
@@ -458,8 +468,6 @@ export class DpuPods {
       const spec = specForDpu(hostSpec, { containerId: host.id, netnsPath: pod.netnsPath(this.paths.netnsDir), cgroupParent: pod.record.cgroup, copies, hostname });
       const specText = JSON.stringify(spec);
       fs.writeFileSync(path.join(bundle, 'config.json'), specText);
-      // runc's shim starts from the pod's first container's spec (for its grouping annotation).
-      if (!fs.existsSync(path.join(pod.shimDir, 'config.json'))) fs.writeFileSync(path.join(pod.shimDir, 'config.json'), specText);
 
       if (req.layers.length === 0) throw new AgentError(grpc.status.INVALID_ARGUMENT, 'create: no rootfs layers');
       const lowers = req.layers.map((d) => this.layers.path(d));
@@ -570,8 +578,9 @@ export class DpuPods {
     if (!execId) {
       for (const key of Object.keys(pod.record.processes)) if (key.startsWith(`${container}/`)) this.dropIo(pod, key, 10_000);
       const bundle = pod.record.containers[container]?.bundle;
+      // The container's id stays known until the pod goes: runc's shim publishes
+      // its TaskDelete after answering Delete, and that event must still find the pod.
       delete pod.record.containers[container];
-      this.containerPod.delete(container);
       if (bundle) {
         this.unmountRootfs(bundle);
         fs.rmSync(bundle, { recursive: true, force: true });
@@ -597,6 +606,33 @@ export class DpuPods {
     const input = this.pod(podId).inputs.get(processKey(container, execId));
     if (!input) throw new AgentError(grpc.status.NOT_FOUND, `stdin of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
     return input;
+  }
+
+  private killLeftovers(pod: DpuPod): void {
+    const pids = new Set<number>();
+    try {
+      pids.add(Number(fs.readFileSync(path.join(pod.dir, 'runc-shim', 'shim.pid'), 'utf8').trim()));
+    } catch {
+      // no pid file: the shim never started
+    }
+    const walk = (dir: string) => {
+      try {
+        for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line.trim()) pids.add(Number(line));
+        for (const e of fs.readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) walk(path.join(dir, e.name));
+      } catch {
+        // gone
+      }
+    };
+    walk(path.join(this.paths.cgroupRoot, 'memory', pod.record.cgroup));
+    for (const pid of pids) {
+      if (!(pid > 0)) continue;
+      try {
+        process.kill(pid, 'SIGKILL');
+        this.log.warn('killed a leftover process of the pod', { pod: pod.record.id, pid });
+      } catch {
+        // already gone
+      }
+    }
   }
 
   private unmountRootfs(bundle: string): void {

@@ -13,7 +13,7 @@ import { groupOf, groupPaths, GroupPaths, removeIfEmpty, socketAnswers } from '.
 import { readSpec } from './bundle';
 import { TASK_SERVICE } from './runtime';
 import { readStartRecord } from './record';
-import { removeDpuHalf } from './dpu-cleanup';
+import { deleteOnDpu } from './dpu-cleanup';
 import { DeleteResult, decodeDeleteResponse, encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeShutdownRequest } from './messages';
 
 const SIGKILL = 9;
@@ -33,8 +33,9 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
   const daemonAlive = await socketAnswers(`unix://${paths.socket}`);
   if (!daemonAlive) fs.rmSync(paths.socket, { force: true });
   // Without our daemon, nothing relays the pod's DPU containers any more.
-  if (!daemonAlive) await removeDpuHalf(config, group, (what, err) => void process.stderr.write(`delete ${flags.id}: ${what}: ${(err as Error).message}\n`));
+  const onDpu = daemonAlive ? null : await deleteOnDpu(config, group, flags.id, (what, err) => void process.stderr.write(`delete ${flags.id}: ${what}: ${(err as Error).message}\n`));
   const result =
+    onDpu ??
     (daemonAlive ? await deleteThrough(`unix://${paths.socket}`, flags, false) : null) ??
     (await deleteThrough(readAddress(paths), flags, true)) ??
     runcDelete(config.runcShim, flags, bundle);

@@ -1,44 +1,65 @@
-// What `delete` does for a pod whose shim is gone: its containers on the DPU lost
-// the process that relayed them, so the pod's DPU half is removed (the agent stops
-// them and removes everything made for them), as containerd reports the tasks dead.
-// What the dead shim held of the pod's split network goes too: the host half's
-// rules in the pod's namespace and the XPU window (the sandbox's poststop hook does
-// the same when runc deletes the sandbox; both are idempotent).
+// What `delete` does on the DPU for a pod whose shim is gone: nothing relays the
+// pod's DPU containers any more. containerd runs `delete` once per task; an
+// offloaded container's is killed and deleted on the DPU (its exit status is
+// the answer), and the sandbox's removes the pod's DPU half with whatever is left.
+// The sandbox's also removes what the dead shim held of the pod's split network:
+// the host half's rules in the pod's namespace and the XPU window (the sandbox's
+// poststop hook does the same when runc deletes the sandbox; both are idempotent).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../agent/client';
+import * as grpc from '@grpc/grpc-js';
+import { DpuAgentClient, DpuAgentError } from '../agent/client';
 import { cleanupPod } from '../netns';
 import type { ShimConfig } from './config';
+import { DeleteResult, decodeDeleteResponse, encodeIdRequest, encodeKillRequest } from './messages';
 import { PodRecordFile, podStateDir } from './pod-router';
 
-export async function removeDpuHalf(config: ShimConfig, group: string, warn: (what: string, err: unknown) => void): Promise<void> {
+const SIGKILL = 9;
+
+/** The task's DeleteResult when it ran on the DPU; null when it did not (or the pod has no DPU half). */
+export async function deleteOnDpu(config: ShimConfig, group: string, taskId: string, warn: (what: string, err: unknown) => void): Promise<DeleteResult | null> {
   const file = path.join(podStateDir(config.stateDir), `${group}.json`);
   let record: PodRecordFile;
   try {
     record = JSON.parse(fs.readFileSync(file, 'utf8')) as PodRecordFile;
   } catch {
-    return; // the pod never had placement state: nothing on the DPU
+    return null; // no placement state: nothing of the pod on the DPU
   }
-  if (record.netns_path) {
-    try {
-      await cleanupPod({ podId: group, netnsPath: record.netns_path });
-    } catch (err) {
-      warn('remove the host half of the pod\'s split network', err);
+  const onDpu = record.containers.some((c) => c.id === taskId && c.where === 'dpu');
+  const isSandbox = taskId === group;
+  if (isSandbox && record.netns_path) {
+    await cleanupPod({ podId: group, netnsPath: record.netns_path }).catch((err) => warn('remove the host half of the pod\'s split network', err));
+  }
+  const hasHalf = record.offload.length > 0 && !record.dpu_problem && Boolean(config.dpu.address);
+  if (!hasHalf) {
+    if (isSandbox) fs.rmSync(file, { force: true });
+    return null;
+  }
+  if (!onDpu && !isSandbox) return null;
+  const d = config.dpu;
+  // containerd allows a `delete` 5 s in all.
+  const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 1500 });
+  try {
+    if (onDpu) {
+      const task = (method: string, request: Buffer) => client.call<{ response: Buffer }>(method, { pod_id: group, request });
+      await task('Kill', encodeKillRequest(taskId, SIGKILL, true)).catch(() => undefined);
+      await task('Wait', encodeIdRequest(taskId)).catch(() => undefined);
+      const res = await task('Delete', encodeIdRequest(taskId)).catch((err: Error) => {
+        warn('delete the container on the DPU', err);
+        return null;
+      });
+      return res ? decodeDeleteResponse(res.response) : { pid: 0, exitStatus: 128 + SIGKILL, exitedAt: null };
     }
+    await client.call('RemovePod', { pod_id: group }, { timeoutMs: 3000 }).catch((err: DpuAgentError) => {
+      // The agent goes on removing after our deadline; only a refusal is a failure.
+      if (err.code !== grpc.status.DEADLINE_EXCEEDED) throw err;
+    });
+    fs.rmSync(file, { force: true });
+    return null;
+  } catch (err) {
+    warn('remove the pod\'s DPU half', err);
+    return null; // the record stays, so a later `delete` of the pod tries again
+  } finally {
+    client.close();
   }
-  if (record.offload.length > 0 && !record.dpu_problem && config.dpu.address) {
-    try {
-      const d = config.dpu;
-      const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 3000 });
-      try {
-        await client.call('RemovePod', { pod_id: group }, { timeoutMs: 3000 });
-      } finally {
-        client.close();
-      }
-    } catch (err) {
-      warn('remove the pod\'s DPU half', err);
-      return; // the record stays, so the pod's next `delete` tries again
-    }
-  }
-  fs.rmSync(file, { force: true });
 }

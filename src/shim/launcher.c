@@ -9,6 +9,14 @@
  * into the bundle and print the address. Every other action (delete, serve, -v)
  * is handed to the Node implementation with execv, unchanged.
  *
+ * Which daemon: a pod whose sandbox spec has no `heteropod.io/offload`
+ * annotation behaves exactly like runc, so it needs no router: `start` serves it
+ * with containerd-shim-runc-v2 behind the small C proxy of proxy.c
+ * (proxy-start.c; the `proxy` action is that process). A pod with the annotation
+ * (any value, even empty) gets the Node daemon, which routes its containers.
+ * Container tasks of a pod find the pod's socket answering and join it, whatever
+ * serves it.
+ *
  * Warm spares (src/shim/spare.ts): before starting a daemon cold, `start` asks
  * the spare listening on <state_dir>/s/spare-<hash> to become the pod's daemon;
  * either way it then starts the next spare, at low priority, and does not wait.
@@ -34,9 +42,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define DEFAULT_CONFIG "/etc/heteropod/shim.toml"
-#define DEFAULT_STATE_DIR "/run/heteropod-shim"
+#include "launcher.h"
+
 #define SANDBOX_ID_KEY "\"io.kubernetes.cri.sandbox-id\""
+#define OFFLOAD_KEY "\"heteropod.io/offload\""
 #define MAX_SOCKET_PATH 106
 
 /* ---- SHA-256 (FIPS 180-4) -------------------------------------------------- */
@@ -144,7 +153,7 @@ static char *read_fd(int fd, size_t *len_out)
 	return buf;
 }
 
-static char *read_file(const char *path)
+char *read_file(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	char *text;
@@ -228,50 +237,168 @@ static char *config_path_from_options(const unsigned char *any, size_t len)
 	return out;
 }
 
-/* The top-level `state_dir = "..."` of the shim config, else the default. */
-static char *state_dir_from_config(const char *config_path)
+/*
+ * A TOML value of the subset config.ts reads: a "basic string" (escapes \" \\ \n
+ * \t), a 'literal string', true or false. Returns a new string (booleans as "1"
+ * or "0"), or NULL for anything else.
+ */
+static char *toml_value(const char *p)
 {
-	char *text = read_file(config_path[0] ? config_path : DEFAULT_CONFIG);
-	char *line, *save = NULL, *result = NULL;
+	char *out = malloc(strlen(p) + 2), *o = out;
+	char quote = *p;
 
-	if (!text)
-		return strdup(DEFAULT_STATE_DIR);
-	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		char *p = line, *end;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '[')
-			break; /* tables follow: no more top-level keys */
-		if (strncmp(p, "state_dir", 9) != 0)
-			continue;
-		p += 9;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p++ != '=')
-			continue;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p != '"' && *p != '\'')
-			continue;
-		end = strchr(p + 1, *p);
-		if (!end)
-			continue;
-		*end = '\0';
-		result = strdup(p + 1);
-		break;
+	if (!out)
+		return NULL;
+	if (!strncmp(p, "true", 4) || !strncmp(p, "false", 5)) {
+		strcpy(out, *p == 't' ? "1" : "0");
+		return out;
 	}
-	free(text);
-	return result ? result : strdup(DEFAULT_STATE_DIR);
+	if (quote != '"' && quote != '\'')
+		goto bad;
+	for (p++; *p && *p != quote; p++) {
+		if (quote == '"' && *p == '\\') {
+			p++;
+			if (*p == 'n')
+				*o++ = '\n';
+			else if (*p == 't')
+				*o++ = '\t';
+			else if (*p == '"' || *p == '\\')
+				*o++ = *p;
+			else
+				goto bad;
+		} else {
+			*o++ = *p;
+		}
+	}
+	if (*p != quote)
+		goto bad;
+	*o = '\0';
+	return out;
+bad:
+	free(out);
+	return NULL;
 }
 
-/* The pod the task belongs to: its sandbox-id annotation, else the task id. */
-static char *group_of(const char *id)
+static void set_string(char **field, char *value)
+{
+	free(*field);
+	*field = value;
+}
+
+int shim_config_read(const char *path, struct shim_config *c)
+{
+	char *text, *line, *save = NULL, section[64] = "";
+	int err = 0;
+
+	memset(c, 0, sizeof(*c));
+	text = read_file(path[0] ? path : DEFAULT_CONFIG);
+	if (!text && errno != ENOENT)
+		err = -errno; /* as in config.ts, only a missing file means "the defaults" */
+	for (line = text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+		char *p = line, *key, *value;
+		size_t klen;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '#' || *p == '\0' || *p == '\r')
+			continue;
+		if (*p == '[') {
+			snprintf(section, sizeof(section), "%.*s", (int)strcspn(p + 1, "]"), p + 1);
+			continue;
+		}
+		key = p;
+		klen = strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-");
+		p += klen;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (klen == 0 || *p++ != '=')
+			continue;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		value = toml_value(p);
+		if (!value)
+			continue;
+#define IS(sect, k) (!strcmp(section, sect) && klen == strlen(k) && !strncmp(key, k, klen))
+		if (IS("", "state_dir"))
+			set_string(&c->state_dir, value);
+		else if (IS("", "runc_shim"))
+			set_string(&c->runc_shim, value);
+		else if (IS("runc", "root"))
+			set_string(&c->runc_root, value);
+		else if (IS("runc", "binary_name"))
+			set_string(&c->runc_binary_name, value);
+		else {
+			if (IS("", "debug"))
+				c->debug = !strcmp(value, "1");
+			else if (IS("runc", "systemd_cgroup"))
+				c->runc_systemd_cgroup = !strcmp(value, "1");
+			free(value);
+		}
+#undef IS
+	}
+	free(text);
+	if (!c->state_dir)
+		c->state_dir = strdup(DEFAULT_STATE_DIR);
+	if (!c->runc_shim)
+		c->runc_shim = strdup(DEFAULT_RUNC_SHIM);
+	if (!c->runc_root)
+		c->runc_root = strdup("");
+	if (!c->runc_binary_name)
+		c->runc_binary_name = strdup("");
+	if (!c->state_dir || !c->runc_shim || !c->runc_root || !c->runc_binary_name) {
+		shim_config_free(c);
+		return -ENOMEM;
+	}
+	return err;
+}
+
+void shim_config_free(struct shim_config *c)
+{
+	free(c->state_dir);
+	free(c->runc_shim);
+	free(c->runc_root);
+	free(c->runc_binary_name);
+	memset(c, 0, sizeof(*c));
+}
+
+int debug_from_env(void)
+{
+	const char *v = getenv("HETEROPOD_DEBUG");
+
+	return v && *v && strcmp(v, "0") != 0 && strcmp(v, "false") != 0;
+}
+
+/*
+ * Whether the spec has the key "heteropod.io/offload": followed by a colon, and
+ * not inside a JSON string (there its quotes would be escaped). In an OCI spec
+ * only annotations have keys of that form.
+ */
+static int has_offload_annotation(const char *spec)
+{
+	const char *p;
+
+	for (p = strstr(spec, OFFLOAD_KEY); p; p = strstr(p + 1, OFFLOAD_KEY)) {
+		const char *q = p + strlen(OFFLOAD_KEY);
+
+		if (p > spec && p[-1] == '\\')
+			continue;
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		if (*q == ':')
+			return 1;
+	}
+	return 0;
+}
+
+/* The pod the task belongs to (its sandbox-id annotation, else the task id) and
+ * whether it asks for offload. */
+static char *group_of(const char *id, int *offload)
 {
 	char *spec = read_file("config.json"), *p, *end, *out;
 
 	if (!spec)
 		fail("read bundle spec config.json", strerror(errno));
+	*offload = has_offload_annotation(spec);
 	p = strstr(spec, SANDBOX_ID_KEY);
 	if (p) {
 		p += strlen(SANDBOX_ID_KEY);
@@ -293,7 +420,7 @@ static char *group_of(const char *id)
 	return strdup(id);
 }
 
-static int mkdir_p(const char *dir, mode_t mode)
+int mkdir_p(const char *dir, mode_t mode)
 {
 	char buf[PATH_MAX];
 	char *p;
@@ -325,19 +452,22 @@ static int socket_answers(const struct sockaddr_un *addr)
 	return ok;
 }
 
-/* Returns a listening socket at addr, or a negative errno. */
-static int listen_at(const struct sockaddr_un *addr)
+int listen_at(const char *path)
 {
-	int fd = socket(AF_UNIX, SOCK_STREAM, 0); /* no CLOEXEC: the daemon inherits it */
-	int err;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int fd, err;
 
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(addr.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0); /* no CLOEXEC: the daemon inherits it */
 	if (fd < 0)
 		return -errno;
-	unlink(addr->sun_path);
-	if (bind(fd, (const struct sockaddr *)addr, sizeof(*addr)) < 0 || chmod(addr->sun_path, 0600) < 0 || listen(fd, 128) < 0) {
+	unlink(path);
+	if (bind(fd, (const struct sockaddr *)&addr, sizeof(addr)) < 0 || chmod(path, 0600) < 0 || listen(fd, 128) < 0) {
 		err = -errno;
 		close(fd);
-		unlink(addr->sun_path);
+		unlink(path);
 		return err;
 	}
 	return fd;
@@ -469,11 +599,6 @@ static void spawn_spare(const char *mainjs, const struct flags_view *f, const ch
 
 /* ---- main -------------------------------------------------------------- */
 
-struct flags {
-	const char *namespace, *address, *publish_binary, *id, *action;
-	int debug;
-};
-
 static const char *flag_value(int argc, char **argv, int *i, const char *name)
 {
 	const char *arg = argv[*i] + (argv[*i][1] == '-' ? 2 : 1);
@@ -510,6 +635,14 @@ static int parse_flags(int argc, char **argv, struct flags *f)
 			f->publish_binary = v;
 		} else if ((v = flag_value(argc, argv, &i, "id"))) {
 			f->id = v;
+		} else if ((v = flag_value(argc, argv, &i, "socket"))) {
+			f->socket = v;
+		} else if ((v = flag_value(argc, argv, &i, "runc-address"))) {
+			f->runc_address = v;
+		} else if ((v = flag_value(argc, argv, &i, "work-dir"))) {
+			f->work_dir = v;
+		} else if ((v = flag_value(argc, argv, &i, "config"))) {
+			f->config = v;
 		} else {
 			return -1; /* anything else: the Node implementation decides */
 		}
@@ -517,16 +650,24 @@ static int parse_flags(int argc, char **argv, struct flags *f)
 	return 0;
 }
 
+int self_exe(char *out, size_t cap)
+{
+	ssize_t n = readlink("/proc/self/exe", out, cap - 1);
+
+	if (n <= 0)
+		return -errno;
+	out[n] = '\0';
+	return 0;
+}
+
 /* dist/src/shim/main.js of the checkout this launcher was built in (build/). */
 static void main_js(char *out, size_t cap)
 {
 	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	char *slash;
 
-	if (n <= 0)
+	if (self_exe(exe, sizeof(exe)) < 0)
 		fail("find own path", strerror(errno));
-	exe[n] = '\0';
 	slash = strrchr(exe, '/');
 	if (slash)
 		*slash = '\0';
@@ -557,10 +698,13 @@ int main(int argc, char **argv)
 	char mainjs[PATH_MAX], hex[65], record[3 * PATH_MAX], esc_cfg[PATH_MAX], esc_group[PATH_MAX];
 	char *stdin_bytes, *config_path, *state_dir, *group, *key;
 	struct sockaddr_un addr;
+	struct shim_config config;
 	struct flags f;
 	size_t in_len = 0, key_len;
-	int listener;
+	int listener, offload, err;
 
+	if (parse_flags(argc, argv, &f) == 0 && f.action && !strcmp(f.action, "proxy"))
+		return proxy_main(&f);
 	main_js(mainjs, sizeof(mainjs));
 	if (parse_flags(argc, argv, &f) < 0 || !f.action || strcmp(f.action, "start") != 0 || !f.namespace || !f.address || !f.id)
 		exec_node(mainjs, argc, argv);
@@ -569,12 +713,16 @@ int main(int argc, char **argv)
 	if (!stdin_bytes)
 		stdin_bytes = strdup("");
 	config_path = config_path_from_options((const unsigned char *)stdin_bytes, in_len);
-	state_dir = state_dir_from_config(config_path);
-	group = group_of(f.id);
+	if (!config_path)
+		fail("out of memory", NULL);
+	if ((err = shim_config_read(config_path, &config)) < 0)
+		fail(config_path[0] ? config_path : DEFAULT_CONFIG, strerror(-err));
+	state_dir = config.state_dir;
+	group = group_of(f.id, &offload);
 
 	key_len = strlen("heteropod") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(group);
 	key = malloc(key_len + 1);
-	if (!config_path || !state_dir || !group || !key)
+	if (!group || !key)
 		fail("out of memory", NULL);
 	snprintf(key, key_len + 1, "heteropod%c%s%c%s%c%s", 0, f.address, 0, f.namespace, 0, group);
 	sha256_hex((const unsigned char *)key, key_len, hex);
@@ -589,11 +737,20 @@ int main(int argc, char **argv)
 		struct flags_view view = { f.namespace, f.address, f.publish_binary, config_path, f.debug };
 		size_t spare_len;
 		pid_t pid;
-		int err;
 
 		snprintf(sdir, sizeof(sdir), "%s/s", state_dir);
 		if ((err = mkdir_p(sdir, 0711)) < 0)
 			fail(sdir, strerror(-err));
+		if (!offload) {
+			char cwd[PATH_MAX], why[PATH_MAX + 256];
+			struct start_request req = { &f, &config, config_path, group, addr.sun_path, cwd };
+
+			if (!getcwd(cwd, sizeof(cwd)))
+				fail("getcwd", strerror(errno));
+			if ((err = proxy_start(&req, why, sizeof(why))) < 0)
+				fail(why, strerror(-err));
+			goto started;
+		}
 		/* A spare serves one containerd with one shim configuration. */
 		spare_len = strlen("spare") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(config_path) + 1 +
 			    (f.publish_binary ? strlen(f.publish_binary) : 0) + 2;
@@ -611,7 +768,7 @@ int main(int argc, char **argv)
 			spawn_spare(mainjs, &view, spare);
 			goto started;
 		}
-		listener = listen_at(&addr);
+		listener = listen_at(addr.sun_path);
 		if (listener < 0)
 			fail(addr.sun_path, strerror(-listener));
 		pid = fork();

@@ -1,7 +1,23 @@
 # The shim's `start` in C (src/shim/launcher.c): containerd runs it cold for every
-# task, so it must not pay for a Node.js start-up.
-build-c: $(BUILD)/containerd-shim-heteropod-v2
+# task, so it must not pay for a Node.js start-up. The same binary is the ttrpc
+# proxy (proxy.c, proxy-start.c) that serves pods without offload in front of
+# containerd-shim-runc-v2.
+SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c
+SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h
+SHIM_PROXY_TEST := test/unit/shim-proxy.c
+SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 
-$(BUILD)/containerd-shim-heteropod-v2: src/shim/launcher.c
+build-c: $(BUILD)/containerd-shim-heteropod-v2 $(BUILD)/shim-test-proxy $(BUILD)/shim-test-proxy-asan
+
+$(BUILD)/containerd-shim-heteropod-v2: $(SHIM_C_SRC) $(SHIM_C_HDR)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) -o $@ $<
+	$(CC) $(CFLAGS_COMMON) -o $@ $(SHIM_C_SRC)
+
+# The proxy's tests: the Create rewrite, framing, malformed frames, runc's shim exiting.
+$(BUILD)/shim-test-proxy: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) src/shim/proxy.c
+
+$(BUILD)/shim-test-proxy-asan: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) src/shim/proxy.c

@@ -74,7 +74,12 @@ test('up makes the DPU; the agent is in its netns, cgroup and own mount namespac
   const cgroups = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
   for (const c of DPU.cgroupControllers) assert.match(cgroups, new RegExp(`^\\d+:${c}:/heteropod-dpu$`, 'm'), `${c} cgroup`);
   assert.is.not(fs.readlinkSync(`/proc/${pid}/ns/mnt`), fs.readlinkSync('/proc/self/ns/mnt'), 'own mount namespace');
-  for (const dir of DPU.emptyInside) assert.equal(fs.readdirSync(`/proc/${pid}/root${dir}`), [], `${dir} empty inside the DPU`);
+  assert.is(fs.statSync(`/proc/${pid}/ns/mnt`).ino, fs.statSync(DPU.mountNsFile).ino, 'the pinned mount namespace, which outlives the agent');
+  // Nothing of the host's is there; only what the agent makes itself (its sockets).
+  const own: Record<string, string[]> = { '/run/heteropod': ['agent'] };
+  for (const dir of DPU.emptyInside) {
+    assert.equal(fs.readdirSync(`/proc/${pid}/root${dir}`).filter((n) => !(own[dir] ?? []).includes(n)), [], `${dir} empty inside the DPU`);
+  }
   // the DPU sees its TLS files but not the CA key or the shim's key
   assert.ok(fs.existsSync(`/proc/${pid}/root${DPU.tlsDirInside}/agent.key`));
   assert.not.ok(fs.existsSync(`/proc/${pid}/root${DPU.pki.caKey}`));

@@ -1,7 +1,11 @@
 // The HeteroPod shim against the real containerd, runc and CNI of the test bed:
 // the same CRI flows run under handler `runc` and handler `heteropod`, and their
 // outcomes must be identical. A pod that offloads nothing must not be able to
-// tell the two apart. Every test ends with a leak check of what shims make.
+// tell the two apart. Under `heteropod` each flow runs in both of the shim's
+// modes: a pod without the `heteropod.io/offload` annotation (`heteropod`:
+// runc's shim behind the C proxy) and one with it, empty, so that nothing is
+// offloaded (`heteropod-router`: the Node router). Every test ends with a leak
+// check of what shims make.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -16,8 +20,9 @@ import { listProcesses, sleep, waitFor } from '../../src/testbed/proc';
 import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 import { containerdLogSince, containerdLogSize, restartContainerd, runUnderPty, settleAndCheckLeaks } from '../lib/shim';
 
-const HANDLERS = ['runc', 'heteropod'] as const;
+const HANDLERS = ['runc', 'heteropod', 'heteropod-router'] as const;
 type Handler = (typeof HANDLERS)[number];
+const ROUTER_ANNOTATIONS = { annotations: { 'heteropod.io/offload': '' } };
 
 let bed: Bed;
 let cri: CriClient;
@@ -39,12 +44,14 @@ async function startContainer(podId: string, pod: CriObject, name: string, comma
 }
 
 async function runPod(handler: Handler, name: string): Promise<{ podId: string; pod: CriObject }> {
-  const pod = podConfig(bed, `${name}-${handler}`);
-  const podId = await cri.runPodSandbox(pod, handler);
-  if (handler === 'heteropod') {
-    // The pod really is served by our shim: one process, titled for containerd.
+  const pod = podConfig(bed, `${name}-${handler}`, handler === 'heteropod-router' ? ROUTER_ANNOTATIONS : {});
+  const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
+  if (handler !== 'runc') {
+    // The pod really is served by our shim, in the mode its annotation asks for:
+    // one process, titled for containerd.
     const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2') && p.cmdline.includes(`-id ${podId}`));
     assert.is(ours.length, 1, `one heteropod shim serves pod ${podId.slice(0, 13)}`);
+    assert.is(ours[0].cmdline.endsWith(' proxy'), handler === 'heteropod', `${handler} pod served by ${ours[0].cmdline}`);
   }
   return { podId, pod };
 }
@@ -78,8 +85,9 @@ async function under(handler: Handler, name: string, scenario: (h: Handler) => P
 
 function sameOutcomes(name: string): void {
   const o = outcomes[name] ?? {};
-  assert.ok(o.runc !== undefined && o.heteropod !== undefined, `${name} ran under both handlers`);
-  assert.equal(o.heteropod, o.runc, `${name}: heteropod and runc disagree`);
+  for (const h of HANDLERS) assert.ok(o[h] !== undefined, `${name} ran under ${h}`);
+  assert.equal(o.heteropod, o.runc, `${name}: heteropod (proxy) and runc disagree`);
+  assert.equal(o['heteropod-router'], o.runc, `${name}: heteropod (router) and runc disagree`);
 }
 
 // --- the CRI flows -----------------------------------------------------------

@@ -1,6 +1,9 @@
 // The shim under a private, throwaway containerd driven by ctr (its own root,
 // state and sockets under a temporary directory; the CRI plugin disabled): the
 // shim binary protocol, exit codes, output, task events in order and the shim log.
+// Every flow runs in both of the shim's modes: a task without the
+// `heteropod.io/offload` annotation is served by runc's shim behind the C proxy,
+// one with it (empty: offload nothing) by the Node router.
 import { spawn, execFile, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -38,7 +41,16 @@ function ctr(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout
   });
 }
 
-const run = (id: string, cmd: string): ReturnType<typeof ctr> => ctr(['run', '--rm', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, id, '/bin/sh', '-c', cmd]);
+const MODES = { proxy: [] as string[], router: ['--annotation', 'heteropod.io/offload='] };
+type Mode = keyof typeof MODES;
+
+const runDetached = (mode: Mode, id: string, extra: string[], cmd: string[]): ReturnType<typeof ctr> =>
+  ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', ...MODES[mode], ...extra, '--rootfs', rootfs, id, ...cmd]);
+const run = (mode: Mode, id: string, cmd: string): ReturnType<typeof ctr> =>
+  ctr(['run', '--rm', '--runtime', 'io.containerd.heteropod.v2', ...MODES[mode], '--rootfs', rootfs, id, '/bin/sh', '-c', cmd]);
+// Our shim's process for a pod, in either mode (the proxy and the router share the title).
+const ourShims = (id: string): ReturnType<typeof listProcesses> =>
+  listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock) && p.cmdline.includes(`-id ${id} `));
 
 test.before(async () => {
   for (const cmd of ['containerd', 'ctr', 'busybox', 'containerd-shim-runc-v2', 'runc']) if (!which(cmd)) missing += ` ${cmd}`;
@@ -96,90 +108,114 @@ test.after(async () => {
   }
 });
 
-test('output and exit code 3 come back through the shim', async () => {
-  if (missing) return skip('shim-ctr', `missing${missing}`);
-  const r = await run('exit3', 'echo hello from the shim; exit 3');
-  assert.is(r.stdout, 'hello from the shim\n');
-  assert.is(r.code, 3, r.stderr);
-});
-
-test('task events reach containerd in order: create, start, exit, delete', async () => {
-  if (missing) return skip('shim-ctr', `missing${missing}`);
-  const events = spawn('ctr', ['-a', sock, 'events']);
-  let text = '';
-  events.stdout.on('data', (d: Buffer) => (text += d.toString()));
-  await sleep(300);
-  const r = await run('evt', 'exit 0');
-  assert.is(r.code, 0, r.stderr);
-  await waitFor('the delete event', 10_000, () => text.includes('/tasks/delete'));
-  events.kill();
-  const topics = text
-    .split('\n')
-    .filter((l) => l.includes(` ${ns} /tasks/`) && l.includes('"evt"'))
-    .map((l) => / (\/tasks\/[a-z-]+) /.exec(l)?.[1]);
-  assert.equal(topics, ['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
-});
-
-test('exec with its own exit code; Pids, Pause, Resume, Stats; Kill of an exited task is NOT_FOUND', async () => {
-  if (missing) return skip('shim-ctr', `missing${missing}`);
-  const started = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, 'longer', '/bin/sleep', '600']);
-  assert.is(started.code, 0, started.stderr);
-  const exec = await ctr(['task', 'exec', '--exec-id', 'e1', 'longer', '/bin/sh', '-c', 'echo in-exec; exit 4']);
-  assert.is(exec.stdout, 'in-exec\n');
-  assert.is(exec.code, 4);
-  const ps = await ctr(['task', 'ps', 'longer']);
-  assert.match(ps.stdout, /PID\s+INFO/, 'Pids relayed');
-  assert.is((await ctr(['task', 'pause', 'longer'])).code, 0);
-  assert.match((await ctr(['task', 'ls'])).stdout, /longer\s+\d+\s+PAUSED/);
-  assert.is((await ctr(['task', 'resume', 'longer'])).code, 0);
-  assert.match((await ctr(['task', 'ls'])).stdout, /longer\s+\d+\s+RUNNING/);
-  const metrics = await ctr(['task', 'metrics', 'longer']);
-  assert.is(metrics.code, 0, metrics.stderr);
-  assert.match(metrics.stdout, /memory/, 'Stats relayed');
-  const kill = await ctr(['task', 'kill', '-s', 'SIGKILL', 'longer']);
-  assert.is(kill.code, 0, kill.stderr);
-  await waitFor('the task to stop', 10_000, async () => (await ctr(['task', 'ls'])).stdout.includes('STOPPED'));
-  const again = await ctr(['task', 'kill', '-s', 'SIGKILL', 'longer']);
-  assert.match(again.stderr, /not found/, 'Kill of an exited process is NOT_FOUND');
-  assert.is((await ctr(['task', 'rm', 'longer'])).code, 0);
-  assert.is((await ctr(['container', 'rm', 'longer'])).code, 0);
-});
-
-test('one shim per pod; the shim killed: containerd cleans up, runc’s shim and our state go too', async () => {
-  if (missing) return skip('shim-ctr', `missing${missing}`);
-  const pod = ['--annotation', 'io.kubernetes.cri.sandbox-id=pod-k'];
-  for (const id of ['pod-k', 'pod-k-app']) {
-    const r = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', ...pod, '--rootfs', rootfs, id, '/bin/sleep', '600']);
-    assert.is(r.code, 0, r.stderr);
+// The leak check after each test: every shim gone, no task left, no pod state.
+test.after.each(async () => {
+  if (missing || !containerd) return;
+  const leaks = async (): Promise<string[]> => [
+    ...listProcesses()
+      .filter((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare '))
+      .map((p) => `process ${p.pid} ${p.cmdline}`),
+    ...(await ctr(['task', 'ls', '-q'])).stdout.split('\n').filter(Boolean).map((t) => `task ${t}`),
+    ...(fs.existsSync(path.join(SHIM_STATE, 'pods', ns)) ? fs.readdirSync(path.join(SHIM_STATE, 'pods', ns)).map((d) => `state ${d}`) : []),
+  ];
+  try {
+    await waitFor('the test’s shims, tasks and state to go', 20_000, async () => (await leaks()).length === 0);
+  } catch {
+    assert.equal(await leaks(), [], 'left behind');
   }
-  const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock));
-  assert.is(ours.length, 1, 'both tasks share one shim');
-  assert.ok(ours[0].cmdline.includes('-id pod-k '));
-  process.kill(ours[0].pid, 'SIGKILL');
-  await waitFor('containerd to drop both tasks', 15_000, async () => !/pod-k/.test((await ctr(['task', 'ls'])).stdout));
-  await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare ')));
-  assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, 'pod-k')), 'the pod’s state is removed');
-  for (const id of ['pod-k-app', 'pod-k']) assert.is((await ctr(['container', 'rm', id])).code, 0);
 });
 
-test('runc’s shim killed behind ours: our shim exits, containerd cleans up', async () => {
-  if (missing) return skip('shim-ctr', `missing${missing}`);
-  const r = await ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', '--rootfs', rootfs, 'lost', '/bin/sleep', '600']);
-  assert.is(r.code, 0, r.stderr);
-  const runc = listProcesses().filter((p) => p.cmdline.includes('containerd-shim-runc-v2') && p.cmdline.includes(sock) && p.cmdline.includes('-id lost '));
-  assert.is(runc.length, 1);
-  process.kill(runc[0].pid, 'SIGKILL');
-  await waitFor('containerd to drop the task', 15_000, async () => !/lost/.test((await ctr(['task', 'ls'])).stdout));
-  await waitFor('our shim to exit', 10_000, () => !listProcesses().some((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes('-id lost ')));
-  await waitFor('the container process to be gone', 10_000, () => !listProcesses().some((p) => p.cmdline === '/bin/sleep 600' && p.cgroup.includes('/lost')));
-  assert.is((await ctr(['container', 'rm', 'lost'])).code, 0);
-  assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, 'lost')));
-});
+for (const mode of Object.keys(MODES) as Mode[]) {
+  test(`${mode}: output and exit code 3 come back through the shim`, async () => {
+    if (missing) return skip('shim-ctr', `missing${missing}`);
+    const r = await run(mode, `exit3-${mode}`, 'echo hello from the shim; exit 3');
+    assert.is(r.stdout, 'hello from the shim\n');
+    assert.is(r.code, 3, r.stderr);
+  });
+
+  test(`${mode}: task events reach containerd in order: create, start, exit, delete`, async () => {
+    if (missing) return skip('shim-ctr', `missing${missing}`);
+    const events = spawn('ctr', ['-a', sock, 'events']);
+    let text = '';
+    events.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    await sleep(300);
+    const r = await run(mode, `evt-${mode}`, 'exit 0');
+    assert.is(r.code, 0, r.stderr);
+    await waitFor('the delete event', 10_000, () => text.includes('/tasks/delete'));
+    events.kill();
+    const topics = text
+      .split('\n')
+      .filter((l) => l.includes(` ${ns} /tasks/`) && l.includes(`"evt-${mode}"`))
+      .map((l) => / (\/tasks\/[a-z-]+) /.exec(l)?.[1]);
+    assert.equal(topics, ['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
+  });
+
+  test(`${mode}: exec with its own exit code; Pids, Pause, Resume, Stats; Kill of an exited task is NOT_FOUND`, async () => {
+    const longer = `longer-${mode}`;
+    if (missing) return skip('shim-ctr', `missing${missing}`);
+    const started = await runDetached(mode, longer, [], ['/bin/sleep', '600']);
+    assert.is(started.code, 0, started.stderr);
+    const exec = await ctr(['task', 'exec', '--exec-id', 'e1', longer, '/bin/sh', '-c', 'echo in-exec; exit 4']);
+    assert.is(exec.stdout, 'in-exec\n');
+    assert.is(exec.code, 4);
+    const ps = await ctr(['task', 'ps', longer]);
+    assert.match(ps.stdout, /PID\s+INFO/, 'Pids relayed');
+    assert.is((await ctr(['task', 'pause', longer])).code, 0);
+    assert.match((await ctr(['task', 'ls'])).stdout, new RegExp(`${longer}\\s+\\d+\\s+PAUSED`));
+    assert.is((await ctr(['task', 'resume', longer])).code, 0);
+    assert.match((await ctr(['task', 'ls'])).stdout, new RegExp(`${longer}\\s+\\d+\\s+RUNNING`));
+    const metrics = await ctr(['task', 'metrics', longer]);
+    assert.is(metrics.code, 0, metrics.stderr);
+    assert.match(metrics.stdout, /memory/, 'Stats relayed');
+    const kill = await ctr(['task', 'kill', '-s', 'SIGKILL', longer]);
+    assert.is(kill.code, 0, kill.stderr);
+    await waitFor('the task to stop', 10_000, async () => (await ctr(['task', 'ls'])).stdout.includes('STOPPED'));
+    const again = await ctr(['task', 'kill', '-s', 'SIGKILL', longer]);
+    assert.match(again.stderr, /not found/, 'Kill of an exited process is NOT_FOUND');
+    assert.is((await ctr(['task', 'rm', longer])).code, 0);
+    assert.is((await ctr(['container', 'rm', longer])).code, 0);
+  });
+
+  test(`${mode}: one shim per pod; the shim killed: containerd cleans up, runc’s shim and our state go too`, async () => {
+    const k = `pod-k-${mode}`;
+    if (missing) return skip('shim-ctr', `missing${missing}`);
+    const pod = ['--annotation', `io.kubernetes.cri.sandbox-id=${k}`];
+    for (const id of [k, `${k}-app`]) {
+      const r = await runDetached(mode, id, pod, ['/bin/sleep', '600']);
+      assert.is(r.code, 0, r.stderr);
+    }
+    const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock));
+    assert.is(ours.length, 1, 'both tasks share one shim');
+    assert.ok(ours[0].cmdline.includes(`-id ${k} `));
+    assert.is(ours[0].cmdline.endsWith(' proxy'), mode === 'proxy', `served by the ${mode}: ${ours[0].cmdline}`);
+    process.kill(ours[0].pid, 'SIGKILL');
+    await waitFor('containerd to drop both tasks', 15_000, async () => !new RegExp(k).test((await ctr(['task', 'ls'])).stdout));
+    await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare ')));
+    assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, k)), 'the pod’s state is removed');
+    for (const id of [`${k}-app`, k]) assert.is((await ctr(['container', 'rm', id])).code, 0);
+  });
+
+  test(`${mode}: runc’s shim killed behind ours: our shim exits, containerd cleans up`, async () => {
+    const lost = `lost-${mode}`;
+    if (missing) return skip('shim-ctr', `missing${missing}`);
+    const r = await runDetached(mode, lost, [], ['/bin/sleep', '600']);
+    assert.is(r.code, 0, r.stderr);
+    const runc = listProcesses().filter((p) => p.cmdline.includes('containerd-shim-runc-v2') && p.cmdline.includes(sock) && p.cmdline.includes(`-id ${lost} `));
+    assert.is(runc.length, 1);
+    process.kill(runc[0].pid, 'SIGKILL');
+    await waitFor('containerd to drop the task', 15_000, async () => !new RegExp(lost).test((await ctr(['task', 'ls'])).stdout));
+    await waitFor('our shim to exit', 10_000, () => ourShims(lost).length === 0);
+    await waitFor('the container process to be gone', 10_000, () => !listProcesses().some((p) => p.cmdline === '/bin/sleep 600' && p.cgroup.includes(`/${lost}`)));
+    assert.is((await ctr(['container', 'rm', lost])).code, 0);
+    assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, lost)));
+  });
+}
 
 test('the shim log reaches containerd’s log as key=value lines; debug by HETEROPOD_DEBUG', () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
   const log = fs.readFileSync(logFile, 'utf8');
   assert.match(log, /level=info msg="shim serving" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
+  assert.match(log, /level=info msg="proxy serving" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
   assert.match(log, /level=debug msg="ttrpc call" runtime=io.containerd.heteropod.v2 .*method=containerd.task.v2.Task.Create code=0/);
 });
 

@@ -37,6 +37,35 @@ test('start finds the socket TypeScript computes, writes address and the start r
   }
 });
 
+test('a pod without heteropod.io/offload goes to runc’s shim; a failed start leaves nothing behind', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    // `heteropod.io/offload-policy` alone does not ask for offload, nor does the key inside a value.
+    const annotations = { 'io.kubernetes.cri.sandbox-id': 'pod-p', 'heteropod.io/offload-policy': 'prefer', note: '"heteropod.io/offload": x' };
+    fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }));
+    const config = path.join(dir, 'shim.toml');
+    // A runc shim that fails: `start` reports it and rolls back its socket and the pod's state.
+    const fakeRunc = path.join(dir, 'fake-runc-shim');
+    fs.writeFileSync(fakeRunc, '#!/bin/sh\necho "fake runc shim refuses: $*" >&2\nexit 3\n', { mode: 0o755 });
+    fs.writeFileSync(config, `state_dir = '${dir}/state'\nrunc_shim = "${fakeRunc}"  # comment\n[runc]\n  root = "/x"\n`);
+    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-p', 'start'], { cwd: bundle, input: options });
+    assert.is(r.status, 1);
+    assert.match(r.stderr.toString(), new RegExp(`start runc shim ${fakeRunc}: exit 3: fake runc shim refuses: -namespace k8s.io -address /run/c.sock -id pod-p start`));
+    assert.is(r.stdout.toString(), '');
+    const paths = groupPaths(`${dir}/state`, '/run/c.sock', 'k8s.io', 'pod-p');
+    assert.not.ok(fs.existsSync(paths.socket), 'no socket left');
+    assert.equal(fs.readdirSync(path.join(dir, 'state', 's')), []);
+    assert.equal(fs.readdirSync(path.join(dir, 'state', 'pods')), [], 'no pod state left');
+    assert.not.ok(fs.existsSync(path.join(bundle, 'address')));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('other actions go to the Node implementation', () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
   const r = spawnSync(launcher, ['-v']);

@@ -1,0 +1,59 @@
+/*
+ * What launcher.c (start, the Node hand-off) and proxy-start.c (pods served by
+ * the C proxy) share. Not an API: one binary, build/containerd-shim-heteropod-v2.
+ */
+#ifndef HETEROPOD_SHIM_LAUNCHER_H
+#define HETEROPOD_SHIM_LAUNCHER_H
+
+#include <sys/types.h>
+
+#define DEFAULT_CONFIG "/etc/heteropod/shim.toml"
+#define DEFAULT_STATE_DIR "/run/heteropod-shim"
+#define DEFAULT_RUNC_SHIM "containerd-shim-runc-v2"
+
+/* The shim config (src/shim/config.ts has the full reader and the defaults). */
+struct shim_config {
+	char *state_dir, *runc_shim, *runc_root, *runc_binary_name;
+	int debug, runc_systemd_cgroup;
+};
+
+/* Reads `path` (or DEFAULT_CONFIG when empty); a missing file gives the defaults.
+ * Returns 0 or a negative errno; free with shim_config_free. */
+int shim_config_read(const char *path, struct shim_config *c);
+void shim_config_free(struct shim_config *c);
+
+/* Go-style flags, as containerd passes them, plus the proxy's own. */
+struct flags {
+	const char *namespace, *address, *publish_binary, *id, *action;
+	/* proxy: our socket, runc's shim address, its working directory, the config */
+	const char *socket, *runc_address, *work_dir, *config;
+	int debug;
+};
+
+/* What `start` knows once it has found the pod and decided it needs a shim. */
+struct start_request {
+	const struct flags *flags;
+	const struct shim_config *config;
+	const char *config_path; /* "" when containerd sent no options */
+	const char *group;	 /* the pod: sandbox id */
+	const char *socket;	 /* our socket for the pod (nothing answers there yet) */
+	const char *bundle;	 /* absolute: the task's bundle, start's cwd */
+};
+
+/* Starts runc's shim for the pod and the proxy in front of it, listening on
+ * req->socket before it returns. 0, or a negative errno with `why` filled. */
+int proxy_start(const struct start_request *req, char *why, size_t why_len);
+
+/* The `proxy` action: the long-lived process proxy_start spawns. */
+int proxy_main(const struct flags *f);
+
+int mkdir_p(const char *dir, mode_t mode);
+char *read_file(const char *path);
+/* Returns a listening socket at path (not close-on-exec), or a negative errno. */
+int listen_at(const char *path);
+/* The path of this executable. */
+int self_exe(char *out, size_t cap);
+/* Whether the HETEROPOD_DEBUG environment variable asks for debug tracing. */
+int debug_from_env(void);
+
+#endif
