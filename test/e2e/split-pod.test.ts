@@ -183,8 +183,10 @@ test('the shim killed: the hook and delete remove the split network', async () =
   assert.is(shim.length, 1);
   process.kill(shim[0].pid, 'SIGKILL');
   // containerd runs `delete` for each task (the agent removes the DPU half) and runc
-  // deletes the sandbox (its poststop hook runs); the exit codes are offload.test's.
-  for (const id of [proxy, app]) await waitForContainerState(cri, id, 'CONTAINER_EXITED');
+  // deletes the sandbox (its poststop hook runs).
+  const codes = [];
+  for (const id of [proxy, app]) codes.push((await waitForContainerState(cri, id, 'CONTAINER_EXITED')).exit_code);
+  assert.equal(codes, [137, 137], 'exit codes of proxy (DPU) and app (host)');
   await removePod(podId);
   await noLeaks('the pod whose shim was killed', podId);
 });
