@@ -11,9 +11,12 @@ import {
   CreateRequest,
   InputChunk,
   LayerChunk,
+  ListeningPorts,
+  OpenLinkRequest,
   ProcessRef,
   PutLayerResponse,
   RELAYED_TASK_CALLS,
+  SetPeerPortsRequest,
   TaskCall,
   TaskEventMessage,
 } from './proto';
@@ -38,6 +41,16 @@ export function podHandlers(pods: DpuPods): grpc.UntypedServiceImplementation {
     Output: output(pods),
     Input: input(pods),
     Events: events(pods),
+    OpenLink: unary('OpenLink', (req: OpenLinkRequest) => pods.openLink(req)),
+    CloseLink: unary('CloseLink', async (req: { pod_id: string }) => {
+      await pods.closeLink(req.pod_id);
+      return {};
+    }),
+    SetPeerPorts: unary('SetPeerPorts', async (req: SetPeerPortsRequest) => {
+      await pods.setPeerPorts(req.pod_id, req.ports);
+      return {};
+    }),
+    WatchPorts: watchPorts(pods),
   };
   for (const method of RELAYED_TASK_CALLS) {
     handlers[method] = unary(method, async (req: TaskCall) => ({ response: await pods.relay(method, req.pod_id, req.request) }));
@@ -112,6 +125,27 @@ function events(pods: DpuPods): grpc.handleServerStreamingCall<{ pod_id: string;
     const stop = pods.events.subscribe(pod_id, Number(after), (e) => {
       call.write({ sequence: e.sequence, topic: e.topic, forward: e.forward });
     });
+    call.on('cancelled', stop);
+    call.on('error', stop);
+    call.on('close', stop);
+  };
+}
+
+// The stream ends (OK) when the half closes; the shim then knows to ask again.
+function watchPorts(pods: DpuPods): grpc.handleServerStreamingCall<{ pod_id: string }, ListeningPorts> {
+  return (call) => {
+    const { pod_id } = call.request;
+    trace(`WatchPorts ${pod_id}`);
+    let stop: () => void;
+    try {
+      stop = pods.watchPorts(pod_id, (ports) => {
+        if (ports) call.write({ ports });
+        else call.end();
+      });
+    } catch (err) {
+      call.emit('error', toServiceError(err));
+      return;
+    }
     call.on('cancelled', stop);
     call.on('error', stop);
     call.on('close', stop);

@@ -12,11 +12,19 @@
 // (pod.json) names its containers and their stdio fifos; a restarted agent reads
 // the records, reattaches to the runc shims (whose address files are in their
 // working directories) and reopens the fifos.
+//
+// The pod's split network (src/netns): once the host half is open, the shim asks
+// for the DPU half (OpenLink), which this process holds: its end of the pod's XPU
+// link is pumped here, so it ends with the agent; the shim asks again when its
+// port stream breaks, and a restarted agent opens the half anew (the half removes
+// the chains its predecessor left). Its listening ports go to the shim
+// (WatchPorts) and the host half's come back (SetPeerPorts).
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { NetnsHalf, openDpuHalf } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeIdRequest, encodeKillRequest, taskRef } from '../shim/messages';
@@ -27,7 +35,7 @@ import { AgentError } from './errors';
 import { EventHub } from './events';
 import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
-import type { CreateRequest, PodInfo, CreatePodRequest } from './proto';
+import type { CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from './proto';
 
 export interface AgentPaths {
   // pods/ (one directory per pod) and layers/ live here
@@ -83,11 +91,26 @@ function asAgentError(err: unknown, context: string): AgentError {
   return new AgentError(grpc.status.INTERNAL, `${context}: ${(err as Error).message}`);
 }
 
+/** A watcher of the DPU half's listening ports: each set, then null when the half closes. */
+export type PortsListener = (ports: number[] | null) => void;
+
+function checkPorts(what: string, ports: readonly number[]): number[] {
+  for (const p of ports) {
+    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what}: ${p} is not a port number`);
+  }
+  return [...ports];
+}
+
 class DpuPod {
   readonly outputs = new Map<string, ProcessOutput>();
   readonly inputs = new Map<string, ProcessInput>();
   private logFifo: net.Socket | null = null;
   lost = '';
+  // The DPU half of the pod's split network, opening or open; null when closed.
+  link: Promise<NetnsHalf> | null = null;
+  // Its listening ports as last reported (null: not yet), and who wants them.
+  linkPorts: number[] | null = null;
+  readonly portListeners = new Set<PortsListener>();
 
   constructor(readonly record: PodRecord, readonly dir: string, readonly runc: RuncShimRuntime) {}
 
@@ -135,6 +158,7 @@ class DpuPod {
 export class DpuPods {
   private readonly pods = new Map<string, DpuPod>();
   private readonly containerPod = new Map<string, string>();
+  private readonly removals = new Map<string, Promise<void>>();
 
   constructor(
     private readonly paths: AgentPaths,
@@ -270,10 +294,106 @@ export class DpuPods {
     return pod;
   }
 
-  async removePod(id: string): Promise<void> {
+  /** Opens the pod's DPU half in its network namespace (the host half made the window); one already open is returned. */
+  async openLink(req: OpenLinkRequest): Promise<LinkInfo> {
+    const what = `open the DPU half of pod ${req.pod_id}'s network`;
+    if (!net.isIPv4(req.pod_ip)) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what}: pod IP ${JSON.stringify(req.pod_ip)} is not an IPv4 address`);
+    const declared = checkPorts(`${what}: declared port`, req.declared_dpu_ports);
+    const pod = this.pod(req.pod_id);
+    if (!pod.link) {
+      const netnsPath = pod.netnsPath(this.paths.netnsDir);
+      const podLog = this.log.with({ pod: req.pod_id });
+      const opening: Promise<NetnsHalf> = openDpuHalf({
+        podId: req.pod_id,
+        netnsPath,
+        podIp: req.pod_ip,
+        declaredDpuPorts: declared,
+        onListeningPorts: (ports) => {
+          // The first report comes while opening: pod.link is already this half.
+          if (pod.link !== opening) return;
+          pod.linkPorts = ports;
+          for (const l of pod.portListeners) l(ports);
+        },
+        log: (level, msg) => podLog[level](msg),
+      });
+      pod.link = opening;
+      pod.linkPorts = null;
+      opening.then(
+        () => this.log.info('split network: DPU half open', { pod: req.pod_id, netns: netnsPath, pod_ip: req.pod_ip, declared: declared.join(',') }),
+        () => {
+          if (pod.link === opening) pod.link = null;
+        },
+      );
+    }
+    let half: NetnsHalf;
+    try {
+      half = await pod.link;
+    } catch (err) {
+      throw asAgentError(err, what);
+    }
+    return { pod_id: req.pod_id, window: half.windowPath, netns_path: half.netnsPath, link_up: half.linkUp(), listening_ports: half.listeningPorts() };
+  }
+
+  /** Closes the pod's DPU half; a pod without one (or unknown) has nothing to close. Its port watchers' streams end. */
+  async closeLink(podId: string): Promise<void> {
+    const pod = this.pods.get(podId);
+    const opening = pod?.link;
+    if (!pod || !opening) return;
+    pod.link = null;
+    pod.linkPorts = null;
+    for (const l of [...pod.portListeners]) l(null);
+    pod.portListeners.clear();
+    const half = await opening.catch(() => null); // a failed open undid itself
+    if (!half) return;
+    try {
+      await half.close();
+    } catch (err) {
+      throw asAgentError(err, `close the DPU half of pod ${podId}'s network`);
+    }
+    this.log.info('split network: DPU half closed', { pod: podId });
+  }
+
+  /** Follows the DPU half's listening ports (the last known set at once); returns the unsubscribe. */
+  watchPorts(podId: string, listener: PortsListener): () => void {
+    const pod = this.pod(podId);
+    if (!pod.link) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
+    pod.portListeners.add(listener);
+    if (pod.linkPorts) listener(pod.linkPorts);
+    return () => pod.portListeners.delete(listener);
+  }
+
+  /** The host half's listening ports, for the DPU half's rules. */
+  async setPeerPorts(podId: string, ports: readonly number[]): Promise<void> {
+    const checked = checkPorts(`pod ${podId}: host half's listening port`, ports);
+    const pod = this.pod(podId);
+    if (!pod.link) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
+    try {
+      await (await pod.link).setPeerListeningPorts(checked);
+    } catch (err) {
+      throw asAgentError(err, `pod ${podId}: set the host half's ports`);
+    }
+  }
+
+  /**
+   * Removes the pod's half and everything in it. Concurrent calls (containerd
+   * runs `delete` for each task of a pod whose shim died, and each asks) share
+   * one removal.
+   */
+  removePod(id: string): Promise<void> {
+    let removal = this.removals.get(id);
+    if (!removal) {
+      removal = this.doRemovePod(id).finally(() => this.removals.delete(id));
+      this.removals.set(id, removal);
+    }
+    return removal;
+  }
+
+  private async doRemovePod(id: string): Promise<void> {
     const pod = this.pods.get(id);
     if (!pod) return;
     const problems: string[] = [];
+    // The link first: its rules and device are in the namespace removed below.
+    await this.closeLink(id).catch((err: Error) => problems.push(err.message));
     for (const container of Object.keys(pod.record.containers)) {
       try {
         await this.forceDelete(pod, container);

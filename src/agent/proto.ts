@@ -114,5 +114,28 @@ export interface TaskEventMessage {
   forward: Buffer;
 }
 
+export interface OpenLinkRequest {
+  pod_id: string;
+  pod_ip: string;
+  declared_dpu_ports: number[];
+}
+
+export interface LinkInfo {
+  pod_id: string;
+  window: string;
+  netns_path: string;
+  link_up: boolean;
+  listening_ports: number[];
+}
+
+export interface ListeningPorts {
+  ports: number[];
+}
+
+export interface SetPeerPortsRequest {
+  pod_id: string;
+  ports: number[];
+}
+
 /** The task calls that carry a containerd.task.v2 request as is (Create and Exec are the agent's own). */
 export const RELAYED_TASK_CALLS = ['Start', 'Wait', 'Kill', 'Delete', 'State', 'Pids', 'Stats', 'ResizePty', 'CloseIO', 'Update', 'Pause', 'Resume'] as const;

@@ -262,6 +262,24 @@ async function deviceWithAddress(netnsPath: string, ip: string): Promise<string>
 }
 
 /**
+ * The pod IP: the IPv4 address of `dev` (eth0, as CNI names it) in the pod's
+ * namespace. The shim reads it once CNI has run, to open the host half.
+ */
+export async function podIpv4(netnsPath: string, dev = 'eth0'): Promise<string> {
+  const what = `read the pod IP (IPv4 of ${dev}) in ${netnsPath}`;
+  if (!isNetns(netnsPath)) throw new Error(`${what}: not a network namespace`);
+  let addrs: Array<{ addr_info?: Array<{ local?: string; scope?: string }> }>;
+  try {
+    addrs = JSON.parse(await inNetns(netnsPath, ['ip', '-j', '-4', 'addr', 'show', 'dev', dev])) as typeof addrs;
+  } catch (err) {
+    throw new Error(`${what}: ${(err as Error).message}`);
+  }
+  const ip = addrs.flatMap((d) => d.addr_info ?? []).find((a) => a.local && a.scope !== 'host')?.local;
+  if (!ip) throw new Error(`${what}: ${dev} has no IPv4 address (has CNI set the pod's network up?)`);
+  return ip;
+}
+
+/**
  * A window left by a host half whose shim died without its hook running: no
  * live end means nobody uses it. A live end means this pod already has a host
  * half (or the DPU half of a previous one is still attached).

@@ -14,6 +14,33 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cleanupPod, CleanupTarget } from './cleanup';
 
+/** The hook program, in this checkout (dist/src/netns → hooks/). */
+export const CLEANUP_HOOK = path.resolve(__dirname, '../../../hooks/heteropod-netns-cleanup');
+
+export interface OciHook {
+  path: string;
+  args?: string[];
+  env?: string[];
+  timeout?: number;
+}
+
+/**
+ * The poststop hook the shim puts in an offloading pod's sandbox spec. runc runs
+ * it with an environment of the hook's own: PATH must find node (the program's
+ * interpreter, found by /usr/bin/env) and the node's ip, nsenter and iptables.
+ */
+export function cleanupHook(nodeBinary = process.execPath): OciHook {
+  const dirs = [path.dirname(nodeBinary), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+  return { path: CLEANUP_HOOK, args: [path.basename(CLEANUP_HOOK)], env: [`PATH=${[...new Set(dirs)].join(':')}`], timeout: 30 };
+}
+
+/** The spec with the clean-up hook added to its poststop hooks (once: a spec that has it is returned as is). */
+export function withCleanupHook<S extends { hooks?: { poststop?: OciHook[] } }>(spec: S, hook: OciHook = cleanupHook()): S {
+  const poststop = spec.hooks?.poststop ?? [];
+  if (poststop.some((h) => h.path === hook.path)) return spec;
+  return { ...spec, hooks: { ...spec.hooks, poststop: [...poststop, hook] } };
+}
+
 const USAGE = 'usage: heteropod-netns-cleanup [--pod ID [--netns PATH]]  (no arguments: OCI state on stdin)';
 
 interface OciState {

@@ -1,8 +1,10 @@
 // The split network namespace: what the shim (host half) and the DPU agent
 // (DPU half) call. See README "The split network namespace".
-export { openHostHalf, openDpuHalf, podWindowPath, NetnsHalf } from './half';
+export { openHostHalf, openDpuHalf, podIpv4, podWindowPath, NetnsHalf } from './half';
 export type { HalfOptions, HostHalfOptions, DpuHalfOptions, HalfStatus, LogLevel } from './half';
 export { cleanupPod } from './cleanup';
+export { CLEANUP_HOOK, cleanupHook, withCleanupHook } from './hook';
+export type { OciHook } from './hook';
 export type { CleanupTarget } from './cleanup';
 export { AnnotationError, PORTS_ANNOTATION, parsePortsAnnotation, declaredPortList } from './ports';
 export type { DeclaredPorts } from './ports';

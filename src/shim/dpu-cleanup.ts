@@ -2,6 +2,9 @@
 // pod's DPU containers any more. containerd runs `delete` once per task; an
 // offloaded container's is killed and deleted on the DPU (its exit status is
 // the answer), and the sandbox's removes the pod's DPU half with whatever is left.
+// The sandbox's also removes what the dead shim held of the pod's split network:
+// the host half's rules in the pod's namespace and the XPU window (the sandbox's
+// poststop hook does the same when runc deletes the sandbox; both are idempotent).
 import * as fs from 'node:fs';
 import type { DpuAgentError } from '../agent/client';
 import type { ShimConfig } from './config';
@@ -21,6 +24,11 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
   }
   const onDpu = record.containers.some((c) => c.id === taskId && c.where === 'dpu');
   const isSandbox = taskId === group;
+  if (isSandbox && record.netns_path) {
+    // Loaded only here, like the DPU client below.
+    const { cleanupPod } = require('../netns') as typeof import('../netns');
+    await cleanupPod({ podId: group, netnsPath: record.netns_path }).catch((err) => warn('remove the host half of the pod\'s split network', err));
+  }
   const hasHalf = record.offload.length > 0 && !record.dpu_problem && Boolean(config.dpu.address);
   if (!hasHalf) {
     if (isSandbox) fs.rmSync(file, { force: true });

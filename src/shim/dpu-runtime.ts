@@ -11,13 +11,17 @@
 //   others  - the request as containerd encoded it, and the answer as is
 // The DPU's task events come back on one stream per pod and are forwarded to
 // containerd with the host's (ordered) forwarder.
+//
+// The pod's split network (SplitLink below): the host half in this process, the
+// DPU half in the agent, and their listening ports exchanged both ways.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agent/client';
-import type { CapacityResponse, HealthResponse, LayerChunk, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
+import type { CapacityResponse, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
+import { NetnsHalf, openHostHalf } from '../netns';
 import { decode } from '../proto';
 import { readFields, str, bool, uint } from '../proto/wire';
 import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
@@ -60,6 +64,155 @@ function asRpcError(err: unknown, context: string): Error {
 
 const key = (id: string, execId: string) => `${id}/${execId}`;
 
+/** Where the pod's host half is and what the pod declares (shim side of OpenLink). */
+export interface SplitLinkOptions {
+  /** The sandbox's network namespace (CNI's), the host half. */
+  netnsPath: string;
+  /** The pod IP in it. */
+  podIp: string;
+  /** heteropod.io/ports, as declaredPortList gives it. */
+  declaredDpuPorts: number[];
+}
+
+/**
+ * The pod's split network namespace as the shim holds it. The host half is opened
+ * here first (it makes the pod's XPU window), then the agent is asked for the DPU
+ * half (OpenLink). Ports cross both ways: the DPU half's on a WatchPorts stream
+ * into the host half's setPeerListeningPorts, the host half's (the last set only)
+ * by SetPeerPorts. When the stream breaks (the agent restarted: its end of the
+ * link died with it) the DPU half is asked for again, like the Events stream,
+ * and the host half's ports are sent again.
+ */
+class SplitLink {
+  private host: NetnsHalf | null = null;
+  // The host half's ports as last seen, and as the DPU half last acknowledged them.
+  private hostPorts: number[] | null = null;
+  private sentPorts: string | null = null;
+  private sending = false;
+  private dpuOpen = false;
+  private watch: grpc.ClientReadableStream<ListeningPorts> | null = null;
+  private outage = false;
+  private closed = false;
+
+  constructor(private readonly client: DpuAgentClient, private readonly podId: string, private readonly opts: SplitLinkOptions, private readonly log: Logger) {}
+
+  /** Both halves open and ports flowing; on failure, whatever was opened is closed again. */
+  async open(): Promise<void> {
+    const { netnsPath, podIp, declaredDpuPorts } = this.opts;
+    try {
+      this.host = await openHostHalf({
+        podId: this.podId,
+        netnsPath,
+        podIp,
+        declaredDpuPorts,
+        onListeningPorts: (ports) => {
+          this.hostPorts = ports;
+          this.sendPorts();
+        },
+        log: (level, msg) => this.log[level](msg),
+      });
+      await this.openDpuHalf();
+      this.follow();
+    } catch (err) {
+      await this.close().catch((e: Error) => this.log.error('close the split network after a failed open', { error: e.message }));
+      throw new Error(`open the split network of pod ${this.podId}: ${(err as Error).message}`);
+    }
+    this.log.info('split network open', { netns: netnsPath, pod_ip: podIp, declared: declaredDpuPorts.join(','), window: this.host!.windowPath });
+  }
+
+  private async openDpuHalf(): Promise<void> {
+    const { podIp, declaredDpuPorts } = this.opts;
+    let info: LinkInfo;
+    try {
+      info = await this.client.call<LinkInfo>('OpenLink', { pod_id: this.podId, pod_ip: podIp, declared_dpu_ports: declaredDpuPorts }, { timeoutMs: 30_000 });
+    } catch (err) {
+      throw new Error(`the DPU half: ${(err as Error).message}`);
+    }
+    if (this.closed) return;
+    this.dpuOpen = true;
+    this.sentPorts = null; // a new half knows nothing of the host's ports
+    await this.host?.setPeerListeningPorts(info.listening_ports);
+    this.sendPorts();
+  }
+
+  // The latest host ports to the DPU half, one call at a time.
+  private sendPorts(): void {
+    if (!this.dpuOpen || this.sending || this.closed || this.hostPorts === null) return;
+    const ports = this.hostPorts;
+    if (ports.join(',') === this.sentPorts) return;
+    this.sending = true;
+    this.client.call('SetPeerPorts', { pod_id: this.podId, ports }).then(
+      () => {
+        this.sending = false;
+        this.sentPorts = ports.join(',');
+        this.sendPorts(); // changed meanwhile
+      },
+      (err: Error) => {
+        this.sending = false;
+        if (this.closed) return;
+        this.log.warn('send the host half\'s listening ports to the DPU half; retrying', { ports: ports.join(','), error: err.message });
+        setTimeout(() => this.sendPorts(), RETRY_MS).unref();
+      },
+    );
+  }
+
+  private follow(): void {
+    if (this.closed) return;
+    const stream = this.client.serverStream<ListeningPorts>('WatchPorts', { pod_id: this.podId });
+    this.watch = stream;
+    stream.on('data', (m: ListeningPorts) => {
+      this.host?.setPeerListeningPorts(m.ports).catch((err: Error) => this.log.warn('update the host half\'s rules for the DPU half\'s ports', { ports: m.ports.join(','), error: err.message }));
+    });
+    const again = () => {
+      if (this.watch !== stream || this.closed) return;
+      this.watch = null;
+      this.dpuOpen = false;
+      setTimeout(() => this.reopen(), RETRY_MS).unref();
+    };
+    stream.on('error', again);
+    stream.on('status', again);
+  }
+
+  private reopen(): void {
+    if (this.closed) return;
+    this.openDpuHalf().then(
+      () => {
+        if (this.outage) this.log.info('split network: the DPU half is open again');
+        this.outage = false;
+        this.follow();
+      },
+      (err: Error) => {
+        if (!this.outage) this.log.warn('split network: the DPU half is gone; asking the agent again until it answers', { error: err.message });
+        this.outage = true;
+        setTimeout(() => this.reopen(), RETRY_MS).unref();
+      },
+    );
+  }
+
+  /** The DPU half (asked of the agent), then the host half and the window. Every step is tried. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.watch?.cancel();
+    this.watch = null;
+    const failed: string[] = [];
+    try {
+      await this.client.call('CloseLink', { pod_id: this.podId }, { timeoutMs: 10_000 });
+    } catch (err) {
+      failed.push(`the DPU half: ${(err as Error).message}`);
+    }
+    this.dpuOpen = false;
+    const host = this.host;
+    this.host = null;
+    try {
+      await host?.close();
+    } catch (err) {
+      failed.push((err as Error).message);
+    }
+    if (failed.length) throw new Error(`close the split network of pod ${this.podId}: ${failed.join('; ')}`);
+    this.log.info('split network closed');
+  }
+}
+
 export class DpuAgentRuntime implements Runtime {
   readonly name = 'dpu';
   private pod: Promise<PodInfo> | null = null;
@@ -67,6 +220,7 @@ export class DpuAgentRuntime implements Runtime {
   private events: grpc.ClientReadableStream<TaskEventMessage> | null = null;
   private lastEvent = 0;
   private stopped = false;
+  private link: SplitLink | null = null;
 
   constructor(private readonly opts: DpuRuntimeOptions, private readonly log: Logger) {}
 
@@ -93,6 +247,22 @@ export class DpuAgentRuntime implements Runtime {
       this.pod.catch(() => (this.pod = null));
     }
     return this.pod;
+  }
+
+  /** Joins the pod's host half to its DPU half (the pod's DPU half is made first if need be). */
+  async openLink(opts: SplitLinkOptions): Promise<void> {
+    if (this.link) throw new Error(`open the split network of pod ${this.opts.pod.podId}: already open`);
+    await this.podInfo();
+    const link = new SplitLink(this.client, this.opts.pod.podId, opts, this.log.with({ part: 'split-network' }));
+    await link.open();
+    this.link = link;
+  }
+
+  /** Closes both halves of the pod's split network, if open. */
+  async closeLink(): Promise<void> {
+    const link = this.link;
+    this.link = null;
+    await link?.close();
   }
 
   async prepare(_first: FirstTask): Promise<void> {
@@ -286,6 +456,9 @@ export class DpuAgentRuntime implements Runtime {
     this.events = null;
     for (const r of this.stdio.values()) r.close();
     this.stdio.clear();
+    // The link before the pod: RemovePod would close the DPU half anyway, but the
+    // host half (and the window) are this process's to close.
+    await this.closeLink().catch((err: Error) => this.log.error('close the pod\'s split network', { error: err.message }));
     if (this.pod) {
       try {
         await this.client.call('RemovePod', { pod_id: this.opts.pod.podId }, { timeoutMs: 30_000 });

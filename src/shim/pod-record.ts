@@ -13,6 +13,9 @@ export interface PodRecordFile {
   policy: string;
   // why the DPU cannot be used by this pod; empty when it can (or is not asked for)
   dpu_problem: string;
+  // the host half of the pod's split network (the sandbox's netns), once open:
+  // what `delete` cleans up after a shim that died (dpu-cleanup.ts)
+  netns_path?: string;
   containers: { id: string; name: string; where: Where; reason: string }[];
 }
 

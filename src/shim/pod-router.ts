@@ -9,34 +9,101 @@
 // why, is written to the pod's state file for `heteropod pods`; it stays for the
 // life of the pod (an exited container's task is deleted by containerd at once,
 // but the container is still the user's to inspect).
+//
+// A pod with a DPU half also gets a split network namespace (src/netns): its
+// sandbox task is runc's wrapped by SandboxRuntime, which joins the halves once
+// the sandbox's Create has succeeded and separates them before its Delete. The
+// sandbox spec carries a poststop hook (hooks/heteropod-netns-cleanup) for when
+// this process dies without closing its half.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
 import { AnnotationError, parsePodOffload, PodOffload } from '../placement/annotations';
-import { ContainerSpec, Placement, PlacementError, placeContainer } from '../placement/placement';
-import { failedPrecondition, invalidArgument } from '../ttrpc';
+import { AnnotationError as PortsAnnotationError, PORTS_ANNOTATION, declaredPortList, OciHook, parsePortsAnnotation, podIpv4, withCleanupHook } from '../netns';
+import { ContainerSpec, Placement, PlacementError, placeContainer, Where } from '../placement/placement';
+import { RpcError, failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
 import { DpuAgentRuntime } from './dpu-runtime';
 import type { Logger } from './log';
-import type { Runtime } from './runtime';
+import { encodeIdRequest, taskRef } from './messages';
+import type { FirstTask, Runtime } from './runtime';
 import type { CreateInfo } from './task-service';
 import { readSpec } from './bundle';
 import { PodRecordFile, podRecordPath } from './pod-record';
 
 type Annotations = Record<string, string>;
+type SandboxSpec = ContainerSpec & { annotations?: Annotations; hooks?: { poststop?: OciHook[] } };
 
-function readPodSpec(bundle: string): ContainerSpec & { annotations?: Annotations } {
+function readPodSpec(bundle: string): SandboxSpec {
   try {
-    return readSpec(bundle) as ContainerSpec & { annotations?: Annotations };
+    return readSpec(bundle) as SandboxSpec;
   } catch (err) {
     throw invalidArgument((err as Error).message);
   }
+}
+
+function writeSpec(bundle: string, spec: SandboxSpec): void {
+  const file = path.join(bundle, 'config.json');
+  try {
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(spec));
+    fs.renameSync(`${file}.tmp`, file);
+  } catch (err) {
+    fs.rmSync(`${file}.tmp`, { force: true });
+    throw RpcError.wrap(err, `write the spec of bundle ${bundle}`);
+  }
+}
+
+/**
+ * The sandbox task of a pod with a DPU half: runc's, and the pod's split network
+ * around it. The network is joined after the sandbox's Create succeeded (its
+ * namespace exists and CNI has run: containerd runs CNI before it creates the
+ * sandbox); if that fails, the sandbox is deleted again and the Create fails. It
+ * is separated before the sandbox's Delete goes to runc, whose poststop hook then
+ * finds nothing left. runc's shim itself is the router's to shut down.
+ */
+class SandboxRuntime implements Runtime {
+  readonly name: string;
+
+  constructor(
+    private readonly runc: Runtime,
+    private readonly afterCreate: () => Promise<void>,
+    private readonly beforeDelete: () => Promise<void>,
+  ) {
+    this.name = runc.name;
+  }
+
+  prepare(first: FirstTask): Promise<void> {
+    return this.runc.prepare(first);
+  }
+
+  taskOptions(): Buffer | null {
+    return this.runc.taskOptions();
+  }
+
+  async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
+    if (method === 'Delete' && !taskRef('Delete', Buffer.from(payload)).execId) await this.beforeDelete();
+    const res = await this.runc.call(method, payload, signal);
+    if (method !== 'Create') return res;
+    try {
+      await this.afterCreate();
+    } catch (err) {
+      const id = taskRef('Create', Buffer.from(payload)).id;
+      await this.runc.call('Delete', encodeIdRequest(id)).catch(() => undefined);
+      throw err;
+    }
+    return res;
+  }
+
+  async shutdown(): Promise<void> {}
 }
 
 export class PodRouter {
   private offload: PodOffload = { containers: [], policy: 'prefer' };
   private dpu: DpuAgentRuntime | null = null;
   private dpuProblem = '';
+  // heteropod.io/ports, and the sandbox's network namespace (the host half)
+  private declaredDpuPorts: number[] = [];
+  private netnsPath = '';
   private readonly record: PodRecordFile;
   private readonly file: string;
 
@@ -61,9 +128,12 @@ export class PodRouter {
     const a = spec.annotations ?? {};
     const type = a['io.kubernetes.cri.container-type'];
     if (type !== 'container') {
-      if (type === 'sandbox') await this.sandbox(a);
+      if (type === 'sandbox') await this.sandbox(a, spec);
       this.note(req.id, a['io.kubernetes.cri.sandbox-name'] ? '(sandbox)' : req.id, { where: 'host', reason: '' });
-      return this.runc;
+      if (type !== 'sandbox' || !this.dpu) return this.runc;
+      // Only an offloading pod's spec is touched: the hook, for a shim that dies.
+      writeSpec(req.bundle, withCleanupHook(spec));
+      return new SandboxRuntime(this.runc, () => this.openLink(req.id), () => this.closeLink());
     }
     const name = a['io.kubernetes.cri.container-name'] ?? req.id;
     let placement: Placement;
@@ -78,19 +148,22 @@ export class PodRouter {
     return placement.where === 'dpu' && this.dpu ? this.dpu : this.runc;
   }
 
-  private async sandbox(a: Annotations): Promise<void> {
+  private async sandbox(a: Annotations, spec: SandboxSpec): Promise<void> {
     try {
       this.offload = parsePodOffload(a);
+      if (this.offload.containers.length > 0) this.declaredDpuPorts = declaredPortList(parsePortsAnnotation(a[PORTS_ANNOTATION], this.offload.containers));
     } catch (err) {
-      if (err instanceof AnnotationError) throw invalidArgument(err.message);
+      if (err instanceof AnnotationError || err instanceof PortsAnnotationError) throw invalidArgument(err.message);
       throw err;
     }
+    this.netnsPath = spec.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? '';
     this.record.name = a['io.kubernetes.cri.sandbox-name'] ?? '';
     this.record.namespace = a['io.kubernetes.cri.sandbox-namespace'] ?? '';
     this.record.offload = this.offload.containers;
     this.record.policy = this.offload.policy;
     if (this.offload.containers.length === 0) return;
-    this.dpuProblem = await this.connectDpu();
+    // hostNetwork: there is no pod namespace to split, and the DPU has no way to the node's.
+    this.dpuProblem = this.netnsPath ? await this.connectDpu() : 'the pod uses the node\'s network namespace (hostNetwork), which cannot be split with the DPU';
     this.record.dpu_problem = this.dpuProblem;
     if (this.dpuProblem) {
       if (this.offload.policy === 'require') throw failedPrecondition(`heteropod.io/offload-policy=require: ${this.dpuProblem}`);
@@ -129,6 +202,38 @@ export class PodRouter {
     }
     this.dpu = runtime;
     return '';
+  }
+
+  // After the sandbox's Create: CNI has set its namespace up. A pod that cannot
+  // have its network joined runs on the host (prefer) or fails (require), as
+  // when the DPU cannot take it; no container has been placed yet.
+  private async openLink(sandboxId: string): Promise<void> {
+    const dpu = this.dpu;
+    if (!dpu) return;
+    try {
+      const podIp = await podIpv4(this.netnsPath);
+      await dpu.openLink({ netnsPath: this.netnsPath, podIp, declaredDpuPorts: this.declaredDpuPorts });
+      this.record.netns_path = this.netnsPath;
+      this.save();
+      return;
+    } catch (err) {
+      this.dpuProblem = (err as Error).message;
+    }
+    this.dpu = null;
+    this.record.dpu_problem = this.dpuProblem;
+    this.save();
+    await dpu.shutdown();
+    if (this.offload.policy === 'require') throw failedPrecondition(`heteropod.io/offload-policy=require: ${this.dpuProblem}`);
+    this.log.warn('offload fallback: the pod runs on the host', { sandbox: sandboxId, offload: this.offload.containers.join(','), reason: this.dpuProblem });
+  }
+
+  private async closeLink(): Promise<void> {
+    try {
+      await this.dpu?.closeLink();
+    } catch (err) {
+      // The poststop hook, run by this very Delete, removes what is left of the host half.
+      this.log.error('close the pod\'s split network', { error: (err as Error).message });
+    }
   }
 
   private async dpuState(name: string): Promise<{ unavailable: string; memoryFreeBytes: number }> {
