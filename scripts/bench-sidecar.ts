@@ -65,6 +65,7 @@ import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
 import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, run, waitFor } from '../src/testbed/proc';
+import { readStats, XpuDirStats } from '../src/xpu/window';
 import { down, status, up } from '../src/testbed/testbed';
 import { arg, stats } from './bench-lib';
 
@@ -146,6 +147,12 @@ interface CpuSeconds {
   dpuBusy: number;
 }
 
+/** What crossed the pod's XPU link during the load, per direction (counter deltas). */
+interface LinkCounts {
+  hostToDpu: XpuDirStats;
+  dpuToHost: XpuDirStats;
+}
+
 interface Sample {
   where: Where;
   round: number;
@@ -156,6 +163,7 @@ interface Sample {
   wrk: WrkSummary;
   requestsPerSecond: number;
   cpu: CpuSeconds;
+  link: LinkCounts;
 }
 
 interface Result {
@@ -262,6 +270,12 @@ function containerCpuacct(containerId: string): string {
   return dir;
 }
 
+function dirDelta(a: XpuDirStats, b: XpuDirStats): XpuDirStats {
+  const out = { ...b };
+  for (const k of Object.keys(out) as (keyof XpuDirStats)[]) out[k] = b[k] - a[k];
+  return out;
+}
+
 function httpGet(url: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const req = http.get(url, { timeout: 3000 }, (res) => {
@@ -352,7 +366,9 @@ class Bench {
       const appCg = containerCpuacct(app);
       const proxyCg = where === 'host' ? containerCpuacct(proxy) : undefined;
       const agentPid = dpu.agentPid();
+      const window = podWindowPath(podId);
       const snap = () => ({
+        link: readStats(window),
         busy: busyTicks(),
         children: reapedChildrenSeconds(),
         app: cpuacctSeconds(appCg),
@@ -380,7 +396,8 @@ class Bench {
         agent: after.agent - before.agent,
         dpuBusy: ticks(this.cpu.dpu),
       };
-      const sample: Sample = { where, round, podId, podIp, cpusAllowed: allowed, wrk: summary, requestsPerSecond: summary.requests / (summary.durationUs / 1e6), cpu };
+      const link = { hostToDpu: dirDelta(before.link.hostToDpu, after.link.hostToDpu), dpuToHost: dirDelta(before.link.dpuToHost, after.link.dpuToHost) };
+      const sample: Sample = { where, round, podId, podIp, cpusAllowed: allowed, wrk: summary, requestsPerSecond: summary.requests / (summary.durationUs / 1e6), cpu, link };
       const errors = Object.values(summary.errors).reduce((a, b) => a + b, 0);
       if (errors > 0) this.say(`round ${round} ${where}: wrk counted ${errors} error(s): ${JSON.stringify(summary.errors)}`);
       return sample;
@@ -502,6 +519,16 @@ function report(r: Result): string {
   lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const [name, c] of [['proxy on host', host], ['proxy on DPU', off]] as const) {
     lines.push(`| ${name} | ${c.samples} | ${c.rps.toFixed(0)} | ${f2(c.p50Ms)} | ${f2(c.p99Ms)} | ${f3(c.host)} | ${f3(c.wrk)} | ${f3(c.app)} | ${f3(c.proxyOnHost)} | ${f3(c.shim)} | ${f3(c.hostOther)} | ${f3(c.dpuCgroup)} | ${f3(c.agent)} | ${f3(c.dpuBusy)} | ${c.errors} |`);
+  }
+  const offSamples = r.samples.filter((s) => s.where === 'dpu');
+  if (offSamples.length) {
+    const per = (f: (l: LinkCounts) => number): string => stats(offSamples.map((s) => f(s.link) / s.wrk.requests)).median.toFixed(1);
+    lines.push(
+      '',
+      `XPU link per request, proxy on DPU (medians): frames host→DPU ${per((l) => l.hostToDpu.frames)}, DPU→host ${per((l) => l.dpuToHost.frames)}; ` +
+        `consumer futex sleeps host→DPU ${per((l) => l.hostToDpu.sleeps)}, DPU→host ${per((l) => l.dpuToHost.sleeps)}; producer wakes ${per((l) => l.hostToDpu.wakeups)}, ${per((l) => l.dpuToHost.wakeups)}; ` +
+        `spins that found work ${per((l) => l.hostToDpu.spins)}, ${per((l) => l.dpuToHost.spins)}; drops ${per((l) => l.hostToDpu.drops + l.dpuToHost.drops)}`,
+    );
   }
   const cpuRatio = off.host / host.host;
   const p99Ratio = off.p99Ms / host.p99Ms;
