@@ -153,6 +153,13 @@ interface LinkCounts {
   dpuToHost: XpuDirStats;
 }
 
+/** A process outside the pod and the bench that used CPU during the load: noise on a shared machine. */
+interface Busy {
+  pid: number;
+  comm: string;
+  seconds: number;
+}
+
 interface Sample {
   where: Where;
   round: number;
@@ -164,6 +171,8 @@ interface Sample {
   requestsPerSecond: number;
   cpu: CpuSeconds;
   link: LinkCounts;
+  /** The busiest other processes (kernel threads included) during the load. */
+  others: Busy[];
 }
 
 interface Result {
@@ -234,6 +243,30 @@ function processSeconds(pid: number | undefined): number {
 function reapedChildrenSeconds(): number {
   const f = procStatFields('self');
   return (f[13] + f[14]) / CLK_TCK;
+}
+
+/** utime+stime ticks and name of every process now (threads summed by the kernel). */
+function allProcessTicks(): Map<number, { comm: string; ticks: number }> {
+  const out = new Map<number, { comm: string; ticks: number }>();
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const text = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      out.set(Number(name), { comm: text.slice(text.indexOf('(') + 1, text.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) });
+    } catch {
+      // gone while we looked
+    }
+  }
+  return out;
+}
+
+function cgroupProcs(dir: string): number[] {
+  try {
+    return fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 function cpuacctSeconds(dir: string | undefined): number {
@@ -364,8 +397,11 @@ class Bench {
       if (this.load.warmupS > 0) await this.wrk(url, this.load.warmupS);
 
       const appCg = containerCpuacct(app);
-      const proxyCg = where === 'host' ? containerCpuacct(proxy) : undefined;
+      const proxyCgroup = containerCpuacct(proxy);
+      const proxyCg = where === 'host' ? proxyCgroup : undefined;
       const agentPid = dpu.agentPid();
+      const ours = new Set([process.pid, shimPid, agentPid ?? 0, ...cgroupProcs(appCg), ...cgroupProcs(proxyCgroup)]);
+      const procsBefore = allProcessTicks();
       const window = podWindowPath(podId);
       const snap = () => ({
         link: readStats(window),
@@ -382,6 +418,12 @@ class Bench {
       const before = snap();
       const summary = await this.wrk(url, this.load.durationS);
       const after = snap();
+      const others: Busy[] = [];
+      for (const [pid, p] of allProcessTicks()) {
+        const seconds = (p.ticks - (procsBefore.get(pid)?.ticks ?? 0)) / CLK_TCK;
+        if (!ours.has(pid) && p.comm !== 'wrk' && seconds >= 0.1) others.push({ pid, comm: p.comm, seconds });
+      }
+      others.sort((a, b) => b.seconds - a.seconds);
       const ticks = (cpus: number[]): number => cpus.reduce((a, c) => a + ((after.busy.get(c) ?? 0) - (before.busy.get(c) ?? 0)), 0) / CLK_TCK;
       const hostBusy = ticks(this.cpu.host);
       const wrkS = after.children - before.children;
@@ -397,7 +439,7 @@ class Bench {
         dpuBusy: ticks(this.cpu.dpu),
       };
       const link = { hostToDpu: dirDelta(before.link.hostToDpu, after.link.hostToDpu), dpuToHost: dirDelta(before.link.dpuToHost, after.link.dpuToHost) };
-      const sample: Sample = { where, round, podId, podIp, cpusAllowed: allowed, wrk: summary, requestsPerSecond: summary.requests / (summary.durationUs / 1e6), cpu, link };
+      const sample: Sample = { where, round, podId, podIp, cpusAllowed: allowed, wrk: summary, requestsPerSecond: summary.requests / (summary.durationUs / 1e6), cpu, link, others: others.slice(0, 4) };
       const errors = Object.values(summary.errors).reduce((a, b) => a + b, 0);
       if (errors > 0) this.say(`round ${round} ${where}: wrk counted ${errors} error(s): ${JSON.stringify(summary.errors)}`);
       return sample;
@@ -513,6 +555,8 @@ function report(r: Result): string {
       `| ${s.round} | ${s.where} | ${s.requestsPerSecond.toFixed(0)} | ${f2(s.wrk.p50Us / 1000)} | ${f2(s.wrk.p99Us / 1000)} | ${f3(per10k(s, c.host))} | ${f3(per10k(s, c.wrk))} | ${f3(per10k(s, c.app))} | ${f3(per10k(s, c.proxyOnHost))} | ${f3(per10k(s, c.shim))} | ${f3(per10k(s, c.host - c.app - c.proxyOnHost - c.shim))} | ${f3(per10k(s, c.dpuCgroup))} | ${f3(per10k(s, c.agent))} | ${f3(per10k(s, c.dpuBusy))} | ${errs(s)} |`,
     );
   }
+  lines.push('', 'other processes busy during the load (≥ 0.1 s; the pod, the DPU agent and wrk excluded):');
+  for (const s of r.samples) lines.push(`  round ${s.round} ${s.where}: ${s.others.map((o) => `${o.comm}[${o.pid}] ${o.seconds.toFixed(2)} s`).join(', ') || 'none'}`);
   const host = summarize(r.samples.filter((s) => s.where === 'host'));
   const off = summarize(r.samples.filter((s) => s.where === 'dpu'));
   lines.push('', '| medians | rounds | req/s | p50 ms | p99 ms | host CPU | wrk (subtracted) | app | proxy (host) | shim | host other | DPU cgroup | DPU agent | DPU CPUs busy | errors |');
