@@ -20,7 +20,7 @@ import { TESTBED } from '../../src/testbed/paths';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, removeAllPods, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -35,6 +35,8 @@ test.before(async () => {
   bed = await startBed();
   cri = bed.cri;
 });
+
+test.after.each(() => removeAllPods(cri));
 
 test.after(async () => {
   const leaks = await stopBed(bed);
