@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { CriClient, DEFAULT_CRI_ENDPOINT } from '../cri/client';
 import { containerConfig, CriObject, podSandboxConfig, readConfigFile } from '../cri/config';
 import { readCriLog } from '../cri/logs';
+import { forwardLocalPort } from '../cri/portforward';
 import { ago, OutputFormat, parseOutputFormat, printJson, renderTable, shortId } from './table';
 
 interface GlobalOptions {
@@ -264,5 +265,25 @@ export function registerCriCommands(program: Command): void {
         return [shortId(attrs.id as string), String((attrs.metadata as CriObject).name), cpuNs === undefined ? '-' : `${(Number(cpuNs) / 1e9).toFixed(2)}s`, memBytes === undefined ? '-' : `${(Number(memBytes) / 1048576).toFixed(1)}MiB`];
       });
       process.stdout.write(renderTable(['CONTAINER', 'NAME', 'CPU TIME', 'MEM'], rows));
+    });
+
+  cri
+    .command('port-forward <pod> <ports>')
+    .description('forward [LOCAL:]REMOTE: 127.0.0.1:LOCAL on this machine to localhost:REMOTE in the pod (PortForward); runs until interrupted')
+    .action(async (id: string, ports: string, _o: object, cmd: Command) => {
+      const m = /^(?:(\d+):)?(\d+)$/.exec(ports);
+      const local = Number(m?.[1] ?? m?.[2]);
+      const remote = Number(m?.[2]);
+      if (!m || local > 65535 || remote < 1 || remote > 65535) throw new Error(`port-forward: ${JSON.stringify(ports)}: expected [LOCAL:]REMOTE, TCP ports (LOCAL 0: any free port)`);
+      const c = connect(cmd);
+      const pod = await podId(c, id).catch((err) => {
+        c.close();
+        throw err;
+      });
+      const fwd = await forwardLocalPort(c, pod, local, remote, (err) => process.stderr.write(`${err.message}\n`));
+      process.stdout.write(`Forwarding from 127.0.0.1:${fwd.port} -> ${remote}\n`);
+      const stop = () => fwd.close().then(() => c.close());
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
     });
 }
