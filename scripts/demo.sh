@@ -8,8 +8,10 @@ repo=$(pwd)
 hp="$repo/bin/heteropod"
 export CONTAINER_RUNTIME_ENDPOINT=unix:///run/heteropod/containerd.sock
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-# wget from the node into the pod network (the test bed's bridge, 10.233.77.0/24)
-fetch() { busybox wget -q -T 3 -O - "$1"; }
+# An HTTP GET from the node into the pod network (the test bed's bridge, 10.233.77.0/24).
+fetch() {
+  node -e 'require("http").get(process.argv[1], { timeout: 3000 }, (r) => { if (r.statusCode !== 200) process.exit(1); r.pipe(process.stdout); }).on("error", () => process.exit(1)).on("timeout", () => process.exit(1))' "$1"
+}
 
 say "bringing up the local test bed: private containerd, CNI, local images, the emulated DPU"
 "$hp" local up
@@ -30,9 +32,9 @@ for c in scripts/demo/app.yaml "$work/proxy.yaml" scripts/demo/metrics.yaml; do
   "$hp" cri start "$id" >/dev/null
 done
 ip=$("$hp" cri inspectp "$pod" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).status.network.ip))')
-app=$("$hp" cri ps -p "$pod" --name app -q)
-proxy=$("$hp" cri ps -p "$pod" --name proxy -q)
-metrics=$("$hp" cri ps -p "$pod" --name metrics -q)
+app=$("$hp" cri ps -p "$pod" --name '^app$' -q)
+proxy=$("$hp" cri ps -p "$pod" --name '^proxy$' -q)
+metrics=$("$hp" cri ps -p "$pod" --name '^metrics$' -q)
 
 say "where each container runs"
 "$hp" pods
@@ -54,11 +56,10 @@ for _ in $(seq 100); do
   if metrics_text=$(fetch "http://$ip:9100/metrics" 2>/dev/null); then break; fi
   sleep 0.1
 done
-grep -m3 '^node_\(load1\|memory_MemTotal_bytes\|boot_time_seconds\)' <<<"${metrics_text:-}" || echo "no answer from node-exporter"
+grep -E '^(node_load1|node_memory_MemTotal_bytes|node_boot_time_seconds) ' <<<"${metrics_text:-}" || echo "no answer from node-exporter"
 
-say "some load: 500 requests through the proxy"
-for _ in $(seq 500); do fetch "http://$ip:15006/" >/dev/null; done
-echo "done"
+say "some load through the proxy: wrk, 2 connections, 3 seconds"
+wrk -t1 -c2 -d3s "http://$ip:15006/" | sed -n '1,/Transfer/p'
 echo
 echo "proxy's request log (what crictl logs shows, written on the DPU):"
 "$hp" cri logs --tail 3 "$proxy"
@@ -69,18 +70,21 @@ say "the pod's XPU link (shared-memory rings between the host half and the DPU h
 say "CPU and memory on each side"
 "$hp" pods --stats
 
+short() { echo "${1:0:13}"; }
 cat <<MSG
 
 The demo pod is left running. Explore it with crictl (or ./bin/heteropod cri, which takes the same commands):
   export CONTAINER_RUNTIME_ENDPOINT=$CONTAINER_RUNTIME_ENDPOINT
   crictl pods; crictl ps
-  crictl logs $proxy                                  # haproxy's request log, from the DPU
-  crictl exec $proxy cat /proc/self/cgroup            # runs on the DPU
-  crictl exec $app wget -qO- http://127.0.0.1:15006/  # app -> proxy over the pod's localhost
-  crictl stats                                        # CPU and memory, the proxy's read on the DPU
-  crictl port-forward $pod 8080:15006                 # then: wget -qO- http://127.0.0.1:8080/
-  ./bin/heteropod pods --stats                        # where each container runs
-  ./bin/heteropod xpu stats                           # the XPU link's counters
-Remove the pod:        ./bin/heteropod cri stopp $pod && ./bin/heteropod cri rmp $pod
-Remove everything:     ./bin/heteropod local down
+  crictl logs $(short "$proxy")                                 # haproxy's request log, from the DPU
+  crictl exec $(short "$proxy") cat /proc/self/cgroup           # runs on the DPU
+  crictl exec $(short "$app") wget -qO- http://127.0.0.1:15006/ # app -> proxy over the pod's localhost
+  crictl stats                                              # CPU and memory; the DPU's are read on the DPU
+  crictl port-forward $(short "$pod") 8080:15006                # then, on this machine: curl http://127.0.0.1:8080/
+  ./bin/heteropod pods --stats                              # where each container runs, CPU and memory per side
+  ./bin/heteropod xpu stats                                 # the XPU link's counters
+Remove the pod (with CONTAINER_RUNTIME_ENDPOINT as above):
+  ./bin/heteropod cri stopp $(short "$pod") && ./bin/heteropod cri rmp $(short "$pod")
+Remove everything (the pod, the test bed, the emulated DPU):
+  ./bin/heteropod local down
 MSG

@@ -105,15 +105,24 @@ export function registerCriCommands(program: Command): void {
     .description('list containers')
     .option('-a, --all', 'include exited containers')
     .option('-p, --pod <pod>', 'only containers of this pod (id or prefix)')
+    .option('--name <regexp>', 'only containers whose name matches')
     .option('-q, --quiet', 'ids only')
     .addOption(outputOption())
-    .action(async (o: { all?: boolean; pod?: string; quiet?: boolean; output: OutputFormat }, cmd: Command) => {
-      const containers = await withClient(cmd, async (c) => {
-        const filter: CriObject = {};
-        if (o.pod) filter.pod_sandbox_id = await podId(c, o.pod);
-        if (!o.all) filter.state = { state: 'CONTAINER_RUNNING' };
-        return c.listContainers(filter);
-      });
+    .action(async (o: { all?: boolean; pod?: string; name?: string; quiet?: boolean; output: OutputFormat }, cmd: Command) => {
+      let name: RegExp | null = null;
+      try {
+        if (o.name !== undefined) name = new RegExp(o.name);
+      } catch (err) {
+        throw new Error(`--name ${JSON.stringify(o.name)}: ${(err as Error).message}`);
+      }
+      const containers = (
+        await withClient(cmd, async (c) => {
+          const filter: CriObject = {};
+          if (o.pod) filter.pod_sandbox_id = await podId(c, o.pod);
+          if (!o.all) filter.state = { state: 'CONTAINER_RUNNING' };
+          return c.listContainers(filter);
+        })
+      ).filter((x) => !name || name.test(String((x.metadata as CriObject).name)));
       if (o.quiet) return void process.stdout.write(containers.map((x) => `${x.id}\n`).join(''));
       if (o.output === 'json') return printJson({ containers });
       const rows = containers.map((x) => {
