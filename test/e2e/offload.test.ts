@@ -19,7 +19,7 @@ import { TESTBED } from '../../src/testbed/paths';
 import { killAndWait, listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, containerPids, memoryCgroup, netnsInode, settleDpuLeaks } from '../lib/dpu';
 import { runUnderPty, settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, heteropod, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, removeAllPods, heteropod, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
@@ -28,6 +28,8 @@ test.before(async () => {
   bed = await startBed();
   cri = bed.cri;
 });
+
+test.after.each(() => removeAllPods(cri));
 
 test.after(async () => {
   const leaks = await stopBed(bed);
