@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { CriClient, DEFAULT_CRI_ENDPOINT } from '../cri/client';
 import { containerConfig, CriObject, podSandboxConfig, readConfigFile } from '../cri/config';
 import { readCriLog } from '../cri/logs';
+import { execStream } from '../cri/exec-stream';
 import { forwardLocalPort } from '../cri/portforward';
 import { ago, OutputFormat, parseOutputFormat, printJson, renderTable, shortId } from './table';
 
@@ -228,16 +229,42 @@ export function registerCriCommands(program: Command): void {
 
   cri
     .command('exec <container> <command...>')
-    .description('run a command in a container and wait (ExecSync); exits with its code')
+    .description('run a command in a container and wait (ExecSync, or with -i/-t the streaming Exec); exits with its code')
     .passThroughOptions()
-    .option('--exec-timeout <seconds>', 'kill the command after this long (0: never)', '0')
-    .action(async (id: string, command: string[], o: { execTimeout: string }, cmd: Command) => {
+    .option('-i, --interactive', 'send this terminal\'s input (streaming Exec)')
+    .option('-t, --tty', 'give the command a terminal (streaming Exec; with containerd 1.6 its output shows only with -i too)')
+    .option('--exec-timeout <seconds>', 'kill the command after this long (0: never; ExecSync only)', '0')
+    .action(async (id: string, command: string[], o: { interactive?: boolean; tty?: boolean; execTimeout: string }, cmd: Command) => {
       if (command[0] === '--') command = command.slice(1);
       if (command.length === 0) throw new Error('exec: no command given');
-      const res = await withClient(cmd, async (c) => c.execSync(await containerId(c, id), command, Number(o.execTimeout)));
-      process.stdout.write(res.stdout);
-      process.stderr.write(res.stderr);
-      process.exitCode = res.exitCode;
+      if (!o.interactive && !o.tty) {
+        const res = await withClient(cmd, async (c) => c.execSync(await containerId(c, id), command, Number(o.execTimeout)));
+        process.stdout.write(res.stdout);
+        process.stderr.write(res.stderr);
+        process.exitCode = res.exitCode;
+        return;
+      }
+      const stdin = process.stdin;
+      const raw = Boolean(o.tty && o.interactive && stdin.isTTY);
+      process.exitCode = await withClient(cmd, async (c) => {
+        const session = await execStream(c, await containerId(c, id), command, {
+          tty: Boolean(o.tty),
+          stdin: o.interactive ? stdin : undefined,
+          stdout: (d) => process.stdout.write(d),
+          stderr: (d) => process.stderr.write(d),
+          size: o.tty && process.stdout.isTTY ? { columns: process.stdout.columns, rows: process.stdout.rows } : undefined,
+        });
+        if (raw) stdin.setRawMode(true);
+        const onResize = () => session.resize(process.stdout.columns, process.stdout.rows);
+        process.stdout.on('resize', onResize);
+        try {
+          return await session.exitCode;
+        } finally {
+          process.stdout.off('resize', onResize);
+          if (raw) stdin.setRawMode(false);
+          if (o.interactive) stdin.destroy(); // else an open pipe keeps the process waiting
+        }
+      });
     });
 
   cri
