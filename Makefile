@@ -68,5 +68,13 @@ bench: bench-offload
 bench-offload: deps build
 	flock $(TESTBED_LOCK) node dist/scripts/bench-offload.js
 
+# The sidecar benchmark (not a test): HTTP load through a pod's haproxy sidecar on
+# the host and offloaded to the DPU; host CPU per request, p50/p99, DPU CPU. Same
+# lock and test-bed handling as bench-offload.
+.PHONY: bench-sidecar
+bench: bench-sidecar
+bench-sidecar: deps build
+	flock $(TESTBED_LOCK) node dist/scripts/bench-sidecar.js
+
 clean:
 	rm -rf dist $(BUILD)

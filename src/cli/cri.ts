@@ -4,6 +4,8 @@ import { Command, Option } from 'commander';
 import { CriClient, DEFAULT_CRI_ENDPOINT } from '../cri/client';
 import { containerConfig, CriObject, podSandboxConfig, readConfigFile } from '../cri/config';
 import { readCriLog } from '../cri/logs';
+import { execStream } from '../cri/exec-stream';
+import { forwardLocalPort } from '../cri/portforward';
 import { ago, OutputFormat, parseOutputFormat, printJson, renderTable, shortId } from './table';
 
 interface GlobalOptions {
@@ -104,15 +106,24 @@ export function registerCriCommands(program: Command): void {
     .description('list containers')
     .option('-a, --all', 'include exited containers')
     .option('-p, --pod <pod>', 'only containers of this pod (id or prefix)')
+    .option('--name <regexp>', 'only containers whose name matches')
     .option('-q, --quiet', 'ids only')
     .addOption(outputOption())
-    .action(async (o: { all?: boolean; pod?: string; quiet?: boolean; output: OutputFormat }, cmd: Command) => {
-      const containers = await withClient(cmd, async (c) => {
-        const filter: CriObject = {};
-        if (o.pod) filter.pod_sandbox_id = await podId(c, o.pod);
-        if (!o.all) filter.state = { state: 'CONTAINER_RUNNING' };
-        return c.listContainers(filter);
-      });
+    .action(async (o: { all?: boolean; pod?: string; name?: string; quiet?: boolean; output: OutputFormat }, cmd: Command) => {
+      let name: RegExp | null = null;
+      try {
+        if (o.name !== undefined) name = new RegExp(o.name);
+      } catch (err) {
+        throw new Error(`--name ${JSON.stringify(o.name)}: ${(err as Error).message}`);
+      }
+      const containers = (
+        await withClient(cmd, async (c) => {
+          const filter: CriObject = {};
+          if (o.pod) filter.pod_sandbox_id = await podId(c, o.pod);
+          if (!o.all) filter.state = { state: 'CONTAINER_RUNNING' };
+          return c.listContainers(filter);
+        })
+      ).filter((x) => !name || name.test(String((x.metadata as CriObject).name)));
       if (o.quiet) return void process.stdout.write(containers.map((x) => `${x.id}\n`).join(''));
       if (o.output === 'json') return printJson({ containers });
       const rows = containers.map((x) => {
@@ -218,16 +229,42 @@ export function registerCriCommands(program: Command): void {
 
   cri
     .command('exec <container> <command...>')
-    .description('run a command in a container and wait (ExecSync); exits with its code')
+    .description('run a command in a container and wait (ExecSync, or with -i/-t the streaming Exec); exits with its code')
     .passThroughOptions()
-    .option('--exec-timeout <seconds>', 'kill the command after this long (0: never)', '0')
-    .action(async (id: string, command: string[], o: { execTimeout: string }, cmd: Command) => {
+    .option('-i, --interactive', 'send this terminal\'s input (streaming Exec)')
+    .option('-t, --tty', 'give the command a terminal (streaming Exec; with containerd 1.6 its output shows only with -i too)')
+    .option('--exec-timeout <seconds>', 'kill the command after this long (0: never; ExecSync only)', '0')
+    .action(async (id: string, command: string[], o: { interactive?: boolean; tty?: boolean; execTimeout: string }, cmd: Command) => {
       if (command[0] === '--') command = command.slice(1);
       if (command.length === 0) throw new Error('exec: no command given');
-      const res = await withClient(cmd, async (c) => c.execSync(await containerId(c, id), command, Number(o.execTimeout)));
-      process.stdout.write(res.stdout);
-      process.stderr.write(res.stderr);
-      process.exitCode = res.exitCode;
+      if (!o.interactive && !o.tty) {
+        const res = await withClient(cmd, async (c) => c.execSync(await containerId(c, id), command, Number(o.execTimeout)));
+        process.stdout.write(res.stdout);
+        process.stderr.write(res.stderr);
+        process.exitCode = res.exitCode;
+        return;
+      }
+      const stdin = process.stdin;
+      const raw = Boolean(o.tty && o.interactive && stdin.isTTY);
+      process.exitCode = await withClient(cmd, async (c) => {
+        const session = await execStream(c, await containerId(c, id), command, {
+          tty: Boolean(o.tty),
+          stdin: o.interactive ? stdin : undefined,
+          stdout: (d) => process.stdout.write(d),
+          stderr: (d) => process.stderr.write(d),
+          size: o.tty && process.stdout.isTTY ? { columns: process.stdout.columns, rows: process.stdout.rows } : undefined,
+        });
+        if (raw) stdin.setRawMode(true);
+        const onResize = () => session.resize(process.stdout.columns, process.stdout.rows);
+        process.stdout.on('resize', onResize);
+        try {
+          return await session.exitCode;
+        } finally {
+          process.stdout.off('resize', onResize);
+          if (raw) stdin.setRawMode(false);
+          if (o.interactive) stdin.destroy(); // else an open pipe keeps the process waiting
+        }
+      });
     });
 
   cri
@@ -264,5 +301,25 @@ export function registerCriCommands(program: Command): void {
         return [shortId(attrs.id as string), String((attrs.metadata as CriObject).name), cpuNs === undefined ? '-' : `${(Number(cpuNs) / 1e9).toFixed(2)}s`, memBytes === undefined ? '-' : `${(Number(memBytes) / 1048576).toFixed(1)}MiB`];
       });
       process.stdout.write(renderTable(['CONTAINER', 'NAME', 'CPU TIME', 'MEM'], rows));
+    });
+
+  cri
+    .command('port-forward <pod> <ports>')
+    .description('forward [LOCAL:]REMOTE: 127.0.0.1:LOCAL on this machine to localhost:REMOTE in the pod (PortForward); runs until interrupted')
+    .action(async (id: string, ports: string, _o: object, cmd: Command) => {
+      const m = /^(?:(\d+):)?(\d+)$/.exec(ports);
+      const local = Number(m?.[1] ?? m?.[2]);
+      const remote = Number(m?.[2]);
+      if (!m || local > 65535 || remote < 1 || remote > 65535) throw new Error(`port-forward: ${JSON.stringify(ports)}: expected [LOCAL:]REMOTE, TCP ports (LOCAL 0: any free port)`);
+      const c = connect(cmd);
+      const pod = await podId(c, id).catch((err) => {
+        c.close();
+        throw err;
+      });
+      const fwd = await forwardLocalPort(c, pod, local, remote, (err) => process.stderr.write(`${err.message}\n`));
+      process.stdout.write(`Forwarding from 127.0.0.1:${fwd.port} -> ${remote}\n`);
+      const stop = () => fwd.close().then(() => c.close());
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
     });
 }

@@ -2,7 +2,10 @@
 import { Command } from 'commander';
 import { formatBytes } from '../dpu/config';
 import { down, status, up } from '../dpu/dpu';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { DPU } from '../dpu/paths';
+import { ensurePki, PkiFiles } from '../dpu/pki';
 import { printJson } from './table';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -19,6 +22,23 @@ export function registerDpuCommands(program: Command): void {
     .action(async (o: { cpus?: string; cpuset?: string; memory?: string }) => {
       await up(o, say);
       say(`\nthe shim reaches the agent at ${DPU.dpuAddress}:${DPU.agentPort} with\n  CA ${DPU.pki.caCert}\n  certificate ${DPU.pki.shimCert}\n  key ${DPU.pki.shimKey}`);
+    });
+
+  dpu
+    .command('certs <dir>')
+    .description('make keys and certificates for a real DPU\'s agent and the host\'s shim in <dir> (a new, empty directory)')
+    .option('--agent-ip <ip>', 'the agent\'s address on the management link, put in its certificate', DPU.dpuAddress)
+    .action(async (dir: string, o: { agentIp: string }) => {
+      if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(o.agentIp)) throw new Error(`--agent-ip ${JSON.stringify(o.agentIp)}: expected an IPv4 address`);
+      const out = path.resolve(dir);
+      if (fs.existsSync(out) && fs.readdirSync(out).length > 0) throw new Error(`${out} is not empty: give a new directory (nothing there is overwritten)`);
+      const f = (name: string) => path.join(out, name);
+      const files: PkiFiles = { dir: out, caKey: f('ca.key'), caCert: f('ca.crt'), agentKey: f('agent.key'), agentCert: f('agent.crt'), shimKey: f('shim.key'), shimCert: f('shim.crt') };
+      await ensurePki(files, o.agentIp);
+      say(`made in ${out}:
+  on the DPU (the agent's --tls-dir):  ca.crt agent.crt agent.key
+  on the host (shim.toml [dpu]):       ca = ${files.caCert}, cert = ${files.shimCert}, key = ${files.shimKey}
+  keep ca.key offline: it signs new certificates`);
     });
 
   dpu

@@ -21,6 +21,37 @@ export interface PodRow {
   state: string;
   where: string;
   note: string;
+  /** With --stats: CPU time and memory working set, as the runtime reports them (read on the DPU for its containers). */
+  cpuSeconds?: number;
+  memoryBytes?: number;
+}
+
+/** CRI ContainerStats by container id: CPU seconds and working-set bytes. */
+function statsById(stats: CriObject[]): Map<string, { cpuSeconds?: number; memoryBytes?: number }> {
+  const out = new Map<string, { cpuSeconds?: number; memoryBytes?: number }>();
+  for (const s of stats) {
+    const cpu = ((s.cpu as CriObject | null)?.usage_core_nano_seconds as CriObject | null)?.value;
+    const mem = ((s.memory as CriObject | null)?.working_set_bytes as CriObject | null)?.value;
+    out.set(String((s.attributes as CriObject).id), {
+      cpuSeconds: cpu === undefined ? undefined : Number(cpu) / 1e9,
+      memoryBytes: mem === undefined ? undefined : Number(mem),
+    });
+  }
+  return out;
+}
+
+/** Per side (host, DPU): the containers' CPU seconds and memory added up. */
+export function sideTotals(rows: PodRow[]): { where: string; containers: number; cpuSeconds: number; memoryBytes: number }[] {
+  const sides = new Map<string, { where: string; containers: number; cpuSeconds: number; memoryBytes: number }>();
+  for (const r of rows) {
+    if (!r.containerId || r.cpuSeconds === undefined) continue;
+    const t = sides.get(r.where) ?? { where: r.where, containers: 0, cpuSeconds: 0, memoryBytes: 0 };
+    t.containers++;
+    t.cpuSeconds += r.cpuSeconds;
+    t.memoryBytes += r.memoryBytes ?? 0;
+    sides.set(r.where, t);
+  }
+  return [...sides.values()];
 }
 
 function readRecords(stateDir: string): Map<string, PodRecordFile> {
@@ -77,22 +108,34 @@ export function registerPodsCommand(program: Command): void {
     .description('each pod\'s containers and where they run (host or DPU)')
     .option('-r, --runtime-endpoint <endpoint>', 'CRI endpoint', DEFAULT_CRI_ENDPOINT)
     .option('--shim-config <file>', `the shim's configuration (for its state_dir); default ${DEFAULT_CONFIG_PATH}, else the test bed's`)
+    .option('--stats', 'add each container\'s CPU time and memory, and the totals of each side')
     .addOption(new Option('-o, --output <format>', 'table or json').default('table').argParser(parseOutputFormat))
-    .action(async (opts: { runtimeEndpoint: string; shimConfig?: string; output: OutputFormat }) => {
+    .action(async (opts: { runtimeEndpoint: string; shimConfig?: string; stats?: boolean; output: OutputFormat }) => {
       const config = loadConfig(opts.shimConfig ?? defaultShimConfig());
       const cri = CriClient.connect(opts.runtimeEndpoint, 10_000);
       let rows: PodRow[];
       try {
         rows = podRows(await cri.listPodSandbox(), await cri.listContainers(), readRecords(config.stateDir));
+        if (opts.stats) {
+          const byId = statsById(await cri.listContainerStats());
+          for (const r of rows) Object.assign(r, byId.get(r.containerId) ?? {});
+        }
       } finally {
         cri.close();
       }
       if (opts.output === 'json') return printJson(rows);
+      const cpu = (r: PodRow) => (r.cpuSeconds === undefined ? '-' : `${r.cpuSeconds.toFixed(2)}s`);
+      const mem = (bytes: number | undefined) => (bytes === undefined ? '-' : `${(bytes / 1048576).toFixed(1)}MiB`);
+      const head = ['POD', 'POD ID', 'HANDLER', 'CONTAINER', 'CONTAINER ID', 'STATE', 'WHERE', ...(opts.stats ? ['CPU', 'MEM'] : []), 'NOTE'];
       process.stdout.write(
         renderTable(
-          ['POD', 'POD ID', 'HANDLER', 'CONTAINER', 'CONTAINER ID', 'STATE', 'WHERE', 'NOTE'],
-          rows.map((r) => [r.pod, shortId(r.podId), r.handler, r.container, r.containerId ? shortId(r.containerId) : '', r.state, r.where, r.note]),
+          head,
+          rows.map((r) => [r.pod, shortId(r.podId), r.handler, r.container, r.containerId ? shortId(r.containerId) : '', r.state, r.where, ...(opts.stats ? [cpu(r), mem(r.memoryBytes)] : []), r.note]),
         ),
       );
+      if (opts.stats) {
+        process.stdout.write('\n');
+        for (const t of sideTotals(rows)) process.stdout.write(`${t.where}: ${t.containers} container(s), ${t.cpuSeconds.toFixed(2)}s CPU, ${mem(t.memoryBytes)}\n`);
+      }
     });
 }

@@ -91,9 +91,16 @@ export class HostStdio {
       if (chunk.eof) this.endWriter(w);
     });
     // A stream ends well only with status OK; after an error grpc-js may still
-    // emit 'end', which must not end containerd's fifos.
+    // emit 'end', which must not end containerd's fifos. grpc-js emits 'status' as
+    // soon as the call ends, while chunks held back by a pause (containerd reading
+    // slowly) are still buffered: containerd's fifos end only after 'end', which
+    // comes once those are delivered.
+    let ok = false;
     stream.on('status', (status: grpc.StatusObject) => {
-      if (status.code === 0) this.endAll();
+      ok = status.code === 0;
+    });
+    stream.on('end', () => {
+      if (ok && this.output === stream) this.endAll();
     });
     stream.on('error', (err: grpc.ServiceError) => {
       if (this.closed) return;

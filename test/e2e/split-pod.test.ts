@@ -7,20 +7,23 @@
 // pod goes, also after its shim was killed (the sandbox's poststop hook and
 // `delete` clean up), and nothing is left on either side: no window, link, TAP
 // device or netfilter rule.
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
+import { dialPortForward } from '../../src/cri/portforward';
 import { CLEANUP_HOOK, podWindowPath } from '../../src/netns';
-import { TESTBED } from '../../src/testbed/paths';
+import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, removeAllPods, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -35,6 +38,8 @@ test.before(async () => {
   bed = await startBed();
   cri = bed.cri;
 });
+
+test.after.each(() => removeAllPods(cri));
 
 test.after(async () => {
   const leaks = await stopBed(bed);
@@ -155,6 +160,52 @@ test('app on the host, proxy on the DPU: one network namespace', async () => {
 
   await removePod(podId);
   await noLeaks('the split pod', podId);
+});
+
+/** An HTTP GET written on a port-forward stream; the body of the answer. */
+async function getThrough(stream: Duplex): Promise<string> {
+  stream.write('GET / HTTP/1.0\r\nHost: localhost\r\n\r\n');
+  const chunks: Buffer[] = [];
+  for await (const c of stream) chunks.push(c as Buffer);
+  const answer = Buffer.concat(chunks).toString();
+  return answer.slice(answer.indexOf('\r\n\r\n') + 4).trim();
+}
+
+test('PortForward (crictl port-forward) reaches a port on the DPU and one on the host', async () => {
+  const pod = splitPod('split-forward', { 'heteropod.io/offload': 'proxy', 'heteropod.io/ports': `proxy=${DPU_PORT}` });
+  const podId = await cri.runPodSandbox(pod, 'heteropod');
+  await run(podId, pod, 'app', httpd('from-host', HOST_PORT));
+  const proxy = await run(podId, pod, 'proxy', httpd('from-dpu', DPU_PORT));
+  await waitFor('proxy to listen', 5000, async () => (await cri.execSync(proxy, ['sh', '-c', `netstat -ltn | grep -q :${DPU_PORT}`])).exitCode === 0 || undefined);
+
+  // The runtime dials localhost:PORT in the pod's (host half) namespace.
+  assert.is(await getThrough(await dialPortForward(cri, podId, DPU_PORT)), 'from-dpu');
+  assert.is(await getThrough(await dialPortForward(cri, podId, HOST_PORT)), 'from-host');
+  // Nothing listens there: the runtime's error comes back, naming the port.
+  const refused = await getThrough(await dialPortForward(cri, podId, 9)).then(
+    () => null,
+    (e: Error) => e,
+  );
+  assert.ok(refused, 'a forward to a closed port fails');
+  assert.match(refused!.message, 'port 9');
+
+  // The command a user runs: `heteropod cri port-forward POD 0:PORT`, then plain HTTP to the local port.
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'heteropod'), ['cri', 'port-forward', podId.slice(0, 12), `0:${DPU_PORT}`], {
+    env: { ...process.env, CONTAINER_RUNTIME_ENDPOINT: TESTBED.endpoint },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  try {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const local = await waitFor('port-forward to listen', 10_000, () => /Forwarding from 127\.0\.0\.1:(\d+) -> 15006/.exec(out)?.[1]);
+    assert.is(await httpGet(`http://127.0.0.1:${local}/`), 'from-dpu');
+    assert.is(await httpGet(`http://127.0.0.1:${local}/`), 'from-dpu', 'a second connection, a second forward');
+  } finally {
+    child.kill('SIGINT');
+    await new Promise((r) => child.once('exit', r));
+  }
+  await removePod(podId);
+  await noLeaks('the forwarded pod', podId);
 });
 
 test('a malformed heteropod.io/ports fails RunPodSandbox naming it', async () => {

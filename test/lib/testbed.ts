@@ -32,6 +32,19 @@ export async function stopBed(bed: Bed): Promise<string[]> {
   return leaksSince(bed.before, await snapshotHost());
 }
 
+/**
+ * Removes every pod the test bed still has, ignoring errors: run after each test
+ * so that one test failing half-way (its pods left running) does not fail the
+ * next tests' leak checks too.
+ */
+export async function removeAllPods(cri: CriClient): Promise<void> {
+  for (const pod of await cri.listPodSandbox().catch(() => [] as CriObject[])) {
+    const id = pod.id as string;
+    await cri.stopPodSandbox(id).catch(() => undefined);
+    await cri.removePodSandbox(id).catch(() => undefined);
+  }
+}
+
 let podCounter = 0;
 
 export function podConfig(bed: Bed, name: string, extra: CriObject = {}): CriObject {

@@ -1,10 +1,15 @@
 // The emulated DPU's pure parts: sizes from `dpu up` options, the cgroup values
 // written for them, its names and paths, and the launch scripts' order of steps.
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cgroupValues, dpuSize, formatBytes, formatCpuList, parseCpuList, parseMemory } from '../../src/dpu/config';
 import { agentCommand, insideScript, outsideScript } from '../../src/dpu/launch';
 import { agentAddress, cgroupDir, DPU } from '../../src/dpu/paths';
+import { REPO_ROOT } from '../../src/testbed/paths';
 
 const GiB = 1024 ** 3;
 
@@ -80,6 +85,34 @@ test('launch: cgroups first, then the pinned mount ns and the netns; the setup o
   assert.ok(at('mount --move') > at('hp-dpu-state /var/lib/heteropod'));
   assert.not.ok(inside.some((l) => l.startsWith('exec')), 'the setup only mounts; the agent is started apart');
   assert.ok(agentCommand().includes('192.168.100.2:7443'));
+});
+
+test('dpu certs: keys for a real DPU, the agent\'s address in its certificate, signed by the CA; never over existing files', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-certs-'));
+  const hp = path.join(REPO_ROOT, 'bin', 'heteropod');
+  try {
+    const out = path.join(dir, 'pki');
+    const made = spawnSync(hp, ['dpu', 'certs', out, '--agent-ip', '10.0.0.7'], { encoding: 'utf8' });
+    assert.is(made.status, 0, made.stderr);
+    assert.equal(fs.readdirSync(out).sort(), ['agent.crt', 'agent.key', 'ca.crt', 'ca.key', 'shim.crt', 'shim.key']);
+    const san = execFileSync('openssl', ['x509', '-in', path.join(out, 'agent.crt'), '-noout', '-ext', 'subjectAltName'], { encoding: 'utf8' });
+    assert.match(san, 'IP Address:10.0.0.7');
+    for (const leaf of ['agent.crt', 'shim.crt']) {
+      const verify = spawnSync('openssl', ['verify', '-CAfile', path.join(out, 'ca.crt'), path.join(out, leaf)], { encoding: 'utf8' });
+      assert.is(verify.status, 0, `${leaf}: ${verify.stdout}${verify.stderr}`);
+    }
+    const before = fs.readFileSync(path.join(out, 'ca.crt'));
+    const again = spawnSync(hp, ['dpu', 'certs', out], { encoding: 'utf8' });
+    assert.is.not(again.status, 0);
+    assert.match(again.stderr, 'is not empty');
+    assert.ok(fs.readFileSync(path.join(out, 'ca.crt')).equals(before), 'the CA is untouched');
+    const badIp = spawnSync(hp, ['dpu', 'certs', path.join(dir, 'other'), '--agent-ip', 'dpu.local'], { encoding: 'utf8' });
+    assert.is.not(badIp.status, 0);
+    assert.match(badIp.stderr, '--agent-ip "dpu.local": expected an IPv4 address');
+    assert.not.ok(fs.existsSync(path.join(dir, 'other')));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test.run();

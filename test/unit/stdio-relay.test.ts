@@ -1,0 +1,105 @@
+// The host end of an offloaded process's output (src/shim/stdio-relay.ts) against
+// a stand-in for the agent's Output stream, into real fifos that a slow reader
+// drains. The stand-in behaves as grpc-js does at the end of a server stream: the
+// end is pushed and 'status' emitted at once, while chunks held back by a pause
+// are still buffered. Everything must reach the fifo before its end-of-file.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { DpuAgentClient } from '../../src/agent/client';
+import type { OutputChunkMessage } from '../../src/agent/proto';
+import { Logger, StderrSink } from '../../src/shim/log';
+import { HostStdio } from '../../src/shim/stdio-relay';
+
+const log = new Logger(new StderrSink(), false, { test: 'stdio-relay' });
+
+/** A server stream that delivers `chunks`, then ends with `code` the way grpc-js does. */
+function outputStream(chunks: OutputChunkMessage[], code: number): Readable {
+  const stream = new Readable({ objectMode: true, read() {} });
+  setImmediate(() => {
+    for (const c of chunks) stream.push(c);
+    stream.push(null);
+    if (code !== 0) stream.emit('error', Object.assign(new Error(`status ${code}`), { code }));
+    stream.emit('status', { code, details: '', metadata: null });
+  });
+  (stream as unknown as { cancel: () => void }).cancel = () => stream.destroy();
+  return stream;
+}
+
+function fakeClient(streams: Readable[]): () => DpuAgentClient {
+  return () => ({ serverStream: () => streams.shift() }) as unknown as DpuAgentClient;
+}
+
+/** Reads a fifo slowly (a pause after each read) until end-of-file; what it read. */
+function slowReader(file: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    const rs = fs.createReadStream(file, { highWaterMark: 4096 });
+    rs.on('data', (d: string | Buffer) => {
+      parts.push(Buffer.from(d));
+      rs.pause();
+      setTimeout(() => rs.resume(), 1);
+    });
+    rs.on('end', () => resolve(Buffer.concat(parts)));
+    rs.on('error', reject);
+  });
+}
+
+function fifoDir(): { dir: string; stdout: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-stdio-'));
+  const stdout = path.join(dir, 'stdout');
+  execFileSync('mkfifo', [stdout]);
+  return { dir, stdout };
+}
+
+test('output held back by a slow reader all arrives before end-of-file, after an OK status', async () => {
+  const { dir, stdout } = fifoDir();
+  try {
+    const line = (i: number) => `${i}\n`;
+    const chunks: OutputChunkMessage[] = [];
+    let want = '';
+    // 2,000 chunks of ~1 KiB: far more than a pipe holds, so the relay must pause.
+    for (let i = 0; i < 2000; i++) {
+      const text = Array.from({ length: 200 }, (_, j) => line(i * 200 + j)).join('');
+      want += text;
+      chunks.push({ stream: 'STDOUT', data: Buffer.from(text), eof: false });
+    }
+    const reading = slowReader(stdout);
+    const relay = new HostStdio(fakeClient([outputStream(chunks, 0)]), { pod_id: 'p', container_id: 'c', exec_id: 'e' }, { stdin: '', stdout, stderr: '' }, log);
+    relay.start();
+    const got = (await reading).toString();
+    await relay.done;
+    assert.is(got.length, want.length, 'every byte reached the fifo');
+    assert.ok(got === want, 'in order');
+    relay.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a stream that breaks is opened again; its end-of-file only comes from the next one', async () => {
+  const { dir, stdout } = fifoDir();
+  try {
+    const chunk = (text: string, eof = false) => ({ stream: 'STDOUT', data: Buffer.from(text), eof }) as OutputChunkMessage;
+    const reading = slowReader(stdout);
+    const UNAVAILABLE = 14;
+    const relay = new HostStdio(
+      fakeClient([outputStream([chunk('one\n')], UNAVAILABLE), outputStream([chunk('two\n'), chunk('', true)], 0)]),
+      { pod_id: 'p', container_id: 'c', exec_id: 'e' },
+      { stdin: '', stdout, stderr: '' },
+      log,
+    );
+    relay.start();
+    assert.is((await reading).toString(), 'one\ntwo\n');
+    await relay.done;
+    relay.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.run();
