@@ -36,7 +36,7 @@ export function podHandlers(pods: DpuPods): grpc.UntypedServiceImplementation {
       return {};
     }),
     ListPods: unary('ListPods', () => ({ pods: pods.listPods() })),
-    Create: unary('Create', async (req: CreateRequest) => ({ response: await pods.create(req) })),
+    Create: unary('Create', (req: CreateRequest) => pods.create(req)),
     Exec: unary('Exec', async (req: TaskCall) => ({ response: await pods.exec(req.pod_id, req.request) })),
     Output: output(pods),
     Input: input(pods),

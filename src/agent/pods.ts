@@ -35,7 +35,7 @@ import { AgentError } from './errors';
 import { EventHub } from './events';
 import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
-import type { CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from './proto';
+import type { CreateReply, CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from './proto';
 
 export interface AgentPaths {
   // pods/ (one directory per pod) and layers/ live here
@@ -52,6 +52,8 @@ export interface AgentPaths {
 
 export interface LayerPaths {
   path(digest: string): string;
+  /** The subset of `digests` not in the cache. */
+  missing(digests: string[]): string[] | Promise<string[]>;
 }
 
 interface ProcessRecord {
@@ -428,7 +430,8 @@ export class DpuPods {
     });
   }
 
-  async create(req: CreateRequest): Promise<Buffer> {
+  /** Creates the container; when layers are missing from the cache, only names them. */
+  async create(req: CreateRequest): Promise<CreateReply> {
     const pod = this.pod(req.pod_id);
     if (pod.lost) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${pod.record.id}: ${pod.lost}`);
     let host: { id: string; terminal: boolean; stdin: string; stdout: string; stderr: string };
@@ -441,6 +444,14 @@ export class DpuPods {
     }
     checkId('container id', host.id);
     if (pod.record.containers[host.id]) throw new AgentError(grpc.status.ALREADY_EXISTS, `container ${host.id}: already exists`);
+    if (req.layers.length === 0) throw new AgentError(grpc.status.INVALID_ARGUMENT, `create container ${host.id}: no rootfs layers`);
+    let missing: string[];
+    try {
+      missing = await this.layers.missing(req.layers);
+    } catch (err) {
+      throw asAgentError(err, `create container ${host.id}: look up its layers`);
+    }
+    if (missing.length) return { response: Buffer.alloc(0), missing_layers: missing };
     const bundle = path.join(pod.dir, 'containers', host.id);
     const key = processKey(host.id, '');
     const undo: Array<() => void> = [];
@@ -464,7 +475,6 @@ export class DpuPods {
       const specText = JSON.stringify(spec);
       fs.writeFileSync(path.join(bundle, 'config.json'), specText);
 
-      if (req.layers.length === 0) throw new AgentError(grpc.status.INVALID_ARGUMENT, 'create: no rootfs layers');
       const lowers = req.layers.map((d) => this.layers.path(d));
       for (const d of ['upper', 'work', 'rootfs']) fs.mkdirSync(path.join(bundle, d), { mode: 0o755 });
       const rootfs = { type: 'overlay', source: 'overlay', target: '', options: ['index=off', `lowerdir=${lowers.join(':')}`, `upperdir=${path.join(bundle, 'upper')}`, `workdir=${path.join(bundle, 'work')}`] };
@@ -485,7 +495,7 @@ export class DpuPods {
       pod.outputs.get(key)?.releasePlaceholders();
       pod.save();
       this.log.info('container created', { pod: pod.record.id, container: host.id, name: req.container_name, layers: lowers.length });
-      return res;
+      return { response: res, missing_layers: [] };
     } catch (err) {
       for (const u of undo.reverse()) u();
       throw asAgentError(err, `create container ${host.id}`);

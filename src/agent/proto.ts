@@ -80,6 +80,12 @@ export interface TaskReply {
   response: Buffer;
 }
 
+/** Create's answer: the runc shim's, or only the layers the cache lacks (nothing created). */
+export interface CreateReply {
+  response: Buffer;
+  missing_layers: string[];
+}
+
 export interface ProcessRef {
   pod_id: string;
   container_id: string;

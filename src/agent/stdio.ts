@@ -12,9 +12,9 @@
 //   and reads on); what it writes meanwhile waits in the pipe;
 // - stdin is opened read-write: a writer that never sees "no reader" and that
 //   CloseIO closes, which is the end of input for runc's shim.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { mknodDevice } from './linux-fs';
 
 export type StreamName = 'stdout' | 'stderr';
 
@@ -29,9 +29,12 @@ export type OutputSink = (chunk: OutputChunk) => boolean; // false: the sink is 
 // Held back past this much undelivered output: the process then waits on its pipe.
 const HIGH_WATER = 1 << 20;
 
+// mknod(2), not a mkfifo process: on the DPU's one core a fork and exec costs
+// milliseconds of every container's start.
 export function makeFifo(path: string): void {
   fs.rmSync(path, { force: true });
-  execFileSync('mkfifo', ['-m', '0600', path]);
+  mknodDevice(path, 'fifo', 0o600);
+  fs.chmodSync(path, 0o600); // exactly, whatever the umask
 }
 
 class OutputFifo {

@@ -2,9 +2,12 @@
 // through the DPU agent (gRPC, mutual TLS, over the management link).
 //
 // What crosses for each call:
-//   Create  - the rootfs layers (shipped once, by digest: layers.ts), the spec,
-//             copies of the bind-mounted files, and the request; then this
-//             container's stdio is joined to containerd's fifos (stdio-relay.ts)
+//   Create  - the spec, copies of the bind-mounted files, the rootfs layers by
+//             digest, and the request; layers the agent lacks are named in its
+//             answer, shipped (once, by digest: layers.ts) and Create sent again;
+//             then this container's stdio is joined to containerd's fifos
+//             (stdio-relay.ts)
+//   Connect - answered here from the pid Create returned, once there is one
 //   Exec    - the request, then the exec's stdio likewise
 //   Wait    - held open for the life of the process; if the agent restarts, it is
 //             asked again, and answers from the runc shim, which kept the exit
@@ -20,14 +23,13 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agent/client';
-import type { CapacityResponse, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
+import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
-import { decode } from '../proto';
 import { readFields, str, bool, uint } from '../proto/wire';
 import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
-import { encodeConnectResponse, encodeIdRequest, withCreateOptions } from './messages';
-import { LayerStore, overlayLowerdirs, shipLayers } from './layers';
+import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from './messages';
+import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
 import type { Logger } from './log';
 import type { FirstTask, Runtime } from './runtime';
 import { HostStdio } from './stdio-relay';
@@ -217,6 +219,10 @@ export class DpuAgentRuntime implements Runtime {
   readonly name = 'dpu';
   private pod: Promise<PodInfo> | null = null;
   private readonly stdio = new Map<string, HostStdio>();
+  // Each container's init pid, from the agent's answer to Create: it stays the
+  // same until the task is deleted, so Connect (which containerd calls after
+  // Create and again at Start) needs no round trip to the DPU.
+  private readonly initPids = new Map<string, number>();
   private events: grpc.ClientReadableStream<TaskEventMessage> | null = null;
   private lastEvent = 0;
   private stopped = false;
@@ -305,31 +311,49 @@ export class DpuAgentRuntime implements Runtime {
   }
 
   private async create(request: Buffer): Promise<Buffer> {
-    const req = decode<{ id: string; bundle: string; rootfs: { type: string; source: string; options: string[] }[]; terminal: boolean; stdin: string; stdout: string; stderr: string }>(
-      'containerd.task.v2.CreateTaskRequest',
-      request,
-    );
+    // Read at the wire level: protobufjs and the .proto files cost a fresh shim ~10 ms to load.
+    let req: CreateTask;
+    try {
+      req = createTask(request);
+    } catch (err) {
+      throw new RpcError(Code.INVALID_ARGUMENT, `malformed Create request: ${(err as Error).message}`);
+    }
     await this.podInfo();
     const specText = fs.readFileSync(path.join(req.bundle, 'config.json'));
     const spec = JSON.parse(specText.toString('utf8')) as { mounts?: OciMount[]; annotations?: Record<string, string> };
-    const shipped = await shipLayers(overlayLowerdirs(req.rootfs), this.layerStore(), this.opts.layerIndexDir);
+    const dirs = overlayLowerdirs(req.rootfs);
+    // The layers' digests come from the host's index; the agent's Create names
+    // any its cache lacks (creating nothing), which are then shipped and Create
+    // asked again. A warm cache so costs no round trip of its own.
+    const digests: string[] = [];
+    for (const dir of dirs) digests.push((await layerDigest(dir, this.opts.layerIndexDir)).digest);
     const files = mountedFiles(spec.mounts ?? []);
     const name = spec.annotations?.['io.kubernetes.cri.container-name'] ?? req.id;
-    let res: Buffer;
-    try {
-      res = (
-        await this.client.call<{ response: Buffer }>('Create', {
+    const createOnDpu = async (layers: string[]): Promise<CreateReply> => {
+      try {
+        return await this.client.call<CreateReply>('Create', {
           pod_id: this.opts.pod.podId,
           request: withCreateOptions(request, null),
           spec: specText,
-          layers: shipped.digests,
+          layers,
           files,
           container_name: name,
-        }, { timeoutMs: 60_000 })
-      ).response;
-    } catch (err) {
-      throw asRpcError(err, `create ${req.id} on the DPU`);
+        }, { timeoutMs: 60_000 });
+      } catch (err) {
+        throw asRpcError(err, `create ${req.id} on the DPU`);
+      }
+    };
+    let shipped: ShipResult = { digests, bytesSent: 0, layersSent: 0 };
+    let reply = await createOnDpu(digests);
+    if (reply.missing_layers.length) {
+      shipped = await shipLayers(dirs, this.layerStore(), this.opts.layerIndexDir);
+      reply = await createOnDpu(shipped.digests);
+      if (reply.missing_layers.length) {
+        throw new RpcError(Code.UNAVAILABLE, `create ${req.id} on the DPU: its cache lost layers just sent (${reply.missing_layers.join(', ')})`);
+      }
     }
+    const res = reply.response;
+    this.initPids.set(req.id, createTaskPid(res));
     this.log.info('container created on the DPU', { id: req.id, name, layers: shipped.digests.length, layers_sent: shipped.layersSent, bytes_sent: shipped.bytesSent });
     this.attach(req.id, '', req);
     return res;
@@ -369,6 +393,8 @@ export class DpuAgentRuntime implements Runtime {
 
   private async connect(request: Buffer): Promise<Buffer> {
     const id = str(readFields(request), 1);
+    const pid = this.initPids.get(id);
+    if (pid) return encodeConnectResponse(process.pid, pid);
     const state = await this.relay('State', encodeIdRequest(id));
     // StateResponse { pid = 3 }
     return encodeConnectResponse(process.pid, uint(readFields(state), 3));
@@ -387,6 +413,8 @@ export class DpuAgentRuntime implements Runtime {
     // Output still on its way is written before the process is gone for containerd.
     const relay = this.stdio.get(key(id, execId));
     if (relay) await Promise.race([relay.done, sleep(5000)]);
+    // Forgotten whatever the answer: without it Connect asks the DPU, which is only slower.
+    if (!execId) this.initPids.delete(id);
     const res = await this.relay('Delete', request);
     // A relay still writing (containerd reading slowly, a loaded machine) finishes
     // in the background: closing it now would cut the output short.

@@ -327,9 +327,9 @@ function indexFile(indexDir: string, dir: string): string {
   return path.join(indexDir, `${createHash('sha256').update(dir).digest('hex').slice(0, 40)}.json`);
 }
 
-async function readIndex(file: string): Promise<IndexRecord | undefined> {
+function readIndex(file: string): IndexRecord | undefined {
   try {
-    return JSON.parse(await fs.promises.readFile(file, 'utf8')) as IndexRecord;
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as IndexRecord;
   } catch {
     // Missing, or torn by a crash before rename made that impossible: either way, recompute.
     return undefined;
@@ -369,14 +369,18 @@ const computing = new Map<string, Promise<LayerDigest>>();
  * stat the directory and read one small record. The identity catches a snapshot
  * directory removed and re-made under the same path; it does not see changes
  * deep inside, which committed snapshots never have.
+ *
+ * The stat and the record are read synchronously: they are on every offloaded
+ * container's start, and two trips through libuv's thread pool cost more there,
+ * on a busy node, than the two short system calls themselves.
  */
 export async function layerDigest(dir: string, indexDir: string): Promise<LayerDigest> {
   const abs = path.resolve(dir);
   const file = indexFile(indexDir, abs);
-  const st = await fs.promises.stat(abs, { bigint: true });
+  const st = fs.statSync(abs, { bigint: true });
   if (!st.isDirectory()) throw new Error(`layer ${abs} is not a directory`);
   const identity = { dev: st.dev.toString(), ino: st.ino.toString(), ctimeNs: st.ctimeNs.toString() };
-  const known = await readIndex(file);
+  const known = readIndex(file);
   if (known && known.version === 1 && known.dir === abs && known.dev === identity.dev && known.ino === identity.ino && known.ctimeNs === identity.ctimeNs) {
     return { dir: abs, digest: known.digest, size: known.size, fromIndex: true };
   }

@@ -2,7 +2,7 @@
 // events that the shim reads or writes, at the wire level. Everything else it
 // relays as received. Field numbers are containerd 1.6's; the unit tests check
 // each encoding against protobufjs and the .proto files.
-import { MessageWriter, readFields, str, bool, uint, field, decodeTimestamp, encodeTimestamp, encodeAny, replaceField, Timestamp } from '../proto/wire';
+import { MessageWriter, readFields, str, bool, uint, field, repeated, decodeTimestamp, encodeTimestamp, encodeAny, replaceField, Timestamp } from '../proto/wire';
 
 // Requests whose field 2 is exec_id; for the others field 2 is something else.
 const HAS_EXEC_ID = new Set(['State', 'Start', 'Delete', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Wait']);
@@ -23,6 +23,30 @@ export function createRequest(payload: Uint8Array): { id: string; bundle: string
   const f = readFields(payload);
   return { id: str(f, 1), bundle: str(f, 2), hasOptions: field(f, 10) !== undefined };
 }
+
+export interface CreateTask {
+  id: string;
+  bundle: string;
+  rootfs: { type: string; source: string; options: string[] }[];
+  terminal: boolean;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+}
+
+// CreateTaskRequest as an offloaded Create needs it: rootfs = 3 (containerd.types.Mount
+// { type = 1; source = 2; options = 4; }), terminal = 4, stdin/stdout/stderr = 5/6/7.
+export function createTask(payload: Uint8Array): CreateTask {
+  const f = readFields(payload);
+  const rootfs = repeated(f, 3).map((b) => {
+    const m = readFields(b);
+    return { type: str(m, 1), source: str(m, 2), options: repeated(m, 4).map((o) => o.toString('utf8')) };
+  });
+  return { id: str(f, 1), bundle: str(f, 2), rootfs, terminal: bool(f, 4), stdin: str(f, 5), stdout: str(f, 6), stderr: str(f, 7) };
+}
+
+// CreateTaskResponse { pid = 1; }
+export const createTaskPid = (payload: Uint8Array): number => uint(readFields(payload), 1);
 
 // The same request with its options replaced by `options` (an encoded Any) or removed.
 export function withCreateOptions(payload: Uint8Array, options: Buffer | null): Buffer {

@@ -47,6 +47,21 @@ test('Create: options replaced, every other field kept', () => {
   assert.is(stripped.options, null);
 });
 
+test('createTask reads what an offloaded Create needs, as protobufjs does', () => {
+  const req = {
+    id: 'c1', bundle: '/b', terminal: false, stdin: '', stdout: '/o', stderr: '/e',
+    rootfs: [
+      { type: 'overlay', source: 'overlay', target: '', options: ['index=off', 'lowerdir=/l2:/l1'] },
+      { type: 'bind', source: '/s', target: '/t', options: [] },
+    ],
+  };
+  const payload = encode(`${T}CreateTaskRequest`, { ...req, checkpoint: 'x', options: { type_url: 'u', value: Buffer.from('v') } });
+  assert.equal(m.createTask(payload), { ...req, rootfs: req.rootfs.map(({ target: _t, ...r }) => r) });
+  assert.equal(m.createTask(encode(`${T}CreateTaskRequest`, { id: 'c2', terminal: true, stdout: '/o' })), { id: 'c2', bundle: '', rootfs: [], terminal: true, stdin: '', stdout: '/o', stderr: '' });
+  assert.is(m.createTaskPid(encode(`${T}CreateTaskResponse`, { pid: 4242 })), 4242);
+  assert.is(m.createTaskPid(Buffer.alloc(0)), 0);
+});
+
 test('Connect, Shutdown, Kill, Wait, Delete encodings equal protobufjs', () => {
   assert.equal([...m.encodeConnectResponse(77, 1234)], [...encode(`${T}ConnectResponse`, { shim_pid: 77, task_pid: 1234 })]);
   assert.is(m.connectTaskPid(encode(`${T}ConnectResponse`, { shim_pid: 1, task_pid: 99, version: '2' })), 99);
