@@ -60,6 +60,7 @@ import * as path from 'node:path';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import * as dpu from '../src/dpu/dpu';
+import { parseCpuList } from '../src/dpu/config';
 import { cgroupDir } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
@@ -82,8 +83,8 @@ const CPUSET_ONLINE = '/sys/devices/system/cpu/online';
 
 type Where = 'host' | 'dpu';
 
-// The haproxy configuration, written by the container's own shell (a host file
-// mounted in would not exist on the DPU). One thread, as on a one-CPU DPU;
+// The haproxy configuration, written by the container's own shell, so that both
+// placements start it the same way (no file volume to copy). One thread, as on a one-CPU DPU;
 // busybox httpd closes every connection, so there is no keep-alive to the backend
 // to reuse, while the client side (wrk) keeps its connections.
 const HAPROXY_CFG = [
@@ -187,16 +188,6 @@ interface Result {
   warmupS: number;
   samples: Sample[];
   leftovers: string[];
-}
-
-/** A kernel CPU list ("0-2,5") as numbers. */
-function parseCpuList(text: string): number[] {
-  const out: number[] = [];
-  for (const part of text.trim().split(',').filter(Boolean)) {
-    const [a, b] = part.split('-').map(Number);
-    for (let c = a; c <= (b ?? a); c++) out.push(c);
-  }
-  return out;
 }
 
 const CLK_TCK = ((): number => {

@@ -6,7 +6,7 @@ import { containerConfig, CriObject, podSandboxConfig, readConfigFile } from '..
 import { readCriLog } from '../cri/logs';
 import { execStream } from '../cri/exec-stream';
 import { forwardLocalPort } from '../cri/portforward';
-import { ago, OutputFormat, parseOutputFormat, printJson, renderTable, shortId } from './table';
+import { ago, containerUsage, cpuTime, mebibytes, OutputFormat, parseOutputFormat, printJson, renderTable, shortId } from './table';
 
 interface GlobalOptions {
   runtimeEndpoint: string;
@@ -294,11 +294,8 @@ export function registerCriCommands(program: Command): void {
       if (o.output === 'json') return printJson({ stats });
       const rows = stats.map((s) => {
         const attrs = s.attributes as CriObject;
-        const cpu = s.cpu as CriObject | null;
-        const mem = s.memory as CriObject | null;
-        const cpuNs = (cpu?.usage_core_nano_seconds as CriObject | null)?.value;
-        const memBytes = (mem?.working_set_bytes as CriObject | null)?.value;
-        return [shortId(attrs.id as string), String((attrs.metadata as CriObject).name), cpuNs === undefined ? '-' : `${(Number(cpuNs) / 1e9).toFixed(2)}s`, memBytes === undefined ? '-' : `${(Number(memBytes) / 1048576).toFixed(1)}MiB`];
+        const use = containerUsage(s);
+        return [shortId(attrs.id as string), String((attrs.metadata as CriObject).name), cpuTime(use.cpuSeconds), mebibytes(use.memoryBytes)];
       });
       process.stdout.write(renderTable(['CONTAINER', 'NAME', 'CPU TIME', 'MEM'], rows));
     });

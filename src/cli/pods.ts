@@ -10,7 +10,7 @@ import type { CriObject } from '../cri/config';
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../shim/config';
 import { PodRecordFile, podStateDir } from '../shim/pod-record';
 import { TESTBED } from '../testbed/paths';
-import { parseOutputFormat, printJson, renderTable, shortId, OutputFormat } from './table';
+import { containerUsage, cpuTime, mebibytes, parseOutputFormat, printJson, renderTable, shortId, OutputFormat } from './table';
 
 export interface PodRow {
   pod: string;
@@ -29,14 +29,7 @@ export interface PodRow {
 /** CRI ContainerStats by container id: CPU seconds and working-set bytes. */
 function statsById(stats: CriObject[]): Map<string, { cpuSeconds?: number; memoryBytes?: number }> {
   const out = new Map<string, { cpuSeconds?: number; memoryBytes?: number }>();
-  for (const s of stats) {
-    const cpu = ((s.cpu as CriObject | null)?.usage_core_nano_seconds as CriObject | null)?.value;
-    const mem = ((s.memory as CriObject | null)?.working_set_bytes as CriObject | null)?.value;
-    out.set(String((s.attributes as CriObject).id), {
-      cpuSeconds: cpu === undefined ? undefined : Number(cpu) / 1e9,
-      memoryBytes: mem === undefined ? undefined : Number(mem),
-    });
-  }
+  for (const s of stats) out.set(String((s.attributes as CriObject).id), containerUsage(s));
   return out;
 }
 
@@ -124,18 +117,16 @@ export function registerPodsCommand(program: Command): void {
         cri.close();
       }
       if (opts.output === 'json') return printJson(rows);
-      const cpu = (r: PodRow) => (r.cpuSeconds === undefined ? '-' : `${r.cpuSeconds.toFixed(2)}s`);
-      const mem = (bytes: number | undefined) => (bytes === undefined ? '-' : `${(bytes / 1048576).toFixed(1)}MiB`);
       const head = ['POD', 'POD ID', 'HANDLER', 'CONTAINER', 'CONTAINER ID', 'STATE', 'WHERE', ...(opts.stats ? ['CPU', 'MEM'] : []), 'NOTE'];
       process.stdout.write(
         renderTable(
           head,
-          rows.map((r) => [r.pod, shortId(r.podId), r.handler, r.container, r.containerId ? shortId(r.containerId) : '', r.state, r.where, ...(opts.stats ? [cpu(r), mem(r.memoryBytes)] : []), r.note]),
+          rows.map((r) => [r.pod, shortId(r.podId), r.handler, r.container, r.containerId ? shortId(r.containerId) : '', r.state, r.where, ...(opts.stats ? [cpuTime(r.cpuSeconds), mebibytes(r.memoryBytes)] : []), r.note]),
         ),
       );
       if (opts.stats) {
         process.stdout.write('\n');
-        for (const t of sideTotals(rows)) process.stdout.write(`${t.where}: ${t.containers} container(s), ${t.cpuSeconds.toFixed(2)}s CPU, ${mem(t.memoryBytes)}\n`);
+        for (const t of sideTotals(rows)) process.stdout.write(`${t.where}: ${t.containers} container(s), ${cpuTime(t.cpuSeconds)} CPU, ${mebibytes(t.memoryBytes)}\n`);
       }
     });
 }

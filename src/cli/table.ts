@@ -20,6 +20,24 @@ export function shortId(id: string): string {
   return id.slice(0, 13);
 }
 
+/** A container's CPU time (s) and memory working set (bytes) from a CRI ContainerStats; undefined where it reports none. */
+export function containerUsage(stats: Record<string, unknown>): { cpuSeconds?: number; memoryBytes?: number } {
+  const value = (part: unknown, name: string) => ((part as Record<string, { value?: unknown } | null> | null)?.[name] ?? undefined)?.value;
+  const cpu = value(stats.cpu, 'usage_core_nano_seconds');
+  const mem = value(stats.memory, 'working_set_bytes');
+  return { cpuSeconds: cpu === undefined ? undefined : Number(cpu) / 1e9, memoryBytes: mem === undefined ? undefined : Number(mem) };
+}
+
+/** CPU seconds as the stats tables print them ("1.25s"), "-" when unknown. */
+export function cpuTime(seconds: number | undefined): string {
+  return seconds === undefined ? '-' : `${seconds.toFixed(2)}s`;
+}
+
+/** Bytes as the stats tables print them ("3.0MiB"), "-" when unknown. */
+export function mebibytes(bytes: number | undefined): string {
+  return bytes === undefined ? '-' : `${(bytes / 1048576).toFixed(1)}MiB`;
+}
+
 /** "3 minutes ago" from nanoseconds since the epoch, as crictl prints it. */
 export function ago(nanos: number | string): string {
   const ms = Number(nanos) / 1e6;

@@ -5,9 +5,7 @@
 // end), 4 terminal size ({"Width":w,"Height":h}).
 import type { CriClient } from './client';
 import type { CriObject } from './config';
-import { connectWebSocket } from './websocket';
-
-export const EXEC_PROTOCOL = 'v4.channel.k8s.io';
+import { CHANNEL_PROTOCOL, connectWebSocket } from './websocket';
 
 const STDIN = 0;
 const STDOUT = 1;
@@ -48,10 +46,9 @@ export function exitCodeOf(statusJson: string): number {
 export async function execStream(cri: CriClient, containerId: string, cmd: string[], opts: ExecStreamOptions): Promise<ExecSession> {
   const req: CriObject = { container_id: containerId, cmd, tty: opts.tty, stdin: Boolean(opts.stdin), stdout: true, stderr: !opts.tty };
   const url = await cri.exec(req);
-  const ws = await connectWebSocket(url, EXEC_PROTOCOL);
-  const send = (channel: number, data: Buffer) => ws.send(Buffer.concat([Buffer.from([channel]), data]));
+  const ws = await connectWebSocket(url, CHANNEL_PROTOCOL);
   const resize = (columns: number, rows: number) => {
-    if (opts.tty) send(RESIZE, Buffer.from(JSON.stringify({ Width: columns, Height: rows })));
+    if (opts.tty) ws.sendOn(RESIZE, Buffer.from(JSON.stringify({ Width: columns, Height: rows })));
   };
   let status = '';
   const exitCode = new Promise<number>((resolve, reject) => {
@@ -73,7 +70,7 @@ export async function execStream(cri: CriClient, containerId: string, cmd: strin
       }
     });
   });
-  const onInput = (d: Buffer | string) => send(STDIN, Buffer.from(d));
+  const onInput = (d: Buffer | string) => ws.sendOn(STDIN, Buffer.from(d));
   opts.stdin?.on('data', onInput);
   if (opts.size) resize(opts.size.columns, opts.size.rows);
   return { resize, exitCode };

@@ -11,9 +11,7 @@
 import * as net from 'node:net';
 import { Duplex } from 'node:stream';
 import type { CriClient } from './client';
-import { connectWebSocket, WebSocketClient } from './websocket';
-
-export const PORT_FORWARD_PROTOCOL = 'v4.channel.k8s.io';
+import { CHANNEL_PROTOCOL, connectWebSocket, WebSocketClient } from './websocket';
 
 const DATA = 0;
 const ERROR = 1;
@@ -56,8 +54,7 @@ export class PortForwardStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    const message = Buffer.concat([Buffer.from([DATA]), chunk]);
-    if (this.ws.send(message)) done();
+    if (this.ws.sendOn(DATA, chunk)) done();
     else this.ws.onDrain(() => done());
   }
 
@@ -71,7 +68,7 @@ export class PortForwardStream extends Duplex {
 export async function dialPortForward(cri: CriClient, podSandboxId: string, port: number): Promise<PortForwardStream> {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`port-forward: port ${port} is not a TCP port (1-65535)`);
   const url = await cri.portForward(podSandboxId, [port]);
-  const ws = await connectWebSocket(url, PORT_FORWARD_PROTOCOL);
+  const ws = await connectWebSocket(url, CHANNEL_PROTOCOL);
   return new PortForwardStream(ws, port);
 }
 

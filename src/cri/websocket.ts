@@ -14,6 +14,9 @@ import type { Socket } from 'node:net';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
+/** The streaming server's subprotocol for Exec and PortForward: binary messages, the first byte the channel. */
+export const CHANNEL_PROTOCOL = 'v4.channel.k8s.io';
+
 const enum Op {
   Continuation = 0x0,
   Text = 0x1,
@@ -107,6 +110,11 @@ export class WebSocketClient extends EventEmitter {
   send(data: Buffer): boolean {
     if (this.closed) return false;
     return this.socket.write(encodeFrame(Op.Binary, data));
+  }
+
+  /** Sends `data` on a channel of the channel protocol; as `send`. */
+  sendOn(channel: number, data: Buffer): boolean {
+    return this.send(Buffer.concat([Buffer.from([channel]), data]));
   }
 
   onDrain(fn: () => void): void {

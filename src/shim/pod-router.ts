@@ -28,7 +28,7 @@ import type { Logger } from './log';
 import { encodeIdRequest, taskRef } from './messages';
 import type { FirstTask, Runtime } from './runtime';
 import type { CreateInfo } from './task-service';
-import { readSpec } from './bundle';
+import { readSpec, writeSpec } from './bundle';
 import { PodRecordFile, podRecordPath } from './pod-record';
 
 type Annotations = Record<string, string>;
@@ -39,17 +39,6 @@ function readPodSpec(bundle: string): SandboxSpec {
     return readSpec(bundle) as SandboxSpec;
   } catch (err) {
     throw invalidArgument((err as Error).message);
-  }
-}
-
-function writeSpec(bundle: string, spec: SandboxSpec): void {
-  const file = path.join(bundle, 'config.json');
-  try {
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify(spec));
-    fs.renameSync(`${file}.tmp`, file);
-  } catch (err) {
-    fs.rmSync(`${file}.tmp`, { force: true });
-    throw RpcError.wrap(err, `write the spec of bundle ${bundle}`);
   }
 }
 
@@ -132,7 +121,11 @@ export class PodRouter {
       this.note(req.id, a['io.kubernetes.cri.sandbox-name'] ? '(sandbox)' : req.id, { where: 'host', reason: '' });
       if (type !== 'sandbox' || !this.dpu) return this.runc;
       // Only an offloading pod's spec is touched: the hook, for a shim that dies.
-      writeSpec(req.bundle, withCleanupHook(spec));
+      try {
+        writeSpec(req.bundle, withCleanupHook(spec));
+      } catch (err) {
+        throw RpcError.wrap(err, 'add the network clean-up hook');
+      }
       return new SandboxRuntime(this.runc, () => this.openLink(req.id), () => this.closeLink());
     }
     const name = a['io.kubernetes.cri.container-name'] ?? req.id;
