@@ -17,12 +17,20 @@ export interface ShimConfig {
   // mutual-TLS files (CA that signed the agent, the shim's certificate and key).
   // No address: no DPU; offload falls back (prefer) or fails (require).
   dpu: { address: string; ca: string; cert: string; key: string; timeoutMs: number };
+  // The XPU link of an offloading pod ([xpu] table): how the pump threads of its
+  // host end wait for frames. "sleep" (the default) never spins, so the link
+  // costs the host CPU only for the frames it moves; "elastic" spins briefly
+  // before sleeping (lower latency per burst, paid in host CPU); "poll" spins.
+  xpu: { hostMode: HostMode };
 }
+
+export const HOST_MODES = ['sleep', 'elastic', 'poll'] as const;
+export type HostMode = (typeof HOST_MODES)[number];
 
 export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
 
 export function defaultConfig(): ShimConfig {
-  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 } };
+  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 }, xpu: { hostMode: 'sleep' } };
 }
 
 // A small TOML subset: comments, [section] headers and `key = value` with strings,
@@ -91,6 +99,11 @@ export function loadConfig(path: string | undefined): ShimConfig {
   if (timeout !== undefined && (typeof timeout !== 'number' || timeout <= 0)) throw new Error(`shim config ${file}: dpu.timeout_ms must be a positive number`);
   config.dpu.timeoutMs = timeout ?? config.dpu.timeoutMs;
   if (config.dpu.address && !(config.dpu.ca && config.dpu.cert && config.dpu.key)) throw new Error(`shim config ${file}: [dpu] needs ca, cert and key with address`);
+  const hostMode = str('xpu.host_mode');
+  if (hostMode !== undefined && !(HOST_MODES as readonly string[]).includes(hostMode)) {
+    throw new Error(`shim config ${file}: xpu.host_mode must be one of ${HOST_MODES.join(', ')}, not ${JSON.stringify(hostMode)}`);
+  }
+  config.xpu.hostMode = (hostMode as HostMode | undefined) ?? config.xpu.hostMode;
   return withEnv(config);
 }
 

@@ -30,6 +30,7 @@ import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
 import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from './messages';
 import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
+import type { HostMode } from './config';
 import type { Logger } from './log';
 import type { FirstTask, Runtime } from './runtime';
 import { HostStdio } from './stdio-relay';
@@ -74,6 +75,8 @@ export interface SplitLinkOptions {
   podIp: string;
   /** heteropod.io/ports, as declaredPortList gives it. */
   declaredDpuPorts: number[];
+  /** How the host end's pump threads wait ([xpu] host_mode). */
+  hostMode: HostMode;
 }
 
 /**
@@ -100,13 +103,14 @@ class SplitLink {
 
   /** Both halves open and ports flowing; on failure, whatever was opened is closed again. */
   async open(): Promise<void> {
-    const { netnsPath, podIp, declaredDpuPorts } = this.opts;
+    const { netnsPath, podIp, declaredDpuPorts, hostMode } = this.opts;
     try {
       this.host = await openHostHalf({
         podId: this.podId,
         netnsPath,
         podIp,
         declaredDpuPorts,
+        mode: hostMode,
         onListeningPorts: (ports) => {
           this.hostPorts = ports;
           this.sendPorts();

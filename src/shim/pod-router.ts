@@ -205,7 +205,7 @@ export class PodRouter {
     if (!dpu) return;
     try {
       const podIp = await podIpv4(this.netnsPath);
-      await dpu.openLink({ netnsPath: this.netnsPath, podIp, declaredDpuPorts: this.declaredDpuPorts });
+      await dpu.openLink({ netnsPath: this.netnsPath, podIp, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode });
       this.record.netns_path = this.netnsPath;
       this.save();
       return;

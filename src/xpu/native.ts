@@ -8,7 +8,8 @@ import * as koffi from 'koffi';
 
 export const SIDES = ['host', 'dpu'] as const;
 export type XpuSide = (typeof SIDES)[number];
-export const MODES = ['elastic', 'poll'] as const;
+/** Index = enum xpu_mode. */
+export const MODES = ['elastic', 'poll', 'sleep'] as const;
 export type XpuMode = (typeof MODES)[number];
 
 /** Opaque C handle (a pointer value owned by libxpu). */

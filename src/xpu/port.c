@@ -439,7 +439,7 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	int rc;
 
 	if (!w || !out || !netns_path || (side != XPU_SIDE_HOST && side != XPU_SIDE_DPU) ||
-	    (mode != XPU_MODE_ELASTIC && mode != XPU_MODE_POLL) || !valid_tap_name(tap_name))
+	    (mode != XPU_MODE_ELASTIC && mode != XPU_MODE_POLL && mode != XPU_MODE_SLEEP) || !valid_tap_name(tap_name))
 		return -EINVAL;
 	*out = NULL;
 	p = calloc(1, sizeof(*p));
@@ -451,7 +451,7 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	p->tapfd = -1;
 	p->me = &w->hdr->side[side];
 	p->peer = &w->hdr->side[1 - side];
-	p->spin_max_ns = spin_max_from_env();
+	p->spin_max_ns = mode == XPU_MODE_SLEEP ? 0 : spin_max_from_env();
 	p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (p->evfd < 0) {
 		rc = -errno;

@@ -30,8 +30,11 @@ enum xpu_side { XPU_SIDE_HOST = 0, XPU_SIDE_DPU = 1 };
 
 /* ELASTIC: a consumer with nothing to read spins adaptively, then sleeps on a
  * futex in the window; a producer enters the kernel only to wake a consumer that
- * has said it is asleep. POLL: never sleeps (kernel-bypass baseline). */
-enum xpu_mode { XPU_MODE_ELASTIC = 0, XPU_MODE_POLL = 1 };
+ * has said it is asleep. POLL: never sleeps (kernel-bypass baseline). SLEEP:
+ * ELASTIC without the spin: every wait sleeps at once, so the end costs CPU
+ * per frame moved and none while waiting, at a wake-up's latency per burst
+ * (the host's end of an offloaded pod: the host's CPU is what offload saves). */
+enum xpu_mode { XPU_MODE_ELASTIC = 0, XPU_MODE_POLL = 1, XPU_MODE_SLEEP = 2 };
 
 /* Largest frame a ring carries: a 64 KiB GSO segment, its Ethernet header and
  * the virtio_net_hdr in front of it, with room to spare. */

@@ -166,6 +166,26 @@ test('heteropod xpu link: TCP and UDP cross, stats from another process, SIGINT 
   assertClean(link.window);
 });
 
+test('heteropod xpu link --mode sleep: traffic crosses and no pump ever spins', async () => {
+  if (why) return skip('xpu link sleep mode', why);
+  const link = await startCliLink('sleep');
+  try {
+    await tcpIntegrity(4 * 1024 * 1024, 15004);
+    await udpIntegrity(200, 15005);
+    const s = statsFromCli().find((x) => x.path === link.window);
+    assert.ok(s, 'xpu stats lists the link');
+    assert.equal([s!.host.mode, s!.dpu.mode], ['sleep', 'sleep']);
+    assert.ok(s!.hostToDpu.frames > 0 && s!.dpuToHost.frames > 0);
+    // Each wait went to sleep at once: no wait found work by spinning.
+    assert.equal([s!.hostToDpu.spins, s!.dpuToHost.spins], [0, 0]);
+    assert.ok(s!.hostToDpu.sleeps > 0 && s!.dpuToHost.sleeps > 0);
+  } finally {
+    link.child.kill('SIGINT');
+  }
+  assert.is((await link.exit).code, 0);
+  assertClean(link.window);
+});
+
 test('heteropod xpu link: a killed DPU end is noticed, the command exits 1 and cleans up', async () => {
   if (why) return skip('xpu link peer killed', why);
   const link = await startCliLink();

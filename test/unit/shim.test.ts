@@ -153,6 +153,11 @@ test('config: TOML subset, defaults when the file is absent', () => {
   fs.writeFileSync(file, 'state_dir = "/run/y"\n[runc]\nroot = "/run/yr"\n');
   const c = loadConfig(file);
   assert.equal([c.stateDir, c.runc.root], ['/run/y', '/run/yr']);
+  assert.is(c.xpu.hostMode, 'sleep', 'the host end of a link never spins unless asked to');
+  fs.writeFileSync(file, '[xpu]\nhost_mode = "elastic"\n');
+  assert.is(loadConfig(file).xpu.hostMode, 'elastic');
+  fs.writeFileSync(file, '[xpu]\nhost_mode = "spin"\n');
+  assert.throws(() => loadConfig(file), /xpu\.host_mode must be one of sleep, elastic, poll, not "spin"/);
 });
 
 test('runtime options: ConfigPath out of runtimeoptions.v1.Options in an Any', () => {
