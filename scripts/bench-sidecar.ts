@@ -1,7 +1,8 @@
 // Benchmark (not a timed test): what offloading a pod's sidecar proxy to the DPU
 // saves the host under HTTP load, on the test bed. The pod is the demo's shape:
 //
-//   app    busybox httpd on :8080 serving a small page, always on the host;
+//   app    busybox httpd on :8080 serving a small page, always on the host
+//          (--app keepalive: a server that keeps connections, see APPS);
 //   proxy  haproxy (heteropod.local/haproxy:1, one thread), a frontend on :15006
 //          forwarding every request to 127.0.0.1:8080.
 //
@@ -51,7 +52,7 @@
 // brought up if needed and then taken down (and checked for leftovers).
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-sidecar.js \
-//     [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] [--json FILE]
+//     [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] [--app httpd|keepalive] [--json FILE]
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -83,28 +84,45 @@ const CPUSET_ONLINE = '/sys/devices/system/cpu/online';
 
 type Where = 'host' | 'dpu';
 
-// The haproxy configuration, written by the container's own shell, so that both
-// placements start it the same way (no file volume to copy). One thread, as on a one-CPU DPU;
-// busybox httpd closes every connection, so there is no keep-alive to the backend
-// to reuse, while the client side (wrk) keeps its connections.
-const HAPROXY_CFG = [
-  'global',
-  '    maxconn 1024',
-  '    nbthread 1',
-  'defaults',
-  '    mode http',
-  '    timeout connect 5s',
-  '    timeout client 30s',
-  '    timeout server 30s',
-  'frontend proxy',
-  `    bind :${PROXY_PORT}`,
-  '    default_backend app',
-  'backend app',
-  `    server app 127.0.0.1:${APP_PORT}`,
-];
+// haproxy configurations are written by the container's own shell, so that both
+// placements start them the same way (no file volume to copy). One thread, as on
+// a one-CPU DPU.
+const HAPROXY_GLOBAL = ['global', '    maxconn 1024', '    nbthread 1', 'defaults', '    mode http', '    timeout connect 5s', '    timeout client 30s', '    timeout server 30s'];
 
-const APP_COMMAND = ['sh', '-c', `mkdir -p /www && echo '${PAGE}' > /www/index.html && exec httpd -f -p ${APP_PORT} -h /www`];
-const PROXY_COMMAND = ['sh', '-c', `printf '%s\\n' ${HAPROXY_CFG.map((l) => `'${l}'`).join(' ')} > /tmp/haproxy.cfg && exec /usr/sbin/haproxy -f /tmp/haproxy.cfg`];
+function haproxyCommand(file: string, lines: string[]): string[] {
+  return ['sh', '-c', `printf '%s\\n' ${lines.map((l) => `'${l}'`).join(' ')} > ${file} && exec /usr/sbin/haproxy -f ${file}`];
+}
+
+/**
+ * The app behind the proxy (--app). Both serve PAGE on :8080 from one process
+ * on the host; they differ in what a request costs the host besides the proxy:
+ *   httpd      busybox httpd, the demo's app: a new process per connection, and
+ *              it closes every connection, so the proxy opens one to it per
+ *              request (its handshake and teardown cross the link when offloaded);
+ *   keepalive  an event-driven server that keeps connections open (haproxy
+ *              answering from its own configuration), with the proxy reusing
+ *              idle backend connections, as a mesh sidecar does with a
+ *              long-running app: per request, one request and one response
+ *              each way.
+ */
+const APPS = {
+  httpd: {
+    image: BUSYBOX,
+    command: ['sh', '-c', `mkdir -p /www && echo '${PAGE}' > /www/index.html && exec httpd -f -p ${APP_PORT} -h /www`],
+    reuse: false,
+  },
+  keepalive: {
+    image: HAPROXY,
+    command: haproxyCommand('/tmp/app.cfg', [...HAPROXY_GLOBAL, 'frontend app', `    bind :${APP_PORT}`, `    http-request return status 200 content-type text/html string "${PAGE}"`]),
+    reuse: true,
+  },
+};
+type AppKind = keyof typeof APPS;
+
+function proxyCommand(app: AppKind): string[] {
+  const reuse = APPS[app].reuse ? ['    http-reuse always'] : [];
+  return haproxyCommand('/tmp/haproxy.cfg', [...HAPROXY_GLOBAL, 'frontend proxy', `    bind :${PROXY_PORT}`, '    default_backend app', 'backend app', ...reuse, `    server app 127.0.0.1:${APP_PORT}`]);
+}
 
 // wrk's summary as one JSON line: its percentiles are exact (from its own
 // histogram), where the text report rounds them.
@@ -134,7 +152,7 @@ interface CpuSeconds {
   wrk: number;
   /** hostBusy - wrk: what the figure per request is made of. */
   host: number;
-  /** app's container cgroup (httpd and the children it forks per connection). */
+  /** app's container cgroup (with httpd, the children it forks per connection too). */
   app: number;
   /** proxy's container cgroup when it runs on the host, else 0. */
   proxyOnHost: number;
@@ -182,6 +200,7 @@ interface Result {
   hostCpus: number[];
   dpuCpus: number[];
   pinnedCpu: number;
+  app: AppKind;
   rounds: number;
   durationS: number;
   connections: number;
@@ -331,6 +350,7 @@ class Bench {
     private readonly cri: CriClient,
     private readonly cpu: { host: number[]; dpu: number[]; pinned: number },
     private readonly load: { durationS: number; connections: number; warmupS: number },
+    private readonly app: AppKind,
     private readonly say: (l: string) => void,
   ) {
     fs.writeFileSync(this.hook, WRK_DONE_HOOK);
@@ -355,11 +375,11 @@ class Bench {
     try {
       const podIp = (((await this.cri.podSandboxStatus(podId)).status as CriObject).network as CriObject).ip as string;
       if (!fs.existsSync(podWindowPath(podId))) throw new Error(`pod ${podId.slice(0, 13)} (${where}) has no XPU window: both cases must have a DPU half`);
-      const app = await this.start(podId, pod, { metadata: { name: 'app', attempt: 0 }, image: { image: BUSYBOX }, command: APP_COMMAND, log_path: 'app.log', linux: pinned });
+      const app = await this.start(podId, pod, { metadata: { name: 'app', attempt: 0 }, image: { image: APPS[this.app].image }, command: APPS[this.app].command, log_path: 'app.log', linux: pinned });
       const proxy = await this.start(podId, pod, {
         metadata: { name: 'proxy', attempt: 0 },
         image: { image: HAPROXY },
-        command: PROXY_COMMAND,
+        command: proxyCommand(this.app),
         log_path: 'proxy.log',
         // On the DPU the proxy runs on the DPU's CPUs, its cgroup's default.
         linux: where === 'host' ? pinned : Bench.OWN_PID,
@@ -533,7 +553,7 @@ function report(r: Result): string {
   const f2 = (v: number): string => v.toFixed(2);
   const errs = (s: Sample): number => Object.values(s.wrk.errors).reduce((a, b) => a + b, 0);
   const lines = [
-    `sidecar benchmark: ${r.rounds} round(s) per case, alternating; wrk -t1 -c${r.connections} -d${r.durationS}s (after ${r.warmupS} s warm-up) from the node's namespace to podIP:${PROXY_PORT}`,
+    `sidecar benchmark: ${r.rounds} round(s) per case, alternating; wrk -t1 -c${r.connections} -d${r.durationS}s (after ${r.warmupS} s warm-up) from the node's namespace to podIP:${PROXY_PORT}; app ${r.app}`,
     `node: ${r.cpus} CPUs; host CPUs ${r.hostCpus.join(',')} (app, host proxy, the pod's shim and wrk pinned to cpu${r.pinnedCpu}), DPU CPUs ${r.dpuCpus.join(',')}; ${r.when}`,
     'CPU figures are seconds per 10,000 requests; host = busy host CPUs minus wrk.',
     '',
@@ -587,6 +607,8 @@ async function main(): Promise<void> {
   const connections = positiveInt('connections', '4');
   const warmupS = positiveInt('warmup', '2', 0);
   const json = arg('json', '');
+  const app = arg('app', 'httpd');
+  if (!(app in APPS)) throw new Error(`--app must be one of ${Object.keys(APPS).join(', ')}, not ${JSON.stringify(app)}`);
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
 
   const wasUp = (await status()).running;
@@ -602,7 +624,7 @@ async function main(): Promise<void> {
     const hostCpus = online.filter((c) => !dpuCpus.includes(c));
     if (hostCpus.length === 0) throw new Error(`no host CPU left: online ${online.join(',')}, DPU ${dpuCpus.join(',')}`);
     cpus = { host: hostCpus, dpu: dpuCpus, pinned: hostCpus[0] };
-    const bench = new Bench(cri, cpus, { durationS, connections, warmupS }, say);
+    const bench = new Bench(cri, cpus, { durationS, connections, warmupS }, app as AppKind, say);
     try {
       for (let round = 1; round <= rounds; round++) {
         const order: Where[] = round % 2 === 1 ? ['host', 'dpu'] : ['dpu', 'host'];
@@ -632,6 +654,7 @@ async function main(): Promise<void> {
     hostCpus: cpus.host,
     dpuCpus: cpus.dpu,
     pinnedCpu: cpus.pinned,
+    app: app as AppKind,
     rounds,
     durationS,
     connections,
