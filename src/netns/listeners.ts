@@ -1,35 +1,27 @@
-// Listening TCP sockets of one network namespace, read from /proc/net/tcp and
-// /proc/net/tcp6 as the kernel shows them to a process inside it.
+// Listening TCP sockets of one network namespace, asked of the kernel over
+// netlink (NETLINK_SOCK_DIAG, inet_diag) by libxpu.
 //
-// Node.js cannot enter a namespace (setns) itself, so a ListenerWatcher borrows
-// one: a short-lived `nsenter --net=NETNS` child whose /proc/<pid>/net/tcp{,6}
-// files it opens. An open /proc/net file holds a reference to the namespace it
-// was opened in (the kernel's seq_open_net), so after the child has exited each
-// re-read from offset 0 still lists that namespace's sockets: one open per pod,
-// no process per poll. Closing the watcher drops the reference.
-import { spawn } from 'node:child_process';
+// Why netlink: a dump that asks for state LISTEN only makes the kernel walk its
+// listening sockets and nothing else, so one look costs in proportion to the
+// listeners. /proc/net/tcp lists every socket of the namespace instead, and a
+// pod under HTTP load holds tens of thousands in TIME_WAIT: re-read every 200 ms
+// by each shim and by the DPU agent, that was CPU spent per connection served.
+//
+// A netlink socket answers for the namespace it was created in. Node.js cannot
+// enter a namespace itself, so xpu_diag_open creates the socket from a
+// short-lived thread of its own inside the namespace (this process's threads
+// never change namespace); after that each look is one dump on that socket: no
+// process, no namespace switch per poll. The socket holds a reference to the
+// namespace until the watcher is closed.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import { LISTENER_BYTES, errnoText, native } from '../xpu/native';
 import { sortedPorts } from './ports';
-
-/** TCP_LISTEN in include/net/tcp_states.h, as /proc/net/tcp prints it. */
-const TCP_LISTEN = '0A';
 
 export interface Listener {
   family: 4 | 6;
   address: string; // "0.0.0.0", "127.0.0.1", "::", "::1", …
   port: number;
-}
-
-/** /proc/net/tcp prints each 32-bit word of an address in host byte order. */
-function words(hex: string): Buffer {
-  const out = Buffer.alloc(hex.length / 2);
-  for (let i = 0; i < hex.length / 8; i++) {
-    const word = parseInt(hex.slice(i * 8, i * 8 + 8), 16) >>> 0;
-    if (os.endianness() === 'LE') out.writeUInt32LE(word, i * 4);
-    else out.writeUInt32BE(word, i * 4);
-  }
-  return out;
 }
 
 function ipv6Text(b: Buffer): string {
@@ -56,42 +48,19 @@ function ipv6Text(b: Buffer): string {
 }
 
 /**
- * The listening sockets in the text of /proc/net/tcp (family 4) or tcp6
- * (family 6). Lines that do not parse are skipped: the format has been stable
- * since Linux 2.6, and a half-written last line cannot occur (each read returns
- * whole records).
+ * The first count records of struct xpu_listener in buf (xpu.h: family u8,
+ * reserved u8, port u16 in host byte order, 16 address bytes in network order).
  */
-export function parseProcNetTcp(text: string, family: 4 | 6): Listener[] {
+export function decodeListeners(buf: Buffer, count: number): Listener[] {
   const out: Listener[] = [];
-  const addrHex = family === 4 ? 8 : 32;
-  for (const line of text.split('\n').slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 4 || f[3] !== TCP_LISTEN) continue;
-    const m = /^([0-9A-Fa-f]+):([0-9A-Fa-f]{4})$/.exec(f[1]);
-    if (!m || m[1].length !== addrHex) continue;
-    const raw = words(m[1]);
-    const address = family === 4 ? [...raw].join('.') : ipv6Text(raw);
-    out.push({ family, address, port: parseInt(m[2], 16) });
+  for (let i = 0; i < count; i++) {
+    const r = buf.subarray(i * LISTENER_BYTES, (i + 1) * LISTENER_BYTES);
+    const port = os.endianness() === 'LE' ? r.readUInt16LE(2) : r.readUInt16BE(2);
+    const addr = r.subarray(4, 20);
+    if (r[0] === 4) out.push({ family: 4, address: [...addr.subarray(0, 4)].join('.'), port });
+    else if (r[0] === 6) out.push({ family: 6, address: ipv6Text(addr), port });
   }
   return out;
-}
-
-/** Read a whole /proc file from offset 0 through an fd kept open. */
-function readFromStart(fd: number): string {
-  const chunks: Buffer[] = [];
-  const buf = Buffer.alloc(64 * 1024);
-  for (let pos = 0; ; ) {
-    const n = fs.readSync(fd, buf, 0, buf.length, pos);
-    if (n === 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
-    pos += n;
-  }
-  return Buffer.concat(chunks).toString('latin1');
-}
-
-/** "net:[4026532xyz]" for a namespace file such as /run/netns/NAME. */
-function netnsId(netnsPath: string): string {
-  return `net:[${fs.statSync(netnsPath).ino}]`;
 }
 
 export interface WatchOptions {
@@ -104,73 +73,47 @@ export interface WatchOptions {
 export class ListenerWatcher {
   private timer: NodeJS.Timeout | null = null;
   private last: number[] = [];
+  /** Room for this many records; grown when the namespace has more listeners. */
+  private buf = Buffer.alloc(64 * LISTENER_BYTES);
 
-  private constructor(readonly netnsPath: string, private fds: number[]) {}
+  private constructor(readonly netnsPath: string, private fd: number) {}
 
-  /** Opens /proc/net/tcp{,6} of the namespace at netnsPath. Does not poll yet. */
+  /** Opens a sock_diag socket in the namespace at netnsPath. Does not poll yet. */
   static async open(netnsPath: string): Promise<ListenerWatcher> {
     const what = `watch listening sockets in ${netnsPath}`;
-    let want: string;
+    let nsFd: number;
     try {
-      want = netnsId(netnsPath);
+      nsFd = fs.openSync(netnsPath, 'r');
     } catch (err) {
       throw new Error(`${what}: ${(err as Error).message}`);
     }
-    // The child says "ready" once nsenter has entered the namespace and exec'd
-    // the shell, and then waits for its stdin to close.
-    // $0 names it in ps (and in the leak check) while it lives.
-    const child = spawn('nsenter', [`--net=${netnsPath}`, '--', 'sh', '-c', 'echo ready; read _', `heteropod-netns-watch ${netnsPath}`], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    const exited = new Promise<void>((r) => child.once('close', () => r()));
-    const fds: number[] = [];
+    let rc: number;
     try {
-      await new Promise<void>((resolve, reject) => {
-        let out = '';
-        let err = '';
-        child.stdout!.on('data', (d: Buffer) => {
-          out += d.toString();
-          if (out.includes('ready\n')) resolve();
-        });
-        child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-        child.once('error', (e) => reject(new Error(`${what}: nsenter: ${e.message}`)));
-        child.once('exit', (code) => reject(new Error(`${what}: nsenter exited ${code}: ${err.trim()}`)));
-      });
-      const pid = child.pid!;
-      for (const [file, optional] of [['tcp', false], ['tcp6', true]] as const) {
-        try {
-          fds.push(fs.openSync(`/proc/${pid}/net/${file}`, 'r'));
-        } catch (err) {
-          // tcp6 is absent when IPv6 is disabled; tcp never is.
-          if (!(optional && (err as NodeJS.ErrnoException).code === 'ENOENT')) throw err;
-          fds.push(-1);
-        }
-      }
-      // The pid is still ours (the child waits on its stdin), but check that the
-      // files are the namespace's and not nsenter's own before setns.
-      const got = fs.readlinkSync(`/proc/${pid}/ns/net`);
-      if (got !== want) throw new Error(`${what}: helper process ${pid} is in ${got}, not ${want}`);
-      const w = new ListenerWatcher(netnsPath, [...fds]);
-      fds.length = 0; // handed over to the watcher
-      return w;
+      rc = native().diagOpen(nsFd);
     } catch (err) {
-      for (const fd of fds) if (fd >= 0) fs.closeSync(fd);
-      throw err instanceof Error && err.message.startsWith(what) ? err : new Error(`${what}: ${(err as Error).message}`);
+      throw new Error(`${what}: ${(err as Error).message}`); // libxpu missing or too old
     } finally {
-      child.stdin!.end();
-      if (child.exitCode === null && child.signalCode === null) {
-        const t = setTimeout(() => child.kill('SIGKILL'), 2000);
-        await exited;
-        clearTimeout(t);
-      }
+      fs.closeSync(nsFd); // the socket holds the namespace from here on
     }
+    if (rc < 0) {
+      const why = -rc === os.constants.errno.EINVAL ? 'not a network namespace' : errnoText(-rc);
+      throw new Error(`${what}: netlink sock_diag socket: ${why}`);
+    }
+    return new ListenerWatcher(netnsPath, rc);
   }
 
-  /** The namespace's listening TCP sockets now. */
+  /** The namespace's listening TCP sockets now: IPv4, then IPv6. */
   listeners(): Listener[] {
-    if (this.fds.length === 0) throw new Error(`listener watcher for ${this.netnsPath} is closed`);
-    const [v4, v6] = this.fds;
-    return [...parseProcNetTcp(readFromStart(v4), 4), ...(v6 >= 0 ? parseProcNetTcp(readFromStart(v6), 6) : [])];
+    if (this.fd < 0) throw new Error(`listener watcher for ${this.netnsPath} is closed`);
+    for (;;) {
+      const room = this.buf.length / LISTENER_BYTES;
+      const n = native().diagListeners(this.fd, this.buf, room);
+      if (n < 0) throw new Error(`list listening sockets in ${this.netnsPath}: ${errnoText(-n)}`);
+      if (n <= room) return decodeListeners(this.buf, n);
+      // More than there was room for: ask again with room for them and a few that
+      // may have appeared in between.
+      this.buf = Buffer.alloc((n + 16) * LISTENER_BYTES);
+    }
   }
 
   /** The namespace's listening TCP ports now, sorted. */
@@ -213,6 +156,7 @@ export class ListenerWatcher {
   close(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    for (const fd of this.fds.splice(0)) if (fd >= 0) fs.closeSync(fd);
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
   }
 }

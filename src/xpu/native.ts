@@ -1,9 +1,10 @@
 // The koffi binding of build/libxpu.so: control calls only (windows, ports,
-// statistics). Frames never pass through JavaScript: the pump threads are C
-// pthreads started by xpu_port_open.
+// statistics, the listening sockets of a namespace). Frames never pass through
+// JavaScript: the pump threads are C pthreads started by xpu_port_open.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { constants } from 'node:os';
+import { getSystemErrorMap } from 'node:util';
 import * as koffi from 'koffi';
 
 export const SIDES = ['host', 'dpu'] as const;
@@ -31,6 +32,15 @@ const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(
 export function errnoName(errno: number): string {
   return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }
+
+/** "EINVAL (invalid argument)": the name and the C library's text. */
+export function errnoText(errno: number): string {
+  const text = getSystemErrorMap().get(-errno)?.[1];
+  return text ? `${errnoName(errno)} (${text})` : errnoName(errno);
+}
+
+/** sizeof(struct xpu_listener); xpu.h gives its layout. */
+export const LISTENER_BYTES = 20;
 
 const DirStats = koffi.struct('xpu_dir_stats', {
   frames: 'uint64_t',
@@ -88,6 +98,10 @@ export interface Native {
   portClose(p: NativeHandle): number;
   portLinkUp(p: NativeHandle): number;
   windowStats(path: string, out: Partial<RawStats>): number;
+  /** A NETLINK_SOCK_DIAG socket of the namespace netnsFd refers to, or -errno. */
+  diagOpen(netnsFd: number): number;
+  /** Fills out (max records of LISTENER_BYTES); returns how many there are, or -errno. */
+  diagListeners(fd: number, out: Buffer, max: number): number;
 }
 
 /** Where the library is: HETEROPOD_LIBXPU, else build/libxpu.so of this checkout. */
@@ -108,6 +122,10 @@ export function native(): Native {
   const want = koffi.sizeof(Stats);
   const have = statsSize() as number;
   if (have !== want) throw new Error(`libxpu at ${file}: struct xpu_stats is ${have} bytes, binding expects ${want}`);
+  const listenerBytes = lib.func('uint32_t xpu_listener_size(void)')() as number;
+  if (listenerBytes !== LISTENER_BYTES) {
+    throw new Error(`libxpu at ${file}: struct xpu_listener is ${listenerBytes} bytes, binding expects ${LISTENER_BYTES}`);
+  }
   const n: Native = {
     windowCreate: lib.func('int xpu_window_create(const char *path, uint32_t ring_bytes, _Out_ xpu_window **out)'),
     windowAttach: lib.func('int xpu_window_attach(const char *path, _Out_ xpu_window **out)'),
@@ -118,6 +136,9 @@ export function native(): Native {
     portClose: lib.func('int xpu_port_close(xpu_port *p)'),
     portLinkUp: lib.func('int xpu_port_link_up(xpu_port *p)'),
     windowStats: lib.func('int xpu_window_stats(const char *path, _Out_ xpu_stats *out)'),
+    diagOpen: lib.func('int xpu_diag_open(int netns_fd)'),
+    // void *: koffi hands the C function the Buffer's own memory, no copy.
+    diagListeners: lib.func('int xpu_diag_listeners(int fd, void *out, int max)'),
   };
   loaded = n;
   return n;

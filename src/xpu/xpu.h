@@ -8,6 +8,9 @@
  * owned by one process, which opens a port: a TAP device inside a network
  * namespace plus one pump thread per direction between the TAP device and a ring.
  *
+ * The library also answers, for the namespace of either half, which TCP ports
+ * are listened on (xpu_diag_*).
+ *
  * Contract for every function: a return value < 0 is a negative errno; nothing
  * is read from the global errno. Handles are opaque and owned by the caller until
  * passed to the matching close function.
@@ -115,6 +118,36 @@ XPU_API int xpu_window_stats(const char *path, struct xpu_stats *out);
 
 /* sizeof(struct xpu_stats), for bindings that check their layout. */
 XPU_API uint32_t xpu_stats_size(void);
+
+/* ---- Listening sockets of a network namespace (NETLINK_SOCK_DIAG) ---- */
+
+/* One listening TCP socket. */
+struct xpu_listener {
+	uint8_t family;   /* 4 or 6 */
+	uint8_t reserved; /* 0 */
+	uint16_t port;    /* host byte order */
+	uint8_t addr[16]; /* network byte order; IPv4 in the first 4 bytes, the rest 0 */
+};
+
+/* A close-on-exec NETLINK_SOCK_DIAG socket that answers for the network
+ * namespace netns_fd refers to (an open /proc/PID/ns/net or /run/netns/NAME),
+ * for as long as it is open; it keeps the namespace alive. Returns the socket,
+ * for the caller to close(2), or -errno: -EINVAL when netns_fd is not a network
+ * namespace, -EPERM without CAP_SYS_ADMIN. The calling thread's namespace never
+ * changes (a thread of the library enters the namespace and ends). */
+XPU_API int xpu_diag_open(int netns_fd);
+
+/* The TCP sockets in state LISTEN of fd's namespace (fd from xpu_diag_open):
+ * IPv4 first, then IPv6 (none when the kernel has no IPv6). The kernel walks
+ * its listening sockets only, so the cost does not grow with connections or
+ * TIME_WAIT sockets. Returns how many there are, which may exceed max: then
+ * out holds the first max and the caller may ask again with more room.
+ * -ETIMEDOUT when the kernel has not answered within a second. Not for two
+ * threads at once on the same fd. */
+XPU_API int xpu_diag_listeners(int fd, struct xpu_listener *out, int max);
+
+/* sizeof(struct xpu_listener), for bindings that check their layout. */
+XPU_API uint32_t xpu_listener_size(void);
 
 #ifdef __cplusplus
 }

@@ -1,15 +1,19 @@
 // Unit tests of the split network namespace's pure parts: the heteropod.io/ports
-// annotation, port ownership, /proc/net/tcp parsing, rule generation and
-// removal, the hook's reading of the OCI state; and the listener watcher on
-// this process's own namespace (as root).
+// annotation, port ownership, libxpu's listener records, rule generation and
+// removal, the hook's reading of the OCI state; and the listener watcher (as
+// root) on this process's own namespace and on one the test makes.
+import { execFileSync, spawn } from 'node:child_process';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { AnnotationError, conflictingPorts, declaredPortList, dpuOwnedPorts, hostOwnedPorts, parsePortsAnnotation } from '../../src/netns/ports';
-import { ListenerWatcher, parseProcNetTcp } from '../../src/netns/listeners';
+import { Listener, ListenerWatcher, decodeListeners } from '../../src/netns/listeners';
+import { LISTENER_BYTES } from '../../src/xpu/native';
 import { chainName, chainTag, halfRules, multiportChunks, removalRules } from '../../src/netns/rules';
 import { parseArgs, targetFromState } from '../../src/netns/hook';
 import { podWindowPath } from '../../src/netns/half';
+import { addNetns, canMakeNetns, delNetns, listNetns } from '../lib/netns';
 import { skip } from '../lib/skip';
 
 const POD = '4f2a9c7e1b3d5f60718293a4b5c6d7e8f90123456789abcdef0123456789abcd';
@@ -72,38 +76,46 @@ test('ownership: declared ports are the DPU half\'s; listeners elsewhere follow 
   assert.equal([dpuOwnedPorts(none), hostOwnedPorts(none), conflictingPorts(none)], [[], [], []]);
 });
 
-// ---- /proc/net/tcp
+// ---- listening sockets
 
-const TCP4 = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1677 1 00000000b8f6698f 100 0 0 10 0
-   1: 00000000:3AA6 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1678 1 00000000b8f6698f 100 0 0 10 0
-   2: 0201FEA9:3A98 0101FEA9:C350 01 00000000:00000000 00:00000000 00000000     0        0 1679 1 00000000b8f6698f 100 0 0 10 0
-   3: 02FAE90A:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1680 1 00000000b8f6698f 100 0 0 10 0
-`;
-const TCP6 = `  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:3A98 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0000000000000000 100 0 0 10 0
-   1: 00000000000000000000000001000000:3A99 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2002 1 0000000000000000 100 0 0 10 0
-   2: 0000000000000000FFFF00000100007F:3A9A 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2003 1 0000000000000000 100 0 0 10 0
-   3: B80D0120000000000000000001000000:0050 00000000000000000000000000000000:0000 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0000000000000000
-`;
+/** struct xpu_listener records as libxpu writes them (host byte order port). */
+function listenerRecords(rows: Array<[number, number, number[]]>): Buffer {
+  const buf = Buffer.alloc(rows.length * LISTENER_BYTES);
+  rows.forEach(([family, port, addr], i) => {
+    const r = buf.subarray(i * LISTENER_BYTES);
+    r[0] = family;
+    if (os.endianness() === 'LE') r.writeUInt16LE(port, 2);
+    else r.writeUInt16BE(port, 2);
+    Buffer.from(addr).copy(r, 4);
+  });
+  return buf;
+}
 
-test('/proc/net/tcp and tcp6: listening sockets only, addresses as text', () => {
-  assert.equal(parseProcNetTcp(TCP4, 4), [
+test('listener records: family, address as text, port; only the first count; unknown family skipped', () => {
+  const v6 = (...tail: number[]) => [...new Array(16 - tail.length).fill(0), ...tail];
+  const buf = listenerRecords([
+    [4, 8080, [127, 0, 0, 1]],
+    [4, 15014, [0, 0, 0, 0]],
+    [6, 15000, v6()],
+    [6, 15001, v6(1)],
+    [6, 15002, v6(0xff, 0xff, 127, 0, 0, 1)],
+    [6, 80, [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]],
+    [9, 1, [1, 2, 3, 4]],
+    [4, 9999, [10, 0, 0, 1]],
+  ]);
+  assert.equal(decodeListeners(buf, 7), [
     { family: 4, address: '127.0.0.1', port: 8080 },
     { family: 4, address: '0.0.0.0', port: 15014 },
-    { family: 4, address: '10.233.250.2', port: 8081 },
-  ]);
-  assert.equal(parseProcNetTcp(TCP6, 6), [
     { family: 6, address: '::', port: 15000 },
     { family: 6, address: '::1', port: 15001 },
     { family: 6, address: '::ffff:7f00:1', port: 15002 },
+    { family: 6, address: '2001:db8:1::1', port: 80 },
   ]);
-  assert.equal(parseProcNetTcp('', 4), []);
-  assert.equal(parseProcNetTcp(TCP4.split('\n')[0], 4), [], 'header only');
+  assert.equal(decodeListeners(buf, 0), []);
 });
 
 test('listener watcher: sees a listener appear and go in its namespace', async () => {
-  if (process.getuid?.() !== 0) return skip('listener watcher', 'needs root (nsenter)');
+  if (process.getuid?.() !== 0) return skip('listener watcher', 'needs root (setns)');
   const w = await ListenerWatcher.open('/proc/self/ns/net');
   const server = net.createServer();
   try {
@@ -123,10 +135,102 @@ test('listener watcher: sees a listener appear and go in its namespace', async (
     w.close();
   }
   assert.throws(() => w.ports(), /closed/);
-  await ListenerWatcher.open('/nonexistent/netns').then(
-    () => assert.unreachable('opened a missing namespace'),
-    (err: Error) => assert.match(err.message, 'watch listening sockets in /nonexistent/netns'),
-  );
+  assert.throws(() => w.listeners(), /listener watcher for \/proc\/self\/ns\/net is closed/);
+});
+
+test('listener watcher: a path that is no network namespace is refused, naming it', async () => {
+  if (process.getuid?.() !== 0) return skip('listener watcher paths', 'needs root (setns)');
+  const refused = async (p: string, why: RegExp) => {
+    const err = await ListenerWatcher.open(p).then(
+      (w) => {
+        w.close();
+        return new Error(`opened ${p}`);
+      },
+      (e: Error) => e,
+    );
+    assert.ok(err.message.startsWith(`watch listening sockets in ${p}: `), err.message);
+    assert.match(err.message, why);
+  };
+  await refused('/nonexistent/netns', /ENOENT: no such file or directory/);
+  await refused('/proc/self/ns/uts', /not a network namespace/);
+  await refused('/proc/self/ns', /not a network namespace|EISDIR/);
+});
+
+// Run inside the test's namespace: listeners on 127.0.0.1:7001, [::]:7002 and
+// 127.0.0.1:7100-7199; an ESTABLISHED connection to 7003 and a TIME_WAIT socket on
+// 7004, both of whose listeners are closed again. Prints the client ports, then
+// waits for its stdin to close (and gives up by itself after a minute).
+const SOCKETS_IN_NAMESPACE = `
+const net = require('node:net');
+setTimeout(() => process.exit(3), 60000).unref();
+const listen = (port, host, onConn = () => {}) =>
+  new Promise((ok) => { const s = net.createServer(onConn); s.listen(port, host, () => ok(s)); });
+const connect = (port) => new Promise((ok) => { const c = net.connect(port, '127.0.0.1', () => ok(c)); });
+(async () => {
+  await listen(7001, '127.0.0.1');
+  await listen(7002, '::');
+  for (let p = 7100; p < 7200; p++) await listen(p, '127.0.0.1');
+  const kept = [];
+  const est = await listen(7003, '127.0.0.1', (c) => kept.push(c));
+  const client = await connect(7003);
+  est.close(); // stops listening now; the connection stays
+  // The accepting side closes first, so its socket (port 7004) goes to TIME_WAIT.
+  const tw = await listen(7004, '127.0.0.1', (c) => c.end());
+  const closer = await connect(7004);
+  await new Promise((ok) => closer.on('close', ok).resume());
+  await new Promise((ok) => tw.close(ok));
+  process.stdout.write(JSON.stringify({ established: client.localPort, timeWait: closer.localPort }) + '\\n');
+  process.stdin.on('end', () => process.exit(0)).resume();
+})();
+`;
+
+test('listener watcher: in a namespace of its own, LISTEN sockets only, both families, none of ours', async () => {
+  const why = canMakeNetns();
+  if (why) return skip('listener watcher in a namespace', why);
+  const name = `hpx-lw${process.pid}`;
+  const path = addNetns(name);
+  const child = spawn('ip', ['netns', 'exec', name, process.execPath, '-e', SOCKETS_IN_NAMESPACE], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((r) => child.once('close', () => r()));
+  const ours = net.createServer();
+  let w: ListenerWatcher | undefined;
+  try {
+    const clientPorts = await new Promise<{ established: number; timeWait: number }>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve(JSON.parse(out));
+      });
+      child.once('exit', (code) => reject(new Error(`sockets in ${name}: exited ${code}`)));
+    });
+    // The namespace really holds the connections whose ports must not be listed.
+    const ss = execFileSync('ip', ['netns', 'exec', name, 'ss', '-Htan'], { encoding: 'utf8' });
+    assert.match(ss, /ESTAB\s+\S+\s+\S+\s+127\.0\.0\.1:7003\s/);
+    assert.match(ss, /TIME-WAIT\s+\S+\s+\S+\s+127\.0\.0\.1:7004\s/);
+    await new Promise<void>((r) => ours.listen(0, '127.0.0.1', r));
+    const ourPort = (ours.address() as net.AddressInfo).port;
+
+    w = await ListenerWatcher.open(path);
+    const byPort = (a: Listener, b: Listener) => a.port - b.port;
+    const want: Listener[] = [{ family: 4, address: '127.0.0.1', port: 7001 }, { family: 6, address: '::', port: 7002 }];
+    for (let p = 7100; p < 7200; p++) want.push({ family: 4, address: '127.0.0.1', port: p });
+    // 102 listeners: more than the first look has room for.
+    assert.equal(w.listeners().sort(byPort), want.sort(byPort));
+    const ports = w.ports();
+    for (const p of [7003, 7004, clientPorts.established, clientPorts.timeWait, ourPort]) {
+      assert.not.ok(ports.includes(p), `port ${p} listed`);
+    }
+    assert.ok(w.refresh());
+    assert.not.ok(w.refresh(), 'nothing changed');
+  } finally {
+    w?.close();
+    ours.close();
+    child.stdin!.end();
+    const t = setTimeout(() => child.kill('SIGKILL'), 2000);
+    await exited;
+    clearTimeout(t);
+    delNetns(name);
+  }
+  assert.equal(listNetns(name), [], 'namespace removed');
 });
 
 // ---- rules

@@ -1,10 +1,14 @@
-// The koffi binding of libxpu: windows, ports, statistics and every refusal of
-// bad input, each with a clear error and nothing left behind.
+// The koffi binding of libxpu: windows, ports, statistics, the listening-socket
+// dump (xpu_diag_*) and every refusal of bad input, each with a clear error and
+// nothing left behind.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { XpuError, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../../src/xpu/window';
+import { LISTENER_BYTES, native } from '../../src/xpu/native';
 import { addNetns, canMakeNetns, delNetns, devices, listNetns } from '../lib/netns';
 import { skip } from '../lib/skip';
 
@@ -165,6 +169,31 @@ test('ports: bad namespace paths and a TAP name in use are refused cleanly', () 
     assert.equal(devices(c).sort(), ['xpu0']);
   } finally {
     w.close();
+  }
+});
+
+test('diag: the count of listeners even past the room given; bad fds refused', async () => {
+  if (process.getuid?.() !== 0) return skip('xpu diag', 'needs root (setns)');
+  const n = native();
+  const E = os.constants.errno;
+  assert.is(n.diagOpen(-1), -E.EBADF);
+  assert.is(n.diagListeners(-1, Buffer.alloc(LISTENER_BYTES), 1), -E.EINVAL);
+  const nsFd = fs.openSync('/proc/self/ns/net', 'r');
+  const fd = n.diagOpen(nsFd);
+  fs.closeSync(nsFd);
+  assert.ok(fd >= 0, `xpu_diag_open: ${fd}`);
+  const servers = [net.createServer(), net.createServer()];
+  try {
+    for (const s of servers) await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const all = n.diagListeners(fd, Buffer.alloc(0), 0);
+    assert.ok(all >= 2, `${all} listeners counted with no room`);
+    const one = Buffer.alloc(LISTENER_BYTES, 0xee);
+    assert.is(n.diagListeners(fd, one, 1), all, 'the same count with room for one');
+    assert.ok(one[0] === 4 || one[0] === 6, 'the one record filled');
+    assert.is(one[1], 0, 'reserved byte zero');
+  } finally {
+    for (const s of servers) s.close();
+    fs.closeSync(fd);
   }
 });
 
