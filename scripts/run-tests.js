@@ -12,7 +12,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
-const filters = process.argv.slice(2).map((f) => f.replace(/^dist\//, '').replace(/\/$/, ''));
+// A filter is a path prefix, of the source (test/e2e/x.test.ts) or of the build.
+const filters = process.argv.slice(2).map((f) => f.replace(/^dist\//, '').replace(/\/$/, '').replace(/\.ts$/, '.js'));
 
 function listTests(dir) {
   if (!fs.existsSync(dir)) return [];
