@@ -17,7 +17,7 @@
 //
 // Fairness: both pods use the handler heteropod and an offload annotation with
 // policy require, so both get a DPU half, an XPU link (its host end pumped by the
-// pod's shim), the same netfilter rules in the host half and the same port
+// pod's shim, in the shim's default [xpu] host_mode, sleep), the same netfilter rules in the host half and the same port
 // watcher. In the host case the annotation names a container the pod does not
 // have, so the link idles; idle, its pumps sleep on a futex and cost nothing. A
 // pod without the annotation would differ in more than placement: it is served
