@@ -55,7 +55,6 @@
 //     [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] [--app httpd|keepalive] [--json FILE]
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CriClient } from '../src/cri/client';
@@ -66,6 +65,7 @@ import { cgroupDir } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
 import { TESTBED } from '../src/testbed/paths';
+import { httpGet } from '../src/testbed/http';
 import { listProcesses, run, waitFor } from '../src/testbed/proc';
 import { readStats, XpuDirStats } from '../src/xpu/window';
 import { down, status, up } from '../src/testbed/testbed';
@@ -317,18 +317,6 @@ function dirDelta(a: XpuDirStats, b: XpuDirStats): XpuDirStats {
   const out = { ...b };
   for (const k of Object.keys(out) as (keyof XpuDirStats)[]) out[k] = b[k] - a[k];
   return out;
-}
-
-function httpGet(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: 3000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(body.trim()));
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${url}: no answer within 3 s`)));
-    req.on('error', reject);
-  });
 }
 
 function cpusAllowed(status: string): string {

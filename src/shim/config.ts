@@ -24,6 +24,8 @@ export interface ShimConfig {
   xpu: { hostMode: HostMode };
 }
 
+// Modes of src/xpu/native's MODES, the default first; named here, not imported,
+// so that reading the config does not load libxpu's binding (koffi) in every shim.
 export const HOST_MODES = ['sleep', 'elastic', 'poll'] as const;
 export type HostMode = (typeof HOST_MODES)[number];
 

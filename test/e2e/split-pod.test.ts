@@ -9,7 +9,6 @@
 // device or netfilter rule.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -20,6 +19,7 @@ import type { CriObject } from '../../src/cri/config';
 import { dialPortForward } from '../../src/cri/portforward';
 import { CLEANUP_HOOK, podWindowPath } from '../../src/netns';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
+import { httpGet } from '../../src/testbed/http';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
@@ -76,18 +76,6 @@ async function fetchIn(id: string, url: string, seconds = 5): Promise<{ ok: bool
   const script = `i=0; while [ $i -lt ${tries} ]; do timeout 2 wget -q -O - ${url} 2>/tmp/wget.err && exit 0; i=$((i+1)); usleep 50000; done; cat /tmp/wget.err; exit 1`;
   const r = await cri.execSync(id, ['sh', '-c', script], seconds + 10);
   return { ok: r.exitCode === 0, out: (r.stdout.toString() + r.stderr.toString()).trim() };
-}
-
-function httpGet(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { timeout: 3000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve(body.trim()));
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${url}: no answer within 3 s`)));
-    req.on('error', reject);
-  });
 }
 
 /** A TCP server in the node's namespace on the bridge address: answers each client with its address as seen. */
