@@ -8,9 +8,9 @@ CC ?= gcc
 CFLAGS_COMMON := -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
 
 # Debian packages the project runs, with one command each that proves it is there.
-APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 \
+APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 ethtool \
 	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps openssl
-APT_PROBES := containerd runc /usr/lib/cni/bridge iptables ip busybox haproxy \
+APT_PROBES := containerd runc /usr/lib/cni/bridge iptables ip ethtool busybox haproxy \
 	prometheus-node-exporter iperf3 sockperf wrk nsenter ps openssl
 
 .PHONY: deps deps-apt deps-npm build build-ts build-c test test-unit test-e2e demo bench clean

@@ -20,6 +20,7 @@ export const AGENT_VERSION: string = require('../../../package.json').version;
 
 interface AgentOptions {
   listen: string;
+  uplink: string;
   tlsDir: string;
   ca?: string;
   cert?: string;
@@ -46,7 +47,8 @@ export async function main(argv: string[]): Promise<void> {
     .option('--key <file>', 'the agent\'s key (default: <tls-dir>/agent.key)')
     .option('--state-dir <dir>', 'pods, bundles and the layer cache', DPU.stateDir)
     .option('--run-dir <dir>', 'sockets (the events socket the runc shims publish to)', '/run/heteropod/agent')
-    .option('--runc-shim <binary>', 'the runtime that runs containers', 'containerd-shim-runc-v2');
+    .option('--runc-shim <binary>', 'the runtime that runs containers', 'containerd-shim-runc-v2')
+    .option('--uplink <dev>', 'the DPU\'s port to the network; pods\' DPU halves are wired to it when it exists ("" for none)', 'p0');
   program.parse(argv);
   const o = program.opts<AgentOptions>();
   const tls = {
@@ -55,7 +57,7 @@ export async function main(argv: string[]): Promise<void> {
     keyFile: o.key ?? path.join(o.tlsDir, 'agent.key'),
   };
   const log = new Logger(new StderrSink(), Boolean(process.env.HETEROPOD_AGENT_DEBUG), { component: 'dpu-agent' });
-  const paths: AgentPaths = { stateDir: o.stateDir, runDir: o.runDir, netnsDir: '/run/netns', cgroupRoot: '/sys/fs/cgroup', cgroupParent: cgroupParent(), runcShim: o.runcShim };
+  const paths: AgentPaths = { stateDir: o.stateDir, runDir: o.runDir, netnsDir: '/run/netns', cgroupRoot: '/sys/fs/cgroup', cgroupParent: cgroupParent(), runcShim: o.runcShim, uplinkDev: o.uplink };
   fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o711 });
   const layers = new LayerCache(path.join(paths.stateDir, 'layers'));
   const pods = new DpuPods(paths, layers, new EventHub(), log);

@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { NetnsHalf, openDpuHalf } from '../netns';
+import { NetnsHalf, networkOf, openDpuHalf } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeIdRequest, encodeKillRequest, taskRef } from '../shim/messages';
@@ -48,6 +48,13 @@ export interface AgentPaths {
   // pods' cgroups go under this (relative to each controller's root)
   cgroupParent: string;
   runcShim: string;
+  /**
+   * The DPU's port to the network (BlueField: p0), in the agent's own network
+   * namespace. When it exists, each pod's DPU half gets a wire of its own to it
+   * (src/netns/uplink.ts); '' or absent: the DPU half reaches everything through
+   * the host half.
+   */
+  uplinkDev?: string;
 }
 
 export interface LayerPaths {
@@ -305,10 +312,12 @@ export class DpuPods {
     if (!pod.link) {
       const netnsPath = pod.netnsPath(this.paths.netnsDir);
       const podLog = this.log.with({ pod: req.pod_id });
+      const uplink = req.pod_prefix_length > 0 && this.hasUplink() ? { rootNetns: '/proc/self/ns/net', nodeCidr: networkOf(req.pod_ip, req.pod_prefix_length) } : undefined;
       const opening: Promise<NetnsHalf> = openDpuHalf({
         podId: req.pod_id,
         netnsPath,
         podIp: req.pod_ip,
+        uplink,
         declaredDpuPorts: declared,
         onListeningPorts: (ports) => {
           // The first report comes while opening: pod.link is already this half.
@@ -321,7 +330,7 @@ export class DpuPods {
       pod.link = opening;
       pod.linkPorts = null;
       opening.then(
-        () => this.log.info('split network: DPU half open', { pod: req.pod_id, netns: netnsPath, pod_ip: req.pod_ip, declared: declared.join(',') }),
+        () => this.log.info('split network: DPU half open', { pod: req.pod_id, netns: netnsPath, pod_ip: req.pod_ip, declared: declared.join(','), uplink: uplink ? this.paths.uplinkDev : 'none' }),
         () => {
           if (pod.link === opening) pod.link = null;
         },
@@ -333,7 +342,19 @@ export class DpuPods {
     } catch (err) {
       throw asAgentError(err, what);
     }
-    return { pod_id: req.pod_id, window: half.windowPath, netns_path: half.netnsPath, link_up: half.linkUp(), listening_ports: half.listeningPorts() };
+    return { pod_id: req.pod_id, window: half.windowPath, netns_path: half.netnsPath, link_up: half.linkUp(), listening_ports: half.listeningPorts(), on_uplink: half.uplink !== null };
+  }
+
+  /** The DPU's uplink device is there (looked up each time: a DPU's ports may come and go). */
+  private hasUplink(): boolean {
+    const dev = this.paths.uplinkDev;
+    if (!dev) return false;
+    try {
+      execFileSync('ip', ['link', 'show', 'dev', dev], { stdio: 'pipe' });
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Closes the pod's DPU half; a pod without one (or unknown) has nothing to close. Its port watchers' streams end. */

@@ -124,6 +124,7 @@ export interface OpenLinkRequest {
   pod_id: string;
   pod_ip: string;
   declared_dpu_ports: number[];
+  pod_prefix_length: number;
 }
 
 export interface LinkInfo {
@@ -132,6 +133,7 @@ export interface LinkInfo {
   netns_path: string;
   link_up: boolean;
   listening_ports: number[];
+  on_uplink: boolean;
 }
 
 export interface ListeningPorts {

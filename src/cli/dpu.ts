@@ -19,7 +19,8 @@ export function registerDpuCommands(program: Command): void {
     .option('--cpus <n>', 'how many CPUs, taken from the end of the host\'s list (default 1: the last CPU)')
     .option('--cpuset <list>', 'exact CPUs instead, e.g. 1 or 2-3')
     .option('--memory <size>', 'memory limit, e.g. 1G or 512M (default 1G)')
-    .action(async (o: { cpus?: string; cpuset?: string; memory?: string }) => {
+    .option('--pod-cidr <cidr>', `the pod network the fabric routes to the node through the DPU (default ${DPU.defaultPodCidr})`)
+    .action(async (o: { cpus?: string; cpuset?: string; memory?: string; podCidr?: string }) => {
       await up(o, say);
       say(`\nthe shim reaches the agent at ${DPU.dpuAddress}:${DPU.agentPort} with\n  CA ${DPU.pki.caCert}\n  certificate ${DPU.pki.shimCert}\n  key ${DPU.pki.shimKey}`);
     });

@@ -9,6 +9,8 @@ export interface DpuOptions {
   cpuset?: string;
   /** memory limit: bytes, or a number with K, M, G (KiB, MiB, GiB; "i"/"B" optional) */
   memory?: string;
+  /** the pod network (CIDR) that the fabric routes to the node through the DPU */
+  podCidr?: string;
 }
 
 export interface DpuSize {

@@ -6,6 +6,7 @@
 // `up` tears everything down (`down` removes by fixed names, so it is also the
 // roll-back) and leaves nothing.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
 import type { CapacityResponse, HealthResponse } from '../agent/proto';
@@ -82,6 +83,12 @@ async function stopAgent(log: Log, everything: boolean): Promise<void> {
   log(`stopped ${everything ? 'everything on the DPU' : 'the DPU agent'} (pid ${[...pids].join(', ')})`);
 }
 
+function checkCidr(cidr: string): string {
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(cidr);
+  if (!m || !net.isIPv4(m[1]) || Number(m[2]) > 32) throw new Error(`pod network "${cidr}" is not an IPv4 CIDR (like 10.233.77.0/24)`);
+  return cidr;
+}
+
 export interface UpResult {
   pid: number;
   already: boolean;
@@ -89,22 +96,27 @@ export interface UpResult {
 
 export async function up(opts: DpuOptions = {}, log: Log = quiet): Promise<UpResult> {
   if (process.getuid?.() !== 0) throw new Error('the emulated DPU needs root (network namespace, cgroups, mounts)');
-  const size = dpuSize(opts, parseCpuList(hostCpuList()));
+  const allCpus = parseCpuList(hostCpuList());
+  const size = dpuSize(opts, allCpus);
+  const podCidr = checkCidr(opts.podCidr ?? DPU.defaultPodCidr);
+  // The host keeps the CPUs the DPU does not have (all of them on a one-CPU machine).
+  const hostCpus = allCpus.filter((c) => !size.cpus.includes(c));
   try {
     fs.mkdirSync(DPU.dpuRootOnHost, { recursive: true });
     if ((await ensurePki(DPU.pki, DPU.dpuAddress)) === 'made') log(`made keys and certificates in ${DPU.pki.dir}`);
     installAgentTls();
 
-    if (!(await networkReady())) {
+    if (!(await networkReady(podCidr))) {
       await stopAgent(log, true); // nothing in a half-made namespace can be kept
       await removeNetwork();
-      await createNetwork();
+      await createNetwork({ podCidr, hostCpus: hostCpus.length ? hostCpus : size.cpus, dpuCpus: size.cpus });
       log(`network namespace ${DPU.netns}: ${DPU.link} ${DPU.hostAddress} <-> ${DPU.dpuAddress}`);
+      log(`uplink ${DPU.uplink.dev} ${DPU.uplink.address} <-> fabric ${DPU.uplink.fabricNetns} ${DPU.uplink.fabricAddress} (routes ${podCidr} to the node); host PF ${DPU.pf.hostDev} ${DPU.pf.hostAddress} <-> ${DPU.pf.dpuDev} ${DPU.pf.dpuAddress}`);
     }
 
     ensureCgroups(cgroupValues(size));
     if ((await ensureMountNamespace()) === 'made') log(`mount namespace pinned at ${DPU.mountNsFile}`);
-    fs.writeFileSync(DPU.recordFile, `${JSON.stringify({ cpuset: formatCpuList(size.cpus), memoryBytes: size.memoryBytes }, null, 2)}\n`);
+    fs.writeFileSync(DPU.recordFile, `${JSON.stringify({ cpuset: formatCpuList(size.cpus), memoryBytes: size.memoryBytes, podCidr }, null, 2)}\n`);
 
     const running = agentPid();
     if (running && (await callAgent((c) => c.health()).then((h) => h.ok, () => false))) {

@@ -24,6 +24,36 @@ export const DPU = {
   dpuAddress: '192.168.100.2',
   prefixLength: 30,
   agentPort: 7443,
+  /**
+   * The node's uplink, as on a BlueField in DPU mode: the DPU owns the port to
+   * the network (`p0`), and the host's PF reaches it only through the DPU, whose
+   * end of the PF is the representor `pf0hpf`. The fabric is a namespace that
+   * stands for the network outside the node (other nodes, clients).
+   */
+  uplink: {
+    dev: 'p0',
+    address: '10.233.100.2',
+    /** the fabric's end of the wire, in its namespace */
+    fabricDev: 'node0',
+    fabricAddress: '10.233.100.1',
+    prefixLength: 24,
+    fabricNetns: 'hp-fabric',
+    fabricNetnsFile: '/run/netns/hp-fabric',
+    /** Name of the fabric end while it is still in the host namespace. */
+    fabricDevTemp: 'hp-fab-node0',
+  },
+  pf: {
+    /** the host's end of its PF link (the node's NIC as the host sees it) */
+    hostDev: 'hp-pf0',
+    hostAddress: '10.233.101.1',
+    /** the PF's representor on the DPU */
+    dpuDev: 'pf0hpf',
+    dpuDevTemp: 'hp-pf0hpf',
+    dpuAddress: '10.233.101.2',
+    prefixLength: 30,
+  },
+  /** The pod network the fabric routes to this node through the DPU, unless `dpu up` is told another. */
+  defaultPodCidr: '10.233.77.0/24',
   cgroupName: 'heteropod-dpu',
   cgroupControllers: ['cpuset', 'memory', 'cpu', 'pids'] as const,
   cgroupRoot: '/sys/fs/cgroup',

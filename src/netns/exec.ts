@@ -41,7 +41,8 @@ export function isNetns(netnsPath: string): boolean {
 /** Reads sysctls (names like net.ipv4.conf.eth0.forwarding) in the namespace. */
 export async function readSysctls(netnsPath: string, names: string[]): Promise<Map<string, string>> {
   const out = await inNetns(netnsPath, ['sysctl', '-n', ...names]);
-  const values = out.trim().split('\n');
+  // One line per name; a value may be empty (ip_local_reserved_ports), so only the last newline goes.
+  const values = out.replace(/\n$/, '').split('\n');
   if (values.length !== names.length) throw new Error(`sysctl ${names.join(' ')} in ${netnsPath}: expected ${names.length} values, got "${out.trim()}"`);
   return new Map(names.map((n, i) => [n, values[i].trim()]));
 }

@@ -17,6 +17,7 @@ import { inNetns, isNetns, readSysctls, writeSysctls } from './exec';
 import { ListenerWatcher } from './listeners';
 import { PortView, conflictingPorts, dpuOwnedPorts, hostOwnedPorts, sortedPorts } from './ports';
 import { DPU_LINK_IP, HOST_LINK_IP, HalfSide, LINK_PREFIX, LINK_TAP, applyRules, chainName, halfRules, removeRules } from './rules';
+import { DPU_EPHEMERAL, DpuUplink, HOST_EPHEMERAL } from './uplink';
 
 export type LogLevel = 'info' | 'warn' | 'error';
 
@@ -45,7 +46,17 @@ export interface HostHalfOptions extends HalfOptions {
 export interface DpuHalfOptions extends HalfOptions {
   /** The pod IP, if known: lets the DPU half's own traffic to podIP:PORT stay local for its ports. */
   podIp?: string;
+  /**
+   * The DPU's uplink (DPU mode, uplink.ts): the half gets the pod IP and a wire
+   * of its own to the DPU's namespace `rootNetns`, where the fabric's traffic for
+   * its ports arrives and where its egress leaves; only `nodeCidr` (the pod
+   * network of the node) is reached through the host half. Needs podIp.
+   */
+  uplink?: { rootNetns: string; nodeCidr: string };
 }
+
+/** The link's two ends (locally administered unicast addresses; each link is a wire of its own). */
+const LINK_MAC = { host: '02:68:70:77:00:01', dpu: '02:68:70:77:00:02' } as const;
 
 const POD_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
@@ -88,6 +99,9 @@ export class NetnsHalf {
   private lastConflicts = '';
   private queue: Promise<void> = Promise.resolve();
   private closing: Promise<void> | null = null;
+  private appliedPorts = '';
+  /** @internal the DPU half's wire to the DPU's uplink, when it has one (set while opening) */
+  uplink: DpuUplink | null = null;
 
   /** @internal use openHostHalf / openDpuHalf */
   constructor(
@@ -169,6 +183,7 @@ export class NetnsHalf {
         tap: LINK_TAP,
         peerPorts: this.side === 'host' ? dpuOwnedPorts(v) : hostOwnedPorts(v),
         ownPodIpPorts: this.side === 'dpu' ? dpuOwnedPorts(v) : undefined,
+        podIpLocal: this.uplink !== null,
       },
       { jumps },
     );
@@ -179,6 +194,24 @@ export class NetnsHalf {
     const text = this.rulesText(true);
     await applyRules(this.netnsPath, text);
     this.appliedRules = this.rulesText(false);
+    await this.applyPorts();
+  }
+
+  /**
+   * What else follows the port sets: the other half's ports are reserved here
+   * (this half's own connections never take a port the pod IP routes to the
+   * other half), and the DPU's uplink steers the DPU-owned ports.
+   */
+  private async applyPorts(): Promise<void> {
+    const v = this.view();
+    const dpu = dpuOwnedPorts(v);
+    const host = hostOwnedPorts(v);
+    const reserved = this.side === 'host' ? dpu : host;
+    const text = `${dpu.join(',')} ${host.join(',')}`;
+    if (text === this.appliedPorts) return;
+    await writeSysctls(this.netnsPath, new Map([['net.ipv4.ip_local_reserved_ports', reserved.join(',')]]));
+    await this.uplink?.setPorts(dpu, host);
+    this.appliedPorts = text;
   }
 
   /** Bring the rules up to date with what is known now (serialised, skipped when unchanged). */
@@ -194,9 +227,11 @@ export class NetnsHalf {
         }
       }
       const text = this.rulesText(false);
-      if (text === this.appliedRules) return;
-      await applyRules(this.netnsPath, text);
-      this.appliedRules = text;
+      if (text !== this.appliedRules) {
+        await applyRules(this.netnsPath, text);
+        this.appliedRules = text;
+      }
+      await this.applyPorts();
     });
     this.queue = run.catch(() => undefined);
     return run;
@@ -242,6 +277,7 @@ export class NetnsHalf {
     this.watcher.close();
     await this.queue; // an update in flight finishes before its chains go
     // A namespace already deleted took its rules and sysctls with it.
+    if (this.uplink) await step(`remove the wire to the DPU's uplink (${this.uplink.device})`, () => this.uplink!.close());
     if (isNetns(this.netnsPath)) {
       await step('remove netfilter rules', () => removeRules(this.netnsPath, this.podId));
       await step('restore sysctls', () => writeSysctls(this.netnsPath, this.restoreSysctls));
@@ -266,17 +302,22 @@ async function deviceWithAddress(netnsPath: string, ip: string): Promise<string>
  * namespace. The shim reads it once CNI has run, to open the host half.
  */
 export async function podIpv4(netnsPath: string, dev = 'eth0'): Promise<string> {
+  return (await podAddress(netnsPath, dev)).ip;
+}
+
+/** The pod IP and its network's prefix length (the node's pod network, as CNI configured eth0). */
+export async function podAddress(netnsPath: string, dev = 'eth0'): Promise<{ ip: string; prefixLength: number }> {
   const what = `read the pod IP (IPv4 of ${dev}) in ${netnsPath}`;
   if (!isNetns(netnsPath)) throw new Error(`${what}: not a network namespace`);
-  let addrs: Array<{ addr_info?: Array<{ local?: string; scope?: string }> }>;
+  let addrs: Array<{ addr_info?: Array<{ local?: string; prefixlen?: number; scope?: string }> }>;
   try {
     addrs = JSON.parse(await inNetns(netnsPath, ['ip', '-j', '-4', 'addr', 'show', 'dev', dev])) as typeof addrs;
   } catch (err) {
     throw new Error(`${what}: ${(err as Error).message}`);
   }
-  const ip = addrs.flatMap((d) => d.addr_info ?? []).find((a) => a.local && a.scope !== 'host')?.local;
-  if (!ip) throw new Error(`${what}: ${dev} has no IPv4 address (has CNI set the pod's network up?)`);
-  return ip;
+  const addr = addrs.flatMap((d) => d.addr_info ?? []).find((a) => a.local && a.scope !== 'host');
+  if (!addr?.local) throw new Error(`${what}: ${dev} has no IPv4 address (has CNI set the pod's network up?)`);
+  return { ip: addr.local, prefixLength: addr.prefixlen ?? 32 };
 }
 
 /**
@@ -297,11 +338,13 @@ function removeStaleWindow(file: string): void {
   removeWindow(file);
 }
 
-async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Promise<NetnsHalf> {
+async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplink?: DpuHalfOptions['uplink'] }): Promise<NetnsHalf> {
   const what = `open the ${side} half of pod ${o.podId} in ${o.netnsPath}`;
   const file = podWindowPath(o.podId);
   if (!isNetns(o.netnsPath)) throw new Error(`${what}: ${o.netnsPath} is not a network namespace`);
   if (o.podIp !== undefined && !net.isIPv4(o.podIp)) throw new Error(`${what}: pod IP "${o.podIp}" is not an IPv4 address`);
+  if (o.uplink && !o.podIp) throw new Error(`${what}: a half on the DPU's uplink needs the pod IP`);
+  if (o.uplink && !/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(o.uplink.nodeCidr)) throw new Error(`${what}: node network "${o.uplink.nodeCidr}" is not an IPv4 CIDR`);
   for (const p of o.declaredDpuPorts ?? []) {
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`${what}: declared port ${p} is not a port number`);
   }
@@ -322,10 +365,20 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Pr
     undo.push(() => port.close()); // the device goes, and its addresses and routes with it
 
     const self = side === 'host' ? HOST_LINK_IP : DPU_LINK_IP;
-    const ipBatch = [`addr add ${self}/${LINK_PREFIX} dev ${LINK_TAP}`];
-    // The DPU half has no other way out: everything not on the link goes to the host half.
+    // The link is a point-to-point wire with fixed ends: fixed MAC addresses and
+    // permanent neighbour entries, so no ARP crosses it (and nothing else but
+    // the pod's IPv4 traffic: IPv6 is off on xpu0, below).
+    const peerIp = side === 'host' ? DPU_LINK_IP : HOST_LINK_IP;
+    const ipBatch = [
+      `link set ${LINK_TAP} address ${LINK_MAC[side]}`,
+      `addr add ${self}/${LINK_PREFIX} dev ${LINK_TAP}`,
+      `neigh replace ${peerIp} lladdr ${LINK_MAC[side === 'host' ? 'dpu' : 'host']} dev ${LINK_TAP} nud permanent`,
+    ];
+    // Without an uplink the DPU half has no other way out: everything not on the
+    // link goes to the host half. With one, only the node's pod network does
+    // (its egress to the fabric leaves from the DPU's uplink, uplink.ts).
     // Its loopback carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
-    if (side === 'dpu') ipBatch.push(`route add default via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
+    if (side === 'dpu') ipBatch.push(`route add ${o.uplink ? o.uplink.nodeCidr : 'default'} via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
     await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
 
     // route_localnet on xpu0: 127.0.0.1 may be routed out of it (before SNAT)
@@ -333,20 +386,33 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string }): Pr
     // half for its ports, and from xpu0 out for its egress. Settings of xpu0 go
     // with the device; eth0's are put back at close.
     const conf = (dev: string, key: string) => `net/ipv4/conf/${dev}/${key}`;
-    const want = new Map([[conf(LINK_TAP, 'route_localnet'), '1']]);
-    let restore = new Map<string, string>();
+    // Each half takes its own connections' ports from its own range (uplink.ts:
+    // the DPU steers replies by port), and never one the other half serves
+    // (ip_local_reserved_ports, kept up to date with the ports).
+    const range = side === 'host' ? HOST_EPHEMERAL : DPU_EPHEMERAL;
+    const want = new Map([
+      [conf(LINK_TAP, 'route_localnet'), '1'],
+      [`net/ipv6/conf/${LINK_TAP}/disable_ipv6`, '1'],
+      ['net.ipv4.ip_local_port_range', `${range[0]} ${range[1]}`],
+    ]);
+    const keep = ['net.ipv4.ip_local_port_range', 'net.ipv4.ip_local_reserved_ports'];
     if (side === 'host') {
       const eth = await deviceWithAddress(o.netnsPath, o.podIp!);
       want.set(conf(LINK_TAP, 'forwarding'), '1');
       want.set(conf(eth, 'forwarding'), '1');
-      restore = await readSysctls(o.netnsPath, [conf(eth, 'forwarding')]);
+      keep.push(conf(eth, 'forwarding'));
     }
+    const restore = await readSysctls(o.netnsPath, keep);
     await writeSysctls(o.netnsPath, want);
     undo.push(() => writeSysctls(o.netnsPath, restore));
 
     const watcher = await ListenerWatcher.open(o.netnsPath);
     undo.push(() => watcher.close());
     const half = new NetnsHalf(side, o.podId, o.netnsPath, o.podIp, window, port, watcher, restore, o);
+    if (o.uplink) {
+      half.uplink = await DpuUplink.attach({ podId: o.podId, podIp: o.podIp!, halfNetns: o.netnsPath, rootNetns: o.uplink.rootNetns });
+      undo.push(() => half.uplink!.close());
+    }
     watcher.refresh(); // one look now, so that the first rules know the listeners already there
     // Chains a previous half of this pod left (its owner crashed and no hook
     // ran) go first, so that jumps are never doubled.

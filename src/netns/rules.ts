@@ -49,6 +49,12 @@ export interface RuleInput {
    * for them stays local instead of going out to the host half and back.
    */
   ownPodIpPorts?: readonly number[];
+  /**
+   * DPU half only: the pod IP is an address of this half (it has the DPU's
+   * uplink). Its own traffic to the pod IP stays local by itself, and for the
+   * host half's ports (peerPorts) crosses to the host half.
+   */
+  podIpLocal?: boolean;
 }
 
 /** iptables' multiport match takes at most 15 ports. */
@@ -96,7 +102,11 @@ export function halfRules(r: RuleInput, opts: { jumps: boolean }): string {
     }
     lines.push(`-A ${c('OUTPUT')} -d 127.0.0.1/32 -p tcp -m multiport --dports ${ports} ${comment(`localhost to the ${other} half`)} -j DNAT --to-destination ${peer}`);
   }
-  if (r.side === 'dpu' && r.podIp) {
+  if (r.side === 'dpu' && r.podIp && r.podIpLocal) {
+    for (const ports of multiportChunks(r.peerPorts)) {
+      lines.push(`-A ${c('OUTPUT')} -d ${r.podIp}/32 -p tcp -m multiport --dports ${ports} ${comment('pod IP served in the host half')} -j DNAT --to-destination ${peer}`);
+    }
+  } else if (r.side === 'dpu' && r.podIp) {
     for (const ports of multiportChunks(r.ownPodIpPorts ?? [])) {
       lines.push(`-A ${c('OUTPUT')} -d ${r.podIp}/32 -p tcp -m multiport --dports ${ports} ${comment('pod IP served in this half')} -j DNAT --to-destination ${self}`);
     }

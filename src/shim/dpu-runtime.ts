@@ -71,8 +71,9 @@ const key = (id: string, execId: string) => `${id}/${execId}`;
 export interface SplitLinkOptions {
   /** The sandbox's network namespace (CNI's), the host half. */
   netnsPath: string;
-  /** The pod IP in it. */
+  /** The pod IP in it, and its network's prefix length (the node's pod network). */
   podIp: string;
+  podPrefixLength: number;
   /** heteropod.io/ports, as declaredPortList gives it. */
   declaredDpuPorts: number[];
   /** How the host end's pump threads wait ([xpu] host_mode). */
@@ -127,10 +128,14 @@ class SplitLink {
   }
 
   private async openDpuHalf(): Promise<void> {
-    const { podIp, declaredDpuPorts } = this.opts;
+    const { podIp, podPrefixLength, declaredDpuPorts } = this.opts;
     let info: LinkInfo;
     try {
-      info = await this.client.call<LinkInfo>('OpenLink', { pod_id: this.podId, pod_ip: podIp, declared_dpu_ports: declaredDpuPorts }, { timeoutMs: 30_000 });
+      info = await this.client.call<LinkInfo>(
+        'OpenLink',
+        { pod_id: this.podId, pod_ip: podIp, pod_prefix_length: podPrefixLength, declared_dpu_ports: declaredDpuPorts },
+        { timeoutMs: 30_000 },
+      );
     } catch (err) {
       throw new Error(`the DPU half: ${(err as Error).message}`);
     }

@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
 import { AnnotationError, parsePodOffload, PodOffload } from '../placement/annotations';
-import { AnnotationError as PortsAnnotationError, PORTS_ANNOTATION, declaredPortList, OciHook, parsePortsAnnotation, podIpv4, withCleanupHook } from '../netns';
+import { AnnotationError as PortsAnnotationError, PORTS_ANNOTATION, declaredPortList, OciHook, parsePortsAnnotation, podAddress, withCleanupHook } from '../netns';
 import { ContainerSpec, Placement, PlacementError, placeContainer, Where } from '../placement/placement';
 import { RpcError, failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
@@ -204,8 +204,8 @@ export class PodRouter {
     const dpu = this.dpu;
     if (!dpu) return;
     try {
-      const podIp = await podIpv4(this.netnsPath);
-      await dpu.openLink({ netnsPath: this.netnsPath, podIp, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode });
+      const { ip: podIp, prefixLength: podPrefixLength } = await podAddress(this.netnsPath);
+      await dpu.openLink({ netnsPath: this.netnsPath, podIp, podPrefixLength, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode });
       this.record.netns_path = this.netnsPath;
       this.save();
       return;

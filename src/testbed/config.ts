@@ -64,6 +64,11 @@ state = "${t.containerdState}"
 `;
 }
 
+function fabricNetwork(): string {
+  const { fabricAddress, prefixLength } = DPU.uplink;
+  return `${fabricAddress.replace(/\.\d+$/, '.0')}/${prefixLength}`;
+}
+
 export function cniConfig(t = TESTBED): string {
   const conf = {
     cniVersion: '0.4.0',
@@ -80,6 +85,10 @@ export function cniConfig(t = TESTBED): string {
         ipam: {
           type: 'host-local',
           ranges: [[{ subnet: t.podSubnet }]],
+          // The fabric (the network outside the node, behind the DPU's uplink) through
+          // the bridge. Only the fabric: the node's other networks, the DPU's
+          // management link among them, stay unrouted from pods.
+          routes: [{ dst: fabricNetwork() }],
           dataDir: t.cniIpamDir,
         },
       },

@@ -108,7 +108,7 @@ export async function up(log: Log = () => {}): Promise<void> {
   if (containerdPids().length && (await criAnswers())) {
     log(`test bed already running (containerd at ${TESTBED.endpoint})`);
     await ensureImages(log);
-    await dpu.up({}, log);
+    await dpu.up({ podCidr: TESTBED.podSubnet }, log);
     return;
   }
   // Whatever an earlier run left (a crash, a killed containerd) goes first.
@@ -118,7 +118,7 @@ export async function up(log: Log = () => {}): Promise<void> {
     await ensureImages(log);
     await waitFor('the CRI network to be ready', 30_000, async () => networkReady());
     // The emulated DPU, where the heteropod handler runs offloaded containers.
-    await dpu.up({}, log);
+    await dpu.up({ podCidr: TESTBED.podSubnet }, log);
   } catch (err) {
     const message = `local up: ${(err as Error).message}\ncontainerd log (${TESTBED.logFile}):\n${logTail()}`;
     await down(() => {});

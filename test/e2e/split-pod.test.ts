@@ -23,7 +23,8 @@ import { httpGet } from '../../src/testbed/http';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, removeAllPods, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { fetchIn as fetchInContainer, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
+import { Bed, removeAllPods, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -54,29 +55,12 @@ async function noLeaks(when: string, podId: string): Promise<void> {
   assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
 }
 
-const OWN_PID_NAMESPACE = { security_context: { namespace_options: { pid: 'CONTAINER' } } };
-
 function splitPod(name: string, annotations: Record<string, string>): CriObject {
   return podConfig(bed, name, { annotations, linux: OWN_PID_NAMESPACE });
 }
 
-// busybox httpd in the foreground, serving one page that says where it runs.
-const httpd = (page: string, port: number) => ['sh', '-c', `mkdir -p /www && echo ${page} > /www/index.html && exec httpd -f -p ${port} -h /www`];
-
-async function run(podId: string, pod: CriObject, name: string, command: string[]): Promise<string> {
-  const id = await cri.createContainer(podId, containerConfig(name, command, { linux: OWN_PID_NAMESPACE }), pod);
-  await cri.startContainer(id);
-  await waitForContainerState(cri, id, 'CONTAINER_RUNNING');
-  return id;
-}
-
-/** wget in the container, retried (50 ms apart) for up to `seconds`; the page or the last failure. */
-async function fetchIn(id: string, url: string, seconds = 5): Promise<{ ok: boolean; out: string }> {
-  const tries = seconds * 20;
-  const script = `i=0; while [ $i -lt ${tries} ]; do timeout 2 wget -q -O - ${url} 2>/tmp/wget.err && exit 0; i=$((i+1)); usleep 50000; done; cat /tmp/wget.err; exit 1`;
-  const r = await cri.execSync(id, ['sh', '-c', script], seconds + 10);
-  return { ok: r.exitCode === 0, out: (r.stdout.toString() + r.stderr.toString()).trim() };
-}
+const run = (podId: string, pod: CriObject, name: string, command: string[]) => runContainer(cri, podId, pod, name, command);
+const fetchIn = (id: string, url: string, seconds?: number) => fetchInContainer(cri, id, url, seconds);
 
 /** A TCP server in the node's namespace on the bridge address: answers each client with its address as seen. */
 async function peerEcho(): Promise<{ port: number; peers: string[]; close: () => Promise<void> }> {

@@ -1,5 +1,6 @@
 // The DPU side of end-to-end tests: the agent as the shim sees it, and what must
 // be gone from the DPU once its pods are removed.
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../../src/agent/client';
@@ -7,6 +8,7 @@ import type { PodInfo } from '../../src/agent/proto';
 import { cgroupPids, cgroupTree } from '../../src/dpu/cgroup';
 import { agentPid, hostClientOptions } from '../../src/dpu/dpu';
 import { cgroupDir, DPU } from '../../src/dpu/paths';
+import { HALVES_TABLE, RULE_PREF } from '../../src/netns/uplink';
 import { waitFor } from '../../src/testbed/proc';
 
 export async function agentPods(): Promise<PodInfo[]> {
@@ -50,6 +52,16 @@ export async function dpuLeaks(): Promise<string[]> {
   for (const pid of cgroupPids()) if (pid !== agent) out.push(`DPU process ${pid} ${fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ')}`);
   const base = new Set(DPU.cgroupControllers.map((c) => cgroupDir(c)));
   for (const dir of cgroupTree()) if (!base.has(dir) && path.basename(dir) !== DPU.cgroupName) out.push(`DPU cgroup ${dir}`);
+  // Each pod's wire to the DPU's uplink (src/netns/uplink.ts): its DPU end, its route, its rules.
+  if (fs.existsSync(DPU.netnsFile)) {
+    const links = execFileSync('ip', ['-n', DPU.netns, '-o', 'link', 'show'], { encoding: 'utf8' });
+    for (const m of links.matchAll(/^\d+: (hpd-[^:@]+)/gm)) out.push(`DPU uplink wire ${m[1]}`);
+    const rules = execFileSync('ip', ['-n', DPU.netns, 'rule', 'show'], { encoding: 'utf8' });
+    const prefs = Object.values(RULE_PREF).map(String);
+    for (const line of rules.split('\n')) if (prefs.includes(line.split(':')[0])) out.push(`DPU uplink rule ${line.trim()}`);
+    const routes = execFileSync('ip', ['-n', DPU.netns, 'route', 'show', 'table', String(HALVES_TABLE)], { encoding: 'utf8' }).trim();
+    if (routes) out.push(`DPU uplink routes ${routes.replace(/\n/g, '; ')}`);
+  }
   const pods = path.join(DPU.dpuRootOnHost, 'pods');
   if (fs.existsSync(pods)) for (const d of fs.readdirSync(pods)) out.push(`DPU pod directory ${path.join(pods, d)}`);
   return out;

@@ -292,6 +292,10 @@ test('DPU half rules: localhost to the host half, its own pod-IP ports kept loca
   assert.not.match(text, /! -o xpu0/, 'no egress SNAT: the host half does it');
   const noIp = halfRules({ side: 'dpu', podId: POD, peerPorts: [], ownPodIpPorts: [15006] }, { jumps: false });
   assert.not.match(noIp, /pod IP served/);
+  // On the DPU's uplink the pod IP is the half's own address: only the host half's ports cross.
+  const local = halfRules({ side: 'dpu', podId: POD, podIp: '10.233.250.2', peerPorts: [8080], ownPodIpPorts: [15006], podIpLocal: true }, { jumps: false });
+  assert.match(local, `-A HP-${T}-OUTPUT -d 10.233.250.2/32 -p tcp -m multiport --dports 8080 -m comment --comment "pod IP served in the host half" -j DNAT --to-destination 169.254.77.1`);
+  assert.not.match(local, /pod IP served in this half/);
 });
 
 test('multiport: at most 15 ports a rule', () => {

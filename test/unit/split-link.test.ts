@@ -51,10 +51,10 @@ test('agent link calls: bad input INVALID_ARGUMENT, an unknown pod NOT_FOUND, cl
     const paths = { stateDir: dir, runDir: dir, netnsDir: path.join(dir, 'netns'), cgroupRoot: path.join(dir, 'cgroup'), cgroupParent: 'heteropod-dpu', runcShim: '/bin/false' };
     const pods = new DpuPods(paths, { path: (d: string) => path.join(dir, d), missing: () => [] }, new EventHub(), new Logger(new StderrSink(), false));
     const { INVALID_ARGUMENT, NOT_FOUND } = grpc.status;
-    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.300', declared_dpu_ports: [] })), INVALID_ARGUMENT);
-    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: 'fe80::1', declared_dpu_ports: [] })), INVALID_ARGUMENT);
-    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.3', declared_dpu_ports: [0] })), INVALID_ARGUMENT);
-    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.3', declared_dpu_ports: [15006] })), NOT_FOUND);
+    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.300', pod_prefix_length: 24, declared_dpu_ports: [] })), INVALID_ARGUMENT);
+    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: 'fe80::1', pod_prefix_length: 24, declared_dpu_ports: [] })), INVALID_ARGUMENT);
+    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.3', pod_prefix_length: 24, declared_dpu_ports: [0] })), INVALID_ARGUMENT);
+    assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.3', pod_prefix_length: 24, declared_dpu_ports: [15006] })), NOT_FOUND);
     assert.is(await code(pods.setPeerPorts('p1', [70000])), INVALID_ARGUMENT);
     assert.is(await code(pods.setPeerPorts('p1', [8080])), NOT_FOUND);
     assert.is(await code(() => pods.watchPorts('p1', () => undefined)), NOT_FOUND);
