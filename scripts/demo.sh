@@ -8,10 +8,11 @@ repo=$(pwd)
 hp="$repo/bin/heteropod"
 export CONTAINER_RUNTIME_ENDPOINT=unix:///run/heteropod/containerd.sock
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-# An HTTP GET from the node into the pod network (the test bed's bridge, 10.233.77.0/24).
-fetch() {
-  node -e 'require("http").get(process.argv[1], { timeout: 3000 }, (r) => { if (r.statusCode !== 200) process.exit(1); r.pipe(process.stdout); }).on("error", () => process.exit(1)).on("timeout", () => process.exit(1))' "$1"
-}
+# An HTTP GET from the node into the pod network (the test bed's bridge, 10.233.77.0/24),
+# and one from outside the node: the fabric, a namespace behind the DPU's uplink.
+get_js='require("http").get(process.argv[1], { timeout: 3000 }, (r) => { if (r.statusCode !== 200) process.exit(1); r.pipe(process.stdout); }).on("error", () => process.exit(1)).on("timeout", () => process.exit(1))'
+fetch() { node -e "$get_js" "$1"; }
+fetch_from_fabric() { ip netns exec hp-fabric node -e "$get_js" "$1"; }
 
 say "bringing up the local test bed: private containerd, CNI, local images, the emulated DPU"
 "$hp" local up
@@ -51,6 +52,9 @@ done
 echo "${page:-no answer through the proxy}"
 [ -n "$page" ] || { echo "demo: the proxy did not answer; see: $hp cri logs $proxy" >&2; exit 1; }
 
+say "fetching it from outside the node: the fabric -> DPU uplink -> proxy on the DPU (the host sees none of it) -> app on the host"
+fetch_from_fabric "http://$ip:15006/" || { echo "demo: the fabric did not reach the proxy" >&2; exit 1; }
+
 say "the metrics agent on the DPU: http://$ip:9100/metrics"
 for _ in $(seq 100); do
   if metrics_text=$(fetch "http://$ip:9100/metrics" 2>/dev/null); then break; fi
@@ -58,8 +62,17 @@ for _ in $(seq 100); do
 done
 grep -E '^(node_load1|node_memory_MemTotal_bytes|node_boot_time_seconds) ' <<<"${metrics_text:-}" || echo "no answer from node-exporter"
 
-say "some load through the proxy: wrk, 2 connections, 3 seconds"
-wrk -t1 -c2 -d3s "http://$ip:15006/" | sed -n '1,/Transfer/p'
+say "load from outside the node: wrk in the fabric (hp-fabric, 10.233.100.1), 2 connections, 3 seconds"
+echo "the fabric reaches the node only through the DPU's uplink p0; the DPU delivers podIP:15006 to the proxy itself"
+# Packets through a device, both directions: the host's end of its PF link, the DPU's uplink.
+packets() { ip netns exec "$1" sh -c "echo \$((\$(cat /sys/class/net/$2/statistics/rx_packets) + \$(cat /sys/class/net/$2/statistics/tx_packets)))"; }
+pf0=$(packets hp-dpu pf0hpf); up0=$(packets hp-dpu p0)
+ip netns exec hp-fabric wrk -t1 -c2 -d3s "http://$ip:15006/" | sed -n '1,/Transfer/p'
+pf1=$(packets hp-dpu pf0hpf); up1=$(packets hp-dpu p0)
+echo
+echo "packets during the load, from the interface counters:"
+echo "  DPU uplink p0 (fabric <-> DPU):        $((up1 - up0))"
+echo "  host PF (pf0hpf <-> hp-pf0, the host): $((pf1 - pf0))   <- the proxy's client traffic never crossed the host"
 echo
 echo "proxy's request log (what crictl logs shows, written on the DPU):"
 "$hp" cri logs --tail 3 "$proxy"

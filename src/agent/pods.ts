@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { NetnsHalf, networkOf, openDpuHalf } from '../netns';
+import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeIdRequest, encodeKillRequest, taskRef } from '../shim/messages';
@@ -81,6 +81,9 @@ interface PodRecord {
   pod_namespace: string;
   netns: string;
   cgroup: string;
+  // the pod IP, once its DPU half was wired to the DPU's uplink: the DPU's
+  // steering rules are found by it, also after a restart of the agent
+  uplink_pod_ip?: string;
   containers: Record<string, ContainerRecord>;
   // by processKey(container, exec)
   processes: Record<string, ProcessRecord>;
@@ -329,6 +332,10 @@ export class DpuPods {
       });
       pod.link = opening;
       pod.linkPorts = null;
+      if (uplink) {
+        pod.record.uplink_pod_ip = req.pod_ip;
+        pod.save();
+      }
       opening.then(
         () => this.log.info('split network: DPU half open', { pod: req.pod_id, netns: netnsPath, pod_ip: req.pod_ip, declared: declared.join(','), uplink: uplink ? this.paths.uplinkDev : 'none' }),
         () => {
@@ -417,6 +424,11 @@ export class DpuPods {
     const problems: string[] = [];
     // The link first: its rules and device are in the namespace removed below.
     await this.closeLink(id).catch((err: Error) => problems.push(err.message));
+    // A half that was not open (the agent restarted since) left its wire to the
+    // uplink; its rules live on in the DPU's own namespace.
+    if (pod.record.uplink_pod_ip) {
+      await removeUplink('/proc/self/ns/net', id, pod.record.uplink_pod_ip).catch((err: Error) => problems.push(`the wire to the uplink: ${err.message}`));
+    }
     for (const container of Object.keys(pod.record.containers)) {
       try {
         await this.forceDelete(pod, container);

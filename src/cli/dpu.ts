@@ -4,6 +4,7 @@ import { formatBytes } from '../dpu/config';
 import { down, status, up } from '../dpu/dpu';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { formatWires } from '../dpu/network';
 import { DPU } from '../dpu/paths';
 import { ensurePki, PkiFiles } from '../dpu/pki';
 import { printJson } from './table';
@@ -64,7 +65,8 @@ export function registerDpuCommands(program: Command): void {
         say([
           `DPU: ${s.running ? 'running' : 'not healthy'}`,
           `  agent          ${s.pid ? `pid ${s.pid}` : 'not running'}, ${s.address}`,
-          `  network        netns ${DPU.netns}${s.netns ? '' : ' (missing)'}, ${DPU.link} ${DPU.hostAddress} <-> ${DPU.dpuAddress}`,
+          `  network        netns ${DPU.netns}${s.netns ? '' : ' (missing)'}; the fabric (the network outside the node): netns ${DPU.uplink.fabricNetns}`,
+          ...(s.netns ? formatWires(s.wires) : []),
           `  cgroup         ${s.cgroup} (${DPU.cgroupControllers.join(', ')})`,
           `  cpuset         ${s.cpuset ?? '-'}`,
           `  memory limit   ${s.memoryLimitBytes !== undefined ? formatBytes(s.memoryLimitBytes) : '-'}`,

@@ -2,6 +2,9 @@
 import { Command } from 'commander';
 import { down, status, up } from '../testbed/testbed';
 import { TESTBED } from '../testbed/paths';
+import { status as dpuStatus } from '../dpu/dpu';
+import { formatWires } from '../dpu/network';
+import { DPU } from '../dpu/paths';
 import { printJson } from './table';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -37,7 +40,9 @@ export function registerLocalCommands(program: Command): void {
       } else {
         say(`test bed: running\n  containerd     pid ${s.pid}, ${s.version}\n  endpoint       ${s.endpoint}\n  handlers       ${s.handlers.join(', ')}\n  network        ${TESTBED.cniBridge} ${TESTBED.podSubnet} (${s.networkReady ? 'ready' : 'not ready'})\n  pods           ${s.pods}, containers ${s.containers}\n  images         ${(s.images ?? []).join(', ')}\n\ncrictl:  crictl --runtime-endpoint ${s.endpoint} --image-endpoint ${s.endpoint} pods\nctr:     ctr -a ${TESTBED.socket} -n ${TESTBED.namespace} tasks ls`);
       }
-      for (const p of s.problems) say(`  problem: ${p}`);
+      const d = await dpuStatus();
+      if (d.netns) say(`\nthe node's wires (the DPU owns the uplink; the host reaches the fabric, ${DPU.uplink.fabricNetns}, through its PF):\n${formatWires(d.wires).join('\n')}`);
+      for (const p of [...s.problems, ...d.problems]) say(`  problem: ${p}`);
       if (!s.running) process.exitCode = 3;
     });
 }

@@ -14,7 +14,7 @@ import { killAndWait, pidAlive, waitFor } from '../testbed/proc';
 import { cgroupPids, cgroupsPresent, ensureCgroups, hostCpuList, readCgroupFile, removeCgroups } from './cgroup';
 import { cgroupValues, dpuSize, DpuOptions, formatBytes, formatCpuList, parseCpuList } from './config';
 import { ensureMountNamespace, launchAgent, removeMountNamespace } from './launch';
-import { createNetwork, networkReady, removeNetwork } from './network';
+import { createNetwork, networkReady, removeNetwork, Wire, wires } from './network';
 import { agentAddress, DPU } from './paths';
 import { ensurePki } from './pki';
 
@@ -169,6 +169,7 @@ export interface DpuStatus {
   memoryLimitBytes?: number;
   health?: HealthResponse;
   capacity?: CapacityResponse;
+  wires: Wire[];
   problems: string[];
 }
 
@@ -177,12 +178,13 @@ export async function status(): Promise<DpuStatus> {
   const pid = agentPid();
   const netns = fs.existsSync(DPU.netnsFile);
   const cgroups = cgroupsPresent();
-  const s: DpuStatus = { running: false, pid, address: agentAddress(), netns, cgroup: `/${DPU.cgroupName}`, problems };
+  const s: DpuStatus = { running: false, pid, address: agentAddress(), netns, cgroup: `/${DPU.cgroupName}`, wires: netns ? await wires() : [], problems };
   if (!pid && !netns && cgroups.length === 0 && !fs.existsSync(DPU.stateDir)) return s;
   s.cpuset = readCgroupFile('cpuset', 'cpuset.cpus');
   const limit = readCgroupFile('memory', 'memory.limit_in_bytes');
   if (limit !== undefined) s.memoryLimitBytes = Number(limit);
   if (!netns) problems.push(`network namespace ${DPU.netns} is missing`);
+  for (const w of s.wires) for (const e of w.ends) if (!e.up) problems.push(`the ${w.name} wire's ${e.side} end ${e.dev} is down or missing`);
   if (cgroups.length < DPU.cgroupControllers.length) problems.push('some DPU cgroups are missing');
   if (!pid) problems.push('the DPU agent is not running');
   else {

@@ -154,3 +154,50 @@ export async function removeNetwork(): Promise<string[]> {
   }
   return removed;
 }
+
+export interface WireEnd {
+  /** where the end is: the host, the DPU or the fabric */
+  side: 'host' | 'dpu' | 'fabric';
+  netns: string;
+  dev: string;
+  address?: string;
+  up: boolean;
+  rxPackets: number;
+  txPackets: number;
+}
+
+export interface Wire {
+  name: 'management' | 'uplink' | 'PF';
+  ends: [WireEnd, WireEnd];
+}
+
+async function wireEnd(side: WireEnd['side'], netns: string, dev: string): Promise<WireEnd> {
+  const r = await ip([...(netns ? ['-n', netns] : []), '-s', '-j', 'addr', 'show', 'dev', dev]);
+  if (r.code !== 0) return { side, netns, dev, up: false, rxPackets: 0, txPackets: 0 };
+  const [d] = JSON.parse(r.stdout) as { operstate: string; flags: string[]; addr_info?: { family: string; local: string; prefixlen: number }[]; stats64?: { rx: { packets: number }; tx: { packets: number } } }[];
+  const v4 = d.addr_info?.find((a) => a.family === 'inet');
+  return {
+    side,
+    netns,
+    dev,
+    address: v4 ? `${v4.local}/${v4.prefixlen}` : undefined,
+    up: d.flags.includes('LOWER_UP'),
+    rxPackets: d.stats64?.rx.packets ?? 0,
+    txPackets: d.stats64?.tx.packets ?? 0,
+  };
+}
+
+/** The node's three wires as they are now, with each end's packet counters. */
+export async function wires(): Promise<Wire[]> {
+  return [
+    { name: 'uplink', ends: [await wireEnd('fabric', UP.fabricNetns, UP.fabricDev), await wireEnd('dpu', DPU.netns, UP.dev)] },
+    { name: 'PF', ends: [await wireEnd('dpu', DPU.netns, PF.dpuDev), await wireEnd('host', '', PF.hostDev)] },
+    { name: 'management', ends: [await wireEnd('dpu', DPU.netns, DPU.link), await wireEnd('host', '', DPU.link)] },
+  ];
+}
+
+/** `dpu status` / `local status` lines for the wires. */
+export function formatWires(ws: Wire[]): string[] {
+  const end = (e: WireEnd) => `${e.side} ${e.dev}${e.netns ? ` (${e.netns})` : ''} ${e.address ?? '-'}${e.up ? '' : ' DOWN'}`;
+  return ws.map((w) => `  ${`${w.name} wire`.padEnd(17)}${end(w.ends[0])} <-> ${end(w.ends[1])}, packets ${w.ends[1].rxPackets} in / ${w.ends[1].txPackets} out at ${w.ends[1].dev}`);
+}

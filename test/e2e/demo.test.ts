@@ -45,8 +45,16 @@ test('make demo: a split pod serving through its offloaded proxy, left running, 
   // The page from the node through podIP:15006 → proxy (DPU) → app (host), and the metrics.
   assert.match(out, /fetching the page[^\n]*\nhello from the HeteroPod demo app \(demo\), through the proxy on the DPU\n/);
   assert.match(out, /\nnode_load1 [0-9.e+-]+\n/);
+  // From outside the node: the fabric reaches the proxy through the DPU's uplink alone.
+  assert.match(out, /fetching it from outside the node[^\n]*\nhello from the HeteroPod demo app \(demo\), through the proxy on the DPU\n/);
   const rps = Number(/Requests\/sec:\s+([0-9.]+)/.exec(out)?.[1]);
-  assert.ok(rps > 0, `wrk through the proxy: ${rps} requests/s`);
+  assert.ok(rps > 0, `wrk from the fabric through the proxy: ${rps} requests/s`);
+  const uplink = Number(/DPU uplink p0 \(fabric <-> DPU\): +(\d+)/.exec(out)?.[1]);
+  const pf = Number(/host PF \(pf0hpf <-> hp-pf0, the host\): +(\d+)/.exec(out)?.[1]);
+  assert.ok(uplink > rps, `the load crossed the uplink (${uplink} packets)`);
+  assert.is(pf, 0, 'and not one packet of it the host\'s PF');
+  // haproxy saw the client's own address.
+  assert.match(out, /\n10\.233\.100\.1:\d+ \[[^\]]+\] inbound app\/app /);
   // haproxy's log lines, written on the DPU, read as crictl logs reads them.
   assert.match(out, /inbound app\/app [0-9/-]+ 200 /);
   // The pod's XPU link, both ends alive, frames both ways.
