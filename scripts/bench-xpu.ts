@@ -378,15 +378,17 @@ function targets(res: Record<Transport, Result>): Array<{ target: string; value:
 
 interface CpfSample {
   frames: number;
+  writeShare: Record<'host' | 'dpu', number>; // share of the end's pump CPU inside write(2) into the TAP (perf samples), NaN without perf
   seconds: number;
   cpuNs: Record<string, number>; // "host/xpu-tap2ring" -> ns
   syscalls: Record<string, number>; // same keys, from the perf phase
   syscallFrames: number;
 }
 
+/** A built checkout: its port process (dist/) and its libxpu (build/). */
 interface CpfVariant {
   name: string;
-  lib: string;
+  root: string;
 }
 
 class CpfLink {
@@ -413,12 +415,12 @@ class CpfLink {
     }
     removeWindow(this.file);
     XpuWindow.create(this.file).close();
-    const portProcess = path.resolve(__dirname, '..', 'src', 'xpu', 'port-process.js');
+    const portProcess = path.join(this.variant.root, 'dist', 'src', 'xpu', 'port-process.js');
     const start = async (side: 'host' | 'dpu', ns: string, mode: XpuMode) => {
       const argv = [...pin(side), process.execPath, portProcess, this.file, side, `/run/netns/${ns}`, 'xpu0', mode];
       const c = spawn(argv[0], argv.slice(1), {
         stdio: ['pipe', 'pipe', 'inherit'],
-        env: { ...process.env, HETEROPOD_LIBXPU: this.variant.lib },
+        env: { ...process.env, HETEROPOD_LIBXPU: path.join(this.variant.root, 'build', 'libxpu.so') },
       });
       await new Promise<void>((resolve, reject) => {
         c.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
@@ -501,14 +503,18 @@ function pumpCpuNs(link: CpfLink): Record<string, number> {
 const diff = (a: Record<string, number>, b: Record<string, number>) =>
   Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - (a[k] ?? 0)]));
 
-/** sockperf TCP ping-pong: clients in the host half, one server in the DPU half. */
+/** sockperf TCP ping-pong: clients in the host half, each with its own server
+ * in the DPU half (a sockperf server serves one TCP connection at a time). */
 async function rrLoad(link: CpfLink, clients: number, seconds: number, during?: () => Promise<void>): Promise<void> {
-  const port = '15401';
-  const srv = spawn('ip', ['netns', 'exec', link.b, ...pin('dpu'), 'sockperf', 'server', '--tcp', '-i', B_IP, '-p', port], { stdio: 'ignore' });
-  await sleep(400);
+  const port = (i: number) => String(15401 + i);
+  const srvs: ChildProcess[] = [];
+  for (let i = 0; i < clients; i++) {
+    srvs.push(spawn('ip', ['netns', 'exec', link.b, ...pin('dpu'), 'sockperf', 'server', '--tcp', '-i', B_IP, '-p', port(i)], { stdio: 'ignore' }));
+  }
+  await sleep(400 + 50 * clients);
   const cs: Array<Promise<void>> = [];
   for (let i = 0; i < clients; i++) {
-    const argv = ['netns', 'exec', link.a, ...pin('host'), 'sockperf', 'ping-pong', '--tcp', '-i', B_IP, '-p', port, '-t', String(seconds + 2)];
+    const argv = ['netns', 'exec', link.a, ...pin('host'), 'sockperf', 'ping-pong', '--tcp', '-i', B_IP, '-p', port(i), '-t', String(seconds + 2)];
     cs.push(
       new Promise<void>((resolve) => {
         const c = spawn('ip', argv, { stdio: 'ignore' });
@@ -523,7 +529,7 @@ async function rrLoad(link: CpfLink, clients: number, seconds: number, during?: 
   await sleep(1000); // connections made, warm-up messages gone
   if (during) await during();
   await Promise.all(cs);
-  await stopServer(srv);
+  for (const srv of srvs) await stopServer(srv);
 }
 
 /** System calls of the given threads over `seconds`, by thread (perf stat). null without perf. */
@@ -550,6 +556,35 @@ async function countSyscalls(threads: Map<number, string>, seconds: number): Pro
   return out;
 }
 
+/** Share of each end's pump CPU spent inside write(2) into the TAP device,
+ * from perf's CPU-clock samples of the threads (a sample counts when its call
+ * chain holds ksys_write). null without perf. */
+async function writeShares(threads: Map<number, string>, seconds: number): Promise<Record<'host' | 'dpu', number> | null> {
+  if (threads.size === 0 || spawnSync('sh', ['-c', 'command -v perf']).status !== 0) return null;
+  const file = path.join(os.tmpdir(), `bench-xpu-perf-${process.pid}.data`);
+  try {
+    const rec = await new Promise<number | null>((resolve) => {
+      const c = spawn('perf', ['record', '-q', '-F', '4999', '-g', '-o', file, '-t', [...threads.keys()].join(','), '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+      c.on('exit', (code) => resolve(code));
+    });
+    if (rec !== 0) return null;
+    const out = spawnSync('perf', ['script', '-i', file, '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 }).stdout ?? '';
+    const all = { host: 0, dpu: 0 };
+    const inWrite = { host: 0, dpu: 0 };
+    for (const sample of out.split(/\n\s*\n/)) {
+      const m = sample.match(/^\s*(\d+)/);
+      const name = m ? threads.get(Number(m[1])) : undefined;
+      if (!name) continue;
+      const end = name.startsWith('host/') ? 'host' : 'dpu';
+      all[end]++;
+      if (/\bksys_write\b/.test(sample)) inWrite[end]++;
+    }
+    return { host: all.host ? inWrite.host / all.host : NaN, dpu: all.dpu ? inWrite.dpu / all.dpu : NaN };
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
+
 async function cpfSample(link: CpfLink, clients: number, seconds: number): Promise<CpfSample> {
   let cpu: Record<string, number> = {};
   let frames = 0;
@@ -563,19 +598,23 @@ async function cpfSample(link: CpfLink, clients: number, seconds: number): Promi
     frames = link.frames() - f0;
     t = Number(process.hrtime.bigint() - t0) / 1e9;
   });
-  // Second phase, counted by perf: system calls per frame.
+  // Second phase, counted by perf: system calls per frame, and where the CPU goes.
   const syscalls: Record<string, number> = {};
+  const writeShare = { host: NaN, dpu: NaN };
   let syscallFrames = 0;
   const perfS = Math.max(2, Math.round(seconds / 2));
-  await rrLoad(link, clients, perfS, async () => {
+  await rrLoad(link, clients, 2 * perfS, async () => {
     const names = new Map<number, string>();
     for (const [end, pid] of Object.entries(link.pids())) for (const [tid, comm] of pumpThreads(pid)) names.set(tid, `${end}/${comm}`);
     const f0 = link.frames();
+    // One after the other: perf record's sampling is left out of the count.
     const counts = await countSyscalls(names, perfS);
     syscallFrames = link.frames() - f0;
+    const shares = await writeShares(names, perfS);
     if (counts) for (const [tid, n] of counts) syscalls[names.get(tid)!] = (syscalls[names.get(tid)!] ?? 0) + n;
+    if (shares) Object.assign(writeShare, shares);
   });
-  return { frames, seconds: t, cpuNs: cpu, syscalls, syscallFrames };
+  return { frames, writeShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames };
 }
 
 async function cpfIdle(link: CpfLink, seconds: number): Promise<Record<string, number>> {
@@ -596,11 +635,15 @@ async function cpuPerFrame(): Promise<void> {
   const seconds = Number(opt('--seconds', quick ? '3' : '5'));
   const rounds = Number(opt('--rounds', quick ? '1' : '3'));
   const idleS = Number(opt('--idle', quick ? '2' : '5'));
-  const loads = [1, 4];
+  const loads = [1, 4, 16];
   const variants: CpfVariant[] = [];
-  if (baseIdx >= 0) variants.push({ name: 'base', lib: path.resolve(args[baseIdx + 1]) });
-  variants.push({ name: 'this', lib: path.resolve(__dirname, '..', '..', 'build', 'libxpu.so') });
-  for (const v of variants) if (!fs.existsSync(v.lib)) throw new Error(`${v.lib} does not exist`);
+  if (baseIdx >= 0) variants.push({ name: 'base', root: path.resolve(args[baseIdx + 1]) });
+  variants.push({ name: 'this', root: path.resolve(__dirname, '..', '..') });
+  for (const v of variants) {
+    for (const f of ['dist/src/xpu/port-process.js', 'build/libxpu.so']) {
+      if (!fs.existsSync(path.join(v.root, f))) throw new Error(`${path.join(v.root, f)} does not exist (--base takes a built checkout)`);
+    }
+  }
 
   cleanLeftovers();
   const started = new Date().toISOString();
@@ -621,7 +664,8 @@ async function cpuPerFrame(): Promise<void> {
           const s = await cpfSample(l, clients, seconds);
           const key = `${l.variant.name}/${clients}`;
           samples.set(key, [...(samples.get(key) ?? []), s]);
-          const us = (end: string) => (sumEnd(s.cpuNs, end) / 1000 / s.frames).toFixed(2);
+          const us = (end: 'host' | 'dpu') =>
+            `${(sumEnd(s.cpuNs, end) / 1000 / s.frames).toFixed(2)} (own ${((sumEnd(s.cpuNs, end) * (1 - s.writeShare[end])) / 1000 / s.frames).toFixed(2)})`;
           const sc = (end: string) => (sumEnd(s.syscalls, end) / s.syscallFrames).toFixed(2);
           log(`round ${r + 1} ${key}: ${(s.frames / s.seconds / 1000).toFixed(1)}K frames/s; host end ${us('host')} us/frame, ${sc('host')} syscalls/frame; DPU end ${us('dpu')} us/frame, ${sc('dpu')} syscalls/frame`);
         }
@@ -642,8 +686,8 @@ async function cpuPerFrame(): Promise<void> {
     `host end mode ${hostMode}${pin('host').length ? ' on cpu0' : ''}, DPU end mode ${dpuMode}${pin('dpu').length ? ` on cpu${os.cpus().length - 1}` : ''}; ` +
       `sockperf TCP ping-pong, server in the DPU half; median of ${rounds} round(s) of ${seconds} s; frames counted in both directions`,
     '',
-    '| clients | libxpu | K frames/s | host end us/frame (tap2ring + ring2tap) | host syscalls/frame | DPU end us/frame (tap2ring + ring2tap) | DPU syscalls/frame |',
-    '| ---: | --- | ---: | ---: | ---: | ---: | ---: |',
+    '| clients | libxpu | K frames/s | host end us/frame: all (tap2ring + ring2tap) | host: own | host syscalls/frame | DPU end us/frame: all (tap2ring + ring2tap) | DPU: own | DPU syscalls/frame |',
+    '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const json: Record<string, unknown> = {};
   for (const clients of loads) {
@@ -653,15 +697,18 @@ async function cpuPerFrame(): Promise<void> {
       const perFrame = (end: string, thread?: string) =>
         med((s) => (thread ? s.cpuNs[`${end}/${thread}`] ?? 0 : sumEnd(s.cpuNs, end)) / 1000 / s.frames);
       const sys = (end: string) => med((s) => sumEnd(s.syscalls, end) / s.syscallFrames);
+      // own: the pump threads' CPU less their share inside write(2), the
+      // kernel's receive work for the frames (n/a without perf)
+      const own = (end: 'host' | 'dpu') => med((s) => (sumEnd(s.cpuNs, end) * (1 - s.writeShare[end])) / 1000 / s.frames);
       const row = {
         kFramesPerS: med((s) => s.frames / s.seconds / 1000),
-        host: { us: perFrame('host'), tap2ring: perFrame('host', 'xpu-tap2ring'), ring2tap: perFrame('host', 'xpu-ring2tap'), syscalls: sys('host') },
-        dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), syscalls: sys('dpu') },
+        host: { us: perFrame('host'), tap2ring: perFrame('host', 'xpu-tap2ring'), ring2tap: perFrame('host', 'xpu-ring2tap'), own: own('host'), syscalls: sys('host') },
+        dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), own: own('dpu'), syscalls: sys('dpu') },
       };
       json[`${v.name}/${clients}`] = row;
       lines.push(
-        `| ${clients} | ${v.name} (${v.lib}) | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.syscalls, 2)} | ` +
-          `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap, 2)}) | ${fmt(row.dpu.syscalls, 2)} |`,
+        `| ${clients} | ${v.name} (${v.root}) | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.own, 2)} | ${fmt(row.host.syscalls, 2)} | ` +
+          `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap, 2)}) | ${fmt(row.dpu.own, 2)} | ${fmt(row.dpu.syscalls, 2)} |`,
       );
     }
   }
