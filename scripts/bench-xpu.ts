@@ -8,6 +8,10 @@
 // and writes the figures as JSON. Namespaces are named hpx-bench-*, windows
 // /dev/shm/heteropod/hpx-bench-*.xpu; all are removed at the end. Traffic goes only
 // between namespaces this script made.
+//
+//   node dist/scripts/bench-xpu.js --cpu-per-frame [--base CHECKOUT] [--quick]
+//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode sleep] [--dpu-mode elastic]
+// measures instead what each end's pump threads cost per frame (see cpuPerFrame).
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
