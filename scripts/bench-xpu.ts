@@ -8,12 +8,16 @@
 // and writes the figures as JSON. Namespaces are named hpx-bench-*, windows
 // /dev/shm/heteropod/hpx-bench-*.xpu; all are removed at the end. Traffic goes only
 // between namespaces this script made.
+//
+//   node dist/scripts/bench-xpu.js --cpu-per-frame [--base CHECKOUT] [--quick]
+//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode sleep] [--dpu-mode elastic]
+// measures instead what each end's pump threads cost per frame (see cpuPerFrame).
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { addAddress } from '../src/xpu/link';
-import { XpuMode, XpuWindow, listWindows, removeWindow, windowPath } from '../src/xpu/window';
+import { XpuMode, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../src/xpu/window';
 
 type Transport = 'veth' | XpuMode;
 const TRANSPORTS: Transport[] = ['veth', 'elastic', 'poll'];
@@ -359,6 +363,372 @@ function targets(res: Record<Transport, Result>): Array<{ target: string; value:
   ];
 }
 
+// ---- --cpu-per-frame: what each end's pump threads cost per frame moved ----
+//
+// One link per libxpu build under test (this checkout's, and with --base FILE an
+// older build to compare with in the same run), its two ends in two port
+// processes as in production: the host end (mode --host-mode, default sleep, the
+// shim's default) pinned to cpu0 and the DPU end (--dpu-mode, default elastic, the
+// agent's) pinned to cpu1, when the machine has two CPUs. Request/response load:
+// sockperf ping-pong over TCP, the server in the DPU half on cpu1 (where haproxy
+// runs), 1 and 4 clients at once in the host half on cpu0. For each end: CPU of
+// its pump threads per frame crossing the link (both directions; from each
+// thread's schedstat), system calls of those threads per frame (perf stat,
+// counted in a separate phase so that counting does not add to the CPU figures),
+// and the CPU they use over IDLE seconds without traffic. The ring->tap thread's
+// figure includes the kernel's receive work for the frames it writes (TCP/IP,
+// waking the receiver), which no transport can avoid; the tap->ring thread's is
+// the transport's own.
+
+interface CpfSample {
+  frames: number;
+  writeShare: Record<'host' | 'dpu', number>; // share of the end's pump CPU inside write(2) into the TAP (perf samples), NaN without perf
+  seconds: number;
+  cpuNs: Record<string, number>; // "host/xpu-tap2ring" -> ns
+  syscalls: Record<string, number>; // same keys, from the perf phase
+  syscallFrames: number;
+}
+
+/** A built checkout: its port process (dist/) and its libxpu (build/). */
+interface CpfVariant {
+  name: string;
+  root: string;
+}
+
+class CpfLink {
+  private host: ChildProcess | null = null;
+  private dpu: ChildProcess | null = null;
+  readonly a: string;
+  readonly b: string;
+  readonly file: string;
+
+  constructor(readonly variant: CpfVariant, readonly hostMode: XpuMode, readonly dpuMode: XpuMode) {
+    this.a = `${PREFIX}-cpf-${variant.name}-a`;
+    this.b = `${PREFIX}-cpf-${variant.name}-b`;
+    this.file = windowPath(`${PREFIX}-cpf-${variant.name}`);
+  }
+
+  pids(): Record<'host' | 'dpu', number> {
+    return { host: this.host?.pid ?? 0, dpu: this.dpu?.pid ?? 0 };
+  }
+
+  async setUp(): Promise<void> {
+    for (const n of [this.a, this.b]) {
+      sh('ip', ['netns', 'add', n]);
+      sh('ip', ['-n', n, 'link', 'set', 'lo', 'up']);
+    }
+    removeWindow(this.file);
+    XpuWindow.create(this.file).close();
+    const portProcess = path.join(this.variant.root, 'dist', 'src', 'xpu', 'port-process.js');
+    const start = async (side: 'host' | 'dpu', ns: string, mode: XpuMode) => {
+      const argv = [...pin(side), process.execPath, portProcess, this.file, side, `/run/netns/${ns}`, 'xpu0', mode];
+      const c = spawn(argv[0], argv.slice(1), {
+        stdio: ['pipe', 'pipe', 'inherit'],
+        env: { ...process.env, HETEROPOD_LIBXPU: path.join(this.variant.root, 'build', 'libxpu.so') },
+      });
+      await new Promise<void>((resolve, reject) => {
+        c.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+        c.once('exit', (code) => reject(new Error(`${this.variant.name}: ${side} end exited (${code})`)));
+      });
+      return c;
+    };
+    this.host = await start('host', this.a, this.hostMode);
+    this.dpu = await start('dpu', this.b, this.dpuMode);
+    addAddress(`/run/netns/${this.a}`, 'xpu0', `${A_IP}/30`);
+    addAddress(`/run/netns/${this.b}`, 'xpu0', `${B_IP}/30`);
+    const end = Date.now() + 10_000;
+    while (!readStats(this.file).linkUp) {
+      if (Date.now() > end) throw new Error(`${this.variant.name}: link did not come up`);
+      await sleep(50);
+    }
+  }
+
+  frames(): number {
+    const s = readStats(this.file);
+    return s.hostToDpu.frames + s.dpuToHost.frames;
+  }
+
+  async tearDown(): Promise<void> {
+    for (const c of [this.host, this.dpu]) {
+      if (c && c.exitCode === null && c.signalCode === null) {
+        c.kill('SIGTERM');
+        await new Promise((r) => c.once('exit', r));
+      }
+    }
+    this.host = this.dpu = null;
+    removeWindow(this.file);
+    for (const n of [this.a, this.b]) spawnSync('ip', ['netns', 'del', n]);
+  }
+}
+
+/** taskset prefix: the host end and its clients on cpu0, the DPU end and its server on the last CPU. */
+function pin(side: 'host' | 'dpu'): string[] {
+  const n = os.cpus().length;
+  if (n < 2) return [];
+  return ['taskset', '-c', side === 'host' ? '0' : String(n - 1)];
+}
+
+/** The libxpu threads (xpu-*) of pid: tid -> name. */
+function pumpThreads(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      if (comm.startsWith('xpu-')) out.set(Number(tid), comm);
+    } catch {
+      // thread gone
+    }
+  }
+  return out;
+}
+
+/** ns on a CPU so far of each end's pump threads, by "end/thread name". */
+function pumpCpuNs(link: CpfLink): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [end, pid] of Object.entries(link.pids())) {
+    for (const [tid, comm] of pumpThreads(pid)) {
+      try {
+        const ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+        out[`${end}/${comm}`] = (out[`${end}/${comm}`] ?? 0) + ns;
+      } catch {
+        // thread gone
+      }
+    }
+  }
+  return out;
+}
+
+const diff = (a: Record<string, number>, b: Record<string, number>) =>
+  Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - (a[k] ?? 0)]));
+
+/** sockperf TCP ping-pong: clients in the host half, each with its own server
+ * in the DPU half (a sockperf server serves one TCP connection at a time). */
+async function rrLoad(link: CpfLink, clients: number, seconds: number, during?: () => Promise<void>): Promise<void> {
+  const port = (i: number) => String(15401 + i);
+  const srvs: ChildProcess[] = [];
+  for (let i = 0; i < clients; i++) {
+    srvs.push(spawn('ip', ['netns', 'exec', link.b, ...pin('dpu'), 'sockperf', 'server', '--tcp', '-i', B_IP, '-p', port(i)], { stdio: 'ignore' }));
+  }
+  await sleep(400 + 50 * clients);
+  const cs: Array<Promise<void>> = [];
+  for (let i = 0; i < clients; i++) {
+    const argv = ['netns', 'exec', link.a, ...pin('host'), 'sockperf', 'ping-pong', '--tcp', '-i', B_IP, '-p', port(i), '-t', String(seconds + 2)];
+    cs.push(
+      new Promise<void>((resolve) => {
+        const c = spawn('ip', argv, { stdio: 'ignore' });
+        const t = setTimeout(() => c.kill('SIGKILL'), (seconds + 60) * 1000);
+        c.on('exit', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      }),
+    );
+  }
+  await sleep(1000); // connections made, warm-up messages gone
+  if (during) await during();
+  await Promise.all(cs);
+  for (const srv of srvs) await stopServer(srv);
+}
+
+/** System calls of the given threads over `seconds`, by thread (perf stat). null without perf. */
+async function countSyscalls(threads: Map<number, string>, seconds: number): Promise<Map<number, number> | null> {
+  if (threads.size === 0 || spawnSync('sh', ['-c', 'command -v perf']).status !== 0) return null;
+  const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+    const c = spawn('perf', ['stat', '-x', ',', '--per-thread', '-e', 'raw_syscalls:sys_enter', '-t', [...threads.keys()].join(','), '--', 'sleep', String(seconds)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let err = '';
+    c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    c.on('exit', (code) => resolve({ code, err }));
+  });
+  if (r.code !== 0) {
+    log(`perf stat failed: ${r.err.trim()}`);
+    return null;
+  }
+  // Lines: "<comm>-<tid>,<count>,,raw_syscalls:sys_enter,..."
+  const out = new Map<number, number>();
+  for (const line of r.err.split('\n')) {
+    const m = line.match(/^\s*\S*?-(\d+),(\d+),/);
+    if (m) out.set(Number(m[1]), Number(m[2]));
+  }
+  return out;
+}
+
+/** Share of each end's pump CPU spent inside write(2) into the TAP device,
+ * from perf's CPU-clock samples of the threads (a sample counts when its call
+ * chain holds ksys_write). null without perf. */
+async function writeShares(threads: Map<number, string>, seconds: number): Promise<Record<'host' | 'dpu', number> | null> {
+  if (threads.size === 0 || spawnSync('sh', ['-c', 'command -v perf']).status !== 0) return null;
+  const file = path.join(os.tmpdir(), `bench-xpu-perf-${process.pid}.data`);
+  try {
+    const rec = await new Promise<number | null>((resolve) => {
+      const c = spawn('perf', ['record', '-q', '-F', '4999', '-g', '-o', file, '-t', [...threads.keys()].join(','), '--', 'sleep', String(seconds)], { stdio: 'ignore' });
+      c.on('exit', (code) => resolve(code));
+    });
+    if (rec !== 0) return null;
+    const out = spawnSync('perf', ['script', '-i', file, '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 }).stdout ?? '';
+    const all = { host: 0, dpu: 0 };
+    const inWrite = { host: 0, dpu: 0 };
+    for (const sample of out.split(/\n\s*\n/)) {
+      const m = sample.match(/^\s*(\d+)/);
+      const name = m ? threads.get(Number(m[1])) : undefined;
+      if (!name) continue;
+      const end = name.startsWith('host/') ? 'host' : 'dpu';
+      all[end]++;
+      if (/\bksys_write\b/.test(sample)) inWrite[end]++;
+    }
+    return { host: all.host ? inWrite.host / all.host : NaN, dpu: all.dpu ? inWrite.dpu / all.dpu : NaN };
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}
+
+async function cpfSample(link: CpfLink, clients: number, seconds: number): Promise<CpfSample> {
+  let cpu: Record<string, number> = {};
+  let frames = 0;
+  let t = 0;
+  await rrLoad(link, clients, seconds, async () => {
+    const c0 = pumpCpuNs(link);
+    const f0 = link.frames();
+    const t0 = process.hrtime.bigint();
+    await sleep(seconds * 1000);
+    cpu = diff(c0, pumpCpuNs(link));
+    frames = link.frames() - f0;
+    t = Number(process.hrtime.bigint() - t0) / 1e9;
+  });
+  // Second phase, counted by perf: system calls per frame, and where the CPU goes.
+  const syscalls: Record<string, number> = {};
+  const writeShare = { host: NaN, dpu: NaN };
+  let syscallFrames = 0;
+  const perfS = Math.max(2, Math.round(seconds / 2));
+  await rrLoad(link, clients, 2 * perfS, async () => {
+    const names = new Map<number, string>();
+    for (const [end, pid] of Object.entries(link.pids())) for (const [tid, comm] of pumpThreads(pid)) names.set(tid, `${end}/${comm}`);
+    const f0 = link.frames();
+    // One after the other: perf record's sampling is left out of the count.
+    const counts = await countSyscalls(names, perfS);
+    syscallFrames = link.frames() - f0;
+    const shares = await writeShares(names, perfS);
+    if (counts) for (const [tid, n] of counts) syscalls[names.get(tid)!] = (syscalls[names.get(tid)!] ?? 0) + n;
+    if (shares) Object.assign(writeShare, shares);
+  });
+  return { frames, writeShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames };
+}
+
+async function cpfIdle(link: CpfLink, seconds: number): Promise<Record<string, number>> {
+  await sleep(1000);
+  const c0 = pumpCpuNs(link);
+  await sleep(seconds * 1000);
+  return diff(c0, pumpCpuNs(link));
+}
+
+const sumEnd = (r: Record<string, number>, end: string) =>
+  Object.entries(r).filter(([k]) => k.startsWith(`${end}/`)).reduce((s, [, v]) => s + v, 0);
+
+async function cpuPerFrame(): Promise<void> {
+  const baseIdx = args.indexOf('--base');
+  const opt = (name: string, dflt: string) => (args.indexOf(name) >= 0 ? args[args.indexOf(name) + 1] : dflt);
+  const hostMode = opt('--host-mode', 'sleep') as XpuMode;
+  const dpuMode = opt('--dpu-mode', 'elastic') as XpuMode;
+  const seconds = Number(opt('--seconds', quick ? '3' : '5'));
+  const rounds = Number(opt('--rounds', quick ? '1' : '3'));
+  const idleS = Number(opt('--idle', quick ? '2' : '5'));
+  const loads = [1, 4, 16];
+  const variants: CpfVariant[] = [];
+  if (baseIdx >= 0) variants.push({ name: 'base', root: path.resolve(args[baseIdx + 1]) });
+  variants.push({ name: 'this', root: path.resolve(__dirname, '..', '..') });
+  for (const v of variants) {
+    for (const f of ['dist/src/xpu/port-process.js', 'build/libxpu.so']) {
+      if (!fs.existsSync(path.join(v.root, f))) throw new Error(`${path.join(v.root, f)} does not exist (--base takes a built checkout)`);
+    }
+  }
+
+  cleanLeftovers();
+  const started = new Date().toISOString();
+  const links: CpfLink[] = [];
+  const samples = new Map<string, CpfSample[]>(); // `${variant}/${clients}`
+  const idle = new Map<string, Record<string, number>>();
+  try {
+    for (const v of variants) {
+      const l = new CpfLink(v, hostMode, dpuMode);
+      links.push(l);
+      await l.setUp();
+    }
+    // Variants alternate within each round, so a change in the machine's load
+    // during the run does not favour one of them.
+    for (let r = 0; r < rounds; r++) {
+      for (const clients of loads) {
+        for (const l of links) {
+          const s = await cpfSample(l, clients, seconds);
+          const key = `${l.variant.name}/${clients}`;
+          samples.set(key, [...(samples.get(key) ?? []), s]);
+          const us = (end: 'host' | 'dpu') =>
+            `${(sumEnd(s.cpuNs, end) / 1000 / s.frames).toFixed(2)} (own ${((sumEnd(s.cpuNs, end) * (1 - s.writeShare[end])) / 1000 / s.frames).toFixed(2)})`;
+          const sc = (end: string) => (sumEnd(s.syscalls, end) / s.syscallFrames).toFixed(2);
+          log(`round ${r + 1} ${key}: ${(s.frames / s.seconds / 1000).toFixed(1)}K frames/s; host end ${us('host')} us/frame, ${sc('host')} syscalls/frame; DPU end ${us('dpu')} us/frame, ${sc('dpu')} syscalls/frame`);
+        }
+      }
+    }
+    for (const l of links) {
+      idle.set(l.variant.name, await cpfIdle(l, idleS));
+      log(`${l.variant.name}: idle ${((sumEnd(idle.get(l.variant.name)!, 'host') + sumEnd(idle.get(l.variant.name)!, 'dpu')) / 1e6 / idleS).toFixed(3)} ms of CPU per second`);
+    }
+  } finally {
+    for (const l of links) await l.tearDown();
+    cleanLeftovers();
+  }
+
+  const command = `node dist/scripts/bench-xpu.js --cpu-per-frame ${args.filter((a) => a !== '--cpu-per-frame').join(' ')}`.trim();
+  const lines: string[] = [
+    `XPU link: pump CPU per frame (${command}), ${started}, ${os.cpus().length} CPUs, kernel ${os.release()}`,
+    `host end mode ${hostMode}${pin('host').length ? ' on cpu0' : ''}, DPU end mode ${dpuMode}${pin('dpu').length ? ` on cpu${os.cpus().length - 1}` : ''}; ` +
+      `sockperf TCP ping-pong, server in the DPU half; median of ${rounds} round(s) of ${seconds} s; frames counted in both directions`,
+    '',
+    '| clients | libxpu | K frames/s | host end us/frame: all (tap2ring + ring2tap) | host: own | host syscalls/frame | DPU end us/frame: all (tap2ring + ring2tap) | DPU: own | DPU syscalls/frame |',
+    '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  const json: Record<string, unknown> = {};
+  for (const clients of loads) {
+    for (const v of variants) {
+      const ss = samples.get(`${v.name}/${clients}`) ?? [];
+      const med = (f: (s: CpfSample) => number) => median(ss.map(f));
+      const perFrame = (end: string, thread?: string) =>
+        med((s) => (thread ? s.cpuNs[`${end}/${thread}`] ?? 0 : sumEnd(s.cpuNs, end)) / 1000 / s.frames);
+      const sys = (end: string) => med((s) => sumEnd(s.syscalls, end) / s.syscallFrames);
+      // own: the pump threads' CPU less their share inside write(2), the
+      // kernel's receive work for the frames (n/a without perf)
+      const own = (end: 'host' | 'dpu') => med((s) => (sumEnd(s.cpuNs, end) * (1 - s.writeShare[end])) / 1000 / s.frames);
+      const row = {
+        kFramesPerS: med((s) => s.frames / s.seconds / 1000),
+        host: { us: perFrame('host'), tap2ring: perFrame('host', 'xpu-tap2ring'), ring2tap: perFrame('host', 'xpu-ring2tap'), own: own('host'), syscalls: sys('host') },
+        dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), own: own('dpu'), syscalls: sys('dpu') },
+      };
+      json[`${v.name}/${clients}`] = row;
+      lines.push(
+        `| ${clients} | ${v.name} (${v.root}) | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.own, 2)} | ${fmt(row.host.syscalls, 2)} | ` +
+          `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap, 2)}) | ${fmt(row.dpu.own, 2)} | ${fmt(row.dpu.syscalls, 2)} |`,
+      );
+    }
+  }
+  lines.push('', `idle, ${idleS} s without traffic (ms of CPU per second, all pump and monitor threads):`);
+  for (const v of variants) {
+    const i = idle.get(v.name)!;
+    json[`${v.name}/idle`] = i;
+    lines.push(`  ${v.name}: host end ${fmt(sumEnd(i, 'host') / 1e6 / idleS, 3)}, DPU end ${fmt(sumEnd(i, 'dpu') / 1e6 / idleS, 3)}`);
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+  const out = outIdx >= 0 ? outFile : path.resolve(__dirname, '..', '..', 'build', 'bench-xpu-cpf.json');
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, JSON.stringify({ command, started, hostMode, dpuMode, seconds, rounds, results: json }, null, 2) + '\n');
+  log(`figures written to ${out}`);
+}
+
 async function main(): Promise<void> {
   if (process.getuid && process.getuid() !== 0) throw new Error('the benchmark needs root (network namespaces, TAP devices)');
   for (const tool of ['iperf3', 'sockperf', 'ip']) {
@@ -397,7 +767,7 @@ async function main(): Promise<void> {
   log(`figures written to ${outFile}`);
 }
 
-main().catch((err) => {
+(args.includes('--cpu-per-frame') ? cpuPerFrame() : main()).catch((err) => {
   process.stderr.write(`bench-xpu: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit(1);
 });

@@ -34,7 +34,13 @@
 #endif
 
 #define PUMP_BATCH 32
-#define WAIT_MS 1000
+/* A producer waiting for room wakes at least this often to notice that the link
+ * went down (the monitor's interrupt can come just before it marks itself
+ * asleep). Other waits are untimed: stopping the port wakes them, and a timer
+ * armed and cancelled at every sleep is CPU spent per burst for nothing. */
+#define FULL_WAIT_MS 1000
+/* The affinity of a pump thread is read again at most this often. */
+#define CPUS_RECHECK_NS 1000000000ull
 
 struct xpu_port {
 	struct xpu_window *w;
@@ -171,14 +177,46 @@ static int link_is_up(struct xpu_port *p)
 	return __atomic_load_n(&p->link_up, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* Block until the TAP fd is readable or the port stops. */
+/* Block until the TAP fd is readable or the port stops (the eventfd). */
 static void wait_tap_readable(struct xpu_port *p)
 {
 	struct pollfd fds[2] = {
 		{ .fd = p->tapfd, .events = POLLIN },
 		{ .fd = p->evfd, .events = POLLIN },
 	};
-	(void)poll(fds, 2, WAIT_MS);
+	(void)poll(fds, 2, -1);
+}
+
+/* How long a pump of this port may spin before it sleeps, as of now. SLEEP
+ * never spins. ELASTIC spins only when the calling thread may run on more than
+ * one CPU. On one CPU, what the pump waits for (the application's next frame,
+ * the peer's pump when it shares the CPU, the kernel's work for a frame) needs
+ * the very CPU the spin holds, so spinning only delays it: every nanosecond of
+ * it is waste, and on the DPU (one core for the agent, the pumps of every pod
+ * and the sidecars) it is time the sidecars do not get. That is a rule here
+ * rather than a setting, because no configuration wants the other behaviour;
+ * ELASTIC on one CPU is SLEEP. A cpuset may change while the port runs, so
+ * pumps ask again now and then (spin_refresh). POLL is the explicit
+ * benchmark baseline and spins whatever the CPUs. */
+static uint64_t spin_max_now(const struct xpu_port *p)
+{
+	cpu_set_t set;
+
+	if (p->mode == XPU_MODE_SLEEP)
+		return 0;
+	if (p->mode == XPU_MODE_ELASTIC && sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) <= 1)
+		return 0;
+	return p->spin_max_ns;
+}
+
+/* ELASTIC: re-read the thread's CPUs when the last look is older than
+ * CPUS_RECHECK_NS (one system call a second at most, on the wait path only). */
+static void spin_refresh(const struct xpu_port *p, struct xpu_spin *sp, uint64_t *checked_ns, uint64_t now)
+{
+	if (p->mode != XPU_MODE_ELASTIC || now - *checked_ns < CPUS_RECHECK_NS)
+		return;
+	*checked_ns = now;
+	xr_spin_limit(sp, spin_max_now(p));
 }
 
 static void *pump_tap_to_ring(void *arg)
@@ -188,12 +226,12 @@ static void *pump_tap_to_ring(void *arg)
 	struct xpu_ring_ctrl *c = r->c;
 	struct xpu_spin sp;
 	uint8_t *scratch = malloc(XPU_FRAME_MAX);
-	uint64_t spin_t0 = 0;
+	uint64_t spin_t0 = 0, cpus_checked = xr_now_ns();
 	unsigned batch = 0;
 
 	if (!scratch)
 		return NULL;
-	xr_spin_init(&sp, p->spin_max_ns);
+	xr_spin_init(&sp, spin_max_now(p));
 	while (!stopping(p)) {
 		int up = link_is_up(p);
 		void *buf = scratch;
@@ -206,7 +244,7 @@ static void *pump_tap_to_ring(void *arg)
 					xr_kick(r, 0);
 					batch = 0;
 				}
-				xr_wait(r, 1, XPU_FRAME_MAX, p->mode, &sp, &p->stop, WAIT_MS);
+				xr_wait(r, 1, XPU_FRAME_MAX, p->mode, &sp, &p->stop, FULL_WAIT_MS);
 				continue;
 			}
 		}
@@ -243,17 +281,23 @@ static void *pump_tap_to_ring(void *arg)
 				xr_cpu_relax();
 				continue;
 			}
-			/* Elastic: retry for the adaptive spin budget, then sleep in poll. */
+			/* Elastic: retry for the adaptive spin budget (none on one
+			 * CPU, none in SLEEP), then sleep in poll. */
 			uint64_t now = xr_now_ns();
-			if (!spin_t0)
+			if (!spin_t0) {
 				spin_t0 = now;
+				spin_refresh(p, &sp, &cpus_checked, now);
+			}
 			if (now - spin_t0 < sp.budget_ns) {
-				sched_yield(); /* see xr_wait: spin without starving others */
+				/* Each try is a system call: space them out. */
+				for (int k = 0; k < 64; k++)
+					xr_cpu_relax();
 				continue;
 			}
 			spin_t0 = 0;
 			wait_tap_readable(p);
-			xr_spin_slept(&sp, xr_now_ns() - now);
+			if (sp.max_ns)
+				xr_spin_slept(&sp, xr_now_ns() - now);
 			continue;
 		}
 		/* Any other error: count it and do not spin on it. */
@@ -270,9 +314,10 @@ static void *pump_ring_to_tap(void *arg)
 	struct xpu_ring *r = &p->rx;
 	struct xpu_ring_ctrl *c = r->c;
 	struct xpu_spin sp;
+	uint64_t cpus_checked = xr_now_ns();
 	unsigned batch = 0;
 
-	xr_spin_init(&sp, p->spin_max_ns);
+	xr_spin_init(&sp, spin_max_now(p));
 	while (!stopping(p)) {
 		const void *buf;
 		uint32_t len;
@@ -300,7 +345,9 @@ static void *pump_ring_to_tap(void *arg)
 			nanosleep(&ts, NULL);
 			continue;
 		}
-		xr_wait(r, 0, 0, p->mode, &sp, &p->stop, WAIT_MS);
+		if (p->mode == XPU_MODE_ELASTIC)
+			spin_refresh(p, &sp, &cpus_checked, xr_now_ns());
+		xr_wait(r, 0, 0, p->mode, &sp, &p->stop, -1);
 	}
 	return NULL;
 }
@@ -451,7 +498,7 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	p->tapfd = -1;
 	p->me = &w->hdr->side[side];
 	p->peer = &w->hdr->side[1 - side];
-	p->spin_max_ns = mode == XPU_MODE_SLEEP ? 0 : spin_max_from_env();
+	p->spin_max_ns = spin_max_from_env();
 	p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (p->evfd < 0) {
 		rc = -errno;

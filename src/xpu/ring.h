@@ -295,6 +295,16 @@ static inline void xr_spin_init(struct xpu_spin *sp, uint64_t max_ns)
 	sp->budget_ns = max_ns < XPU_SPIN_START_NS ? max_ns : XPU_SPIN_START_NS;
 }
 
+/* Change the most a waiter may spin (0: never). */
+static inline void xr_spin_limit(struct xpu_spin *sp, uint64_t max_ns)
+{
+	sp->max_ns = max_ns;
+	if (sp->budget_ns > max_ns)
+		sp->budget_ns = max_ns;
+	else if (sp->budget_ns == 0 && max_ns > 0)
+		sp->budget_ns = max_ns < XPU_SPIN_START_NS ? max_ns : XPU_SPIN_START_NS;
+}
+
 /* Spin-phase bookkeeping, shared with the TAP reader's wait. The budget
  * doubles when spinning found work, and after a sleep that ended soon enough
  * that a longer spin would have caught it; it halves after a long sleep. It
@@ -347,7 +357,11 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 		}
 	}
 
-	for (i = 1;; i++) {
+	/* Spin only on the CPU's own time: no sched_yield, which is a system call
+	 * per few iterations and, with other threads runnable, a context switch
+	 * each; a waiter that must not keep the threads it waits for off a core
+	 * (one CPU for all of them) has a budget of 0 and does not spin at all. */
+	for (i = 1; sp->budget_ns > 0; i++) {
 		if (xr_ready(r, for_space, need)) {
 			xr_spin_paid(sp);
 			if (!for_space)
@@ -356,14 +370,10 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 		}
 		if (__atomic_load_n(stop, __ATOMIC_RELAXED))
 			return 0;
-		if ((i & 3) == 0) {
+		if ((i & 15) == 0) {
 			now = xr_now_ns();
 			if (now - t0 >= sp->budget_ns)
 				break;
-			/* Spinning must not keep the threads we wait for (the
-			 * application, the other pumps) off a core: on a machine with
-			 * fewer cores than busy threads, give the core away. */
-			sched_yield();
 		}
 		xr_cpu_relax();
 	}
@@ -376,11 +386,13 @@ static inline int xr_wait(struct xpu_ring *r, int for_space, uint32_t need, int 
 	if (!ready && !__atomic_load_n(stop, __ATOMIC_RELAXED)) {
 		if (!for_space)
 			xr_stat_add(&r->c->cons.sleeps, 1);
-		/* Returns at once when a waker already cleared the mark. */
-		t0 = xr_now_ns();
+		/* Returns at once when a waker already cleared the mark. The
+		 * clock is read only for a budget that can grow. */
+		t0 = sp->max_ns ? xr_now_ns() : 0;
 		xr_futex_wait(word, 1, timeout_ms);
 		ready = xr_ready(r, for_space, need);
-		xr_spin_slept(sp, xr_now_ns() - t0);
+		if (sp->max_ns)
+			xr_spin_slept(sp, xr_now_ns() - t0);
 	}
 	__atomic_store_n(word, 0, __ATOMIC_RELAXED);
 	return ready;

@@ -33,7 +33,9 @@ enum xpu_side { XPU_SIDE_HOST = 0, XPU_SIDE_DPU = 1 };
 
 /* ELASTIC: a consumer with nothing to read spins adaptively, then sleeps on a
  * futex in the window; a producer enters the kernel only to wake a consumer that
- * has said it is asleep. POLL: never sleeps (kernel-bypass baseline). SLEEP:
+ * has said it is asleep. A pump thread allowed only one CPU (its affinity, e.g.
+ * a cpuset of one core) never spins: ELASTIC is SLEEP there, since what it waits
+ * for needs the CPU it would spin on. POLL: never sleeps (kernel-bypass baseline). SLEEP:
  * ELASTIC without the spin: every wait sleeps at once, so the end costs CPU
  * per frame moved and none while waiting, at a wake-up's latency per burst
  * (the host's end of an offloaded pod: the host's CPU is what offload saves). */

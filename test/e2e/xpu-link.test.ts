@@ -209,12 +209,18 @@ interface Ends {
   dpu: ChildProcess;
 }
 
-/** Two port processes on a window this test made, as shim and agent would. */
-async function startEnds(name: string): Promise<Ends> {
+/** Two port processes on a window this test made, as shim and agent would;
+ * with `cpu`, both confined to that one CPU (as the emulated DPU's agent is). */
+async function startEnds(name: string, cpu?: number): Promise<Ends> {
   const window = windowPath(`${tag}-${name}`);
   XpuWindow.create(window).close();
   const start = async (side: string, ns: string) => {
-    const c = track(spawn(process.execPath, [portProcess, window, side, `/run/netns/${ns}`, 'xpu0', 'elastic'], { stdio: ['pipe', 'pipe', 'inherit'] }));
+    const argv = [portProcess, window, side, `/run/netns/${ns}`, 'xpu0', 'elastic'];
+    const c = track(
+      cpu === undefined
+        ? spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'inherit'] })
+        : spawn('taskset', ['-c', String(cpu), process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] }),
+    );
     await new Promise<void>((resolve, reject) => {
       c.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
       c.on('exit', (code) => reject(new Error(`${side} port exited ${code}`)));
@@ -229,8 +235,8 @@ async function startEnds(name: string): Promise<Ends> {
   return { window, host, dpu };
 }
 
-async function withEnds(name: string, body: (e: Ends) => Promise<void>): Promise<void> {
-  const e = await startEnds(name);
+async function withEnds(name: string, body: (e: Ends) => Promise<void>, cpu?: number): Promise<void> {
+  const e = await startEnds(name, cpu);
   try {
     await body(e);
   } finally {
@@ -291,6 +297,43 @@ test('a peer that stops: the link goes down, and up again when it continues', as
     assert.is(await exitOf(e.dpu, 3000), 0);
     assert.is(await exitOf(e.host, 3000), 0);
   });
+});
+
+/** ns on a CPU so far of the libxpu threads (xpu-*) of pid, from their schedstat. */
+function pumpCpuNs(pid: number): number {
+  let ns = 0;
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (!fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').startsWith('xpu-')) continue;
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // thread gone
+    }
+  }
+  return ns;
+}
+
+test('elastic ends confined to one CPU never spin, and an idle link costs no CPU', async () => {
+  if (why) return skip('xpu one CPU', why);
+  await withEnds('onecpu', async (e) => {
+    await tcpIntegrity(4 * 1024 * 1024, 15031);
+    await udpIntegrity(200, 15032);
+    const s = readStats(e.window);
+    assert.equal([s.host.mode, s.dpu.mode], ['elastic', 'elastic']);
+    assert.ok(s.hostToDpu.frames > 0 && s.dpuToHost.frames > 0);
+    // On one CPU spinning only delays what it waits for: every wait sleeps at once.
+    assert.equal([s.hostToDpu.spins, s.dpuToHost.spins], [0, 0], 'no wait found work by spinning');
+    assert.ok(s.hostToDpu.sleeps > 0 && s.dpuToHost.sleeps > 0);
+    // Idle: the pumps sleep until a frame comes; the monitors tick. Over a
+    // second both ends together stay under 2 ms of CPU (0.2% of a core; a
+    // spinning pump would take most of the second).
+    await sleep(300);
+    const pids = [e.host.pid!, e.dpu.pid!];
+    const c0 = pids.map(pumpCpuNs);
+    await sleep(1000);
+    const used = pids.map((p, i) => pumpCpuNs(p) - c0[i]);
+    assert.ok(used[0] + used[1] < 2e6, `idle link used ${used.map((n) => (n / 1e6).toFixed(3)).join(' + ')} ms of CPU in 1 s`);
+  }, 0);
 });
 
 test.after(async () => {

@@ -409,11 +409,66 @@ static void test_sleep_wake(uint64_t roundtrips, int threads)
 	CHECK(ok && pa.s->result[2] == 1, "ping-pong failed");
 	CHECK(sleeps > 0 && wakeups > 0, "sleep path not exercised: sleeps %llu wakeups %llu",
 	      (unsigned long long)sleeps, (unsigned long long)wakeups);
+	/* A spin budget of 0 (SLEEP, or ELASTIC on one CPU) goes to sleep at once:
+	 * no wait may be counted as saved by spinning. */
+	CHECK(pa.s->ctrl.cons.spins == 0 && pa.back->ctrl.cons.spins == 0, "budget 0 spun: %llu + %llu",
+	      (unsigned long long)pa.s->ctrl.cons.spins, (unsigned long long)pa.back->ctrl.cons.spins);
 	printf("ok sleep/wake race: %llu round trips across two %s, no lost wake-up (%.2f s; sleeps %llu, wakeups %llu)\n",
 	       (unsigned long long)roundtrips, threads ? "threads" : "processes", secs, (unsigned long long)sleeps,
 	       (unsigned long long)wakeups);
 	ring_free(pa.s, size);
 	ring_free(pa.back, size);
+}
+
+/* The spin budget: a limit of 0 (no spinning) holds whatever happens, and a
+ * limit restored later gives the budget room to grow again. */
+static void test_spin_limit(void)
+{
+	struct xpu_spin sp;
+
+	xr_spin_init(&sp, XPU_SPIN_MAX_NS);
+	CHECK(sp.budget_ns == XPU_SPIN_START_NS, "start budget %llu", (unsigned long long)sp.budget_ns);
+	xr_spin_limit(&sp, 0);
+	CHECK(sp.budget_ns == 0 && sp.max_ns == 0, "limit 0: budget %llu", (unsigned long long)sp.budget_ns);
+	for (int i = 0; i < 10; i++) {
+		xr_spin_paid(&sp);
+		xr_spin_slept(&sp, 10);
+		xr_spin_slept(&sp, 10000000);
+	}
+	CHECK(sp.budget_ns == 0, "budget grew past a limit of 0: %llu", (unsigned long long)sp.budget_ns);
+	xr_spin_limit(&sp, XPU_SPIN_MAX_NS);
+	CHECK(sp.budget_ns > 0, "budget stuck at 0 after the limit came back");
+	for (int i = 0; i < 20; i++)
+		xr_spin_paid(&sp);
+	CHECK(sp.budget_ns == XPU_SPIN_MAX_NS, "budget %llu, max %u", (unsigned long long)sp.budget_ns, XPU_SPIN_MAX_NS);
+	xr_spin_limit(&sp, 5000);
+	CHECK(sp.budget_ns == 5000, "lowered limit: budget %llu", (unsigned long long)sp.budget_ns);
+	printf("ok spin budget limits (0: never spins)\n");
+}
+
+/* A waiter with a budget of 0 that finds nothing sleeps without spinning, and
+ * a timed wait comes back when nobody wakes it. */
+static void test_no_spin_wait(void)
+{
+	const uint32_t size = XPU_RING_MIN;
+	struct shared_ring *s = ring_new(size);
+	struct xpu_ring c;
+	struct xpu_spin sp;
+	uint32_t stop = 0;
+	uint64_t t0;
+	int ready;
+
+	xr_init(&c, &s->ctrl, s->data, size);
+	xr_spin_init(&sp, 0);
+	t0 = xr_now_ns();
+	ready = xr_wait(&c, 0, 0, XPU_MODE_ELASTIC, &sp, &stop, 20);
+	CHECK(!ready, "empty ring reported ready");
+	CHECK(s->ctrl.cons.sleeps == 1 && s->ctrl.cons.spins == 0, "sleeps %llu spins %llu",
+	      (unsigned long long)s->ctrl.cons.sleeps, (unsigned long long)s->ctrl.cons.spins);
+	CHECK(xr_now_ns() - t0 >= 15000000ull, "timed wait returned early");
+	CHECK(__atomic_load_n(&s->ctrl.cons_sleep, __ATOMIC_RELAXED) == 0, "sleep mark left set");
+	ring_free(s, size);
+	printf("ok budget 0: a wait sleeps at once\n");
 }
 
 int main(int argc, char **argv)
@@ -439,6 +494,8 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < XPU_FRAME_MAX + 256; i++)
 		pattern[i] = (uint8_t)(i * 131u + 7u);
 
+	test_spin_limit();
+	test_no_spin_wait();
 	test_wrap_around();
 	test_every_size();
 	test_backpressure();
