@@ -33,6 +33,7 @@ const DPU_PORT = 15006;
 /** A host-half listener inside the DPU half's ephemeral range: the DPU must not take it. */
 const HOST_PORT_IN_DPU_RANGE = 50000;
 const FABRIC_PORT = 7070;
+const LATER_PORT = 9090;
 
 let bed: Bed;
 let cri: CriClient;
@@ -157,6 +158,15 @@ test('the fabric reaches the DPU half through the DPU alone; the host half throu
     assert.is(hostSrc, podIp, 'the fabric sees the host container\'s connection from the pod IP');
     assert.ok(inRange(Number(hostPort), HOST_EPHEMERAL), `from the host half's ports (${hostPort})`);
     assert.ok((await crossings.read()).pf > before.pf, 'the host half\'s egress crossed the PF');
+
+    // A listener the DPU half starts later (not declared) is steered to it as soon as it is seen
+    // (until then the fabric's connection attempts go to the host half, which refuses them).
+    const later = await cri.execSync(proxy, ['sh', '-c', `mkdir -p /later && echo later > /later/index.html && httpd -p ${LATER_PORT} -h /later`]);
+    assert.is(later.exitCode, 0, later.stderr.toString());
+    const t0 = Date.now();
+    assert.is(await waitFor('the fabric to reach the later listener', 5000, () => fetchFromFabric(`http://${podIp}:${LATER_PORT}/`), 50), 'later');
+    const elapsed = Date.now() - t0;
+    assert.ok(elapsed < 2000, `the later listener was reachable from the fabric after ${elapsed} ms`);
 
     // Both halves busy on the pod IP at once: every connection answered, each from its own half's range.
     const loop = (n: number) => `i=0; ok=0; while [ $i -lt ${n} ]; do wget -q -O - http://${CLIENT}:${FABRIC_PORT}/ && ok=$((ok+1)); i=$((i+1)); done; echo ok=$ok`;
