@@ -4,6 +4,7 @@
 // is idempotent and repairs a killed agent; `down` leaves nothing behind.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
@@ -11,6 +12,7 @@ import * as assert from 'uvu/assert';
 import { DpuAgentClient, DpuAgentError } from '../../src/agent/client';
 import { down, hostClientOptions } from '../../src/dpu/dpu';
 import { makeCa, makeLeaf } from '../../src/dpu/pki';
+import { receiveThreads } from '../../src/dpu/napi';
 import { DPU } from '../../src/dpu/paths';
 import { persistentLeaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
 import { pidAlive, run, waitFor } from '../../src/testbed/proc';
@@ -88,7 +90,7 @@ test('up makes the DPU; the agent is in its netns, cgroup and own mount namespac
   assert.is(Number(fs.readFileSync('/sys/fs/cgroup/memory/heteropod-dpu/memory.limit_in_bytes', 'utf8')), GiB);
 
   const routes = (await run('ip', ['-n', DPU.netns, 'route', 'show'])).stdout;
-  assert.not.match(routes, 'default', 'no way out of the DPU but the management link');
+  assert.not.match(routes, 'default', 'no default route: the DPU reaches the management link, the fabric and the host\'s PF only');
   const links = (await run('ip', ['-n', DPU.netns, '-o', 'link', 'show'])).stdout;
   assert.match(links, /tmfifo_net0/);
   assert.match((await run('ip', ['-o', 'addr', 'show', 'dev', DPU.link])).stdout, 'inet 192.168.100.1/30');
@@ -130,6 +132,46 @@ test('status shows address, cgroup, cpuset, memory and health', async () => {
   const j = JSON.parse((await heteropod(['dpu', 'status', '-o', 'json'])).stdout);
   assert.is(j.running, true);
   assert.is(j.capacity.memory_total_bytes, GiB);
+});
+
+/** The CPUs a thread may run on, as the kernel lists them. */
+function allowedCpus(pid: number): string {
+  return /^Cpus_allowed_list:\s*(\S+)$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '';
+}
+
+test('the node\'s wires: the fabric reaches the host only through the DPU; each end\'s receive work on its side\'s CPUs', async () => {
+  const dpuCpu = String(os.cpus().length - 1);
+  // Routes: the fabric to the node through p0, the DPU to the pod network through the PF, the host to the fabric through its PF.
+  assert.match((await run('ip', ['-n', DPU.uplink.fabricNetns, 'route', 'show', DPU.defaultPodCidr])).stdout, `via ${DPU.uplink.address} dev ${DPU.uplink.fabricDev}`);
+  assert.match((await run('ip', ['-n', DPU.netns, 'route', 'show', DPU.defaultPodCidr])).stdout, `via ${DPU.pf.hostAddress} dev ${DPU.pf.dpuDev}`);
+  assert.match((await run('ip', ['route', 'show', '10.233.100.0/24'])).stdout, `via ${DPU.pf.dpuAddress} dev ${DPU.pf.hostDev}`);
+
+  // A connection from the fabric to the host's PF address arrives from the fabric's own address (routed, not NATed), through the DPU.
+  const server = net.createServer((c) => c.end(`${c.remoteAddress}\n`));
+  await new Promise<void>((r) => server.listen(0, DPU.pf.hostAddress, () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  const p0Before = Number((await run('ip', ['netns', 'exec', DPU.netns, 'cat', `/sys/class/net/${DPU.uplink.dev}/statistics/rx_packets`])).stdout);
+  try {
+    const script = `require('net').connect(${port}, '${DPU.pf.hostAddress}').on('data', (d) => process.stdout.write(d))`;
+    const r = await run('ip', ['netns', 'exec', DPU.uplink.fabricNetns, process.execPath, '-e', script], { timeout: 10_000 });
+    assert.is(r.stdout.trim(), DPU.uplink.fabricAddress);
+  } finally {
+    server.close();
+  }
+  const p0After = Number((await run('ip', ['netns', 'exec', DPU.netns, 'cat', `/sys/class/net/${DPU.uplink.dev}/statistics/rx_packets`])).stdout);
+  assert.ok(p0After > p0Before, 'it came in at the DPU\'s uplink');
+
+  // One NAPI thread per receiving end, pinned to its side's CPUs.
+  const threads = receiveThreads();
+  assert.equal(threads.map((t) => `${t.side} ${t.dev}`).sort(), ['dpu p0', 'dpu pf0hpf', 'dpu tmfifo_net0', 'fabric node0', 'host hp-pf0', 'host tmfifo_net0']);
+  const hostCpus = os.cpus().length > 1 ? (os.cpus().length === 2 ? '0' : `0-${os.cpus().length - 2}`) : dpuCpu;
+  for (const t of threads) {
+    assert.is(allowedCpus(t.pid), t.side === 'dpu' ? dpuCpu : hostCpus, `${t.dev} (${t.side}) receive thread ${t.pid}`);
+  }
+
+  const s = await heteropod(['dpu', 'status']);
+  assert.match(s.stdout, /uplink wire +fabric node0 \(hp-fabric\) 10\.233\.100\.1\/24 <-> dpu p0 \(hp-dpu\) 10\.233\.100\.2\/24, packets \d+ in/);
+  assert.match(s.stdout, /PF wire +dpu pf0hpf \(hp-dpu\) 10\.233\.101\.2\/30 <-> host hp-pf0 10\.233\.101\.1\/30/);
 });
 
 test('a second up is a no-op; a killed agent is unreachable and up repairs it', async () => {
