@@ -87,7 +87,7 @@ export function stopBed(bed: Bed): Promise<string[]> {
  * windows: netns-split, xpu-link, the benchmarks, which other checkouts run on the
  * same machine without the test bed's lock); those are theirs to check.
  */
-const othersTests = (leak: string) => /hpx-/.test(leak);
+export const othersTests = (leak: string): boolean => /hpx-/.test(leak);
 
 async function takeDown(bed: Bed): Promise<string[]> {
   bed.cri.close();
