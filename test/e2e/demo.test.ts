@@ -70,7 +70,8 @@ test('make demo: a split pod serving through its offloaded proxy, left running, 
   assert.match(out, /inbound app\/app [0-9/-]+ 200 /);
   // The pod's XPU link (xpu stats lists every link on the machine), both ends alive, frames both ways.
   const link = out.indexOf(`${podWindowPath(podId)}: link up`);
-  assert.ok(link >= 0, `the pod's link ${podWindowPath(podId)} is up`);
+  const links = out.slice(out.indexOf("== the pod's XPU link"), out.indexOf('== CPU and memory'));
+  assert.ok(link >= 0, `the pod's link ${podWindowPath(podId)} is up; xpu stats said:\n${links}`);
   const frames = (dir: string) => Number(/^\s*(\S+)\s+([0-9.]+)K?/m.exec(out.slice(out.indexOf(`  ${dir} `, link)))?.[2]);
   assert.ok(frames('host->dpu') > 0 && frames('dpu->host') > 0, 'frames crossed both ways');
   // CPU per side: the totals of every pod, so of the user's too when there are any.
