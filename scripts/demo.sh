@@ -2,6 +2,10 @@
 # make demo: the local test bed (private containerd, CNI, the emulated DPU) and a
 # demo pod whose proxy and metrics agent run on the DPU while its app runs on the
 # host, all one network identity. The pod is left running to explore with crictl.
+#
+# HETEROPOD_DEMO_POD=NAME names the pod (namespace default; default: demo): a
+# second demo pod can run beside a first, which is left alone. Running the script
+# again with the same name replaces that pod, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -14,11 +18,17 @@ get_js='require("http").get(process.argv[1], { timeout: 3000 }, (r) => { if (r.s
 fetch() { node -e "$get_js" "$1"; }
 fetch_from_fabric() { ip netns exec hp-fabric node -e "$get_js" "$1"; }
 
+name=${HETEROPOD_DEMO_POD:-demo}
+if ! [[ $name =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+  echo "demo: HETEROPOD_DEMO_POD=\"$name\" is not a pod name (lowercase letters, digits and -, at most 63)" >&2
+  exit 2
+fi
+
 say "bringing up the local test bed: private containerd, CNI, local images, the emulated DPU"
 "$hp" local up
 
-if existing=$("$hp" cri pods --name demo -q) && [ -n "$existing" ]; then
-  say "removing the previous demo pod"
+if existing=$("$hp" cri pods --name "$name" -q) && [ -n "$existing" ]; then
+  say "removing the previous demo pod $name"
   "$hp" cri stopp $existing >/dev/null && "$hp" cri rmp $existing >/dev/null
 fi
 
@@ -27,9 +37,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The proxy's config volume names its file by absolute path.
 sed "s|@DEMO_DIR@|$repo/scripts/demo|" scripts/demo/proxy.yaml >"$work/proxy.yaml"
-pod=$("$hp" cri runp --runtime heteropod scripts/demo/pod.yaml)
+# The pod's name, uid, hostname and log directory carry its name.
+sed -e "s|^  name: demo\$|  name: $name|" -e "s|^  uid: heteropod-demo\$|  uid: heteropod-$name|" \
+  -e "s|^hostname: demo\$|hostname: $name|" -e "s|/pod-logs/demo\$|/pod-logs/$name|" scripts/demo/pod.yaml >"$work/pod.yaml"
+pod=$("$hp" cri runp --runtime heteropod "$work/pod.yaml")
 for c in scripts/demo/app.yaml "$work/proxy.yaml" scripts/demo/metrics.yaml; do
-  id=$("$hp" cri create "$pod" "$c" scripts/demo/pod.yaml)
+  id=$("$hp" cri create "$pod" "$c" "$work/pod.yaml")
   "$hp" cri start "$id" >/dev/null
 done
 ip=$("$hp" cri inspectp "$pod" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).status.network.ip))')
@@ -86,7 +99,7 @@ say "CPU and memory on each side"
 short() { echo "${1:0:13}"; }
 cat <<MSG
 
-The demo pod is left running. Explore it with crictl (or ./bin/heteropod cri, which takes the same commands):
+The demo pod (default/$name) is left running. Explore it with crictl (or ./bin/heteropod cri, which takes the same commands):
   export CONTAINER_RUNTIME_ENDPOINT=$CONTAINER_RUNTIME_ENDPOINT
   crictl pods; crictl ps
   crictl logs $(short "$proxy")                                 # haproxy's request log, from the DPU

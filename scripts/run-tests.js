@@ -50,7 +50,9 @@ function runFile(file) {
       };
       const total = num('Total');
       const passed = num('Passed');
-      const selfSkipped = (plain.match(/^# SKIP /gm) || []).length;
+      // uvu prints a mark per test without a newline ("• " passed, "✘ " failed), so
+      // a test's SKIP line may follow the marks of the tests before it.
+      const selfSkipped = (plain.match(/^[•✘ ]*# SKIP /gm) || []).length;
       const skipped = selfSkipped + (num('Skipped') ?? 0);
       if (total === null || passed === null) {
         resolve({ passed: 0, failed: 1, skipped, why: `no test summary (exit ${code ?? signal})` });

@@ -2,6 +2,12 @@
 // the DPU's network namespace, cgroup and its own mount namespace; it answers the
 // shim's certificate over mutual TLS from the host and refuses any other; `up`
 // is idempotent and repairs a killed agent; `down` leaves nothing behind.
+//
+// A DPU already up before this file (a user's test bed, e.g. after `make demo`) is
+// taken down first and brought up again at the end when it runs no pods. When it
+// runs pods of the user's, the tests that need it down or empty say so and are
+// skipped (taking it down would remove the pods' DPU containers), and the others
+// run on it as it is.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -10,17 +16,23 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DpuAgentClient, DpuAgentError } from '../../src/agent/client';
-import { down, hostClientOptions } from '../../src/dpu/dpu';
+import { agentPid as runningAgent, down, hostClientOptions, up } from '../../src/dpu/dpu';
 import { makeCa, makeLeaf } from '../../src/dpu/pki';
 import { receiveThreads } from '../../src/dpu/napi';
 import { DPU } from '../../src/dpu/paths';
 import { persistentLeaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
 import { pidAlive, run, waitFor } from '../../src/testbed/proc';
 import { REPO_ROOT } from '../../src/testbed/paths';
+import { agentPods } from '../lib/dpu';
+import { skip } from '../lib/skip';
 
 const GiB = 1024 ** 3;
 let before: HostSnapshot;
 let tmp: string;
+/** The DPU was up before this file; usersPods: the pods it ran then (the user's). */
+let wasUp = false;
+let usersPods = 0;
+const KEEP = 'the DPU runs pods of yours; this test needs it down or empty, and taking it down would remove their DPU containers (run it after heteropod local down)';
 
 function heteropod(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -53,11 +65,22 @@ async function refused(opts: Parameters<typeof DpuAgentClient.connect>[0]): Prom
 }
 
 test.before(async () => {
+  wasUp = runningAgent() !== undefined;
+  if (wasUp) {
+    usersPods = (await agentPods()).length;
+    if (usersPods === 0) {
+      console.log('DPU already up with no pods: taking it down to test dpu up and down, bringing it up again at the end');
+      await down();
+    } else {
+      console.log(`DPU already up with ${usersPods} pod(s) of yours: testing it as it is, leaving it and them running`);
+    }
+  }
   before = await snapshotHost();
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-dpu-e2e-'));
 });
 
 test('down when not up is fine; status says it is not running', async () => {
+  if (usersPods) return skip('dpu down (not up)', KEEP);
   const d = await heteropod(['dpu', 'down']);
   assert.is(d.code, 0, d.stderr);
   const s = await heteropod(['dpu', 'status']);
@@ -77,9 +100,10 @@ test('up makes the DPU; the agent is in its netns, cgroup and own mount namespac
   for (const c of DPU.cgroupControllers) assert.match(cgroups, new RegExp(`^\\d+:${c}:/heteropod-dpu$`, 'm'), `${c} cgroup`);
   assert.is.not(fs.readlinkSync(`/proc/${pid}/ns/mnt`), fs.readlinkSync('/proc/self/ns/mnt'), 'own mount namespace');
   assert.is(fs.statSync(`/proc/${pid}/ns/mnt`).ino, fs.statSync(DPU.mountNsFile).ino, 'the pinned mount namespace, which outlives the agent');
-  // Nothing of the host's is there; only what the agent makes itself (its sockets).
+  // Nothing of the host's is there; only what the agent makes itself (its sockets;
+  // with pods, their shims' too: checked only on a DPU without pods).
   const own: Record<string, string[]> = { '/run/heteropod': ['agent'] };
-  for (const dir of DPU.emptyInside) {
+  for (const dir of usersPods ? [] : DPU.emptyInside) {
     assert.equal(fs.readdirSync(`/proc/${pid}/root${dir}`).filter((n) => !(own[dir] ?? []).includes(n)), [], `${dir} empty inside the DPU`);
   }
   // the DPU sees its TLS files but not the CA key or the shim's key
@@ -106,7 +130,7 @@ test('Health and Capacity over mutual TLS from the host', async () => {
   assert.is(cap.cpuset, String(os.cpus().length - 1));
   assert.is(cap.memory_total_bytes, GiB);
   assert.ok(cap.memory_free_bytes > 0 && cap.memory_free_bytes < GiB, `free ${cap.memory_free_bytes}`);
-  assert.is(cap.running_containers, 0);
+  if (!usersPods) assert.is(cap.running_containers, 0);
 });
 
 test('a client certificate from another CA is refused', async () => {
@@ -200,6 +224,7 @@ test('a second up is a no-op; a killed agent is unreachable and up repairs it', 
 });
 
 test('down removes everything', async () => {
+  if (usersPods) return skip('dpu down', KEEP);
   const d = await heteropod(['dpu', 'down']);
   assert.is(d.code, 0, d.stderr);
   assert.match(d.stdout, 'DPU down');
@@ -208,7 +233,13 @@ test('down removes everything', async () => {
 });
 
 test.after(async () => {
-  if (fs.existsSync(DPU.stateDir) || fs.existsSync(DPU.netnsFile)) await down();
+  if (wasUp) {
+    // As it was found: up.
+    await up();
+    if (!usersPods) console.log('DPU brought up again, as it was found');
+  } else if (fs.existsSync(DPU.stateDir) || fs.existsSync(DPU.netnsFile)) {
+    await down();
+  }
   fs.rmSync(tmp, { recursive: true, force: true });
 });
 

@@ -24,7 +24,7 @@ import { run as runCmd, waitFor } from '../../src/testbed/proc';
 import { settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
 import { fetchIn, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
-import { Bed, podConfig, removeAllPods, startBed, stopBed } from '../lib/testbed';
+import { Bed, podConfig, removeOwnPods, startBed, stopBed } from '../lib/testbed';
 
 const FABRIC = DPU.uplink.fabricNetns;
 const CLIENT = DPU.uplink.fabricAddress;
@@ -44,7 +44,7 @@ test.before(async () => {
 });
 
 test.after(async () => {
-  await removeAllPods(cri);
+  await removeOwnPods(bed);
   const leaks = await stopBed(bed);
   assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
 });
@@ -191,7 +191,7 @@ test('the fabric reaches the DPU half through the DPU alone; the host half throu
 
   await cri.stopPodSandbox(podId);
   await cri.removePodSandbox(podId);
-  const left = [...(await settleAndCheckLeaks()), ...(await settleDpuLeaks())];
+  const left = [...(await settleAndCheckLeaks(bed.preexisting.shims)), ...(await settleDpuLeaks(bed.preexisting.dpu))];
   assert.equal(left, [], `the pod left behind:\n${left.join('\n')}`);
   // Nothing answers for the pod IP any more; the fabric's route is the node's, not the pod's.
   assert.is(await fetchFromFabric(`http://${podIp}:${DPU_PORT}/`), undefined);

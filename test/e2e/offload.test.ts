@@ -21,7 +21,7 @@ import { TESTBED } from '../../src/testbed/paths';
 import { killAndWait, listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, containerPids, memoryCgroup, netnsInode, settleDpuLeaks } from '../lib/dpu';
 import { runUnderPty, settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, removeAllPods, heteropod, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, heteropod, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
@@ -31,7 +31,7 @@ test.before(async () => {
   cri = bed.cri;
 });
 
-test.after.each(() => removeAllPods(cri));
+test.after.each(() => removeOwnPods(bed));
 
 test.after(async () => {
   const leaks = await stopBed(bed);
@@ -39,8 +39,8 @@ test.after(async () => {
 });
 
 async function noLeaks(when: string): Promise<void> {
-  const host = await settleAndCheckLeaks();
-  const onDpu = await settleDpuLeaks();
+  const host = await settleAndCheckLeaks(bed.preexisting.shims);
+  const onDpu = await settleDpuLeaks(bed.preexisting.dpu);
   assert.equal([...host, ...onDpu], [], `${when} left behind:\n${[...host, ...onDpu].join('\n')}`);
 }
 
@@ -245,8 +245,8 @@ test('malformed annotations fail RunPodSandbox naming the annotation', async () 
     assert.ok(err, `RunPodSandbox with ${JSON.stringify(annotations)} must fail`);
     assert.match(err!.message, name);
   }
-  await waitFor('failed sandboxes to be gone', 20_000, async () => (await cri.listPodSandbox()).length === 0).catch(() => undefined);
-  for (const p of await cri.listPodSandbox()) await removePod(String(p.id));
+  await waitFor('failed sandboxes to be gone', 20_000, async () => (await ownPods(bed)).length === 0).catch(() => undefined);
+  for (const p of await ownPods(bed)) await removePod(String(p.id));
   await noLeaks('the refused pods');
 });
 
@@ -262,7 +262,7 @@ test('agent unreachable: require fails with a clear error, prefer runs on the ho
     assert.ok(err, 'require without an agent must fail');
     assert.match(err!.message, 'heteropod.io/offload-policy=require');
     assert.match(err!.message, /DPU agent at 192\.168\.100\.2:7443 unreachable/);
-    for (const p of await cri.listPodSandbox()) await removePod(String(p.id));
+    for (const p of await ownPods(bed)) await removePod(String(p.id));
 
     const pod = offloadPod('lenient', { 'heteropod.io/offload': 'sidecar' });
     const podId = await cri.runPodSandbox(pod, 'heteropod');

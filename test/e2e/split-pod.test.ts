@@ -24,7 +24,7 @@ import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, settleDpuLeaks } from '../lib/dpu';
 import { settleAndCheckLeaks } from '../lib/shim';
 import { fetchIn as fetchInContainer, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
-import { Bed, removeAllPods, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -40,7 +40,7 @@ test.before(async () => {
   cri = bed.cri;
 });
 
-test.after.each(() => removeAllPods(cri));
+test.after.each(() => removeOwnPods(bed));
 
 test.after(async () => {
   const leaks = await stopBed(bed);
@@ -48,8 +48,8 @@ test.after(async () => {
 });
 
 async function noLeaks(when: string, podId: string): Promise<void> {
-  const host = await settleAndCheckLeaks();
-  const onDpu = await settleDpuLeaks();
+  const host = await settleAndCheckLeaks(bed.preexisting.shims);
+  const onDpu = await settleDpuLeaks(bed.preexisting.dpu);
   const window = podWindowPath(podId);
   const left = [...host, ...onDpu, ...(fs.existsSync(window) ? [`XPU window ${window}`] : [])];
   assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
@@ -189,8 +189,8 @@ test('a malformed heteropod.io/ports fails RunPodSandbox naming it', async () =>
   assert.ok(err, 'RunPodSandbox fails');
   assert.match(err!.message, 'heteropod.io/ports');
   assert.match(err!.message, 'app=80');
-  await waitFor('the failed sandbox to go', 20_000, async () => (await cri.listPodSandbox()).length === 0 || undefined).catch(() => undefined);
-  for (const s of await cri.listPodSandbox()) await removePod(s.id as string);
+  await waitFor('the failed sandbox to go', 20_000, async () => (await ownPods(bed)).length === 0 || undefined).catch(() => undefined);
+  for (const s of await ownPods(bed)) await removePod(s.id as string);
   await noLeaks('the refused pod', 'none');
 });
 

@@ -67,12 +67,18 @@ export async function dpuLeaks(): Promise<string[]> {
   return out;
 }
 
-/** Waits (briefly) for the DPU to be clean, then reports what is left. */
-export async function settleDpuLeaks(): Promise<string[]> {
+/**
+ * Waits (briefly) for the DPU to be clean, then reports what is left apart from
+ * `except`: what a user's pods hold there when the test bed was up before the
+ * tests (Bed.preexisting.dpu).
+ */
+export async function settleDpuLeaks(except: readonly string[] = []): Promise<string[]> {
+  const theirs = new Set(except);
+  const ours = async () => (await dpuLeaks()).filter((l) => !theirs.has(l));
   try {
-    await waitFor('the DPU to be clean', 15_000, async () => (await dpuLeaks()).length === 0);
+    await waitFor('the DPU to be clean', 15_000, async () => (await ours()).length === 0);
   } catch {
     // reported below
   }
-  return dpuLeaks();
+  return ours();
 }

@@ -1,47 +1,144 @@
-// End-to-end tests share one test bed on the machine: each test file brings it up,
-// runs, takes it down and checks that nothing was left (leaksSince).
+// End-to-end tests share one test bed on the machine. A test file starts with
+// startBed() and ends with stopBed(), in one of two ways:
+// - the test bed is down (a fresh machine, or CI): it is brought up, the tests run,
+//   it is taken down, and the leak check (leaksSince) finds nothing left;
+// - the test bed is already up (a user's, e.g. after `make demo`): it is used as
+//   it is and left up, with the user's pods untouched. The tests remove only the
+//   pods they made (any pod absent at the start), and the leak check still holds:
+//   the snapshot is taken before the tests, so the user's test bed and pods are in
+//   it, and whatever the tests made must be gone.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
+import * as dpu from '../../src/dpu/dpu';
 import { leaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
-import { waitFor } from '../../src/testbed/proc';
-import { down, up } from '../../src/testbed/testbed';
+import { pidAlive, waitFor } from '../../src/testbed/proc';
+import { down, status, up } from '../../src/testbed/testbed';
+import { dpuLeaks, settleDpuLeaks } from './dpu';
+import { settleAndCheckLeaks, shimLeaks, withoutSparePid } from './shim';
 
 export interface Bed {
   cri: CriClient;
   before: HostSnapshot;
   logDir: string;
+  /** The test bed was up before the tests (a user's): it is left up, and the pods in userPods are never touched. */
+  wasUp: boolean;
+  /** Pods that existed when the tests started: the user's. */
+  userPods: Set<string>;
+  /**
+   * What the user's pods hold, as the leak checks of shims (test/lib/shim.ts) and
+   * of the DPU (test/lib/dpu.ts) list it: passed to those checks as theirs.
+   */
+  preexisting: { shims: string[]; dpu: string[] };
+  /** The emulated DPU was running before the tests (only asked when the test bed was up). */
+  dpuWasUp: boolean;
+  /** Set by the first stopBed(): a second call returns its result. */
+  stopped?: Promise<string[]>;
+}
+
+/** Whether the test bed answers, and if so its pods: the state the tests found. */
+export async function bedState(): Promise<{ up: boolean; pods: CriObject[] }> {
+  if (!(await status().catch(() => ({ running: false }))).running) return { up: false, pods: [] };
+  const cri = CriClient.connect(TESTBED.endpoint, 10_000);
+  try {
+    return { up: true, pods: await cri.listPodSandbox() };
+  } finally {
+    cri.close();
+  }
 }
 
 export async function startBed(): Promise<Bed> {
   const before = await snapshotHost();
+  const found = await bedState();
+  const dpuWasUp = found.up && dpu.agentPid() !== undefined;
+  if (found.up) {
+    console.log(`test bed already up with ${found.pods.length} pod(s) of yours: using it, leaving it and them running`);
+  }
   await up();
   const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-e2e-logs-'));
-  return { cri: CriClient.connect(TESTBED.endpoint, 60_000), before, logDir };
-}
-
-/** Takes the test bed down and returns what it left behind (empty when clean). */
-export async function stopBed(bed: Bed): Promise<string[]> {
-  bed.cri.close();
-  await down();
-  fs.rmSync(bed.logDir, { recursive: true, force: true });
-  return leaksSince(bed.before, await snapshotHost());
+  const preexisting = found.up ? { shims: await shimLeaks(), dpu: await dpuLeaks() } : { shims: [], dpu: [] };
+  return {
+    cri: CriClient.connect(TESTBED.endpoint, 60_000),
+    before,
+    logDir,
+    wasUp: found.up,
+    userPods: new Set(found.pods.map((p) => p.id as string)),
+    preexisting,
+    dpuWasUp,
+  };
 }
 
 /**
- * Removes every pod the test bed still has, ignoring errors: run after each test
- * so that one test failing half-way (its pods left running) does not fail the
- * next tests' leak checks too.
+ * Ends a test file's use of the test bed and returns what the tests left behind
+ * (empty when clean). A test bed that was down is taken down; one that was up
+ * (a user's) stays up, with the user's pods, and loses only the tests' pods.
  */
-export async function removeAllPods(cri: CriClient): Promise<void> {
-  for (const pod of await cri.listPodSandbox().catch(() => [] as CriObject[])) {
+export function stopBed(bed: Bed): Promise<string[]> {
+  bed.stopped ??= bed.wasUp ? leaveBed(bed) : takeDown(bed);
+  return bed.stopped;
+}
+
+/**
+ * Things other tests make carry an hpx-<test> tag (network namespaces, XPU
+ * windows: netns-split, xpu-link, the benchmarks, which other checkouts run on the
+ * same machine without the test bed's lock); those are theirs to check.
+ */
+export const othersTests = (leak: string): boolean => /hpx-/.test(leak);
+
+async function takeDown(bed: Bed): Promise<string[]> {
+  bed.cri.close();
+  await down();
+  fs.rmSync(bed.logDir, { recursive: true, force: true });
+  return leaksSince(bed.before, await snapshotHost()).filter((l) => !othersTests(l));
+}
+
+async function leaveBed(bed: Bed): Promise<string[]> {
+  await removeOwnPods(bed);
+  const left = [...(await settleAndCheckLeaks(bed.preexisting.shims)), ...(await settleDpuLeaks(bed.preexisting.dpu))];
+  bed.cri.close();
+  if (!bed.dpuWasUp) await dpu.down();
+  fs.rmSync(bed.logDir, { recursive: true, force: true });
+  // The test bed's own daemons are the user's even when a test restarted one
+  // (containerd, the DPU agent): a new pid of theirs is not a leak.
+  // So is the shim's warm spare, which the tests' pods may have replaced.
+  const daemons = [readPid(TESTBED.pidFile), dpu.agentPid()].filter((pid) => pid !== undefined);
+  const spares = new Set(bed.before.processes.map((p) => withoutSparePid(`processes: ${p}`)));
+  const theirs = (l: string) => daemons.some((pid) => l.startsWith(`processes: ${pid} `)) || spares.has(withoutSparePid(l)) || othersTests(l);
+  // Pods go away through CRI, asynchronously for some of what they hold (network
+  // namespaces, mounts): wait a little for the host to settle.
+  const hostLeaks = async () => leaksSince(bed.before, await snapshotHost()).filter((l) => !theirs(l));
+  await waitFor('the host to be as before the tests', 10_000, async () => (await hostLeaks()).length === 0).catch(() => undefined);
+  return [...left, ...(await hostLeaks())];
+}
+
+function readPid(file: string): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(file, 'utf8').trim());
+    return pid > 0 && pidAlive(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The pods the tests made: every pod of the test bed but the user's. */
+export async function ownPods(bed: Bed): Promise<CriObject[]> {
+  return (await bed.cri.listPodSandbox()).filter((p) => !bed.userPods.has(p.id as string));
+}
+
+/**
+ * Removes every pod the tests made, ignoring errors: run after each test so that
+ * one test failing half-way (its pods left running) does not fail the next tests'
+ * leak checks too. The user's pods (those present before the tests) stay.
+ */
+export async function removeOwnPods(bed: Bed): Promise<void> {
+  for (const pod of await ownPods(bed).catch(() => [] as CriObject[])) {
     const id = pod.id as string;
-    await cri.stopPodSandbox(id).catch(() => undefined);
-    await cri.removePodSandbox(id).catch(() => undefined);
+    await bed.cri.stopPodSandbox(id).catch(() => undefined);
+    await bed.cri.removePodSandbox(id).catch(() => undefined);
   }
 }
 
