@@ -161,3 +161,12 @@ export function containerCpuacct(containerId: string): string {
   if (!dir) throw new Error(`no cpuacct cgroup for container ${containerId.slice(0, 13)} under ${CPUACCT}`);
   return dir;
 }
+
+/** A thread's run time (sum_exec_runtime, /proc/PID/schedstat), in seconds: exact, where utime/stime are sampled by ticks; 0 when it is gone. */
+export function threadRunSeconds(pid: number): number {
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e9;
+  } catch {
+    return 0;
+  }
+}

@@ -42,7 +42,13 @@
 // when the DPU sends. The emulation pins each wire's receive work (a threaded
 // NAPI kernel thread per receiving end, src/dpu/napi.ts) to the CPUs of the side
 // that does it on real hardware, so each side's packet work is counted on its
-// own CPUs. The host's pods, the pod's shim and wrk are pinned to the first
+// own CPUs. A caveat measured on this kernel (6.18): veth gives a TCP packet to
+// the receiver's NAPI only when the sending end has no TSO, and the bed's wires
+// keep veth's default, TSO on; so, as found, a TCP packet's receive work runs on
+// its sender's CPU and the receive threads stay idle (their run time is
+// reported, so a reader sees whether they worked). --wires-tso off turns TSO off
+// on the wires' sending ends for the run, and the steering takes effect (see
+// WIRE_SENDERS). The host's pods, the pod's shim and wrk are pinned to the first
 // host CPU (cpu0): containers with CRI linux.resources.cpuset_cpus, the shim
 // with taskset -a, wrk with taskset. The DPU keeps its cpuset (the last CPU);
 // the offloaded proxy and the agent run there. The fabric's client has no
@@ -84,7 +90,7 @@
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-sidecar.js \
 //     [--app httpd|keepalive] [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] \
-//     [--scale 8] [--scale-rounds 2] [--json FILE]
+//     [--scale 8] [--scale-rounds 2] [--wires-tso as-found|off] [--json FILE]
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -92,7 +98,7 @@ import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import * as dpu from '../src/dpu/dpu';
 import { parseCpuList } from '../src/dpu/config';
-import { receiveThreads, ReceiveThread, threadCpuSeconds } from '../src/dpu/napi';
+import { receiveThreads, ReceiveThread } from '../src/dpu/napi';
 import { cgroupDir, DPU } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
@@ -113,6 +119,7 @@ import {
   processSeconds,
   reapedChildrenSeconds,
   stats,
+  threadRunSeconds,
   threadSecondsByName,
 } from './bench-lib';
 
@@ -288,6 +295,9 @@ interface Result {
   connections: number;
   warmupS: number;
   receiveThreads: ReceiveThread[];
+  /** TSO of the wires' sending ends as found, and whether this run turned it off. */
+  wiresTsoFound: Record<string, boolean>;
+  wiresTsoOff: boolean;
   samples: Sample[];
   leftovers: string[];
 }
@@ -329,6 +339,38 @@ function sumMaps(maps: Map<string, number>[]): Map<string, number> {
   const out = new Map<string, number>();
   for (const m of maps) for (const [k, v] of m) out.set(k, (out.get(k) ?? 0) + v);
   return out;
+}
+
+/**
+ * The emulated wires' sending ends, by namespace ('' for the host's). veth hands
+ * a TCP packet to its peer's NAPI instance, and so to the receive thread that
+ * napi.ts pins to the receiver's CPUs, only when the sending end has no TSO
+ * (the kernel's veth_skb_is_eligible_for_gro); with TSO on, veth's default and
+ * the bed's, the receive work runs in the sender's context, on the sender's CPU.
+ * --wires-tso off turns TSO off on these ends for the run (and back after), so
+ * that each side's receive work runs where the design says.
+ */
+const WIRE_SENDERS: readonly (readonly [string, string])[] = [
+  ['', DPU.pf.hostDev],
+  [DPU.netns, DPU.pf.dpuDev],
+  [DPU.netns, DPU.uplink.dev],
+  [DPU.uplink.fabricNetns, DPU.uplink.fabricDev],
+];
+
+async function ethtool(netns: string, args: string[]): Promise<string> {
+  const argv = [...(netns ? ['ip', 'netns', 'exec', netns] : []), 'ethtool', ...args];
+  return (await run(argv[0], argv.slice(1))).stdout;
+}
+
+/** TSO of each wire's sending end, on or off, keyed "netns/dev". */
+async function wiresTso(): Promise<Record<string, boolean>> {
+  const out: Record<string, boolean> = {};
+  for (const [netns, dev] of WIRE_SENDERS) out[`${netns || 'host'}/${dev}`] = /^tcp-segmentation-offload:\s*on/m.test(await ethtool(netns, ['-k', dev]));
+  return out;
+}
+
+async function setWiresTso(want: (key: string) => boolean): Promise<void> {
+  for (const [netns, dev] of WIRE_SENDERS) await ethtool(netns, ['-K', dev, 'tso', want(`${netns || 'host'}/${dev}`) ? 'on' : 'off']);
 }
 
 interface Cpus {
@@ -424,7 +466,7 @@ class Bench {
     const agentPid = dpu.agentPid();
     const side = (s: ReceiveThread['side']): number[] => this.threads.filter((t) => t.side === s).map((t) => t.pid);
     const [fabricThreads, hostThreads, dpuThreads] = [side('fabric'), side('host'), side('dpu')];
-    const threadsSeconds = (pids: number[]): number => pids.reduce((a, p) => a + threadCpuSeconds(p), 0);
+    const threadsSeconds = (pids: number[]): number => pids.reduce((a, p) => a + threadRunSeconds(p), 0);
     const proxyCgroups = where === 'host' ? pods.map((p) => p.proxyCgroup) : [];
     const ours = new Set([process.pid, agentPid ?? 0, ...this.threads.map((t) => t.pid)]);
     for (const p of pods) for (const pid of [p.shimPid, ...cgroupProcs(p.appCgroup), ...cgroupProcs(p.proxyCgroup)]) ours.add(pid);
@@ -631,6 +673,8 @@ function report(r: Result): string {
     `sidecar benchmark, app ${r.app}: wrk -t1 -c${r.connections} -d${r.durationS}s per pod (after ${r.warmupS} s warm-up) in the fabric (${DPU.uplink.fabricNetns}) to podIP:${PROXY_PORT}; cases alternating, fresh pods each round`,
     `node: ${r.cpus} CPUs; host CPUs ${r.hostCpus.join(',')} (apps, host proxies, shims, wrk and the fabric's receive thread pinned to cpu${r.pinnedCpu}), DPU CPUs ${r.dpuCpus.join(',')}; ${r.when}`,
     'CPU in seconds per 10,000 requests; host CPU = busy host CPUs minus the client (wrk and the fabric end\'s receive thread).',
+    `wires' sending ends: TSO ${r.wiresTsoOff ? 'turned off for the run' : 'as found'} (found: ${Object.entries(r.wiresTsoFound).map(([k, v]) => `${k} ${v ? 'on' : 'off'}`).join(', ')})` +
+      (!r.wiresTsoOff && Object.values(r.wiresTsoFound).some((v) => v) ? '; with TSO on, a TCP packet\'s receive work runs on its sender\'s CPU, not in the receive threads' : ''),
   ];
   const byCase = (phase: Phase, where: Where): Sample[] => r.samples.filter((s) => s.phase === phase && s.where === where);
   const summary: Partial<Record<Phase, Record<Where, Figures>>> = {};
@@ -712,6 +756,9 @@ async function main(): Promise<void> {
   const scalePods = positiveInt('scale', '8', 0);
   const scaleRounds = positiveInt('scale-rounds', '2', 0);
   const json = arg('json', '');
+  const tsoArg = arg('wires-tso', 'as-found');
+  if (!['as-found', 'off'].includes(tsoArg)) throw new Error(`--wires-tso must be as-found or off, not ${JSON.stringify(tsoArg)}`);
+  const wiresTsoOff = tsoArg === 'off';
   const app = arg('app', 'httpd');
   if (!(app in APPS)) throw new Error(`--app must be one of ${Object.keys(APPS).join(', ')}, not ${JSON.stringify(app)}`);
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
@@ -723,6 +770,7 @@ async function main(): Promise<void> {
   const samples: Sample[] = [];
   let cpus: Cpus | undefined;
   let threads: ReceiveThread[] = [];
+  let tsoFound: Record<string, boolean> = {};
   const leftovers: string[] = [];
   try {
     const online = parseCpuList(fs.readFileSync(CPUSET_ONLINE, 'utf8'));
@@ -734,8 +782,10 @@ async function main(): Promise<void> {
     for (const s of ['fabric', 'host', 'dpu'] as const) {
       if (!threads.some((t) => t.side === s)) throw new Error(`no ${s} receive thread among the emulated wires' (${JSON.stringify(threads)}): is the DPU made by this checkout?`);
     }
+    tsoFound = await wiresTso();
     const bench = new Bench(cri, cpus, threads, { durationS, connections, warmupS }, app as AppKind, say);
     try {
+      if (wiresTsoOff) await setWiresTso(() => false);
       const phases: [Phase, number, number][] = [['single', rounds, 1], ['scale', scalePods > 0 ? scaleRounds : 0, scalePods]];
       for (const [phase, n, pods] of phases) {
         for (let round = 1; round <= n; round++) {
@@ -748,6 +798,7 @@ async function main(): Promise<void> {
         }
       }
     } finally {
+      if (wiresTsoOff) await setWiresTso((key) => tsoFound[key]).catch((err) => say(`restore TSO on the wires: ${(err as Error).message}`));
       for (const podId of bench.live) await bench.removePod(podId).catch((err) => say(`remove pod ${podId}: ${(err as Error).message}`));
       bench.removeFiles();
       const ours = (await cri.listPodSandbox()).filter((p) => (p.metadata as CriObject | undefined)?.namespace === POD_NAMESPACE);
@@ -775,6 +826,8 @@ async function main(): Promise<void> {
     connections,
     warmupS,
     receiveThreads: threads,
+    wiresTsoFound: tsoFound,
+    wiresTsoOff,
     samples,
     leftovers,
   };
