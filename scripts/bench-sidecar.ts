@@ -405,7 +405,11 @@ class Bench {
   async measure(phase: Phase, where: Where, round: number, count: number): Promise<Sample> {
     const pods: PodUnderTest[] = [];
     try {
-      for (let i = 0; i < count; i++) pods.push(await this.startPod(where));
+      // Started together (each pod's steps in order): every start settles
+      // before the clean-up below, so no pod appears after it.
+      const started = await Promise.allSettled(Array.from({ length: count }, () => this.startPod(where)));
+      for (const r of started) if (r.status === 'rejected') throw r.reason;
+      for (const r of started) if (r.status === 'fulfilled') pods.push(r.value);
       if (this.load.warmupS > 0) await Promise.all(pods.map((p) => this.wrk(p.url, this.load.warmupS)));
       return await this.window(phase, where, round, pods);
     } finally {
