@@ -102,14 +102,17 @@ export function reapedChildrenSeconds(): number {
   return (f[13] + f[14]) / CLK_TCK;
 }
 
-/** utime+stime ticks and name of every process now (threads summed by the kernel). */
-export function allProcessTicks(): Map<number, { comm: string; ticks: number }> {
-  const out = new Map<number, { comm: string; ticks: number }>();
+const PF_KTHREAD = 0x00200000;
+
+/** utime+stime ticks, name, and whether it is a kernel thread, of every process now (threads summed by the kernel). */
+export function allProcessTicks(): Map<number, { comm: string; ticks: number; kernel: boolean }> {
+  const out = new Map<number, { comm: string; ticks: number; kernel: boolean }>();
   for (const name of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
       const { comm, f } = statFields(`/proc/${name}/stat`);
-      out.set(Number(name), { comm, ticks: f[11] + f[12] });
+      // flags is field 9: [6]
+      out.set(Number(name), { comm, ticks: f[11] + f[12], kernel: (f[6] & PF_KTHREAD) !== 0 });
     } catch {
       // gone while we looked
     }

@@ -83,6 +83,10 @@
 // and for the scale phase the host CPU left to the apps: the apps' cgroups'
 // share of the host CPUs' time less the client's.
 //
+// The machine is shared: a measurement during which other user-space processes
+// used more than --max-noise seconds of CPU (default 1) is made again on fresh
+// pods, three times at most; each round lists what else was busy.
+//
 // The bench touches only its own pods (namespace bench-sidecar), each removed as
 // soon as it is measured. The test bed is left as found: brought up if needed
 // and then taken down (and checked for leftovers); one it found running stays,
@@ -90,7 +94,7 @@
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-sidecar.js \
 //     [--app httpd|keepalive] [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] \
-//     [--scale 8] [--scale-rounds 2] [--wires-tso as-found|off] [--json FILE]
+//     [--scale 8] [--scale-rounds 2] [--wires-tso as-found|off] [--max-noise 1] [--json FILE]
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -279,6 +283,10 @@ interface Sample {
   crossings: Crossings;
   /** The busiest other processes (kernel threads included) during the load. */
   others: Busy[];
+  /** CPU seconds of all other user-space processes during the load: another user's work on this shared machine. */
+  noise: number;
+  /** Measurements made for this one (see --max-noise). */
+  attempts: number;
 }
 
 interface Result {
@@ -498,9 +506,12 @@ class Bench {
     const after = snap();
 
     const others: Busy[] = [];
+    let noise = 0;
     for (const [pid, p] of allProcessTicks()) {
+      if (ours.has(pid) || p.comm === 'wrk') continue;
       const seconds = (p.ticks - (procsBefore.get(pid)?.ticks ?? 0)) / CLK_TCK;
-      if (!ours.has(pid) && p.comm !== 'wrk' && seconds >= 0.1) others.push({ pid, comm: p.comm, seconds });
+      if (!p.kernel) noise += seconds;
+      if (seconds >= 0.1) others.push({ pid, comm: p.comm, seconds });
     }
     others.sort((a, b) => b.seconds - a.seconds);
     const d = <K extends 'children' | 'fabricReceive' | 'hostReceive' | 'dpuReceive' | 'app' | 'proxy' | 'shim' | 'dpuCgroup' | 'agent'>(k: K): number => after[k] - before[k];
@@ -544,6 +555,8 @@ class Bench {
       cpu,
       crossings,
       others: others.slice(0, 4),
+      noise,
+      attempts: 1,
     };
     if (sample.errors > 0) this.say(`${phase} round ${round} ${where}: wrk counted ${sample.errors} error(s): ${summaries.map((w) => JSON.stringify(w.errors)).join(' ')}`);
     return sample;
@@ -722,7 +735,10 @@ function report(r: Result): string {
     };
     lines.push('', `shim threads (median s/10k req): host case ${shimThreads('host')}; DPU case ${shimThreads('dpu')}`);
     lines.push(`other processes busy during the load (≥ 0.1 s; the pods, the agent, wrk and the receive threads excluded):`);
-    for (const { name, where, s } of rows) lines.push(`  round ${name} ${where}: ${s.others.map((o) => `${o.comm}[${o.pid}] ${f2(o.seconds)} s`).join(', ') || 'none'}`);
+    for (const { name, where, s } of rows) {
+      const busy = s.others.map((o) => `${o.comm}[${o.pid}] ${f2(o.seconds)} s`).join(', ') || 'none';
+      lines.push(`  round ${name} ${where}: ${busy}; user-space total ${f2(s.noise)} s${s.attempts > 1 ? ` (attempt ${s.attempts})` : ''}`);
+    }
   }
 
   lines.push('', '## Offloaded / on host (medians)');
@@ -759,6 +775,8 @@ async function main(): Promise<void> {
   const warmupS = positiveInt('warmup', '2', 0);
   const scalePods = positiveInt('scale', '8', 0);
   const scaleRounds = positiveInt('scale-rounds', '2', 0);
+  const maxNoise = Number(arg('max-noise', '1'));
+  if (!(maxNoise >= 0)) throw new Error(`--max-noise must be a number of seconds ≥ 0, not ${arg('max-noise', '')}`);
   const json = arg('json', '');
   const tsoArg = arg('wires-tso', 'as-found');
   if (!['as-found', 'off'].includes(tsoArg)) throw new Error(`--wires-tso must be as-found or off, not ${JSON.stringify(tsoArg)}`);
@@ -795,7 +813,13 @@ async function main(): Promise<void> {
         for (let round = 1; round <= n; round++) {
           const order: Where[] = round % 2 === 1 ? ['host', 'dpu'] : ['dpu', 'host'];
           for (const where of order) {
-            const s = await bench.measure(phase, where, round, pods);
+            // Another user's work on this shared machine skews both sides'
+            // figures: such a measurement is made again, on fresh pods.
+            let s = await bench.measure(phase, where, round, pods);
+            for (let attempt = 2; s.noise > maxNoise && attempt <= 3; attempt++) {
+              say(`${phase} round ${round} ${where}: other processes used ${s.noise.toFixed(2)} s of CPU during the load; measuring again`);
+              s = { ...(await bench.measure(phase, where, round, pods)), attempts: attempt };
+            }
             samples.push(s);
             say(`${phase} round ${round} ${where}: ${pods} pod(s), ${s.requestsPerSecond.toFixed(0)} req/s, p50 ${(s.p50Us / 1000).toFixed(2)} ms, p99 ${(s.p99Us / 1000).toFixed(2)} ms, host CPU ${per10k(s, s.cpu.host).toFixed(3)} s/10k req, DPU busy ${((100 * s.cpu.dpuBusy) / (s.cpu.wallS * dpuCpus.length)).toFixed(0)}%`);
           }
