@@ -46,7 +46,10 @@
 // the receiver's NAPI only when the sending end has no TSO, and the bed's wires
 // keep veth's default, TSO on; so, as found, a TCP packet's receive work runs on
 // its sender's CPU and the receive threads stay idle (their run time is
-// reported, so a reader sees whether they worked). --wires-tso off turns TSO off
+// reported, so a reader sees whether they worked): a request's forwarding by
+// the DPU and, in the host case, its delivery up to haproxy's socket run in
+// wrk's context (subtracted with the client), and a response's way through the
+// DPU to wrk's socket runs in haproxy's (on the host or on the DPU). --wires-tso off turns TSO off
 // on the wires' sending ends for the run, and the steering takes effect (see
 // WIRE_SENDERS). The host's pods, the pod's shim and wrk are pinned to the first
 // host CPU (cpu0): containers with CRI linux.resources.cpuset_cpus, the shim
@@ -107,7 +110,6 @@ import { cgroupDir, DPU } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
 import { TESTBED } from '../src/testbed/paths';
-import { httpGet } from '../src/testbed/http';
 import { listProcesses, run, waitFor } from '../src/testbed/proc';
 import { readStats, XpuDirStats } from '../src/xpu/window';
 import { down, status, up } from '../src/testbed/testbed';
