@@ -16,6 +16,13 @@ export interface Stats {
   mean: number;
 }
 
+/** The median: of an even count, the mean of the middle two (nearest rank would take the upper one of two rounds). */
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
 /** Median and p90 by nearest rank, and the mean. */
 export function stats(values: number[]): Stats {
   const s = [...values].sort((a, b) => a - b);

@@ -58,7 +58,7 @@
 // machine of its own here: it shares the host's CPU, and so does the fabric
 // end's receive thread (side 'fabric'), which does the client's receive work.
 //
-// Reported per case, the median over rounds of:
+// Reported per case, the median over rounds (of two: their mean) of:
 //   - requests/s, p50 and p99 latency (wrk's own histogram, from a Lua done
 //     hook; with several pods: their sum, the median p50, the worst p99);
 //   - host CPU seconds per 10,000 requests: busy time of the host CPUs (all but
@@ -98,6 +98,7 @@
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-sidecar.js \
 //     [--app httpd|keepalive] [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] \
 //     [--scale 8] [--scale-rounds 2] [--wires-tso as-found|off] [--max-noise 1] [--json FILE]
+//   node dist/scripts/bench-sidecar.js --report FILE    (the tables of a saved --json again)
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -122,9 +123,9 @@ import {
   cpuacctSeconds,
   cpuSecondsBetween,
   cpuTicks,
+  median,
   processSeconds,
   reapedChildrenSeconds,
-  stats,
   threadRunSeconds,
   threadSecondsByName,
 } from './bench-lib';
@@ -551,7 +552,7 @@ class Bench {
       pods: podSamples,
       requests: summaries.reduce((a, w) => a + w.requests, 0),
       requestsPerSecond: summaries.reduce((a, w) => a + w.requests / (w.durationUs / 1e6), 0),
-      p50Us: stats(summaries.map((w) => w.p50Us)).median,
+      p50Us: median(summaries.map((w) => w.p50Us)),
       p99Us: Math.max(...summaries.map((w) => w.p99Us)),
       errors: summaries.reduce((a, w) => a + wrkErrors(w), 0),
       cpu,
@@ -664,7 +665,7 @@ type Figures = ReturnType<typeof figures>;
 /** Medians over rounds of each figure (errors summed). */
 function medians(list: Figures[]): Figures {
   const out = { ...list[0] };
-  for (const k of Object.keys(out) as (keyof Figures)[]) out[k] = k === 'errors' ? list.reduce((a, f) => a + f.errors, 0) : stats(list.map((f) => f[k])).median;
+  for (const k of Object.keys(out) as (keyof Figures)[]) out[k] = k === 'errors' ? list.reduce((a, f) => a + f.errors, 0) : median(list.map((f) => f[k]));
   return out;
 }
 
@@ -733,7 +734,7 @@ function report(r: Result): string {
     const shimThreads = (where: Where): string => {
       const names = new Map<string, number[]>();
       for (const s of byCase(phase, where)) for (const [n, v] of Object.entries(s.cpu.shimThreads)) names.set(n, [...(names.get(n) ?? []), per10k(s, v)]);
-      return [...names].map(([n, v]) => ({ n, v: stats(v).median })).filter((t) => t.v >= 0.0005).sort((a, b) => b.v - a.v).map((t) => `${t.n} ${f3(t.v)}`).join(', ') || 'none';
+      return [...names].map(([n, v]) => ({ n, v: median(v) })).filter((t) => t.v >= 0.0005).sort((a, b) => b.v - a.v).map((t) => `${t.n} ${f3(t.v)}`).join(', ') || 'none';
     };
     lines.push('', `shim threads (median s/10k req): host case ${shimThreads('host')}; DPU case ${shimThreads('dpu')}`);
     lines.push(`other processes busy during the load (≥ 0.1 s; the pods, the agent, wrk and the receive threads excluded):`);
@@ -771,6 +772,9 @@ function positiveInt(name: string, fallback: string, min = 1): number {
 }
 
 async function main(): Promise<void> {
+  // --report FILE: print the tables of an earlier run's --json output again.
+  const saved = arg('report', '');
+  if (saved) return void process.stdout.write(report(JSON.parse(fs.readFileSync(saved, 'utf8')) as Result));
   const rounds = positiveInt('rounds', '3', 0);
   const durationS = positiveInt('duration', '10');
   const connections = positiveInt('connections', '4');
