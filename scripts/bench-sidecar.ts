@@ -288,6 +288,8 @@ interface Sample {
   others: Busy[];
   /** CPU seconds of all other user-space processes during the load: another user's work on this shared machine. */
   noise: number;
+  /** CPU seconds of kernel threads other than the wires' receive threads (kworkers, ksoftirqd: some of it the pods' own work). */
+  kernelOthers: number;
   /** Measurements made for this one (see --max-noise). */
   attempts: number;
 }
@@ -510,10 +512,12 @@ class Bench {
 
     const others: Busy[] = [];
     let noise = 0;
+    let kernelOthers = 0;
     for (const [pid, p] of allProcessTicks()) {
       if (ours.has(pid) || p.comm === 'wrk') continue;
       const seconds = (p.ticks - (procsBefore.get(pid)?.ticks ?? 0)) / CLK_TCK;
-      if (!p.kernel) noise += seconds;
+      if (p.kernel) kernelOthers += seconds;
+      else noise += seconds;
       if (seconds >= 0.1) others.push({ pid, comm: p.comm, seconds });
     }
     others.sort((a, b) => b.seconds - a.seconds);
@@ -559,6 +563,7 @@ class Bench {
       crossings,
       others: others.slice(0, 4),
       noise,
+      kernelOthers,
       attempts: 1,
     };
     if (sample.errors > 0) this.say(`${phase} round ${round} ${where}: wrk counted ${sample.errors} error(s): ${summaries.map((w) => JSON.stringify(w.errors)).join(' ')}`);
@@ -681,7 +686,7 @@ function table(header: string[], rows: string[][]): string[] {
 function verdict(name: string, ratio: number, target: number | undefined, atMost: boolean): string {
   if (target === undefined) return `${name} ${f2(ratio)} (no target)`;
   const met = atMost ? ratio <= target : ratio >= target;
-  return `${name} ${f2(ratio)} (target ${atMost ? '≤' : '≥'} ${target}: ${met ? 'met' : 'NOT met'})`;
+  return `${name} ${f3(ratio)} (target ${atMost ? '≤' : '≥'} ${target}: ${met ? 'met' : 'NOT met'})`;
 }
 
 function report(r: Result): string {
@@ -740,7 +745,7 @@ function report(r: Result): string {
     lines.push(`other processes busy during the load (≥ 0.1 s; the pods, the agent, wrk and the receive threads excluded):`);
     for (const { name, where, s } of rows) {
       const busy = s.others.map((o) => `${o.comm}[${o.pid}] ${f2(o.seconds)} s`).join(', ') || 'none';
-      lines.push(`  round ${name} ${where}: ${busy}; user-space total ${f2(s.noise)} s${s.attempts > 1 ? ` (attempt ${s.attempts})` : ''}`);
+      lines.push(`  round ${name} ${where}: ${busy}; user-space total ${f2(s.noise)} s, kernel threads ${f2(s.kernelOthers ?? 0)} s${s.attempts > 1 ? ` (attempt ${s.attempts})` : ''}`);
     }
   }
 
