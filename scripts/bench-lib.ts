@@ -111,7 +111,12 @@ export function reapedChildrenSeconds(): number {
 
 const PF_KTHREAD = 0x00200000;
 
-/** utime+stime ticks, name, and whether it is a kernel thread, of every process now (threads summed by the kernel). */
+/**
+ * CPU ticks, name, and whether it is a kernel thread, of every process now:
+ * utime+stime (threads summed by the kernel) and cutime+cstime, so that a
+ * process that ran and exited between two readings still counts, in the
+ * parent that reaped it.
+ */
 export function allProcessTicks(): Map<number, { comm: string; ticks: number; kernel: boolean }> {
   const out = new Map<number, { comm: string; ticks: number; kernel: boolean }>();
   for (const name of fs.readdirSync('/proc')) {
@@ -119,7 +124,7 @@ export function allProcessTicks(): Map<number, { comm: string; ticks: number; ke
     try {
       const { comm, f } = statFields(`/proc/${name}/stat`);
       // flags is field 9: [6]
-      out.set(Number(name), { comm, ticks: f[11] + f[12], kernel: (f[6] & PF_KTHREAD) !== 0 });
+      out.set(Number(name), { comm, ticks: f[11] + f[12] + f[13] + f[14], kernel: (f[6] & PF_KTHREAD) !== 0 });
     } catch {
       // gone while we looked
     }

@@ -87,8 +87,9 @@
 // share of the host CPUs' time less the client's.
 //
 // The machine is shared: a measurement during which other user-space processes
-// used more than --max-noise seconds of CPU (default 1) is made again on fresh
-// pods, three times at most; each round lists what else was busy.
+// used more than --max-noise seconds of CPU (default 1; a process that exited
+// counts in the parent that reaped it) is made again on fresh pods, three times
+// at most; each round lists what else was busy.
 //
 // The bench touches only its own pods (namespace bench-sidecar), each removed as
 // soon as it is measured. The test bed is left as found: brought up if needed
