@@ -42,15 +42,9 @@
 // when the DPU sends. The emulation pins each wire's receive work (a threaded
 // NAPI kernel thread per receiving end, src/dpu/napi.ts) to the CPUs of the side
 // that does it on real hardware, so each side's packet work is counted on its
-// own CPUs. A caveat measured on this kernel (6.18): veth gives a TCP packet to
-// the receiver's NAPI only when the sending end has no TSO, and the bed's wires
-// keep veth's default, TSO on; so, as found, a TCP packet's receive work runs on
-// its sender's CPU and the receive threads stay idle (their run time is
-// reported, so a reader sees whether they worked): a request's forwarding by
-// the DPU and, in the host case, its delivery up to haproxy's socket run in
-// wrk's context (subtracted with the client), and a response's way through the
-// DPU to wrk's socket runs in haproxy's (on the host or on the DPU). --wires-tso off turns TSO off
-// on the wires' sending ends for the run, and the steering takes effect (see
+// own CPUs. That needs TSO off on the wires' sending ends (veth hands a TCP
+// packet to the receiver's NAPI only when the sender has no TSO; `dpu up` turns
+// it off, napi.ts), which the benchmark checks before it starts (see
 // WIRE_SENDERS). The host's pods, the pod's shim and wrk are pinned to the first
 // host CPU (cpu0): containers with CRI linux.resources.cpuset_cpus, the shim
 // with taskset -a, wrk with taskset. The DPU keeps its cpuset (the last CPU);
@@ -98,7 +92,7 @@
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-sidecar.js \
 //     [--app httpd|keepalive] [--rounds 3] [--duration 10] [--connections 4] [--warmup 2] \
-//     [--scale 8] [--scale-rounds 2] [--wires-tso as-found|off] [--max-noise 1] [--json FILE]
+//     [--scale 8] [--scale-rounds 2] [--max-noise 1] [--json FILE]
 //   node dist/scripts/bench-sidecar.js --report FILE    (the tables of a saved --json again)
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -311,7 +305,6 @@ interface Result {
   receiveThreads: ReceiveThread[];
   /** TSO of the wires' sending ends as found, and whether this run turned it off. */
   wiresTsoFound: Record<string, boolean>;
-  wiresTsoOff: boolean;
   samples: Sample[];
   leftovers: string[];
 }
@@ -359,10 +352,9 @@ function sumMaps(maps: Map<string, number>[]): Map<string, number> {
  * The emulated wires' sending ends, by namespace ('' for the host's). veth hands
  * a TCP packet to its peer's NAPI instance, and so to the receive thread that
  * napi.ts pins to the receiver's CPUs, only when the sending end has no TSO
- * (the kernel's veth_skb_is_eligible_for_gro); with TSO on, veth's default and
- * the bed's, the receive work runs in the sender's context, on the sender's CPU.
- * --wires-tso off turns TSO off on these ends for the run (and back after), so
- * that each side's receive work runs where the design says.
+ * (the kernel's veth_skb_is_eligible_for_gro); with TSO on, the receive work
+ * would run in the sender's context, on the sender's CPU. `dpu up` turns it off;
+ * a DPU made by an older checkout has it on, and the benchmark refuses to run.
  */
 const WIRE_SENDERS: readonly (readonly [string, string])[] = [
   ['', DPU.pf.hostDev],
@@ -381,10 +373,6 @@ async function wiresTso(): Promise<Record<string, boolean>> {
   const out: Record<string, boolean> = {};
   for (const [netns, dev] of WIRE_SENDERS) out[`${netns || 'host'}/${dev}`] = /^tcp-segmentation-offload:\s*on/m.test(await ethtool(netns, ['-k', dev]));
   return out;
-}
-
-async function setWiresTso(want: (key: string) => boolean): Promise<void> {
-  for (const [netns, dev] of WIRE_SENDERS) await ethtool(netns, ['-K', dev, 'tso', want(`${netns || 'host'}/${dev}`) ? 'on' : 'off']);
 }
 
 interface Cpus {
@@ -699,8 +687,7 @@ function report(r: Result): string {
     `sidecar benchmark, app ${r.app}: wrk -t1 -c${r.connections} -d${r.durationS}s per pod (after ${r.warmupS} s warm-up) in the fabric (${DPU.uplink.fabricNetns}) to podIP:${PROXY_PORT}; cases alternating, fresh pods each round`,
     `node: ${r.cpus} CPUs; host CPUs ${r.hostCpus.join(',')} (apps, host proxies, shims, wrk and the fabric's receive thread pinned to cpu${r.pinnedCpu}), DPU CPUs ${r.dpuCpus.join(',')}; ${r.when}`,
     'CPU in seconds per 10,000 requests; host CPU = busy host CPUs minus the client (wrk and the fabric end\'s receive thread).',
-    `wires' sending ends: TSO ${r.wiresTsoOff ? 'turned off for the run' : 'as found'} (found: ${Object.entries(r.wiresTsoFound).map(([k, v]) => `${k} ${v ? 'on' : 'off'}`).join(', ')})` +
-      (!r.wiresTsoOff && Object.values(r.wiresTsoFound).some((v) => v) ? '; with TSO on, a TCP packet\'s receive work runs on its sender\'s CPU, not in the receive threads' : ''),
+    `wires' sending ends: TSO ${Object.entries(r.wiresTsoFound).map(([k, v]) => `${k} ${v ? 'on' : 'off'}`).join(', ')}`,
   ];
   const byCase = (phase: Phase, where: Where): Sample[] => r.samples.filter((s) => s.phase === phase && s.where === where);
   const summary: Partial<Record<Phase, Record<Where, Figures>>> = {};
@@ -790,9 +777,6 @@ async function main(): Promise<void> {
   const maxNoise = Number(arg('max-noise', '1'));
   if (!(maxNoise >= 0)) throw new Error(`--max-noise must be a number of seconds ≥ 0, not ${arg('max-noise', '')}`);
   const json = arg('json', '');
-  const tsoArg = arg('wires-tso', 'as-found');
-  if (!['as-found', 'off'].includes(tsoArg)) throw new Error(`--wires-tso must be as-found or off, not ${JSON.stringify(tsoArg)}`);
-  const wiresTsoOff = tsoArg === 'off';
   const app = arg('app', 'httpd');
   if (!(app in APPS)) throw new Error(`--app must be one of ${Object.keys(APPS).join(', ')}, not ${JSON.stringify(app)}`);
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
@@ -817,9 +801,10 @@ async function main(): Promise<void> {
       if (!threads.some((t) => t.side === s)) throw new Error(`no ${s} receive thread among the emulated wires' (${JSON.stringify(threads)}): is the DPU made by this checkout?`);
     }
     tsoFound = await wiresTso();
+    const tsoOn = Object.entries(tsoFound).filter(([, on]) => on).map(([k]) => k);
+    if (tsoOn.length) throw new Error(`TSO is on at ${tsoOn.join(', ')}: each side's receive work would run on the sender's CPU; remake the DPU with this checkout (heteropod dpu down; heteropod local up)`);
     const bench = new Bench(cri, cpus, threads, { durationS, connections, warmupS }, app as AppKind, say);
     try {
-      if (wiresTsoOff) await setWiresTso(() => false);
       const phases: [Phase, number, number][] = [['single', rounds, 1], ['scale', scalePods > 0 ? scaleRounds : 0, scalePods]];
       for (const [phase, n, pods] of phases) {
         for (let round = 1; round <= n; round++) {
@@ -838,7 +823,6 @@ async function main(): Promise<void> {
         }
       }
     } finally {
-      if (wiresTsoOff) await setWiresTso((key) => tsoFound[key]).catch((err) => say(`restore TSO on the wires: ${(err as Error).message}`));
       for (const podId of bench.live) await bench.removePod(podId).catch((err) => say(`remove pod ${podId}: ${(err as Error).message}`));
       bench.removeFiles();
       const ours = (await cri.listPodSandbox()).filter((p) => (p.metadata as CriObject | undefined)?.namespace === POD_NAMESPACE);
@@ -867,7 +851,6 @@ async function main(): Promise<void> {
     warmupS,
     receiveThreads: threads,
     wiresTsoFound: tsoFound,
-    wiresTsoOff,
     samples,
     leftovers,
   };

@@ -58,7 +58,12 @@ export async function threadReceive(netns: string, dev: string, side: LinkSide, 
   };
   const before = napiThreads();
   // ip netns exec mounts the namespace's own /sys, where its devices are.
-  await step(['ethtool', '-K', dev, 'gro', 'on']);
+  // GRO on: a veth serves its receiving side through NAPI. TSO off on this end
+  // as a sender: a veth hands its peer's NAPI only packets the peer could have
+  // aggregated itself, so a TSO sender's TCP segments would bypass the peer's
+  // thread and be received on the sender's CPU after all (each end of a wire
+  // is set up here, so both directions are covered).
+  await step(['ethtool', '-K', dev, 'gro', 'on', 'tso', 'off']);
   await step(['sh', '-c', `echo 1 > /sys/class/net/${dev}/threaded`]);
   const fresh = [...napiThreads()].filter((p) => !before.has(p));
   if (fresh.length !== 1) throw new Error(`${what}: expected one new NAPI thread, found ${fresh.length}`);

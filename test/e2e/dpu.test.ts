@@ -170,20 +170,34 @@ test('the node\'s wires: the fabric reaches the host only through the DPU; each 
   assert.match((await run('ip', ['-n', DPU.netns, 'route', 'show', DPU.defaultPodCidr])).stdout, `via ${DPU.pf.hostAddress} dev ${DPU.pf.dpuDev}`);
   assert.match((await run('ip', ['route', 'show', '10.233.100.0/24'])).stdout, `via ${DPU.pf.dpuAddress} dev ${DPU.pf.hostDev}`);
 
-  // A connection from the fabric to the host's PF address arrives from the fabric's own address (routed, not NATed), through the DPU.
-  const server = net.createServer((c) => c.end(`${c.remoteAddress}\n`));
+  // A connection from the fabric to the host's PF address arrives from the fabric's own address (routed, not NATed), through the DPU,
+  // and its packets' receive work is done by the receiving ends' threads (on the DPU at p0, on the host at hp-pf0).
+  const runNs = (dev: string) => Number(fs.readFileSync(`/proc/${receiveThreads().find((t) => t.dev === dev)!.pid}/schedstat`, 'utf8').split(' ')[0]);
+  const workBefore = [runNs(DPU.uplink.dev), runNs(DPU.pf.hostDev)];
+  const server = net.createServer((c) => {
+    let n = 0;
+    c.on('data', (d: Buffer) => (n += d.length)).on('end', () => c.end(`${c.remoteAddress} ${n}\n`));
+  });
   await new Promise<void>((r) => server.listen(0, DPU.pf.hostAddress, () => r()));
   const port = (server.address() as net.AddressInfo).port;
   const p0Before = Number((await run('ip', ['netns', 'exec', DPU.netns, 'cat', `/sys/class/net/${DPU.uplink.dev}/statistics/rx_packets`])).stdout);
   try {
-    const script = `require('net').connect(${port}, '${DPU.pf.hostAddress}').on('data', (d) => process.stdout.write(d))`;
+    const script = `const s = require('net').connect(${port}, '${DPU.pf.hostAddress}'); s.on('data', (d) => process.stdout.write(d)); s.end(Buffer.alloc(4 << 20))`;
     const r = await run('ip', ['netns', 'exec', DPU.uplink.fabricNetns, process.execPath, '-e', script], { timeout: 10_000 });
-    assert.is(r.stdout.trim(), DPU.uplink.fabricAddress);
+    assert.is(r.stdout.trim(), `${DPU.uplink.fabricAddress} ${4 << 20}`);
   } finally {
     server.close();
   }
   const p0After = Number((await run('ip', ['netns', 'exec', DPU.netns, 'cat', `/sys/class/net/${DPU.uplink.dev}/statistics/rx_packets`])).stdout);
   assert.ok(p0After > p0Before, 'it came in at the DPU\'s uplink');
+  const workAfter = [runNs(DPU.uplink.dev), runNs(DPU.pf.hostDev)];
+  assert.ok(workAfter[0] > workBefore[0], 'the DPU\'s receive thread at p0 did the receive work');
+  assert.ok(workAfter[1] > workBefore[1], 'the host\'s receive thread at hp-pf0 did the receive work');
+  // (It could not with TSO on at the sending ends: veth then delivers on the sender's CPU.)
+  for (const [netns, dev] of [['', DPU.pf.hostDev], [DPU.netns, DPU.pf.dpuDev], [DPU.netns, DPU.uplink.dev], [DPU.uplink.fabricNetns, DPU.uplink.fabricDev]]) {
+    const k = (await run(netns ? 'ip' : 'ethtool', netns ? ['netns', 'exec', netns, 'ethtool', '-k', dev] : ['-k', dev])).stdout;
+    assert.match(k, /^tcp-segmentation-offload: off/m, `TSO off at ${dev}`);
+  }
 
   // One NAPI thread per receiving end, pinned to its side's CPUs.
   const threads = receiveThreads();
