@@ -41,6 +41,12 @@
 #define FULL_WAIT_MS 1000
 /* The affinity of a pump thread is read again at most this often. */
 #define CPUS_RECHECK_NS 1000000000ull
+/* Interrupts a tap->ring pump blocked in read(2) when its port stops: a
+ * real-time signal (no embedding process, node included, uses one), sent to
+ * that thread alone with pthread_kill, handled by a no-op installed without
+ * SA_RESTART so that the read returns EINTR. Every other thread of ours keeps
+ * it blocked. */
+#define STOP_SIGNAL (SIGRTMIN + 7)
 
 struct xpu_port {
 	struct xpu_window *w;
@@ -177,6 +183,32 @@ static int link_is_up(struct xpu_port *p)
 	return __atomic_load_n(&p->link_up, __ATOMIC_ACQUIRE) != 0;
 }
 
+static void stop_signal_noop(int sig)
+{
+	(void)sig;
+}
+
+static int stop_signal_ok; /* the handler is ours: blocking reads may be used */
+static pthread_once_t stop_signal_once = PTHREAD_ONCE_INIT;
+
+/* Installs the no-op handler unless the process already handles the signal
+ * itself (then pumps never block in read and keep polling). */
+static void stop_signal_install(void)
+{
+	struct sigaction sa, old;
+
+	if (sigaction(STOP_SIGNAL, NULL, &old) < 0)
+		return;
+	if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN && old.sa_handler != stop_signal_noop)
+		return;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = stop_signal_noop;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0; /* no SA_RESTART: a blocked read returns EINTR */
+	if (sigaction(STOP_SIGNAL, &sa, NULL) == 0)
+		stop_signal_ok = 1;
+}
+
 /* Block until the TAP fd is readable or the port stops (the eventfd). */
 static void wait_tap_readable(struct xpu_port *p)
 {
@@ -187,13 +219,14 @@ static void wait_tap_readable(struct xpu_port *p)
 	(void)poll(fds, 2, -1);
 }
 
-/* How long a pump of this port may spin before it sleeps, as of now. SLEEP
- * never spins. ELASTIC spins only when the calling thread may run on more than
- * one CPU. On one CPU, what the pump waits for (the application's next frame,
- * the peer's pump when it shares the CPU, the kernel's work for a frame) needs
- * the very CPU the spin holds, so spinning only delays it: every nanosecond of
- * it is waste, and on the DPU (one core for the agent, the pumps of every pod
- * and the sidecars) it is time the sidecars do not get. That is a rule here
+/* How long the TAP reader of this port may spin before it sleeps, as of now.
+ * SLEEP never spins. ELASTIC spins only when the calling thread may run on
+ * more than one CPU. On one CPU, what the reader waits for (the half's
+ * applications' next frame, the kernel's work for it) needs the very CPU the
+ * spin holds, so spinning only delays it: every nanosecond of it is waste, and
+ * on the DPU (one core for the agent, the pumps of every pod and the sidecars)
+ * it is time the sidecars do not get. (The ring reader waits for the peer's
+ * pump, on the other side's CPUs: pump_ring_to_tap.) That is a rule here
  * rather than a setting, because no configuration wants the other behaviour;
  * ELASTIC on one CPU is SLEEP. A cpuset may change while the port runs, so
  * pumps ask again now and then (spin_refresh). POLL is the explicit
@@ -219,6 +252,29 @@ static void spin_refresh(const struct xpu_port *p, struct xpu_spin *sp, uint64_t
 	xr_spin_limit(sp, spin_max_now(p));
 }
 
+/* A pump that never spins reads the TAP blocking: one read(2) a frame and
+ * none to find the queue empty (a non-blocking reader pays a read that says
+ * EAGAIN and a poll that sleeps for every burst, which with request/response
+ * traffic is nearly every frame). A pump that may spin keeps the fd
+ * non-blocking and spins on read. The fd's flags are this thread's alone to
+ * change: the ring->tap pump's writes do not block on a TAP either way. */
+static void tap_set_blocking(struct xpu_port *p, int *blocking, int want)
+{
+	int fl;
+
+	if (want == *blocking)
+		return;
+	fl = fcntl(p->tapfd, F_GETFL);
+	if (fl < 0 || fcntl(p->tapfd, F_SETFL, want ? fl & ~O_NONBLOCK : fl | O_NONBLOCK) < 0)
+		return;
+	*blocking = want;
+}
+
+static int tap_should_block(const struct xpu_port *p, const struct xpu_spin *sp)
+{
+	return stop_signal_ok && p->mode != XPU_MODE_POLL && sp->max_ns == 0;
+}
+
 static void *pump_tap_to_ring(void *arg)
 {
 	struct xpu_port *p = arg;
@@ -228,14 +284,28 @@ static void *pump_tap_to_ring(void *arg)
 	uint8_t *scratch = malloc(XPU_FRAME_MAX);
 	uint64_t spin_t0 = 0, cpus_checked = xr_now_ns();
 	unsigned batch = 0;
+	int blocking = 0;
+	sigset_t stop_set;
 
 	if (!scratch)
 		return NULL;
+	sigemptyset(&stop_set);
+	sigaddset(&stop_set, STOP_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
 	xr_spin_init(&sp, spin_max_now(p));
+	tap_set_blocking(p, &blocking, tap_should_block(p, &sp));
 	while (!stopping(p)) {
 		int up = link_is_up(p);
 		void *buf = scratch;
 		ssize_t n;
+
+		if (blocking || p->mode == XPU_MODE_ELASTIC) {
+			/* A blocking reader never sees EAGAIN, where the affinity is
+			 * otherwise looked at again: look here (a clock read; the
+			 * system call once a second). */
+			spin_refresh(p, &sp, &cpus_checked, xr_now_ns());
+			tap_set_blocking(p, &blocking, tap_should_block(p, &sp));
+		}
 
 		if (up) {
 			buf = xr_reserve(r, XPU_FRAME_MAX);
@@ -263,8 +333,11 @@ static void *pump_tap_to_ring(void *arg)
 			xr_stat_add(&c->prod.frames, 1);
 			xr_stat_add(&c->prod.bytes, (uint64_t)n);
 			/* Batching: wake the consumer once per batch, not per frame; a
-			 * consumer that is spinning sees each frame as it is published. */
-			if (++batch >= PUMP_BATCH) {
+			 * consumer that is spinning sees each frame as it is published.
+			 * A blocking reader cannot see a burst end (the next read
+			 * sleeps), so it kicks every frame: a system call only when
+			 * the consumer sleeps, and it stays awake through a burst. */
+			if (blocking || ++batch >= PUMP_BATCH) {
 				xr_kick(r, 0);
 				batch = 0;
 			}
@@ -314,10 +387,15 @@ static void *pump_ring_to_tap(void *arg)
 	struct xpu_ring *r = &p->rx;
 	struct xpu_ring_ctrl *c = r->c;
 	struct xpu_spin sp;
-	uint64_t cpus_checked = xr_now_ns();
 	unsigned batch = 0;
 
-	xr_spin_init(&sp, spin_max_now(p));
+	/* This ring's producer is the peer's tap->ring pump, on the other side's
+	 * CPUs: spinning for it (adaptively: the budget grows only while it finds
+	 * frames) spares the peer a wake-up per frame, a system call and a
+	 * cross-CPU interrupt that the peer's side pays. So the one-CPU rule
+	 * (spin_max_now) is not applied here: it is for waits whose producer
+	 * shares this side's CPUs, the TAP reader's. SLEEP never spins. */
+	xr_spin_init(&sp, p->mode == XPU_MODE_SLEEP ? 0 : p->spin_max_ns);
 	while (!stopping(p)) {
 		const void *buf;
 		uint32_t len;
@@ -345,8 +423,6 @@ static void *pump_ring_to_tap(void *arg)
 			nanosleep(&ts, NULL);
 			continue;
 		}
-		if (p->mode == XPU_MODE_ELASTIC)
-			spin_refresh(p, &sp, &cpus_checked, xr_now_ns());
 		xr_wait(r, 0, 0, p->mode, &sp, &p->stop, -1);
 	}
 	return NULL;
@@ -469,8 +545,25 @@ static void stop_threads(struct xpu_port *p)
 		/* eventfd counter cannot overflow here; the poll timeout covers it */
 	}
 	ring_doorbell(p->me);
-	if (p->threads > 0)
-		pthread_join(p->th_tx, NULL);
+	if (p->threads > 0) {
+		/* A tap->ring pump may be blocked in read(2): the signal makes it
+		 * return. One sent before the pump entered read is consumed by the
+		 * handler and the read still blocks, so send again until it ends. */
+		for (;;) {
+			struct timespec deadline;
+
+			if (stop_signal_ok)
+				pthread_kill(p->th_tx, STOP_SIGNAL);
+			clock_gettime(CLOCK_REALTIME, &deadline);
+			deadline.tv_nsec += 20 * 1000000L;
+			if (deadline.tv_nsec >= 1000000000L) {
+				deadline.tv_sec++;
+				deadline.tv_nsec -= 1000000000L;
+			}
+			if (pthread_timedjoin_np(p->th_tx, NULL, &deadline) == 0)
+				break;
+		}
+	}
 	if (p->threads > 1)
 		pthread_join(p->th_rx, NULL);
 	if (p->threads > 2)
@@ -499,6 +592,7 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	p->me = &w->hdr->side[side];
 	p->peer = &w->hdr->side[1 - side];
 	p->spin_max_ns = spin_max_from_env();
+	pthread_once(&stop_signal_once, stop_signal_install);
 	p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (p->evfd < 0) {
 		rc = -errno;
