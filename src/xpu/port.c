@@ -219,14 +219,13 @@ static void wait_tap_readable(struct xpu_port *p)
 	(void)poll(fds, 2, -1);
 }
 
-/* How long the TAP reader of this port may spin before it sleeps, as of now.
- * SLEEP never spins. ELASTIC spins only when the calling thread may run on
- * more than one CPU. On one CPU, what the reader waits for (the half's
- * applications' next frame, the kernel's work for it) needs the very CPU the
- * spin holds, so spinning only delays it: every nanosecond of it is waste, and
- * on the DPU (one core for the agent, the pumps of every pod and the sidecars)
- * it is time the sidecars do not get. (The ring reader waits for the peer's
- * pump, on the other side's CPUs: pump_ring_to_tap.) That is a rule here
+/* How long a pump of this port may spin before it sleeps, as of now. SLEEP
+ * never spins. ELASTIC spins only when the calling thread may run on more than
+ * one CPU. On one CPU, what the TAP reader waits for (the half's applications'
+ * next frame, the kernel's work for it) needs the very CPU the spin holds, so
+ * spinning only delays it; and any spin, the ring reader's too, is time taken
+ * from everything else on that CPU: on the DPU (one core for the agent, the
+ * pumps of every pod and the sidecars) it is time the sidecars do not get. That is a rule here
  * rather than a setting, because no configuration wants the other behaviour;
  * ELASTIC on one CPU is SLEEP. A cpuset may change while the port runs, so
  * pumps ask again now and then (spin_refresh). POLL is the explicit
@@ -387,15 +386,17 @@ static void *pump_ring_to_tap(void *arg)
 	struct xpu_ring *r = &p->rx;
 	struct xpu_ring_ctrl *c = r->c;
 	struct xpu_spin sp;
+	uint64_t cpus_checked = xr_now_ns();
 	unsigned batch = 0;
 
-	/* This ring's producer is the peer's tap->ring pump, on the other side's
-	 * CPUs: spinning for it (adaptively: the budget grows only while it finds
-	 * frames) spares the peer a wake-up per frame, a system call and a
-	 * cross-CPU interrupt that the peer's side pays. So the one-CPU rule
-	 * (spin_max_now) is not applied here: it is for waits whose producer
-	 * shares this side's CPUs, the TAP reader's. SLEEP never spins. */
-	xr_spin_init(&sp, p->mode == XPU_MODE_SLEEP ? 0 : p->spin_max_ns);
+	/* This ring's producer is the peer's pump, on the other side's CPUs, so a
+	 * spin here could catch the next frame and spare the peer a wake-up (a
+	 * system call and a cross-CPU interrupt on the peer's side). But a spin
+	 * holds this side's CPU: on one CPU (the DPU's) it is time taken from the
+	 * sidecars, measured as the agent's CPU doubling and the proxy's requests
+	 * per second falling by a fifth (bench-sidecar --app keepalive). So the
+	 * one-CPU rule holds here too. */
+	xr_spin_init(&sp, spin_max_now(p));
 	while (!stopping(p)) {
 		const void *buf;
 		uint32_t len;
@@ -423,6 +424,8 @@ static void *pump_ring_to_tap(void *arg)
 			nanosleep(&ts, NULL);
 			continue;
 		}
+		if (p->mode == XPU_MODE_ELASTIC)
+			spin_refresh(p, &sp, &cpus_checked, xr_now_ns());
 		xr_wait(r, 0, 0, p->mode, &sp, &p->stop, -1);
 	}
 	return NULL;
