@@ -393,9 +393,10 @@ static void *pump_ring_to_tap(void *arg)
 	 * spin here could catch the next frame and spare the peer a wake-up (a
 	 * system call and a cross-CPU interrupt on the peer's side). But a spin
 	 * holds this side's CPU: on one CPU (the DPU's) it is time taken from the
-	 * sidecars, measured as the agent's CPU doubling and the proxy's requests
-	 * per second falling by a fifth (bench-sidecar --app keepalive). So the
-	 * one-CPU rule holds here too. */
+	 * sidecars: with it the agent's CPU per request doubled, and the DPU's
+	 * one core, already the bound on requests per second, had less for the
+	 * proxy (bench-sidecar --app keepalive, two runs). So the one-CPU rule
+	 * holds here too. */
 	xr_spin_init(&sp, spin_max_now(p));
 	while (!stopping(p)) {
 		const void *buf;
