@@ -65,7 +65,7 @@ test('make demo: a split pod serving through its offloaded proxy, left running, 
   assert.match(out, new RegExp(`fetching the page[^\\n]*\\nhello from the HeteroPod demo app \\(${name}\\), through the proxy on the DPU\\n`));
   assert.match(out, /\nnode_load1 [0-9.e+-]+\n/);
   // From outside the node: the fabric reaches the proxy through the DPU's uplink alone.
-  assert.match(out, /fetching it from outside the node[^\n]*\nhello from the HeteroPod demo app \(demo\), through the proxy on the DPU\n/);
+  assert.match(out, new RegExp(`fetching it from outside the node[^\\n]*\\nhello from the HeteroPod demo app \\(${name}\\), through the proxy on the DPU\\n`));
   const rps = Number(/Requests\/sec:\s+([0-9.]+)/.exec(out)?.[1]);
   assert.ok(rps > 0, `wrk from the fabric through the proxy: ${rps} requests/s`);
   const uplink = Number(/DPU uplink p0 \(fabric <-> DPU\): +(\d+)/.exec(out)?.[1]);
