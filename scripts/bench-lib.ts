@@ -83,9 +83,9 @@ export function processSeconds(pid: number | undefined): number {
   }
 }
 
-/** utime+stime seconds of each live thread of a process, summed by thread name. */
-export function threadSecondsByName(pid: number): Map<string, number> {
-  const out = new Map<string, number>();
+/** The live threads of a process: tid -> name (none when the process is gone). */
+export function threadNames(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
   let tids: string[] = [];
   try {
     tids = fs.readdirSync(`/proc/${pid}/task`);
@@ -94,7 +94,20 @@ export function threadSecondsByName(pid: number): Map<string, number> {
   }
   for (const tid of tids) {
     try {
-      const { comm, f } = statFields(`/proc/${pid}/task/${tid}/stat`);
+      out.set(Number(tid), fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim());
+    } catch {
+      // gone while we looked
+    }
+  }
+  return out;
+}
+
+/** utime+stime seconds of each live thread of a process, summed by thread name. */
+export function threadSecondsByName(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [tid, comm] of threadNames(pid)) {
+    try {
+      const { f } = statFields(`/proc/${pid}/task/${tid}/stat`);
       out.set(comm, (out.get(comm) ?? 0) + (f[11] + f[12]) / CLK_TCK);
     } catch {
       // gone while we looked

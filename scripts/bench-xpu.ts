@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { addAddress } from '../src/xpu/link';
+import { threadNames } from './bench-lib';
 import { XpuMode, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../src/xpu/window';
 
 type Transport = 'veth' | XpuMode;
@@ -470,22 +471,7 @@ function pin(side: 'host' | 'dpu'): string[] {
 
 /** The libxpu threads (xpu-*) of pid: tid -> name. */
 function pumpThreads(pid: number): Map<number, string> {
-  const out = new Map<number, string>();
-  let tids: string[] = [];
-  try {
-    tids = fs.readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return out;
-  }
-  for (const tid of tids) {
-    try {
-      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      if (comm.startsWith('xpu-')) out.set(Number(tid), comm);
-    } catch {
-      // thread gone
-    }
-  }
-  return out;
+  return new Map([...threadNames(pid)].filter(([, comm]) => comm.startsWith('xpu-')));
 }
 
 /** ns on a CPU so far of each end's pump threads, by "end/thread name". */

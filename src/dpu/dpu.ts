@@ -6,7 +6,6 @@
 // `up` tears everything down (`down` removes by fixed names, so it is also the
 // roll-back) and leaves nothing.
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../agent/client';
 import type { CapacityResponse, HealthResponse } from '../agent/proto';
@@ -17,6 +16,7 @@ import { ensureMountNamespace, launchAgent, removeMountNamespace } from './launc
 import { createNetwork, networkReady, removeNetwork, Wire, wires } from './network';
 import { agentAddress, DPU } from './paths';
 import { ensurePki } from './pki';
+import { isIPv4Cidr } from '../netns/uplink';
 
 type Log = (line: string) => void;
 const quiet: Log = () => undefined;
@@ -84,8 +84,7 @@ async function stopAgent(log: Log, everything: boolean): Promise<void> {
 }
 
 function checkCidr(cidr: string): string {
-  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(cidr);
-  if (!m || !net.isIPv4(m[1]) || Number(m[2]) > 32) throw new Error(`pod network "${cidr}" is not an IPv4 CIDR (like 10.233.77.0/24)`);
+  if (!isIPv4Cidr(cidr)) throw new Error(`pod network "${cidr}" is not an IPv4 CIDR (like 10.233.77.0/24)`);
   return cidr;
 }
 

@@ -93,11 +93,3 @@ export function receiveThreads(): ReceiveThread[] {
     }
   });
 }
-
-/** CPU seconds a thread has used (user + system), from /proc/PID/stat. */
-export function threadCpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is state (field 3); utime and stime are fields 14 and 15.
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}

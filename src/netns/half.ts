@@ -17,7 +17,7 @@ import { inNetns, isNetns, readSysctls, writeSysctls } from './exec';
 import { ListenerWatcher } from './listeners';
 import { PortView, conflictingPorts, dpuOwnedPorts, hostOwnedPorts, sortedPorts } from './ports';
 import { DPU_LINK_IP, HOST_LINK_IP, HalfSide, LINK_PREFIX, LINK_TAP, applyRules, chainName, halfRules, removeRules } from './rules';
-import { DPU_EPHEMERAL, DpuUplink, HOST_EPHEMERAL } from './uplink';
+import { DPU_EPHEMERAL, DpuUplink, HOST_EPHEMERAL, isIPv4Cidr } from './uplink';
 
 export type LogLevel = 'info' | 'warn' | 'error';
 
@@ -344,7 +344,7 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
   if (!isNetns(o.netnsPath)) throw new Error(`${what}: ${o.netnsPath} is not a network namespace`);
   if (o.podIp !== undefined && !net.isIPv4(o.podIp)) throw new Error(`${what}: pod IP "${o.podIp}" is not an IPv4 address`);
   if (o.uplink && !o.podIp) throw new Error(`${what}: a half on the DPU's uplink needs the pod IP`);
-  if (o.uplink && !/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(o.uplink.nodeCidr)) throw new Error(`${what}: node network "${o.uplink.nodeCidr}" is not an IPv4 CIDR`);
+  if (o.uplink && !isIPv4Cidr(o.uplink.nodeCidr)) throw new Error(`${what}: node network "${o.uplink.nodeCidr}" is not an IPv4 CIDR`);
   for (const p of o.declaredDpuPorts ?? []) {
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`${what}: declared port ${p} is not a port number`);
   }

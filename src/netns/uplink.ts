@@ -17,6 +17,7 @@
 // DPU's range keeps its port (rule 20100). The wire is static: fixed MAC
 // addresses and permanent neighbour entries, so no ARP crosses it, and the DPU
 // end has no address (the half's gateway is a link-local name, 169.254.1.1).
+import * as net from 'node:net';
 import { inNetns } from './exec';
 import { chainTag } from './rules';
 
@@ -29,6 +30,12 @@ export const HOST_EPHEMERAL: readonly [number, number] = [32768, 46999];
 export const DPU_EPHEMERAL: readonly [number, number] = [47000, 60999];
 const ROOT_MAC = '02:68:70:00:00:01';
 const HALF_MAC = '02:68:70:00:00:02';
+
+/** "a.b.c.d/n" with a valid IPv4 address and a prefix length of 0-32. */
+export function isIPv4Cidr(text: string): boolean {
+  const m = /^([0-9.]+)\/(\d{1,2})$/.exec(text);
+  return m !== null && net.isIPv4(m[1]) && Number(m[2]) <= 32;
+}
 
 /** The network (CIDR) of an IPv4 address with a prefix length: networkOf('10.1.2.3', 24) = '10.1.2.0/24'. */
 export function networkOf(ip: string, prefixLength: number): string {

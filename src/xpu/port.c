@@ -356,10 +356,8 @@ static void *pump_tap_to_ring(void *arg)
 			/* Elastic: retry for the adaptive spin budget (none on one
 			 * CPU, none in SLEEP), then sleep in poll. */
 			uint64_t now = xr_now_ns();
-			if (!spin_t0) {
+			if (!spin_t0)
 				spin_t0 = now;
-				spin_refresh(p, &sp, &cpus_checked, now);
-			}
 			if (now - spin_t0 < sp.budget_ns) {
 				/* Each try is a system call: space them out. */
 				for (int k = 0; k < 64; k++)
