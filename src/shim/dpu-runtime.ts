@@ -44,6 +44,7 @@ export interface DpuPodIdentity {
 
 export interface DpuRuntimeOptions {
   pod: DpuPodIdentity;
+  // the node's connection to the agent: shared by the pods, not closed here
   client: DpuAgentClient;
   // where the host remembers layer digests (shared by all pods of the node)
   layerIndexDir: string;
@@ -503,7 +504,6 @@ export class DpuAgentRuntime implements Runtime {
         this.log.error('remove the pod\'s DPU half', { error: (err as Error).message });
       }
     }
-    this.client.close();
   }
 }
 

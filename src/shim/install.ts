@@ -1,6 +1,7 @@
 // `heteropod install`: makes this checkout's shim the runtime of containerd
 // handler `heteropod` on this node: the shim on PATH, a containerd config drop-in,
-// a default shim config, and the Kubernetes RuntimeClass that selects it.
+// a default shim config, the node daemon's systemd unit, and the Kubernetes
+// RuntimeClass that selects it.
 // Everything lands under `root` (default /) so a package build or a test can
 // install into a staging directory.
 import * as fs from 'node:fs';
@@ -15,6 +16,7 @@ export interface InstallOptions {
   binDir: string; // on containerd's PATH
   dropInDir: string; // a directory containerd's config `imports`
   configPath: string; // the shim's config (options.ConfigPath)
+  systemdDir: string; // where the node daemon's unit goes
   containerdConfig: string; // containerd's main config, checked for the import
   repoRoot: string;
   nodePath: string;
@@ -61,13 +63,35 @@ handler: ${HANDLER}
 `;
 }
 
-function shimLauncher(nodePath: string, repoRoot: string): string {
+export const NODE_UNIT = 'heteropod-node.service';
+
+function shimLauncher(repoRoot: string): string {
   const launcher = path.join(repoRoot, 'build', SHIM_BINARY);
   return `#!/bin/sh
-# Installed by heteropod install from ${repoRoot}: the C launcher when built,
-# else the Node.js implementation.
-[ -x ${launcher} ] && exec ${launcher} "$@"
-exec ${nodePath} ${path.join(repoRoot, 'dist', 'src', 'shim', 'main.js')} "$@"
+# Installed by heteropod install from ${repoRoot}.
+exec ${launcher} "$@"
+`;
+}
+
+/**
+ * The node daemon's unit. Restart=always: a crash costs the pods nothing but the
+ * outage (their proxies hold containerd's connections). KillMode=process: a stop
+ * or restart ends the daemon alone.
+ */
+export function nodeUnit(nodePath: string, repoRoot: string, configPath: string): string {
+  return `# Written by heteropod install: the HeteroPod node daemon.
+[Unit]
+Description=HeteroPod node daemon (the DPU side of offloading pods)
+After=containerd.service
+
+[Service]
+ExecStart=${nodePath} ${path.join(repoRoot, 'dist', 'src', 'cli', 'main.js')} node --config ${configPath}
+Restart=always
+RestartSec=1
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
 `;
 }
 
@@ -81,19 +105,23 @@ function put(file: string, text: string, mode: number): void {
 
 export function install(o: InstallOptions): InstallResult {
   const at = (p: string): string => path.join(o.root, p);
-  const compiled = path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js');
-  if (!fs.existsSync(compiled)) throw new Error(`install: ${compiled} is missing; build first (make build)`);
+  for (const built of [path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js'), path.join(o.repoRoot, 'build', SHIM_BINARY)]) {
+    if (!fs.existsSync(built)) throw new Error(`install: ${built} is missing; build first (make build)`);
+  }
   const written: string[] = [];
   const notes: string[] = [];
   const done: string[] = [];
   try {
     const shim = at(path.join(o.binDir, SHIM_BINARY));
-    put(shim, shimLauncher(o.nodePath, o.repoRoot), 0o755);
+    put(shim, shimLauncher(o.repoRoot), 0o755);
     done.push(shim);
     const drop = at(path.join(o.dropInDir, 'heteropod.toml'));
     put(drop, dropIn(o.configPath), 0o644);
     done.push(drop);
-    written.push(shim, drop);
+    const unit = at(path.join(o.systemdDir, NODE_UNIT));
+    put(unit, nodeUnit(o.nodePath, o.repoRoot, o.configPath), 0o644);
+    done.push(unit);
+    written.push(shim, drop, unit);
     const config = at(o.configPath);
     if (!fs.existsSync(config)) {
       put(config, defaultShimConfig(), 0o644);
@@ -113,5 +141,6 @@ export function install(o: InstallOptions): InstallResult {
   } else {
     notes.push('restart containerd to load the handler: systemctl restart containerd');
   }
+  notes.push(`start the node daemon, which offloading pods need: systemctl daemon-reload && systemctl enable --now ${NODE_UNIT}`);
   return { written, notes };
 }

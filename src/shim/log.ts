@@ -41,6 +41,15 @@ export class StderrSink implements LogSink {
   }
 }
 
+/** Every line to each sink: a pod's lines to its fifo and to the node daemon's log. */
+export class TeeSink implements LogSink {
+  constructor(private readonly sinks: LogSink[]) {}
+
+  write(line: string): void {
+    for (const s of this.sinks) s.write(line);
+  }
+}
+
 function quote(v: string): string {
   return /^[A-Za-z0-9_.\-/:@+]+$/.test(v) ? v : JSON.stringify(v);
 }

@@ -1,7 +1,6 @@
-// containerd-shim-heteropod-v2: the binary containerd runs for runtime type
-// io.containerd.heteropod.v2. Actions: `start`, `delete`, and `serve` (the daemon
-// `start` spawns). containerd starts this cold for every task, so only what an
-// action needs is loaded.
+// containerd-shim-heteropod-v2's actions in Node.js: `delete` (containerd's
+// clean-up after a shim that is gone) and -v. `start` and the pod's proxy are
+// the C launcher's (launcher.c, proxy.c); it hands every other action here.
 import { parseFlags } from './flags';
 
 const VERSION = '0.1.0';
@@ -13,30 +12,15 @@ async function main(argv: string[]): Promise<number> {
   }
   const flags = parseFlags(argv);
   if (!flags.namespace) throw new Error('-namespace is required');
-  if (!flags.id && flags.action !== 'spare') throw new Error('-id is required');
+  if (!flags.id) throw new Error('-id is required');
   switch (flags.action) {
-    case 'start': {
-      const address = await (require('./start') as typeof import('./start')).startShim(flags);
-      // Exit at once: the listening socket must not be closed (and unlinked) here.
-      process.stdout.write(address, () => process.exit(0));
-      return -1;
-    }
     case 'delete': {
       const response = await (require('./delete') as typeof import('./delete')).deleteTask(flags);
       process.stdout.write(response);
       return 0;
     }
-    case 'spare': {
-      await (require('./spare') as typeof import('./spare')).serveSpare(flags);
-      return -1; // keeps running
-    }
-    case 'serve': {
-      const daemon = require('./daemon') as typeof import('./daemon');
-      await daemon.serveDaemon(flags, flags.id, daemon.hasListener() ? 'inherited' : 'bind');
-      return -1; // keeps running
-    }
     default:
-      throw new Error(`unknown action ${JSON.stringify(flags.action)} (want start or delete)`);
+      throw new Error(`unknown action ${JSON.stringify(flags.action)} (want delete; start is the C launcher's)`);
   }
 }
 

@@ -86,6 +86,11 @@ class SandboxRuntime implements Runtime {
   async shutdown(): Promise<void> {}
 }
 
+/**
+ * One pod as the node daemon sees it: where each new task goes (null: to runc's
+ * shim, through the pod's proxy), the pod's DPU half and split network, and the
+ * placement record.
+ */
 export class PodRouter {
   private offload: PodOffload = { containers: [], policy: 'prefer' };
   private dpu: DpuAgentRuntime | null = null;
@@ -103,23 +108,26 @@ export class PodRouter {
     private readonly runc: Runtime,
     private readonly log: Logger,
     private readonly onDpuEvent: (forward: Buffer, topic: string) => void,
+    // The node's one connection to the DPU agent (made on first use).
+    private readonly agent: () => DpuAgentClient,
   ) {
     this.file = podRecordPath(config.stateDir, group);
     this.record = { pod_id: group, name: '', namespace: '', offload: [], policy: 'prefer', dpu_problem: '', containers: [] };
   }
 
-  runtimes(): Runtime[] {
-    return this.dpu ? [this.runc, this.dpu] : [this.runc];
+  /** The pod's DPU runtime, while it has a DPU half. */
+  get dpuRuntime(): DpuAgentRuntime | null {
+    return this.dpu;
   }
 
-  async runtimeFor(req: CreateInfo): Promise<Runtime> {
+  async runtimeFor(req: CreateInfo): Promise<Runtime | null> {
     const spec = readPodSpec(req.bundle);
     const a = spec.annotations ?? {};
     const type = a['io.kubernetes.cri.container-type'];
     if (type !== 'container') {
       if (type === 'sandbox') await this.sandbox(a, spec);
       this.note(req.id, a['io.kubernetes.cri.sandbox-name'] ? '(sandbox)' : req.id, { where: 'host', reason: '' });
-      if (type !== 'sandbox' || !this.dpu) return this.runc;
+      if (type !== 'sandbox' || !this.dpu) return null;
       // Only an offloading pod's spec is touched: the hook, for a shim that dies.
       try {
         writeSpec(req.bundle, withCleanupHook(spec));
@@ -138,7 +146,7 @@ export class PodRouter {
     }
     if (placement.reason) this.log.warn('offload fallback: container runs on the host', { container: name, id: req.id, reason: placement.reason });
     this.note(req.id, name, placement);
-    return placement.where === 'dpu' && this.dpu ? this.dpu : this.runc;
+    return placement.where === 'dpu' && this.dpu ? this.dpu : null;
   }
 
   private async sandbox(a: Annotations, spec: SandboxSpec): Promise<void> {
@@ -171,7 +179,7 @@ export class PodRouter {
     if (!d.address) return 'no DPU agent is configured ([dpu] address in the shim config)';
     let client: DpuAgentClient;
     try {
-      client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: d.timeoutMs });
+      client = this.agent();
     } catch (err) {
       return (err as Error).message;
     }
@@ -190,8 +198,7 @@ export class PodRouter {
       const info = await runtime.podInfo();
       this.log.info('pod has a DPU half', { agent: d.address, netns: info.netns_path });
     } catch (err) {
-      client.close();
-      return (err as Error).message;
+      return (err as Error).message; // nothing was made on the DPU
     }
     this.dpu = runtime;
     return '';

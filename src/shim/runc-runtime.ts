@@ -24,6 +24,9 @@ import type { Logger } from './log';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
 
 export interface RuncShimOptions {
+  // runc's shim as the pod's proxy started it: called at this address, never
+  // started or shut down from here. Without it, started here for the pod.
+  address?: string;
   binary: string;
   namespace: string;
   containerdAddress: string;
@@ -77,6 +80,13 @@ export class RuncShimRuntime implements Runtime {
     client.close();
   }
 
+  /** Lets go of runc's shim without asking it to exit (the pod's proxy does). */
+  async detach(): Promise<void> {
+    this.stopping = true;
+    const client = this.client ?? (await this.starting?.catch(() => null)) ?? null;
+    client?.close();
+  }
+
   private connected(first: FirstTask | null): Promise<TtrpcClient> {
     if (this.client && !this.client.closed) return Promise.resolve(this.client);
     if (!this.starting) {
@@ -98,6 +108,7 @@ export class RuncShimRuntime implements Runtime {
   // Re-attaches to a runc shim already running for the pod (it outlives a lost
   // connection), or starts one for the pod's first task.
   private async attachOrStart(first: FirstTask | null): Promise<TtrpcClient> {
+    if (this.opts.address) return this.connect(this.opts.address);
     const addressFile = path.join(this.opts.workDir, 'address');
     if (fs.existsSync(addressFile)) {
       try {
@@ -115,7 +126,7 @@ export class RuncShimRuntime implements Runtime {
     const client = await TtrpcClient.connect(address, { namespace: this.opts.namespace, timeoutMs: 5000 });
     client.once('close', (err: Error) => {
       this.log.debug('runc shim connection closed', { error: err.message });
-      if (this.stopping) return;
+      if (this.stopping || this.opts.address) return;
       // A runc shim that died cannot remove its own socket, and nothing else will.
       void socketAnswers(address)
         .then((alive) => alive || fs.rmSync(address.replace(/^unix:\/\//, ''), { force: true }))

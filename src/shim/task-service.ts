@@ -1,13 +1,17 @@
-// containerd.task.v2.Task as served to containerd: checks the task exists, routes
-// the call to the runtime holding it, and keeps the task table in step. Requests
-// are decoded only as far as routing needs (messages.ts); the runtime gets the
-// bytes as sent, except Create, whose runtime options are ours and are replaced
-// by the runtime's own.
+// containerd.task.v2.Task for the tasks of one pod that the node daemon holds
+// (its DPU containers, and the sandbox of a pod with a DPU half): checks the task
+// exists, routes the call to the runtime holding it, and keeps the task table in
+// step. The pod's C proxy sends every Create here first; a task the daemon does
+// not hold (a host container) is answered `proxy`, and the proxy gives it to
+// runc's shim, which then serves it directly. Shutdown never comes here: it is
+// runc's shim's, whose exit ends the pod's proxy. Requests are decoded only as
+// far as routing needs (messages.ts); the runtime gets the bytes as sent, except
+// Create, whose runtime options are ours and are replaced by the runtime's own.
 import { Code, Handler, RpcError, invalidArgument } from '../ttrpc';
 import type { Logger } from './log';
 import type { Runtime } from './runtime';
 import { Task, TaskTable } from './tasks';
-import { TaskRef, connectTaskPid, createRequest, encodeConnectResponse, shutdownRequest, taskRef, withCreateOptions } from './messages';
+import { TaskRef, connectTaskPid, createRequest, encodeConnectResponse, taskRef, withCreateOptions } from './messages';
 
 export interface CreateInfo {
   id: string;
@@ -15,18 +19,21 @@ export interface CreateInfo {
 }
 
 export interface TaskServiceHooks {
-  // Called after a Shutdown that leaves no task: the daemon exits.
-  onShutdown: () => void;
+  // The pid containerd knows as the pod's shim (the pod's proxy), for Connect.
+  shimPid: () => number;
 }
 
-const EMPTY = Buffer.alloc(0);
+// Where a new task went: `daemon` holds it (response is Create's answer), or the
+// proxy is to give it to runc's shim.
+export type Placed = { placed: 'daemon'; response: Buffer } | { placed: 'proxy' };
 
 export class TaskService {
   readonly tasks = new TaskTable();
 
   constructor(
-    // Chooses the runtime for a new task (pod-router.ts); may refuse the task.
-    private readonly runtimeFor: (request: CreateInfo) => Runtime | Promise<Runtime>,
+    // Chooses the runtime for a new task (pod-router.ts), null for one the proxy
+    // gives to runc's shim; may refuse the task.
+    private readonly runtimeFor: (request: CreateInfo) => Runtime | null | Promise<Runtime | null>,
     private readonly log: Logger,
     private readonly hooks: TaskServiceHooks,
   ) {}
@@ -40,7 +47,6 @@ export class TaskService {
       return res;
     };
     return {
-      Create: (payload) => this.create(payload),
       Start: relay('Start', (task, ref) => {
         if (!ref.execId) task.observe('running');
       }),
@@ -72,13 +78,6 @@ export class TaskService {
       }),
       Stats: relay('Stats'),
       Connect: (payload, call) => this.connect(payload, call.signal),
-      Shutdown: async (payload) => {
-        const req = parse('Shutdown', () => shutdownRequest(payload));
-        if (this.tasks.size > 0 && !req.now) return EMPTY;
-        this.log.info('shutting down', { remaining: this.tasks.size, now: req.now });
-        setImmediate(this.hooks.onShutdown);
-        return EMPTY;
-      },
     };
   }
 
@@ -87,15 +86,16 @@ export class TaskService {
     if (execId === '' || execId === containerId) this.tasks.find(containerId)?.observe('stopped');
   }
 
-  private async create(payload: Buffer): Promise<Buffer> {
+  async create(payload: Buffer): Promise<Placed> {
     const req = parse('Create', () => createRequest(payload));
     if (!req.id) throw invalidArgument('create task: id is required');
-    let runtime: Runtime;
+    let runtime: Runtime | null;
     try {
       runtime = await this.runtimeFor(req);
     } catch (err) {
       throw RpcError.wrap(err, `create task ${req.id}`);
     }
+    if (!runtime) return { placed: 'proxy' };
     const task = new Task(req.id, req.bundle, runtime);
     this.tasks.add(task);
     try {
@@ -105,7 +105,7 @@ export class TaskService {
       const res = await runtime.call('Create', forwarded);
       task.transition('created');
       this.log.info('task created', { id: req.id, runtime: runtime.name });
-      return res;
+      return { placed: 'daemon', response: res };
     } catch (err) {
       this.tasks.remove(req.id);
       throw RpcError.wrap(err, `create task ${req.id}`);
@@ -117,7 +117,7 @@ export class TaskService {
     const task = this.tasks.find(ref.id);
     const taskPid = task ? connectTaskPid(await task.runtime.call('Connect', payload, signal)) : 0;
     // containerd knows this process as the shim, whatever runs behind it.
-    return encodeConnectResponse(process.pid, taskPid);
+    return encodeConnectResponse(this.hooks.shimPid(), taskPid);
   }
 }
 

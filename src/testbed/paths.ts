@@ -27,6 +27,10 @@ export const TESTBED = {
   /** runc state of the test bed's containers, apart from any other containerd's. */
   runcRoot: `${RUN}/runc`,
   shimConfig: `${RUN}/shim.toml`,
+  /** The node daemon (heteropod node): its pid file, log and socket (in the shim's state_dir). */
+  nodePidFile: `${RUN}/node.pid`,
+  nodeLogFile: `${RUN}/node.log`,
+  nodeSocket: `${RUN}/shim/node.sock`,
   shimBinary: path.join(REPO_ROOT, 'bin', 'containerd-shim-heteropod-v2'),
   namespace: 'k8s.io',
   sandboxImage: 'heteropod.local/pause:1',

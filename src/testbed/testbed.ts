@@ -4,6 +4,7 @@
 // containerd, runc and CNI rather than by guessing.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
@@ -109,6 +110,7 @@ export async function up(log: Log = () => {}): Promise<void> {
     log(`test bed already running (containerd at ${TESTBED.endpoint})`);
     await ensureImages(log);
     await dpu.up({ podCidr: TESTBED.podSubnet }, log);
+    if (nodeDaemonPids().length === 0) await startNodeDaemon(log);
     return;
   }
   // Whatever an earlier run left (a crash, a killed containerd) goes first.
@@ -119,6 +121,7 @@ export async function up(log: Log = () => {}): Promise<void> {
     await waitFor('the CRI network to be ready', 30_000, async () => networkReady());
     // The emulated DPU, where the heteropod handler runs offloaded containers.
     await dpu.up({ podCidr: TESTBED.podSubnet }, log);
+    await startNodeDaemon(log);
   } catch (err) {
     const message = `local up: ${(err as Error).message}\ncontainerd log (${TESTBED.logFile}):\n${logTail()}`;
     await down(() => {});
@@ -160,6 +163,57 @@ async function start(log: Log): Promise<void> {
     if (!pidAlive(child.pid!)) throw new Error('containerd exited');
     return criAnswers();
   }, 200);
+}
+
+/** The test bed's node daemon, found by its command line (process.title names its socket). */
+export function nodeDaemonPids(): number[] {
+  return listProcesses()
+    .filter((p) => (p.cmdline.startsWith('heteropod-node ') && p.cmdline.includes(TESTBED.nodeSocket)) || / node --config /.test(p.cmdline) && p.cmdline.includes(TESTBED.shimConfig))
+    .map((p) => p.pid);
+}
+
+/**
+ * Starts the node daemon (what `heteropod install`'s systemd unit runs on a real
+ * node) and waits until it answers on its socket.
+ */
+export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
+  const logFd = fs.openSync(TESTBED.nodeLogFile, 'a');
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js'), 'node', '--config', TESTBED.shimConfig], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd],
+    cwd: TESTBED.runDir,
+  });
+  fs.closeSync(logFd);
+  child.unref();
+  if (!child.pid) throw new Error('the node daemon did not start');
+  const pid = child.pid;
+  fs.writeFileSync(TESTBED.nodePidFile, `${pid}\n`);
+  await waitFor('the node daemon to answer', 15_000, async () => {
+    if (!pidAlive(pid)) throw new Error(`the node daemon exited; its log (${TESTBED.nodeLogFile}):\n${fs.readFileSync(TESTBED.nodeLogFile, 'utf8').trim().split('\n').slice(-10).join('\n')}`);
+    return socketAnswers(TESTBED.nodeSocket);
+  }, 100);
+  log(`node daemon started (pid ${pid}), log ${TESTBED.nodeLogFile}`);
+  return pid;
+}
+
+/** Stops the node daemon: SIGTERM (as systemd does), SIGKILL after 5 s. */
+export async function stopNodeDaemon(log: Log = () => {}): Promise<void> {
+  const pids = nodeDaemonPids();
+  if (pids.length === 0) return;
+  await killAndWait(pids, 5000);
+  fs.rmSync(TESTBED.nodePidFile, { force: true });
+  log('node daemon stopped');
+}
+
+function socketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }
 
 async function ensureImages(log: Log): Promise<void> {
@@ -265,7 +319,9 @@ export async function down(log: Log = () => {}): Promise<void> {
     log(`containerd stopped`);
   }
   await removeRuncContainers(log);
-  // After the pods (their shims remove their DPU halves), before the shared parents.
+  // After the pods (the node daemon removes their DPU halves), before the DPU.
+  await stopNodeDaemon(log);
+  // After the pods, before the shared parents.
   await dpu.down(log);
   const shims = shimPids();
   if (shims.length) {

@@ -2,5 +2,5 @@
 export * from './frame';
 export * from './status';
 export * from './messages';
-export { TtrpcServer, CallContext, Handler, ServerHooks } from './server';
+export { TtrpcServer, CallContext, ConnectionState, Handler, ServerHooks } from './server';
 export { TtrpcClient, CallOptions } from './client';

@@ -16,6 +16,18 @@ export interface CallContext {
   namespace: string | undefined;
   // Aborted when the peer goes away or the request's deadline passes.
   signal: AbortSignal;
+  // What the service keeps for the connection this call came on (e.g. who is on
+  // the other end), the same object for every call of that connection.
+  connection: ConnectionState;
+  // Encoded fields appended to this call's Response message after status and
+  // payload, for a peer that reads them (the node daemon's `placed`).
+  trailer?: Uint8Array;
+}
+
+export interface ConnectionState {
+  value?: unknown;
+  // Aborted when the connection closes.
+  readonly closed: AbortSignal;
 }
 
 export type Handler = (payload: Buffer, call: CallContext) => Promise<Uint8Array>;
@@ -74,9 +86,11 @@ export class TtrpcServer {
     this.sockets.add(socket);
     const decoder = new FrameDecoder();
     const closed = new AbortController();
-    const send = (streamId: number, status: RpcStatus | null, payload: Uint8Array): void => {
+    const state: ConnectionState = { closed: closed.signal };
+    const send = (streamId: number, status: RpcStatus | null, payload: Uint8Array, trailer?: Uint8Array): void => {
       if (socket.destroyed) return;
       let data = encodeResponse({ status, payload: Buffer.from(payload) });
+      if (trailer?.length) data = Buffer.concat([data, trailer]);
       if (data.length > MAX_DATA) {
         data = encodeResponse({ status: { code: Code.RESOURCE_EXHAUSTED, message: `response of ${data.length} bytes exceeds ${MAX_DATA}` }, payload: Buffer.alloc(0) });
       }
@@ -105,7 +119,7 @@ export class TtrpcServer {
           send(frame.streamId, { code: Code.INVALID_ARGUMENT, message: `ttrpc: malformed request: ${(err as Error).message}` }, Buffer.alloc(0));
           continue;
         }
-        void this.dispatch(request, closed.signal).then(({ status, payload }) => send(frame.streamId, status, payload));
+        void this.dispatch(request, closed.signal, state).then(({ status, payload, trailer }) => send(frame.streamId, status, payload, trailer));
       }
     });
     socket.on('error', (err) => this.hooks.onConnectionError?.(err));
@@ -115,7 +129,7 @@ export class TtrpcServer {
     });
   }
 
-  private async dispatch(request: RequestEnvelope, connectionClosed: AbortSignal): Promise<{ status: RpcStatus | null; payload: Uint8Array }> {
+  private async dispatch(request: RequestEnvelope, connectionClosed: AbortSignal, connection: ConnectionState): Promise<{ status: RpcStatus | null; payload: Uint8Array; trailer?: Uint8Array }> {
     const signals = [connectionClosed];
     if (request.timeout_nano > 0) signals.push(AbortSignal.timeout(Math.ceil(request.timeout_nano / 1e6)));
     const call: CallContext = {
@@ -124,15 +138,16 @@ export class TtrpcServer {
       metadata: request.metadata,
       namespace: request.metadata.find((kv) => kv.key === NAMESPACE_KEY)?.value,
       signal: signals.length === 1 ? connectionClosed : AbortSignal.any(signals),
+      connection,
     };
     const started = Date.now();
-    let result: { status: RpcStatus | null; payload: Uint8Array };
+    let result: { status: RpcStatus | null; payload: Uint8Array; trailer?: Uint8Array };
     try {
       const handler = this.handlers.get(`${request.service}/${request.method}`);
       if (!handler) throw unimplemented(`${request.service}.${request.method}`);
-      result = { status: null, payload: await handler(request.payload, call) };
+      result = { status: null, payload: await handler(request.payload, call), trailer: call.trailer };
     } catch (err) {
-      result = { status: toStatus(err), payload: Buffer.alloc(0) };
+      result = { status: toStatus(err), payload: Buffer.alloc(0), trailer: call.trailer };
     }
     this.hooks.onCall?.(call, result.status, Date.now() - started);
     return result;

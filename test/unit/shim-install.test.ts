@@ -7,14 +7,20 @@ import { execFileSync } from 'node:child_process';
 import { install, dropIn, runtimeClassManifest } from '../../src/shim/install';
 
 const repoRoot = path.resolve(__dirname, '../../..');
-const base = { binDir: '/usr/local/bin', dropInDir: '/etc/containerd/conf.d', configPath: '/etc/heteropod/shim.toml', containerdConfig: '/etc/containerd/config.toml', repoRoot, nodePath: process.execPath };
+const base = { binDir: '/usr/local/bin', dropInDir: '/etc/containerd/conf.d', configPath: '/etc/heteropod/shim.toml', containerdConfig: '/etc/containerd/config.toml', systemdDir: '/etc/systemd/system', repoRoot, nodePath: process.execPath };
 
-test('install into a staging root: launcher, drop-in, default config; notes the missing import', () => {
+test('install into a staging root: launcher, drop-in, node daemon unit, default config; notes the missing import', () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-install-'));
   try {
     const r = install({ ...base, root });
     const shim = path.join(root, 'usr/local/bin/containerd-shim-heteropod-v2');
-    assert.equal(r.written, [shim, path.join(root, 'etc/containerd/conf.d/heteropod.toml'), path.join(root, 'etc/heteropod/shim.toml')]);
+    const unit = path.join(root, 'etc/systemd/system/heteropod-node.service');
+    assert.equal(r.written, [shim, path.join(root, 'etc/containerd/conf.d/heteropod.toml'), unit, path.join(root, 'etc/heteropod/shim.toml')]);
+    const unitText = fs.readFileSync(unit, 'utf8');
+    assert.match(unitText, `ExecStart=${process.execPath} ${path.join(repoRoot, 'dist/src/cli/main.js')} node --config /etc/heteropod/shim.toml\n`);
+    assert.match(unitText, 'Restart=always');
+    assert.match(unitText, 'KillMode=process');
+    assert.ok(r.notes.some((n) => n.includes('systemctl enable --now heteropod-node.service')));
     assert.is(fs.statSync(shim).mode & 0o777, 0o755);
     assert.match(execFileSync(shim, ['-v']).toString(), /containerd-shim-heteropod-v2:\n\s+Version: \d/);
     assert.ok(r.notes.some((n) => n.includes('imports = ["/etc/containerd/conf.d/*.toml"]')));

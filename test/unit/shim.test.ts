@@ -48,10 +48,14 @@ class FakeRuntime implements Runtime {
 const lines: string[] = [];
 const sink: LogSink = { write: (l) => lines.push(l) };
 const runtime = new FakeRuntime();
-let shutdowns = 0;
-const service = new TaskService(() => runtime, new Logger(sink, true), { onShutdown: () => shutdowns++ });
+// Tasks of a bundle under /host/ are the proxy's to give to runc's shim.
+const service = new TaskService((req) => (req.bundle.startsWith('/host/') ? null : runtime), new Logger(sink, true), { shimPid: () => 4242 });
 const server = new TtrpcServer();
 server.registerService(TASK, service.handlers());
+server.register(TASK, 'Create', async (payload) => {
+  const placed = await service.create(payload);
+  return placed.placed === 'daemon' ? placed.response : Buffer.from('proxy');
+});
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-unit-'));
 const sock = path.join(dir, 's');
 let client: TtrpcClient;
@@ -101,23 +105,25 @@ test('Kill of an exited process: NOT_FOUND from the runtime reaches containerd',
   assert.is(await codeOf(call('Kill', 'KillRequest', { id: 'c1', signal: 9 })), Code.NOT_FOUND);
 });
 
-test('Connect: the shim pid is ours, the task pid the runtime’s', async () => {
+test('Connect: the shim pid is the pod proxy’s, the task pid the runtime’s', async () => {
   const res = decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await call('Connect', 'ConnectRequest', { id: 'c1' }));
-  assert.equal([res.shim_pid, res.task_pid], [process.pid, 1234]);
+  assert.equal([res.shim_pid, res.task_pid], [4242, 1234]);
   const unknown = decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await call('Connect', 'ConnectRequest', { id: 'other' }));
-  assert.equal([unknown.shim_pid, unknown.task_pid], [process.pid, 0]);
+  assert.equal([unknown.shim_pid, unknown.task_pid], [4242, 0]);
 });
 
-test('Shutdown: ignored while a task remains, exits after the last Delete', async () => {
-  await call('Shutdown', 'ShutdownRequest', { id: 'c1' });
-  await new Promise((r) => setImmediate(r));
-  assert.is(shutdowns, 0);
+test('Create of a task the daemon does not hold: answered `proxy`, not held, the runtime not called', async () => {
+  const before = runtime.calls.length;
+  const res = await call('Create', 'CreateTaskRequest', { id: 'h1', bundle: '/host/h1' });
+  assert.is(res.toString(), 'proxy');
+  assert.is(runtime.calls.length, before);
+  assert.is(await codeOf(call('State', 'StateRequest', { id: 'h1' })), Code.NOT_FOUND);
+});
+
+test('Delete: the task leaves the table', async () => {
   const del = decode<{ exit_status: number }>(`${T}DeleteResponse`, await call('Delete', 'DeleteRequest', { id: 'c1' }));
   assert.is(del.exit_status, 3);
   assert.is(service.tasks.size, 0);
-  await call('Shutdown', 'ShutdownRequest', { id: 'c1' });
-  await new Promise((r) => setImmediate(r));
-  assert.is(shutdowns, 1);
 });
 
 test('task lifecycle refuses illegal moves', () => {

@@ -1,0 +1,180 @@
+// The node daemon: one resident process per node serving the DPU side of every
+// offloading pod. Each pod still has its shim as containerd expects one: runc's
+// shim for its host containers behind a small C proxy (proxy.c), which sends
+// this daemon every Create of the pod and every call for a task the daemon
+// holds, on a connection that begins with Attach (who the pod is). The daemon
+// holds the pods' DPU containers (through one connection to the DPU agent), the
+// host ends of their XPU links, their stdio relays and events.
+//
+// It holds nothing containerd needs to see a pod as alive: while it is down (a
+// crash, an upgrade), the proxies keep containerd's connections, answer calls for
+// the daemon's tasks UNAVAILABLE and hold their Waits until it is back.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DpuAgentClient } from '../agent/client';
+import { CallContext, Handler, TtrpcServer, failedPrecondition, invalidArgument } from '../ttrpc';
+import { ShimConfig, loadConfig } from './config';
+import { EventForwarder } from './events';
+import { LogSink, Logger, StderrSink } from './log';
+import { NodePod, PodAttach, decodeAttach, placedTrailer, podKey } from './node-pod';
+import { TASK_SERVICE } from './runtime';
+
+export const NODE_SERVICE = 'heteropod.node.v1.Node';
+
+export function nodeSocketPath(stateDir: string): string {
+  return path.join(stateDir, 'node.sock');
+}
+
+// How long after a pod's last connection closed its proxy may take to exit.
+const PROXY_EXIT_MS = 5000;
+const SWEEP_MS = 10_000;
+
+export interface NodeDaemonOptions {
+  configPath?: string;
+  // Default: node.sock in the config's state_dir.
+  socket?: string;
+  sink?: LogSink;
+}
+
+export class NodeDaemon {
+  private readonly pods = new Map<string, NodePod>();
+  private readonly forwarders = new Map<string, EventForwarder>();
+  private agent: DpuAgentClient | null = null;
+  private readonly server: TtrpcServer;
+  private sweeper: NodeJS.Timeout | null = null;
+  readonly socket: string;
+  readonly log: Logger;
+
+  constructor(readonly config: ShimConfig, opts: NodeDaemonOptions) {
+    this.socket = opts.socket ?? nodeSocketPath(config.stateDir);
+    const sink = opts.sink ?? new StderrSink();
+    this.sink = sink;
+    this.log = new Logger(sink, config.debug, { component: 'heteropod-node' });
+    this.server = new TtrpcServer({
+      onConnectionError: (err) => this.log.warn('ttrpc connection error', { error: err.message }),
+      onCall: config.debug ? (call, status, ms) => this.log.debug('ttrpc call', { method: `${call.service}.${call.method}`, code: status?.code ?? 0, error: status?.message, ms }) : undefined,
+    });
+    this.server.register(NODE_SERVICE, 'Attach', async (payload, call) => {
+      let a: PodAttach;
+      try {
+        a = decodeAttach(payload);
+      } catch (err) {
+        throw invalidArgument(`malformed Attach: ${(err as Error).message}`);
+      }
+      const pod = this.podFor(a);
+      call.connection.value = pod;
+      pod.connected(call.connection.closed, () => this.whenIdle(pod));
+      return Buffer.alloc(0);
+    });
+    this.server.register(TASK_SERVICE, 'Create', async (payload, call) => {
+      const placed = await podOf(call).create(payload);
+      call.trailer = placedTrailer(placed);
+      return placed.placed === 'daemon' ? placed.response : Buffer.alloc(0);
+    });
+    // Every other Task method: the pod's task service. Its handlers are made per
+    // pod; the one for the method is looked up at each call.
+    const methods = ['Start', 'State', 'Delete', 'Pids', 'Pause', 'Resume', 'Checkpoint', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Update', 'Wait', 'Stats', 'Connect'];
+    for (const m of methods) {
+      const handler: Handler = (payload, call) => {
+        const h = podOf(call).service.handlers()[m];
+        return h(payload, call);
+      };
+      this.server.register(TASK_SERVICE, m, handler);
+    }
+  }
+
+  private readonly sink: LogSink;
+
+  async listen(): Promise<void> {
+    fs.mkdirSync(path.dirname(this.socket), { recursive: true, mode: 0o711 });
+    fs.rmSync(this.socket, { force: true }); // the last daemon's, if it died
+    await this.server.listen(this.socket);
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+    this.sweeper.unref();
+    this.log.info('node daemon serving', { socket: this.socket, pid: process.pid });
+  }
+
+  get podCount(): number {
+    return this.pods.size;
+  }
+
+  async close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    await this.server.close();
+    fs.rmSync(this.socket, { force: true });
+    await Promise.all([...this.forwarders.values()].map((f) => f.flush(2000)));
+    for (const f of this.forwarders.values()) f.close();
+    this.agent?.close();
+    this.agent = null;
+  }
+
+  private podFor(a: PodAttach): NodePod {
+    const key = podKey(a);
+    let pod = this.pods.get(key);
+    if (pod && !pod.isDisposed) return pod;
+    pod = new NodePod(this.config, a, this.log, () => this.agentClient(), this.forwarder(a.ttrpcAddress), this.sink);
+    this.pods.set(key, pod);
+    pod.log.info('pod attached', { proxy_pid: a.proxyPid });
+    return pod;
+  }
+
+  // The node's one connection to the DPU agent, made on first use.
+  private agentClient(): DpuAgentClient {
+    const d = this.config.dpu;
+    if (!this.agent) this.agent = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: d.timeoutMs });
+    return this.agent;
+  }
+
+  private forwarder(address: string): EventForwarder {
+    let f = this.forwarders.get(address);
+    if (!f) {
+      f = new EventForwarder(address, this.log);
+      this.forwarders.set(address, f);
+    }
+    return f;
+  }
+
+  // A pod's proxy closed its last connection: it is exiting (runc's shim has
+  // gone), or containerd restarts. The pod goes once its proxy has exited.
+  private whenIdle(pod: NodePod): void {
+    const deadline = Date.now() + PROXY_EXIT_MS;
+    const check = (): void => {
+      if (pod.isDisposed || pod.connectionCount > 0) return;
+      if (!pod.proxyAlive()) return void this.drop(pod);
+      if (Date.now() < deadline) setTimeout(check, 100).unref();
+    };
+    check();
+  }
+
+  private sweep(): void {
+    for (const pod of this.pods.values()) if (pod.connectionCount === 0 && !pod.proxyAlive()) void this.drop(pod);
+  }
+
+  private async drop(pod: NodePod): Promise<void> {
+    const key = podKey(pod.attach);
+    if (this.pods.get(key) === pod) this.pods.delete(key);
+    await pod.dispose();
+  }
+}
+
+function podOf(call: CallContext): NodePod {
+  const pod = call.connection.value;
+  if (!(pod instanceof NodePod)) throw failedPrecondition(`${call.service}.${call.method}: the connection has not attached a pod (${NODE_SERVICE}.Attach first)`);
+  return pod;
+}
+
+/** `heteropod node`: serves until SIGTERM or SIGINT. */
+export async function serveNode(opts: NodeDaemonOptions): Promise<NodeDaemon> {
+  const config = loadConfig(opts.configPath);
+  const daemon = new NodeDaemon(config, opts);
+  process.title = `heteropod-node ${daemon.socket}`;
+  process.on('uncaughtException', (err) => daemon.log.error('uncaught exception', { error: err.stack ?? err.message }));
+  process.on('unhandledRejection', (err) => daemon.log.error('unhandled rejection', { error: err instanceof Error ? err.stack ?? err.message : String(err) }));
+  await daemon.listen();
+  const stop = (): void => {
+    void daemon.close().finally(() => process.exit(0));
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+  return daemon;
+}
