@@ -41,6 +41,13 @@ export interface HalfOptions {
 export interface HostHalfOptions extends HalfOptions {
   /** The pod IP CNI gave the pod (IPv4). */
   podIp: string;
+  /**
+   * Take over the host half a process that died left (the node daemon after a
+   * crash or an upgrade): its window, with what the rings hold, is attached
+   * rather than made anew, and `restoreSysctls` are the values that the first
+   * open found (sysctlsToRestore), to put back at close.
+   */
+  resume?: { restoreSysctls: Record<string, string> };
 }
 
 export interface DpuHalfOptions extends HalfOptions {
@@ -118,6 +125,11 @@ export class NetnsHalf {
 
   get windowPath(): string {
     return this.window.path;
+  }
+
+  /** The namespace's settings as they were before this half: what close() puts back. */
+  sysctlsToRestore(): Record<string, string> {
+    return Object.fromEntries(this.restoreSysctls);
   }
 
   /** Both ends of the link attached and alive. */
@@ -338,7 +350,15 @@ function removeStaleWindow(file: string): void {
   removeWindow(file);
 }
 
-async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplink?: DpuHalfOptions['uplink'] }): Promise<NetnsHalf> {
+/** The window of a host half being resumed: attached when no live process holds its host end. */
+function attachOrphanWindow(file: string): XpuWindow | null {
+  if (!fs.existsSync(file)) return null;
+  const s = readStats(file);
+  if (s.host.alive) throw new Error(`XPU window ${file}: its host end is held by live process ${s.host.pid}`);
+  return XpuWindow.attach(file);
+}
+
+async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplink?: DpuHalfOptions['uplink']; resume?: HostHalfOptions['resume'] }): Promise<NetnsHalf> {
   const what = `open the ${side} half of pod ${o.podId} in ${o.netnsPath}`;
   const file = podWindowPath(o.podId);
   if (!isNetns(o.netnsPath)) throw new Error(`${what}: ${o.netnsPath} is not a network namespace`);
@@ -351,7 +371,10 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
   const undo: Undo[] = [];
   try {
     let window: XpuWindow;
-    if (side === 'host') {
+    const orphan = side === 'host' && o.resume ? attachOrphanWindow(file) : null;
+    if (orphan) {
+      window = orphan;
+    } else if (side === 'host') {
       fs.mkdirSync(WINDOW_DIR, { recursive: true, mode: 0o700 });
       removeStaleWindow(file);
       window = XpuWindow.create(file);
@@ -402,7 +425,7 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
       want.set(conf(eth, 'forwarding'), '1');
       keep.push(conf(eth, 'forwarding'));
     }
-    const restore = await readSysctls(o.netnsPath, keep);
+    const restore = o.resume ? new Map(Object.entries(o.resume.restoreSysctls)) : await readSysctls(o.netnsPath, keep);
     await writeSysctls(o.netnsPath, want);
     undo.push(() => writeSysctls(o.netnsPath, restore));
 

@@ -50,6 +50,8 @@ export interface DpuRuntimeOptions {
   layerIndexDir: string;
   // forwards a DPU task event (ForwardRequest, encoded) to containerd
   onEvent: (forward: Buffer, topic: string) => void;
+  // told when what a restarted node daemon would need changed (relayedProcesses, lastEventSequence)
+  onChange?: () => void;
 }
 
 const RETRY_MS = 500;
@@ -103,8 +105,12 @@ class SplitLink {
 
   constructor(private readonly client: DpuAgentClient, private readonly podId: string, private readonly opts: SplitLinkOptions, private readonly log: Logger) {}
 
-  /** Both halves open and ports flowing; on failure, whatever was opened is closed again. */
-  async open(): Promise<void> {
+  /**
+   * Both halves open and ports flowing; on failure, whatever was opened is closed
+   * again. `resume`: the host half a dead node daemon held is taken over (its
+   * window kept); the agent's DPU half, still open, is asked for again.
+   */
+  async open(resume?: { restoreSysctls: Record<string, string> }): Promise<void> {
     const { netnsPath, podIp, declaredDpuPorts, hostMode } = this.opts;
     try {
       this.host = await openHostHalf({
@@ -112,6 +118,7 @@ class SplitLink {
         netnsPath,
         podIp,
         declaredDpuPorts,
+        resume,
         mode: hostMode,
         onListeningPorts: (ports) => {
           this.hostPorts = ports;
@@ -125,7 +132,12 @@ class SplitLink {
       await this.close().catch((e: Error) => this.log.error('close the split network after a failed open', { error: e.message }));
       throw new Error(`open the split network of pod ${this.podId}: ${(err as Error).message}`);
     }
-    this.log.info('split network open', { netns: netnsPath, pod_ip: podIp, declared: declaredDpuPorts.join(','), window: this.host!.windowPath });
+    this.log.info(resume ? 'split network open again' : 'split network open', { netns: netnsPath, pod_ip: podIp, declared: declaredDpuPorts.join(','), window: this.host!.windowPath });
+  }
+
+  /** What the host half's namespace had before it (to put back at close). */
+  sysctlsToRestore(): Record<string, string> {
+    return this.host?.sysctlsToRestore() ?? {};
   }
 
   private async openDpuHalf(): Promise<void> {
@@ -225,10 +237,25 @@ class SplitLink {
   }
 }
 
+/** A process whose stdio the host relays: what a node daemon that restarts needs to relay it again. */
+export interface RelayedProcess {
+  id: string;
+  execId: string;
+  paths: { stdin: string; stdout: string; stderr: string };
+}
+
+/** What a DPU runtime picks up from a node daemon that ran before this one. */
+export interface DpuResume {
+  lastEvent: number;
+  processes: RelayedProcess[];
+  link?: SplitLinkOptions & { restoreSysctls: Record<string, string> };
+}
+
 export class DpuAgentRuntime implements Runtime {
   readonly name = 'dpu';
   private pod: Promise<PodInfo> | null = null;
   private readonly stdio = new Map<string, HostStdio>();
+  private readonly relayed = new Map<string, RelayedProcess>();
   // Each container's init pid, from the agent's answer to Create: it stays the
   // same until the task is deleted, so Connect (which containerd calls after
   // Create and again at Start) needs no round trip to the DPU.
@@ -266,12 +293,42 @@ export class DpuAgentRuntime implements Runtime {
   }
 
   /** Joins the pod's host half to its DPU half (the pod's DPU half is made first if need be). */
-  async openLink(opts: SplitLinkOptions): Promise<void> {
+  async openLink(opts: SplitLinkOptions, resume?: { restoreSysctls: Record<string, string> }): Promise<void> {
     if (this.link) throw new Error(`open the split network of pod ${this.opts.pod.podId}: already open`);
     await this.podInfo();
     const link = new SplitLink(this.client, this.opts.pod.podId, opts, this.log.with({ part: 'split-network' }));
-    await link.open();
+    await link.open(resume);
     this.link = link;
+  }
+
+  /** The host half's namespace settings before the link, while it is open. */
+  linkSysctls(): Record<string, string> | null {
+    return this.link ? this.link.sysctlsToRestore() : null;
+  }
+
+  /** The last DPU event forwarded: a restarted node daemon asks for those after it. */
+  get lastEventSequence(): number {
+    return this.lastEvent;
+  }
+
+  /** Processes whose stdio is relayed (their output may still come). */
+  relayedProcesses(): RelayedProcess[] {
+    return [...this.relayed.values()];
+  }
+
+  /**
+   * Takes the pod over from a node daemon that is gone: events from after the
+   * last one it forwarded, the stdio of every process it relayed (the agent held
+   * their output meanwhile), and the split network.
+   */
+  async resume(r: DpuResume): Promise<void> {
+    this.lastEvent = r.lastEvent;
+    await this.podInfo();
+    for (const p of r.processes) this.attach(p.id, p.execId, p.paths);
+    if (r.link) {
+      const { restoreSysctls, ...opts } = r.link;
+      await this.openLink(opts, { restoreSysctls });
+    }
   }
 
   /** Closes both halves of the pod's split network, if open. */
@@ -382,6 +439,8 @@ export class DpuAgentRuntime implements Runtime {
     const relay = new HostStdio(() => this.client, { pod_id: this.opts.pod.podId, container_id: id, exec_id: execId }, paths, this.log);
     relay.start();
     this.stdio.set(key(id, execId), relay);
+    this.relayed.set(key(id, execId), { id, execId, paths: { stdin: paths.stdin, stdout: paths.stdout, stderr: paths.stderr } });
+    this.opts.onChange?.();
   }
 
   private async wait(request: Buffer, signal?: AbortSignal): Promise<Buffer> {
@@ -431,6 +490,7 @@ export class DpuAgentRuntime implements Runtime {
     for (const [k, r] of this.stdio) {
       if (k === key(id, execId) || (!execId && k.startsWith(`${id}/`))) {
         this.stdio.delete(k);
+        this.relayed.delete(k);
         const timer = setTimeout(() => r.close(), OUTPUT_GRACE_MS);
         timer.unref();
         void r.done.then(() => {
@@ -439,6 +499,7 @@ export class DpuAgentRuntime implements Runtime {
         });
       }
     }
+    this.opts.onChange?.();
     return res;
   }
 
@@ -449,6 +510,7 @@ export class DpuAgentRuntime implements Runtime {
     stream.on('data', (e: TaskEventMessage) => {
       this.lastEvent = Math.max(this.lastEvent, Number(e.sequence));
       this.opts.onEvent(e.forward, e.topic);
+      this.opts.onChange?.();
     });
     const again = () => {
       if (this.events !== stream || this.stopped) return;

@@ -16,7 +16,9 @@ import { CallContext, Handler, TtrpcServer, failedPrecondition, invalidArgument 
 import { ShimConfig, loadConfig } from './config';
 import { EventForwarder } from './events';
 import { LogSink, Logger, StderrSink } from './log';
-import { NodePod, PodAttach, decodeAttach, placedTrailer, podKey } from './node-pod';
+import { NodePod, PodAttach, decodeAttach, pidAlive, placedTrailer, podKey } from './node-pod';
+import { podRecordFiles, readPodRecord } from './pod-record';
+import { deleteOnDpu } from './dpu-cleanup';
 import { TASK_SERVICE } from './runtime';
 
 export const NODE_SERVICE = 'heteropod.node.v1.Node';
@@ -54,20 +56,25 @@ export class NodeDaemon {
       onConnectionError: (err) => this.log.warn('ttrpc connection error', { error: err.message }),
       onCall: config.debug ? (call, status, ms) => this.log.debug('ttrpc call', { method: `${call.service}.${call.method}`, code: status?.code ?? 0, error: status?.message, ms }) : undefined,
     });
-    this.server.register(NODE_SERVICE, 'Attach', async (payload, call) => {
+    // The proxy may send its calls right behind Attach: the connection's pod is
+    // set (as a promise) before Attach's handler first waits, and each call
+    // waits for it.
+    this.server.register(NODE_SERVICE, 'Attach', (payload, call) => {
       let a: PodAttach;
       try {
         a = decodeAttach(payload);
       } catch (err) {
-        throw invalidArgument(`malformed Attach: ${(err as Error).message}`);
+        return Promise.reject(invalidArgument(`malformed Attach: ${(err as Error).message}`));
       }
-      const pod = this.podFor(a);
+      const pod = this.restoring.then(() => this.podFor(a));
       call.connection.value = pod;
-      pod.connected(call.connection.closed, () => this.whenIdle(pod));
-      return Buffer.alloc(0);
+      return pod.then((p) => {
+        p.connected(call.connection.closed, () => this.whenIdle(p));
+        return Buffer.alloc(0);
+      });
     });
     this.server.register(TASK_SERVICE, 'Create', async (payload, call) => {
-      const placed = await podOf(call).create(payload);
+      const placed = await (await podOf(call)).create(payload);
       call.trailer = placedTrailer(placed);
       return placed.placed === 'daemon' ? placed.response : Buffer.alloc(0);
     });
@@ -75,8 +82,8 @@ export class NodeDaemon {
     // pod; the one for the method is looked up at each call.
     const methods = ['Start', 'State', 'Delete', 'Pids', 'Pause', 'Resume', 'Checkpoint', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Update', 'Wait', 'Stats', 'Connect'];
     for (const m of methods) {
-      const handler: Handler = (payload, call) => {
-        const h = podOf(call).service.handlers()[m];
+      const handler: Handler = async (payload, call) => {
+        const h = (await podOf(call)).service.handlers()[m];
         return h(payload, call);
       };
       this.server.register(TASK_SERVICE, m, handler);
@@ -85,13 +92,43 @@ export class NodeDaemon {
 
   private readonly sink: LogSink;
 
+  // Settles once the pods an earlier daemon served are taken over.
+  private restoring: Promise<void> = Promise.resolve();
+
   async listen(): Promise<void> {
+    this.restoring = this.restoreAll();
     fs.mkdirSync(path.dirname(this.socket), { recursive: true, mode: 0o711 });
     fs.rmSync(this.socket, { force: true }); // the last daemon's, if it died
     await this.server.listen(this.socket);
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
     this.log.info('node daemon serving', { socket: this.socket, pid: process.pid });
+  }
+
+  /**
+   * The pods an earlier node daemon served (their records): each whose proxy
+   * still runs is taken over; each whose proxy is gone (its pod removed while no
+   * daemon ran) has what it left on the DPU and in its namespace removed.
+   */
+  private async restoreAll(): Promise<void> {
+    for (const file of podRecordFiles(this.config.stateDir)) {
+      const record = readPodRecord(file);
+      const a = record?.node?.attach;
+      if (!record || !a) continue;
+      if (!pidAlive(a.proxyPid)) {
+        this.log.info('a pod was removed while no node daemon ran: cleaning up after it', { pod: record.pod_id });
+        await deleteOnDpu(this.config, record.pod_id, record.pod_id, (what, err) => this.log.warn(what, { pod: record.pod_id, error: (err as Error).message }));
+        fs.rmSync(file, { force: true });
+        continue;
+      }
+      const pod = new NodePod(this.config, a, this.log, () => this.agentClient(), this.forwarder(a.ttrpcAddress), this.sink);
+      this.pods.set(podKey(a), pod);
+      try {
+        await pod.restore(record);
+      } catch (err) {
+        pod.log.error('take the pod over from the earlier node daemon', { error: (err as Error).message });
+      }
+    }
   }
 
   get podCount(): number {
@@ -157,10 +194,10 @@ export class NodeDaemon {
   }
 }
 
-function podOf(call: CallContext): NodePod {
+function podOf(call: CallContext): Promise<NodePod> {
   const pod = call.connection.value;
-  if (!(pod instanceof NodePod)) throw failedPrecondition(`${call.service}.${call.method}: the connection has not attached a pod (${NODE_SERVICE}.Attach first)`);
-  return pod;
+  if (!(pod instanceof Promise)) return Promise.reject(failedPrecondition(`${call.service}.${call.method}: the connection has not attached a pod (${NODE_SERVICE}.Attach first)`));
+  return pod as Promise<NodePod>;
 }
 
 /** `heteropod node`: serves until SIGTERM or SIGINT. */

@@ -14,6 +14,8 @@ import { forwardedEvent, taskExit } from './messages';
 import { PodRouter } from './pod-router';
 import { RuncShimRuntime } from './runc-runtime';
 import { Placed, TaskService } from './task-service';
+import { Task } from './tasks';
+import type { NodePodRecord, PodRecordFile } from './pod-record';
 
 /** heteropod.node.v1.AttachRequest: who the proxy on a connection serves. */
 export interface PodAttach {
@@ -117,8 +119,35 @@ export class NodePod {
       this.observe(forward);
       events.enqueue(forward, [{ key: NAMESPACE_KEY, value: attach.namespace }], topic);
     };
-    this.router = new PodRouter(config, attach.namespace, attach.group, this.runc, this.log, onDpuEvent, agent);
-    this.service = new TaskService((req) => this.router.runtimeFor(req), this.log, { shimPid: () => this.attach.proxyPid });
+    this.router = new PodRouter(config, attach.namespace, attach.group, this.runc, this.log, onDpuEvent, agent, () => this.nodeRecord());
+    this.service = new TaskService((req) => this.router.runtimeFor(req), this.log, { shimPid: () => this.attach.proxyPid, onChange: () => this.router.save() });
+  }
+
+  private nodeRecord(): NodePodRecord {
+    return {
+      attach: this.attach,
+      tasks: this.service.tasks.all().map((t) => ({ id: t.id, bundle: t.bundle, status: t.status, runtime: t.runtime.name === 'dpu' ? 'dpu' : 'sandbox' })),
+      last_event: 0,
+      processes: [],
+    };
+  }
+
+  /**
+   * Takes the pod over from a node daemon that is gone, from its record: the
+   * router's state and DPU half, then the tasks it held.
+   */
+  async restore(record: PodRecordFile): Promise<void> {
+    await this.router.restore(record);
+    for (const t of record.node?.tasks ?? []) {
+      const runtime = t.runtime === 'dpu' ? this.router.dpuRuntime : this.router.sandboxRuntime(t.id);
+      if (!runtime) {
+        this.log.warn('a task of the pod cannot be taken over: the pod has no DPU half', { id: t.id });
+        continue;
+      }
+      this.service.tasks.add(new Task(t.id, t.bundle, runtime, t.status));
+    }
+    this.router.save();
+    this.log.info('pod taken over from an earlier node daemon', { tasks: this.service.tasks.size });
   }
 
   get isDisposed(): boolean {

@@ -29,7 +29,7 @@ import { encodeIdRequest, taskRef } from './messages';
 import type { FirstTask, Runtime } from './runtime';
 import type { CreateInfo } from './task-service';
 import { readSpec, writeSpec } from './bundle';
-import { PodRecordFile, podRecordPath } from './pod-record';
+import { NodePodRecord, PodRecordFile, podRecordPath } from './pod-record';
 
 type Annotations = Record<string, string>;
 type SandboxSpec = ContainerSpec & { annotations?: Annotations; hooks?: { poststop?: OciHook[] } };
@@ -98,6 +98,7 @@ export class PodRouter {
   // heteropod.io/ports, and the sandbox's network namespace (the host half)
   private declaredDpuPorts: number[] = [];
   private netnsPath = '';
+  private link: { podIp: string; podPrefixLength: number } | null = null;
   private readonly record: PodRecordFile;
   private readonly file: string;
 
@@ -110,6 +111,8 @@ export class PodRouter {
     private readonly onDpuEvent: (forward: Buffer, topic: string) => void,
     // The node's one connection to the DPU agent (made on first use).
     private readonly agent: () => DpuAgentClient,
+    // What the node daemon keeps in the record besides (node-pod.ts).
+    private readonly nodeRecord: () => NodePodRecord,
   ) {
     this.file = podRecordPath(config.stateDir, group);
     this.record = { pod_id: group, name: '', namespace: '', offload: [], policy: 'prefer', dpu_problem: '', containers: [] };
@@ -183,15 +186,7 @@ export class PodRouter {
     } catch (err) {
       return (err as Error).message;
     }
-    const runtime = new DpuAgentRuntime(
-      {
-        pod: { podId: this.group, namespace: this.namespace, podName: this.record.name, podNamespace: this.record.namespace },
-        client,
-        layerIndexDir: path.join(this.config.stateDir, 'layers'),
-        onEvent: this.onDpuEvent,
-      },
-      this.log.with({ runtime: 'dpu' }),
-    );
+    const runtime = this.dpuRuntimeWith(client);
     try {
       const health = await runtime.health();
       if (!health.ok) throw new Error(`DPU agent at ${d.address} is unhealthy: ${health.problem}`);
@@ -204,6 +199,49 @@ export class PodRouter {
     return '';
   }
 
+  private dpuRuntimeWith(client: DpuAgentClient): DpuAgentRuntime {
+    return new DpuAgentRuntime(
+      {
+        pod: { podId: this.group, namespace: this.namespace, podName: this.record.name, podNamespace: this.record.namespace },
+        client,
+        layerIndexDir: path.join(this.config.stateDir, 'layers'),
+        onEvent: this.onDpuEvent,
+        onChange: () => this.save(),
+      },
+      this.log.with({ runtime: 'dpu' }),
+    );
+  }
+
+  /**
+   * The pod as a node daemon that is gone left it (its record): placement, the
+   * DPU half with its events, relays and split network taken over. Returns the
+   * runtimes of the tasks it held, by task id.
+   */
+  async restore(record: PodRecordFile): Promise<void> {
+    Object.assign(this.record, record);
+    this.offload = { containers: record.offload, policy: record.policy === 'require' ? 'require' : 'prefer' };
+    this.dpuProblem = record.dpu_problem;
+    this.netnsPath = record.netns_path ?? '';
+    const node = record.node;
+    this.declaredDpuPorts = node?.declared_dpu_ports ?? [];
+    if (!node || this.offload.containers.length === 0 || this.dpuProblem || !this.config.dpu.address) return;
+    const runtime = this.dpuRuntimeWith(this.agent());
+    this.dpu = runtime;
+    if (node.pod_ip) this.link = { podIp: node.pod_ip, podPrefixLength: node.pod_prefix_length ?? 0 };
+    const link =
+      this.netnsPath && node.pod_ip
+        ? { netnsPath: this.netnsPath, podIp: node.pod_ip, podPrefixLength: node.pod_prefix_length ?? 0, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode, restoreSysctls: node.restore_sysctls ?? {} }
+        : undefined;
+    await runtime.resume({ lastEvent: node.last_event, processes: node.processes, link });
+    this.save();
+  }
+
+  /** The sandbox task of a restored pod with a DPU half (null without one). */
+  sandboxRuntime(sandboxId: string): Runtime | null {
+    if (!this.dpu) return null;
+    return new SandboxRuntime(this.runc, () => this.openLink(sandboxId), () => this.closeLink());
+  }
+
   // After the sandbox's Create: CNI has set its namespace up. A pod that cannot
   // have its network joined runs on the host (prefer) or fails (require), as
   // when the DPU cannot take it; no container has been placed yet.
@@ -214,6 +252,7 @@ export class PodRouter {
       const { ip: podIp, prefixLength: podPrefixLength } = await podAddress(this.netnsPath);
       await dpu.openLink({ netnsPath: this.netnsPath, podIp, podPrefixLength, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode });
       this.record.netns_path = this.netnsPath;
+      this.link = { podIp, podPrefixLength };
       this.save();
       return;
     } catch (err) {
@@ -252,7 +291,18 @@ export class PodRouter {
     this.save();
   }
 
-  private save(): void {
+  save(): void {
+    const node = this.nodeRecord();
+    const dpu = this.dpu;
+    if (this.link) {
+      node.pod_ip = this.link.podIp;
+      node.pod_prefix_length = this.link.podPrefixLength;
+    }
+    node.declared_dpu_ports = this.declaredDpuPorts;
+    node.restore_sysctls = dpu?.linkSysctls() ?? this.record.node?.restore_sysctls;
+    node.last_event = dpu?.lastEventSequence ?? 0;
+    node.processes = dpu?.relayedProcesses() ?? [];
+    this.record.node = node;
     try {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o711 });
       fs.writeFileSync(`${this.file}.tmp`, JSON.stringify(this.record, null, 2));

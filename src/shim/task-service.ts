@@ -21,6 +21,8 @@ export interface CreateInfo {
 export interface TaskServiceHooks {
   // The pid containerd knows as the pod's shim (the pod's proxy), for Connect.
   shimPid: () => number;
+  // The task table changed (a task created, started, stopped or deleted).
+  onChange?: () => void;
 }
 
 // Where a new task went: `daemon` holds it (response is Create's answer), or the
@@ -48,7 +50,10 @@ export class TaskService {
     };
     return {
       Start: relay('Start', (task, ref) => {
-        if (!ref.execId) task.observe('running');
+        if (!ref.execId) {
+          task.observe('running');
+          this.hooks.onChange?.();
+        }
       }),
       State: relay('State'),
       Delete: async (payload, call) => {
@@ -56,7 +61,10 @@ export class TaskService {
         const task = this.tasks.get(ref.id);
         try {
           const res = await task.runtime.call('Delete', payload, call.signal);
-          if (!ref.execId) this.tasks.remove(ref.id);
+          if (!ref.execId) {
+            this.tasks.remove(ref.id);
+            this.hooks.onChange?.();
+          }
           return res;
         } catch (err) {
           // The runtime no longer knows the task: it is gone either way.
@@ -104,6 +112,7 @@ export class TaskService {
       const forwarded = req.hasOptions || options ? withCreateOptions(payload, options) : payload;
       const res = await runtime.call('Create', forwarded);
       task.transition('created');
+      this.hooks.onChange?.();
       this.log.info('task created', { id: req.id, runtime: runtime.name });
       return { placed: 'daemon', response: res };
     } catch (err) {

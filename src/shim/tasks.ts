@@ -15,9 +15,12 @@ const NEXT: Record<TaskStatus, readonly TaskStatus[]> = {
 };
 
 export class Task {
-  private current: TaskStatus = 'creating';
+  private current: TaskStatus;
 
-  constructor(readonly id: string, readonly bundle: string, readonly runtime: Runtime) {}
+  // `status`: where a task taken over from a node daemon that is gone stood.
+  constructor(readonly id: string, readonly bundle: string, readonly runtime: Runtime, status: TaskStatus = 'creating') {
+    this.current = status;
+  }
 
   get status(): TaskStatus {
     return this.current;
@@ -44,6 +47,10 @@ export class TaskTable {
 
   ids(): string[] {
     return [...this.tasks.keys()];
+  }
+
+  all(): Task[] {
+    return [...this.tasks.values()];
   }
 
   add(task: Task): void {
