@@ -2,8 +2,8 @@
 # task, so it must not pay for a Node.js start-up. The same binary is the ttrpc
 # proxy (proxy.c, proxy-start.c) that serves pods without offload in front of
 # containerd-shim-runc-v2.
-SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c
-SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h
+SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c src/shim/shim-config.c
+SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h src/shim/shim-config.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
 SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 
