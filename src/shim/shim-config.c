@@ -449,14 +449,14 @@ static int check_host_mode(const struct value *v, char *what, size_t cap)
 
 /* ---- lines ------------------------------------------------------------------- */
 
-static int parse_header(struct parser *p, const char *s, const char *line)
+static int parse_header(struct parser *p, const char *line)
 {
-	const char *name = skip_ws(s + 1), *q;
+	const char *name = skip_ws(line + 1), *q;
 	size_t n = strspn(name, BARE_KEY "."), i;
 	char key[MAX_KEY + 8];
 
 	q = skip_ws(name + n);
-	if (s[1] == '[' || n == 0 || *q != ']')
+	if (line[1] == '[' || n == 0 || *q != ']')
 		return unparsable(p, line, "not a [section] header");
 	q = skip_ws(q + 1);
 	if (*q && *q != '#')
@@ -576,13 +576,13 @@ static int parse_key_value(struct parser *p, const char *s, const char *line, st
 
 static int parse_line(struct parser *p, const char *line, struct shim_config *c)
 {
-	const char *s = skip_ws(line);
+	const char *s = skip_ws(line); /* an error quotes the line from here */
 
 	if (*s == '\0' || *s == '#')
 		return 0;
 	if (*s == '[')
-		return parse_header(p, s, line);
-	return parse_key_value(p, s, line, c);
+		return parse_header(p, s);
+	return parse_key_value(p, s, s, c);
 }
 
 static unsigned line_of(const struct parser *p, const char *name)

@@ -140,7 +140,7 @@ test('a line or value that does not parse: only the start of a long line is quot
     '[dpu]\naddress: 10.0.0.2:7443  # YAML, not TOML: a colon, no equals sign\n',
     '2: "address: 10.0.0.2:7443  # YAML, not TOML"…: not key = value, a [section] header or a comment',
   );
-  expectError('debug\n', '1: "debug": not key = value, a [section] header or a comment');
+  expectError('\t debug\n', '1: "debug": not key = value, a [section] header or a comment');
   expectError('[dpu]\naddress = 10.0.0.2:7443\n', `2: dpu.address: value "10.0.0.2:7443" is not a "string", a 'string', true, false or an integer`);
   expectError('[dpu]\ntimeout_ms = 1.5\n', `2: dpu.timeout_ms: value "1.5" is not a "string", a 'string', true, false or an integer`);
   expectError('runc_shim = "/bin/x\n', '1: runc_shim: unterminated string');
