@@ -21,7 +21,8 @@
  * the spare listening on <state_dir>/s/spare-<hash> to become the pod's daemon;
  * either way it then starts the next spare, at low priority, and does not wait.
  *
- * Contract shared with src/shim (paths.ts, options.ts, config.ts, record.ts):
+ * Contract shared with src/shim (paths.ts, options.ts, record.ts; shim-config.c
+ * reads the config for both):
  *   socket = <state_dir>/s/hex(sha256("heteropod\0" address "\0" namespace "\0" group))
  *   group  = annotation io.kubernetes.cri.sandbox-id of ./config.json, else the id
  *   state_dir from the top-level `state_dir = "..."` of the config file named by
@@ -235,130 +236,6 @@ static char *config_path_from_options(const unsigned char *any, size_t len)
 	memcpy(out, path, plen);
 	out[plen] = '\0';
 	return out;
-}
-
-/*
- * A TOML value of the subset config.ts reads: a "basic string" (escapes \" \\ \n
- * \t), a 'literal string', true or false. Returns a new string (booleans as "1"
- * or "0"), or NULL for anything else.
- */
-static char *toml_value(const char *p)
-{
-	char *out = malloc(strlen(p) + 2), *o = out;
-	char quote = *p;
-
-	if (!out)
-		return NULL;
-	if (!strncmp(p, "true", 4) || !strncmp(p, "false", 5)) {
-		strcpy(out, *p == 't' ? "1" : "0");
-		return out;
-	}
-	if (quote != '"' && quote != '\'')
-		goto bad;
-	for (p++; *p && *p != quote; p++) {
-		if (quote == '"' && *p == '\\') {
-			p++;
-			if (*p == 'n')
-				*o++ = '\n';
-			else if (*p == 't')
-				*o++ = '\t';
-			else if (*p == '"' || *p == '\\')
-				*o++ = *p;
-			else
-				goto bad;
-		} else {
-			*o++ = *p;
-		}
-	}
-	if (*p != quote)
-		goto bad;
-	*o = '\0';
-	return out;
-bad:
-	free(out);
-	return NULL;
-}
-
-static void set_string(char **field, char *value)
-{
-	free(*field);
-	*field = value;
-}
-
-int shim_config_read(const char *path, struct shim_config *c)
-{
-	char *text, *line, *save = NULL, section[64] = "";
-	int err = 0;
-
-	memset(c, 0, sizeof(*c));
-	text = read_file(path[0] ? path : DEFAULT_CONFIG);
-	if (!text && errno != ENOENT)
-		err = -errno; /* as in config.ts, only a missing file means "the defaults" */
-	for (line = text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
-		char *p = line, *key, *value;
-		size_t klen;
-
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p == '#' || *p == '\0' || *p == '\r')
-			continue;
-		if (*p == '[') {
-			snprintf(section, sizeof(section), "%.*s", (int)strcspn(p + 1, "]"), p + 1);
-			continue;
-		}
-		key = p;
-		klen = strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-");
-		p += klen;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (klen == 0 || *p++ != '=')
-			continue;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		value = toml_value(p);
-		if (!value)
-			continue;
-#define IS(sect, k) (!strcmp(section, sect) && klen == strlen(k) && !strncmp(key, k, klen))
-		if (IS("", "state_dir"))
-			set_string(&c->state_dir, value);
-		else if (IS("", "runc_shim"))
-			set_string(&c->runc_shim, value);
-		else if (IS("runc", "root"))
-			set_string(&c->runc_root, value);
-		else if (IS("runc", "binary_name"))
-			set_string(&c->runc_binary_name, value);
-		else {
-			if (IS("", "debug"))
-				c->debug = !strcmp(value, "1");
-			else if (IS("runc", "systemd_cgroup"))
-				c->runc_systemd_cgroup = !strcmp(value, "1");
-			free(value);
-		}
-#undef IS
-	}
-	free(text);
-	if (!c->state_dir)
-		c->state_dir = strdup(DEFAULT_STATE_DIR);
-	if (!c->runc_shim)
-		c->runc_shim = strdup(DEFAULT_RUNC_SHIM);
-	if (!c->runc_root)
-		c->runc_root = strdup("");
-	if (!c->runc_binary_name)
-		c->runc_binary_name = strdup("");
-	if (!c->state_dir || !c->runc_shim || !c->runc_root || !c->runc_binary_name) {
-		shim_config_free(c);
-		return -ENOMEM;
-	}
-	return err;
-}
-
-void shim_config_free(struct shim_config *c)
-{
-	free(c->state_dir);
-	free(c->runc_shim);
-	free(c->runc_root);
-	free(c->runc_binary_name);
-	memset(c, 0, sizeof(*c));
 }
 
 int debug_from_env(void)
@@ -696,6 +573,7 @@ static void exec_node(char *mainjs, int argc, char **argv)
 int main(int argc, char **argv)
 {
 	char mainjs[PATH_MAX], hex[65], record[3 * PATH_MAX], esc_cfg[PATH_MAX], esc_group[PATH_MAX];
+	char config_error[SHIM_CONFIG_ERROR_MAX];
 	char *stdin_bytes, *config_path, *state_dir, *group, *key;
 	struct sockaddr_un addr;
 	struct shim_config config;
@@ -703,6 +581,8 @@ int main(int argc, char **argv)
 	size_t in_len = 0, key_len;
 	int listener, offload, err;
 
+	if (parse_flags(argc, argv, &f) == 0 && f.action && !strcmp(f.action, "config"))
+		return shim_config_main(f.config);
 	if (parse_flags(argc, argv, &f) == 0 && f.action && !strcmp(f.action, "proxy"))
 		return proxy_main(&f);
 	main_js(mainjs, sizeof(mainjs));
@@ -715,8 +595,12 @@ int main(int argc, char **argv)
 	config_path = config_path_from_options((const unsigned char *)stdin_bytes, in_len);
 	if (!config_path)
 		fail("out of memory", NULL);
-	if ((err = shim_config_read(config_path, &config)) < 0)
-		fail(config_path[0] ? config_path : DEFAULT_CONFIG, strerror(-err));
+	/* Every pod, offloading or not, fails here on a bad config, with the one line
+	 * that names file, line and key (containerd puts it in RunPodSandbox's error). */
+	if (shim_config_load(config_path, &config, config_error, sizeof(config_error)) < 0) {
+		fprintf(stderr, "%s\n", config_error);
+		return 1;
+	}
 	state_dir = config.state_dir;
 	group = group_of(f.id, &offload);
 

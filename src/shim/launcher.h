@@ -7,20 +7,7 @@
 
 #include <sys/types.h>
 
-#define DEFAULT_CONFIG "/etc/heteropod/shim.toml"
-#define DEFAULT_STATE_DIR "/run/heteropod-shim"
-#define DEFAULT_RUNC_SHIM "containerd-shim-runc-v2"
-
-/* The shim config (src/shim/config.ts has the full reader and the defaults). */
-struct shim_config {
-	char *state_dir, *runc_shim, *runc_root, *runc_binary_name;
-	int debug, runc_systemd_cgroup;
-};
-
-/* Reads `path` (or DEFAULT_CONFIG when empty); a missing file gives the defaults.
- * Returns 0 or a negative errno; free with shim_config_free. */
-int shim_config_read(const char *path, struct shim_config *c);
-void shim_config_free(struct shim_config *c);
+#include "shim-config.h"
 
 /* Go-style flags, as containerd passes them, plus the proxy's own. */
 struct flags {

@@ -2,12 +2,13 @@
 # task, so it must not pay for a Node.js start-up. The same binary is the ttrpc
 # proxy (proxy.c, proxy-start.c) that serves pods without offload in front of
 # containerd-shim-runc-v2.
-SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c
-SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h
+SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c src/shim/shim-config.c
+SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h src/shim/shim-config.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
+SHIM_CONFIG_TEST := test/unit/shim-config.c
 SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 
-build-c: $(BUILD)/containerd-shim-heteropod-v2 $(BUILD)/shim-test-proxy $(BUILD)/shim-test-proxy-asan
+build-c: $(BUILD)/containerd-shim-heteropod-v2 $(BUILD)/shim-test-proxy $(BUILD)/shim-test-proxy-asan $(BUILD)/shim-test-config-asan
 
 $(BUILD)/containerd-shim-heteropod-v2: $(SHIM_C_SRC) $(SHIM_C_HDR)
 	@mkdir -p $(BUILD)
@@ -21,3 +22,9 @@ $(BUILD)/shim-test-proxy: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
 $(BUILD)/shim-test-proxy-asan: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) src/shim/proxy.c
+
+# The config reader alone under the sanitizers; test/unit/shim-config.test.ts runs
+# its cases through it and through the shim's `config` action.
+$(BUILD)/shim-test-config-asan: $(SHIM_CONFIG_TEST) src/shim/shim-config.c src/shim/shim-config.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -Isrc/shim -o $@ $(SHIM_CONFIG_TEST) src/shim/shim-config.c

@@ -66,6 +66,30 @@ test('a pod without heteropod.io/offload goes to runc’s shim; a failed start l
   }
 });
 
+test('a bad config fails start at once for every pod, with the reader’s one line', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    const config = path.join(dir, 'shim.toml');
+    fs.writeFileSync(config, `state_dir = "${dir}/state"\n[dpu]\nadress = "10.0.0.2:7443"\n`);
+    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    // A pod served by runc's shim behind the proxy, and one that offloads.
+    for (const annotations of [{ 'io.kubernetes.cri.sandbox-id': 'pod-p' }, { 'io.kubernetes.cri.sandbox-id': 'pod-o', 'heteropod.io/offload': 'proxy' }]) {
+      fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }));
+      const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', annotations['io.kubernetes.cri.sandbox-id'], 'start'], { cwd: bundle, input: options });
+      assert.is(r.status, 1);
+      assert.is(r.stderr.toString(), `${config}:3: dpu.adress: unknown key ([dpu] has address, ca, cert, key, timeout_ms)\n`);
+      assert.is(r.stdout.toString(), '');
+      assert.not.ok(fs.existsSync(path.join(dir, 'state')), 'nothing started');
+      assert.equal(fs.readdirSync(bundle), ['config.json']);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('other actions go to the Node implementation', () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
   const r = spawnSync(launcher, ['-v']);
