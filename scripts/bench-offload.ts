@@ -21,8 +21,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../src/agent/client';
-import type { PodInfo } from '../src/agent/proto';
+import { DpuAgentClient } from '../src/agentapi/client';
+import type { PodInfo } from '../src/agentapi/proto';
 import { LAYER_CACHE_INDEX } from '../src/agent/layer-cache';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';

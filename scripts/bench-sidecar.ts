@@ -100,7 +100,7 @@ import * as path from 'node:path';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import * as dpu from '../src/dpu/dpu';
-import { parseCpuList } from '../src/dpu/config';
+import { parseCpuList } from '../src/common/cpulist';
 import { receiveThreads, ReceiveThread } from '../src/dpu/napi';
 import { cgroupDir, DPU } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';

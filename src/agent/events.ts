@@ -8,7 +8,7 @@
 // across an agent restart and a host shim that reconnects with `after` set to the
 // last one it saw gets everything newer, and nothing twice.
 import { readFields, str, field } from '../proto/wire';
-import { forwardedEvent } from '../shim/messages';
+import { forwardedEvent } from '../taskapi/messages';
 
 export interface PodEvent {
   sequence: number;

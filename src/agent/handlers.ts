@@ -19,7 +19,7 @@ import {
   SetPeerPortsRequest,
   TaskCall,
   TaskEventMessage,
-} from './proto';
+} from '../agentapi/proto';
 
 /** What the handlers need of the DPU's layer cache. */
 export interface LayerCacheApi {

@@ -27,8 +27,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as tar from 'tar-stream';
 import { AgentError } from './errors';
-import { DIGEST_PATTERN, OPAQUE_PAX_KEY, OPAQUE_XATTR, ROOT_ENTRY_NAME } from './layer-format';
-import { mknodDevice, setXattr } from './linux-fs';
+import { DIGEST_PATTERN, OPAQUE_PAX_KEY, OPAQUE_XATTR, ROOT_ENTRY_NAME } from '../layers/format';
+import { mknodDevice, setXattr } from '../common/linux-fs';
 
 export interface PutLayerResult {
   /** Bytes of the stream this put read (0 when the layer was already cached). */

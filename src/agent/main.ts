@@ -3,10 +3,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { DPU, agentAddress } from '../dpu/paths';
-import { Logger, StderrSink } from '../shim/log';
-import { forwardedEvent } from '../shim/messages';
-import { EVENTS_SERVICE } from '../shim/runtime';
+import { AGENT_DEFAULTS } from './defaults';
+import { Logger, StderrSink } from '../common/log';
+import { forwardedEvent } from '../taskapi/messages';
+import { EVENTS_SERVICE } from '../runcshim/runtime';
 import { TtrpcServer } from '../ttrpc';
 import { EventHub, eventContainerId } from './events';
 import { layerHandlers, podHandlers } from './handlers';
@@ -40,15 +40,15 @@ export async function main(argv: string[]): Promise<void> {
   const program = new Command('heteropod-dpu-agent')
     .description('HeteroPod DPU agent: the shim\'s API on the DPU, gRPC over mutual TLS')
     .version(AGENT_VERSION)
-    .option('--listen <host:port>', 'address to serve on', agentAddress())
-    .option('--tls-dir <dir>', 'directory with ca.crt, agent.crt and agent.key', DPU.tlsDirInside)
+    .option('--listen <host:port>', 'address to serve on', `${AGENT_DEFAULTS.address}:${AGENT_DEFAULTS.port}`)
+    .option('--tls-dir <dir>', 'directory with ca.crt, agent.crt and agent.key', AGENT_DEFAULTS.tlsDir)
     .option('--ca <file>', 'CA that signs client certificates (default: <tls-dir>/ca.crt)')
     .option('--cert <file>', 'the agent\'s certificate (default: <tls-dir>/agent.crt)')
     .option('--key <file>', 'the agent\'s key (default: <tls-dir>/agent.key)')
-    .option('--state-dir <dir>', 'pods, bundles and the layer cache', DPU.stateDir)
-    .option('--run-dir <dir>', 'sockets (the events socket the runc shims publish to)', '/run/heteropod/agent')
+    .option('--state-dir <dir>', 'pods, bundles and the layer cache', AGENT_DEFAULTS.stateDir)
+    .option('--run-dir <dir>', 'sockets (the events socket the runc shims publish to)', AGENT_DEFAULTS.runDir)
     .option('--runc-shim <binary>', 'the runtime that runs containers', 'containerd-shim-runc-v2')
-    .option('--uplink <dev>', 'the DPU\'s port to the network; pods\' DPU halves are wired to it when it exists ("" for none)', 'p0');
+    .option('--uplink <dev>', 'the DPU\'s port to the network; pods\' DPU halves are wired to it when it exists ("" for none)', AGENT_DEFAULTS.uplink);
   program.parse(argv);
   const o = program.opts<AgentOptions>();
   const tls = {

@@ -27,15 +27,15 @@ import * as grpc from '@grpc/grpc-js';
 import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
-import { encodeIdRequest, encodeKillRequest, taskRef } from '../shim/messages';
-import { Logger } from '../shim/log';
-import { RuncShimRuntime } from '../shim/runc-runtime';
+import { encodeIdRequest, encodeKillRequest, taskRef } from '../taskapi/messages';
+import { Logger } from '../common/log';
+import { RuncShimRuntime } from '../runcshim/runc-runtime';
 import { readFields, bool } from '../proto/wire';
 import { AgentError } from './errors';
 import { EventHub } from './events';
 import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
-import type { CreateReply, CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from './proto';
+import type { CreateReply, CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from '../agentapi/proto';
 
 export interface AgentPaths {
   // pods/ (one directory per pod) and layers/ live here

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseCpuList, formatCpuList } from '../dpu/config';
+import { parseCpuList, formatCpuList } from '../common/cpulist';
 
 export interface Resources {
   cpus: number[];

@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { unary } from './errors';
-import { dpuAgentService } from './proto';
+import { dpuAgentService } from '../agentapi/proto';
 import type { DpuAgentApi } from './service';
 
 export interface TlsFiles {

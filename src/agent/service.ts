@@ -1,7 +1,7 @@
 // The DPU agent's API as a plain interface, apart from gRPC: the server (server.ts)
 // adapts it to the wire, tests can call it directly, and later groups (layer cache,
 // pod halves, task calls) become further interfaces the server registers the same way.
-import type { CapacityResponse, HealthResponse } from './proto';
+import type { CapacityResponse, HealthResponse } from '../agentapi/proto';
 import { capacityOf, readResources, Resources } from './resources';
 
 export interface DpuAgentApi {

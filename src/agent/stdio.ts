@@ -14,7 +14,7 @@
 //   CloseIO closes, which is the end of input for runc's shim.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { mknodDevice } from './linux-fs';
+import { mknodDevice } from '../common/linux-fs';
 
 export type StreamName = 'stdout' | 'stderr';
 

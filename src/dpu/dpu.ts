@@ -7,11 +7,12 @@
 // roll-back) and leaves nothing.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../agent/client';
-import type { CapacityResponse, HealthResponse } from '../agent/proto';
+import { DpuAgentClient } from '../agentapi/client';
+import type { CapacityResponse, HealthResponse } from '../agentapi/proto';
 import { killAndWait, pidAlive, waitFor } from '../testbed/proc';
 import { cgroupPids, cgroupsPresent, ensureCgroups, hostCpuList, readCgroupFile, removeCgroups } from './cgroup';
-import { cgroupValues, dpuSize, DpuOptions, formatBytes, formatCpuList, parseCpuList } from './config';
+import { formatCpuList, parseCpuList } from '../common/cpulist';
+import { cgroupValues, dpuSize, DpuOptions, formatBytes } from './config';
 import { ensureMountNamespace, launchAgent, removeMountNamespace } from './launch';
 import { createNetwork, networkReady, removeNetwork, Wire, wires } from './network';
 import { agentAddress, DPU } from './paths';

@@ -10,7 +10,7 @@
 // tells a benchmark exactly what each wire's receiving side spent.
 import * as fs from 'node:fs';
 import { run } from '../testbed/proc';
-import { formatCpuList } from './config';
+import { formatCpuList } from '../common/cpulist';
 import { DPU } from './paths';
 
 export type LinkSide = 'host' | 'dpu' | 'fabric';

@@ -9,8 +9,9 @@
 //                                      /var/lib/heteropod/dpu, so the DPU never
 //                                      sees the CA key or the shim's key.
 import * as path from 'node:path';
+import { AGENT_DEFAULTS } from '../agent/defaults';
 
-export const DPU_STATE_DIR = '/var/lib/heteropod/dpu';
+export const DPU_STATE_DIR = AGENT_DEFAULTS.stateDir;
 const PKI = `${DPU_STATE_DIR}/pki`;
 
 export const DPU = {
@@ -21,9 +22,9 @@ export const DPU = {
   /** Name of the DPU end while it is still in the host namespace, before it is moved and renamed. */
   linkPeerTemp: 'hp-dpu-tmfifo',
   hostAddress: '192.168.100.1',
-  dpuAddress: '192.168.100.2',
+  dpuAddress: AGENT_DEFAULTS.address,
   prefixLength: 30,
-  agentPort: 7443,
+  agentPort: AGENT_DEFAULTS.port,
   /**
    * The node's uplink, as on a BlueField in DPU mode: the DPU owns the port to
    * the network (`p0`), and the host's PF reaches it only through the DPU, whose
@@ -89,7 +90,7 @@ export const DPU = {
   mountNsDir: '/run/heteropod-dpu',
   mountNsFile: '/run/heteropod-dpu/mnt',
   /** Where the agent finds its TLS files inside the DPU (a subdir of its state dir). */
-  tlsDirInside: `${DPU_STATE_DIR}/tls`,
+  tlsDirInside: AGENT_DEFAULTS.tlsDir,
   defaultMemoryBytes: 1024 * 1024 * 1024,
   defaultPidsMax: 4096,
 } as const;

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { AGENT_SERVER_NAME } from '../agent/client';
+import { AGENT_SERVER_NAME } from '../agentapi/client';
 import { run } from '../testbed/proc';
 
 export interface PkiFiles {

@@ -8,13 +8,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
 import { loadConfig } from './config';
-import { ShimFlags, formatFlags } from './flags';
-import { groupOf, groupPaths, GroupPaths, removeIfEmpty, socketAnswers } from './paths';
+import { ShimFlags, formatFlags } from '../taskapi/flags';
+import { socketAnswers } from '../common/sockets';
+import { groupOf, groupPaths, GroupPaths, removeIfEmpty } from './paths';
 import { readSpec } from './bundle';
-import { TASK_SERVICE } from './runtime';
+import { TASK_SERVICE } from '../runcshim/runtime';
 import { readStartRecord } from './record';
 import { deleteOnDpu } from './dpu-cleanup';
-import { DeleteResult, decodeDeleteResponse, encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeShutdownRequest } from './messages';
+import { DeleteResult, decodeDeleteResponse, encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeShutdownRequest } from '../taskapi/messages';
 
 const SIGKILL = 9;
 

@@ -6,9 +6,9 @@
 // the host half's rules in the pod's namespace and the XPU window (the sandbox's
 // poststop hook does the same when runc deletes the sandbox; both are idempotent).
 import * as fs from 'node:fs';
-import type { DpuAgentError } from '../agent/client';
+import type { DpuAgentError } from '../agentapi/client';
 import type { ShimConfig } from './config';
-import { DeleteResult, decodeDeleteResponse, encodeIdRequest, encodeKillRequest } from './messages';
+import { DeleteResult, decodeDeleteResponse, encodeIdRequest, encodeKillRequest } from '../taskapi/messages';
 import { PodRecordFile, podRecordPath } from './pod-record';
 
 const SIGKILL = 9;
@@ -37,7 +37,7 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
   if (!onDpu && !isSandbox) return null;
   const d = config.dpu;
   // Loaded only here: every other pod's `delete` is spared gRPC's start-up.
-  const { DpuAgentClient } = require('../agent/client') as typeof import('../agent/client');
+  const { DpuAgentClient } = require('../agentapi/client') as typeof import('../agentapi/client');
   const DEADLINE_EXCEEDED = 4;
   // containerd allows a `delete` 5 s in all.
   const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 1500 });

@@ -22,17 +22,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
-import { DpuAgentClient, DpuAgentError } from '../agent/client';
-import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agent/proto';
+import { DpuAgentClient, DpuAgentError } from '../agentapi/client';
+import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agentapi/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
 import { readFields, str, bool, uint } from '../proto/wire';
 import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
-import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from './messages';
+import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from '../taskapi/messages';
 import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
 import type { HostMode } from './config';
-import type { Logger } from './log';
-import type { FirstTask, Runtime } from './runtime';
+import type { Logger } from '../common/log';
+import type { FirstTask, Runtime } from '../runcshim/runtime';
 import { HostStdio } from './stdio-relay';
 
 export interface DpuPodIdentity {

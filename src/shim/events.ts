@@ -4,8 +4,8 @@
 // times and reconnecting if containerd restarted.
 import { TtrpcClient } from '../ttrpc';
 import type { KeyValue } from '../ttrpc';
-import type { Logger } from './log';
-import { EVENTS_SERVICE } from './runtime';
+import type { Logger } from '../common/log';
+import { EVENTS_SERVICE } from '../runcshim/runtime';
 
 // Bounded retries: about 10 s in all, long enough to ride out a containerd restart.
 const ATTEMPTS = 12;

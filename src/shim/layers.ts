@@ -14,8 +14,8 @@ import * as path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
-import { OPAQUE_PAX_KEY, OPAQUE_XATTR, ROOT_ENTRY_NAME } from '../agent/layer-format';
-import { getXattr } from '../agent/linux-fs';
+import { OPAQUE_PAX_KEY, OPAQUE_XATTR, ROOT_ENTRY_NAME } from '../layers/format';
+import { getXattr } from '../common/linux-fs';
 
 // ---------------------------------------------------------------------------
 // Rootfs mounts → layer directories

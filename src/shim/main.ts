@@ -1,7 +1,7 @@
 // containerd-shim-heteropod-v2's actions in Node.js: `delete` (containerd's
 // clean-up after a shim that is gone) and -v. `start` and the pod's proxy are
 // the C launcher's (launcher.c, proxy.c); it hands every other action here.
-import { parseFlags } from './flags';
+import { parseFlags } from '../taskapi/flags';
 
 const VERSION = '0.1.0';
 

@@ -11,15 +11,15 @@
 // the daemon's tasks UNAVAILABLE and hold their Waits until it is back.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../agent/client';
+import { DpuAgentClient } from '../agentapi/client';
 import { CallContext, Handler, TtrpcServer, failedPrecondition, invalidArgument } from '../ttrpc';
 import { ShimConfig, loadConfig } from './config';
 import { EventForwarder } from './events';
-import { LogSink, Logger, StderrSink } from './log';
+import { LogSink, Logger, StderrSink } from '../common/log';
 import { NodePod, PodAttach, decodeAttach, pidAlive, placedTrailer, podKey } from './node-pod';
 import { podRecordFiles, readPodRecord } from './pod-record';
 import { deleteOnDpu } from './dpu-cleanup';
-import { TASK_SERVICE } from './runtime';
+import { TASK_SERVICE } from '../runcshim/runtime';
 
 export const NODE_SERVICE = 'heteropod.node.v1.Node';
 

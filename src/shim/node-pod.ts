@@ -4,15 +4,15 @@
 // is called only for the sandbox of a pod with a DPU half (its split network is
 // joined around the sandbox's Create and Delete).
 import * as path from 'node:path';
-import type { DpuAgentClient } from '../agent/client';
+import type { DpuAgentClient } from '../agentapi/client';
 import { MessageWriter, bool, readFields, str, uint } from '../proto/wire';
 import { NAMESPACE_KEY } from '../ttrpc/messages';
 import type { ShimConfig } from './config';
 import type { EventForwarder } from './events';
-import { FifoSink, LogSink, Logger, TeeSink } from './log';
-import { forwardedEvent, taskExit } from './messages';
+import { FifoSink, LogSink, Logger, TeeSink } from '../common/log';
+import { forwardedEvent, taskExit } from '../taskapi/messages';
 import { PodRouter } from './pod-router';
-import { RuncShimRuntime } from './runc-runtime';
+import { RuncShimRuntime } from '../runcshim/runc-runtime';
 import { Placed, TaskService } from './task-service';
 import { Task } from './tasks';
 import type { NodePodRecord, PodRecordFile } from './pod-record';

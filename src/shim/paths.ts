@@ -2,7 +2,6 @@
 // is the CRI sandbox id, or the task id for a task outside any pod.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 
 export const SANDBOX_ID_ANNOTATION = 'io.kubernetes.cri.sandbox-id';
@@ -38,22 +37,4 @@ export function removeIfEmpty(dir: string): void {
   } catch {
     // not empty, or gone
   }
-}
-
-/**
- * Whether something accepts connections on a shim socket, given as a path or as a
- * `unix://` address (an empty address never answers). This is how `start` finds a
- * pod's running shim, `delete` a dead one, and a spare its siblings.
- */
-export function socketAnswers(socketOrAddress: string): Promise<boolean> {
-  const socketPath = socketOrAddress.replace(/^unix:\/\//, '');
-  if (!socketPath) return Promise.resolve(false);
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }

@@ -17,16 +17,16 @@
 // this process dies without closing its half.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../agent/client';
+import { DpuAgentClient } from '../agentapi/client';
 import { AnnotationError, parsePodOffload, PodOffload } from '../placement/annotations';
 import { AnnotationError as PortsAnnotationError, PORTS_ANNOTATION, declaredPortList, OciHook, parsePortsAnnotation, podAddress, withCleanupHook } from '../netns';
 import { ContainerSpec, Placement, PlacementError, placeContainer, Where } from '../placement/placement';
 import { RpcError, failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
 import { DpuAgentRuntime } from './dpu-runtime';
-import type { Logger } from './log';
-import { encodeIdRequest, taskRef } from './messages';
-import type { FirstTask, Runtime } from './runtime';
+import type { Logger } from '../common/log';
+import { encodeIdRequest, taskRef } from '../taskapi/messages';
+import type { FirstTask, Runtime } from '../runcshim/runtime';
 import type { CreateInfo } from './task-service';
 import { readSpec, writeSpec } from './bundle';
 import { NodePodRecord, PodRecordFile, podRecordPath } from './pod-record';

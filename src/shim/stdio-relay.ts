@@ -14,9 +14,9 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
-import type { DpuAgentClient } from '../agent/client';
-import type { InputChunk, OutputChunkMessage } from '../agent/proto';
-import type { Logger } from './log';
+import type { DpuAgentClient } from '../agentapi/client';
+import type { InputChunk, OutputChunkMessage } from '../agentapi/proto';
+import type { Logger } from '../common/log';
 
 export interface StdioPaths {
   stdin: string;

@@ -8,10 +8,10 @@
 // far as routing needs (messages.ts); the runtime gets the bytes as sent, except
 // Create, whose runtime options are ours and are replaced by the runtime's own.
 import { Code, Handler, RpcError, invalidArgument } from '../ttrpc';
-import type { Logger } from './log';
-import type { Runtime } from './runtime';
+import type { Logger } from '../common/log';
+import type { Runtime } from '../runcshim/runtime';
 import { Task, TaskTable } from './tasks';
-import { TaskRef, connectTaskPid, createRequest, encodeConnectResponse, taskRef, withCreateOptions } from './messages';
+import { TaskRef, connectTaskPid, createRequest, encodeConnectResponse, taskRef, withCreateOptions } from '../taskapi/messages';
 
 export interface CreateInfo {
   id: string;

@@ -1,7 +1,7 @@
 // The pod's tasks as the router sees them: which runtime holds each one, and its
 // lifecycle as an explicit state machine. A transition that the lifecycle does not
 // allow is refused rather than silently recorded.
-import type { Runtime } from './runtime';
+import type { Runtime } from '../runcshim/runtime';
 import { failedPrecondition, notFound, alreadyExists } from '../ttrpc';
 
 export type TaskStatus = 'creating' | 'created' | 'running' | 'stopped' | 'deleted';

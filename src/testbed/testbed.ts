@@ -4,8 +4,8 @@
 // containerd, runc and CNI rather than by guessing.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
+import { socketAnswers } from '../common/sockets';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
 import { agentAddress } from '../dpu/paths';
@@ -203,17 +203,6 @@ export async function stopNodeDaemon(log: Log = () => {}): Promise<void> {
   await killAndWait(pids, 5000);
   fs.rmSync(TESTBED.nodePidFile, { force: true });
   log('node daemon stopped');
-}
-
-function socketAnswers(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 }
 
 async function ensureImages(log: Log): Promise<void> {

@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { DpuAgentClient, DpuAgentError } from '../../src/agent/client';
+import { DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
 import { agentPid as runningAgent, down, hostClientOptions, up } from '../../src/dpu/dpu';
 import { makeCa, makeLeaf } from '../../src/dpu/pki';
 import { receiveThreads } from '../../src/dpu/napi';

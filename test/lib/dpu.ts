@@ -3,8 +3,8 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DpuAgentClient } from '../../src/agent/client';
-import type { PodInfo } from '../../src/agent/proto';
+import { DpuAgentClient } from '../../src/agentapi/client';
+import type { PodInfo } from '../../src/agentapi/proto';
 import { cgroupPids, cgroupTree } from '../../src/dpu/cgroup';
 import { agentPid, hostClientOptions } from '../../src/dpu/dpu';
 import { cgroupDir, DPU } from '../../src/dpu/paths';

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agent/client';
+import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
 import { DpuAgentService } from '../../src/agent/service';
 import { capacityOf, effectiveMemoryLimit, parseMemTotal, parseProcCgroup } from '../../src/agent/resources';

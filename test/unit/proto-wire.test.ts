@@ -5,7 +5,7 @@ import * as assert from 'uvu/assert';
 import { decode, encode } from '../../src/proto';
 import { readFields, MessageWriter, replaceField, decodeTimestamp, int64 } from '../../src/proto/wire';
 import { decodeRequest, encodeRequest, decodeResponse, encodeResponse } from '../../src/ttrpc/messages';
-import * as m from '../../src/shim/messages';
+import * as m from '../../src/taskapi/messages';
 
 const T = 'containerd.task.v2.';
 

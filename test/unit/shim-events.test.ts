@@ -6,8 +6,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { TtrpcServer, RpcError, Code } from '../../src/ttrpc';
 import { EventForwarder } from '../../src/shim/events';
-import { Logger } from '../../src/shim/log';
-import { forwardedEvent } from '../../src/shim/messages';
+import { Logger } from '../../src/common/log';
+import { forwardedEvent } from '../../src/taskapi/messages';
 import { encode } from '../../src/proto';
 
 function forwardRequest(topic: string): Buffer {

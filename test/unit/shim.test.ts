@@ -8,13 +8,13 @@ import * as path from 'node:path';
 import { TtrpcServer, TtrpcClient, RpcError, Code, notFound } from '../../src/ttrpc';
 import { decode, encode } from '../../src/proto';
 import { TaskService } from '../../src/shim/task-service';
-import type { Runtime, FirstTask } from '../../src/shim/runtime';
-import { Logger, LogSink } from '../../src/shim/log';
-import { parseFlags, formatFlags } from '../../src/shim/flags';
+import type { Runtime, FirstTask } from '../../src/runcshim/runtime';
+import { Logger, LogSink } from '../../src/common/log';
+import { parseFlags, formatFlags } from '../../src/taskapi/flags';
 import { loadConfig } from '../../src/shim/config';
 import { decodeRuntimeOptions } from '../../src/shim/options';
 import { groupOf, groupPaths } from '../../src/shim/paths';
-import { encodeDeleteResponse } from '../../src/shim/messages';
+import { encodeDeleteResponse } from '../../src/taskapi/messages';
 import { Task } from '../../src/shim/tasks';
 
 const T = 'containerd.task.v2.';

@@ -11,7 +11,7 @@ import { AgentError } from '../../src/agent/errors';
 import { EventHub } from '../../src/agent/events';
 import { DpuPods } from '../../src/agent/pods';
 import { CLEANUP_HOOK, cleanupHook, withCleanupHook } from '../../src/netns';
-import { Logger, StderrSink } from '../../src/shim/log';
+import { Logger, StderrSink } from '../../src/common/log';
 
 test('clean-up hook: the checkout\'s program, a PATH that finds node and the network tools', () => {
   assert.ok(fs.statSync(CLEANUP_HOOK).mode & 0o111, `${CLEANUP_HOOK} is executable`);

@@ -10,9 +10,9 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { DpuAgentClient } from '../../src/agent/client';
-import type { OutputChunkMessage } from '../../src/agent/proto';
-import { Logger, StderrSink } from '../../src/shim/log';
+import type { DpuAgentClient } from '../../src/agentapi/client';
+import type { OutputChunkMessage } from '../../src/agentapi/proto';
+import { Logger, StderrSink } from '../../src/common/log';
 import { HostStdio } from '../../src/shim/stdio-relay';
 
 const log = new Logger(new StderrSink(), false, { test: 'stdio-relay' });

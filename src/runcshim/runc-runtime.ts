@@ -17,10 +17,10 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
-import { encodeShutdownRequest, runcOptions } from './messages';
-import { formatFlags } from './flags';
-import { socketAnswers } from './paths';
-import type { Logger } from './log';
+import { encodeShutdownRequest, runcOptions } from '../taskapi/messages';
+import { formatFlags } from '../taskapi/flags';
+import { socketAnswers } from '../common/sockets';
+import type { Logger } from '../common/log';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
 
 export interface RuncShimOptions {
