@@ -1197,7 +1197,7 @@ static int node_frame(struct loop *l, struct conn *c, unsigned char *frame, size
 
 		free(p);
 		if (code != 0) {
-			snprintf(why, why_len, "Attach: %s", code < 0 ? "undecodable answer" : message[0] ? message : "refused");
+			snprintf(why, why_len, "Attach: %.120s", code < 0 ? "undecodable answer" : message[0] ? message : "refused");
 			return -ECONNREFUSED;
 		}
 		c->attached = 1;
