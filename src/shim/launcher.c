@@ -3,23 +3,21 @@
  *
  * containerd runs `<shim> ... start` cold for every task and waits for it; a
  * Node.js start-up for each would dominate pod start time. This does `start`
- * without Node: find the pod's shim socket, and if nothing answers there, bind
- * and listen on it and spawn the Node daemon (dist/src/shim/main.js ... serve)
- * with the listening socket as fd 3, then write `address` and the start record
- * into the bundle and print the address. Every other action (delete, serve, -v)
- * is handed to the Node implementation with execv, unchanged.
+ * without Node: find the pod's shim socket, and if nothing answers there, start
+ * containerd-shim-runc-v2 for the pod and the C proxy of proxy.c in front of it
+ * (proxy-start.c; the `proxy` action is that process), listening on the pod's
+ * socket; then write `address` and the start record into the bundle and print
+ * the address. `config` prints the shim config as read (shim-config.c); every
+ * other action (delete, -v) is handed to the Node implementation with execv.
  *
- * Which daemon: a pod whose sandbox spec has no `heteropod.io/offload`
- * annotation behaves exactly like runc, so it needs no router: `start` serves it
- * with containerd-shim-runc-v2 behind the small C proxy of proxy.c
- * (proxy-start.c; the `proxy` action is that process). A pod with the annotation
- * (any value, even empty) gets the Node daemon, which routes its containers.
- * Container tasks of a pod find the pod's socket answering and join it, whatever
- * serves it.
- *
- * Warm spares (src/shim/spare.ts): before starting a daemon cold, `start` asks
- * the spare listening on <state_dir>/s/spare-<hash> to become the pod's daemon;
- * either way it then starts the next spare, at low priority, and does not wait.
+ * Offload: a pod whose sandbox spec has the `heteropod.io/offload` annotation
+ * (any value, even empty) is served the same way, and its proxy is also told the
+ * node daemon's socket, <state_dir>/node.sock (one Node.js daemon per node,
+ * started by no `start`), and the pod's `heteropod.io/offload-policy` annotation
+ * (absent: "prefer"; any other value is passed as it is). The proxy routes the
+ * pod's tasks between runc's shim and the daemon (proxy.h). A pod without the
+ * annotation gets a proxy that never looks at the daemon. Container tasks of a
+ * pod find the pod's socket answering and join it.
  *
  * Contract shared with src/shim (paths.ts, options.ts, record.ts; shim-config.c
  * reads the config for both):
@@ -36,10 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -47,6 +43,7 @@
 
 #define SANDBOX_ID_KEY "\"io.kubernetes.cri.sandbox-id\""
 #define OFFLOAD_KEY "\"heteropod.io/offload\""
+#define OFFLOAD_POLICY_KEY "\"heteropod.io/offload-policy\""
 #define MAX_SOCKET_PATH 106
 
 /* ---- SHA-256 (FIPS 180-4) -------------------------------------------------- */
@@ -267,34 +264,57 @@ static int has_offload_annotation(const char *spec)
 	return 0;
 }
 
-/* The pod the task belongs to (its sandbox-id annotation, else the task id) and
- * whether it asks for offload. */
-static char *group_of(const char *id, int *offload)
+/*
+ * The string value of the key `quoted_key` (quotes included) when it is a key
+ * (followed by a colon, not inside a JSON string), as a new string; NULL when
+ * absent or not a plain string. Escapes are not decoded: annotation values the
+ * shim reads (ids, policies) have none.
+ */
+static char *annotation_of(const char *spec, const char *quoted_key)
 {
-	char *spec = read_file("config.json"), *p, *end, *out;
+	const char *p, *q, *end;
+
+	for (p = strstr(spec, quoted_key); p; p = strstr(p + 1, quoted_key)) {
+		if (p > spec && p[-1] == '\\')
+			continue;
+		q = p + strlen(quoted_key);
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		if (*q != ':')
+			continue;
+		q++;
+		while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
+			q++;
+		if (*q != '"' || !(end = strchr(q + 1, '"')))
+			return NULL;
+		return strndup(q + 1, (size_t)(end - q - 1));
+	}
+	return NULL;
+}
+
+/* The pod the task belongs to (its sandbox-id annotation, else the task id) and,
+ * if it asks for offload, its policy (a new string; NULL without offload). */
+static char *group_of(const char *id, char **offload_policy)
+{
+	char *spec = read_file("config.json"), *group;
 
 	if (!spec)
 		fail("read bundle spec config.json", strerror(errno));
-	*offload = has_offload_annotation(spec);
-	p = strstr(spec, SANDBOX_ID_KEY);
-	if (p) {
-		p += strlen(SANDBOX_ID_KEY);
-		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-			p++;
-		if (*p == ':') {
-			p++;
-			while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-				p++;
-			if (*p == '"' && (end = strchr(p + 1, '"')) && end > p + 1) {
-				*end = '\0';
-				out = strdup(p + 1);
-				free(spec);
-				return out;
-			}
-		}
+	*offload_policy = NULL;
+	if (has_offload_annotation(spec)) {
+		*offload_policy = annotation_of(spec, OFFLOAD_POLICY_KEY);
+		if (!*offload_policy)
+			*offload_policy = strdup("prefer");
+		if (!*offload_policy)
+			fail("out of memory", NULL);
+	}
+	group = annotation_of(spec, SANDBOX_ID_KEY);
+	if (group && !*group) {
+		free(group);
+		group = NULL;
 	}
 	free(spec);
-	return strdup(id);
+	return group ? group : strdup(id);
 }
 
 int mkdir_p(const char *dir, mode_t mode)
@@ -379,101 +399,6 @@ static void json_escape(char *out, size_t cap, const char *in)
 	out[o] = '\0';
 }
 
-/* What a daemon or spare is started with. */
-struct flags_view {
-	const char *namespace, *address, *publish_binary, *config_path;
-	int debug;
-};
-
-/* ---- spares -------------------------------------------------------------- */
-
-/*
- * Hands the pod to the warm spare at spare_path: sends the assignment and waits
- * (at most 5 s) for "ok". Returns 1 when the spare now serves the pod socket.
- */
-static int activate_spare(const char *spare_path, const char *group, const char *socket_path)
-{
-	struct sockaddr_un addr;
-	struct timeval timeout = { 5, 0 };
-	char cwd[PATH_MAX], request[3 * PATH_MAX + 64], reply[256];
-	size_t got = 0;
-	int fd, n;
-
-	if (!getcwd(cwd, sizeof(cwd)))
-		return 0;
-	memset(&addr, 0, sizeof(addr));
-	addr.sun_family = AF_UNIX;
-	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", spare_path) >= (int)sizeof(addr.sun_path))
-		return 0;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return 0;
-	if (connect(fd, (const struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout)) < 0) {
-		close(fd);
-		return 0;
-	}
-	n = snprintf(request, sizeof(request), "id=%s\nsocket=%s\nbundle=%s\n\n", group, socket_path, cwd);
-	if (n <= 0 || n >= (int)sizeof(request) || write(fd, request, (size_t)n) != n) {
-		close(fd);
-		return 0;
-	}
-	while (got < sizeof(reply) - 1) {
-		ssize_t r = read(fd, reply + got, sizeof(reply) - 1 - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-		if (memchr(reply, '\n', got))
-			break;
-	}
-	close(fd);
-	reply[got] = '\0';
-	return strncmp(reply, "ok\n", 3) == 0;
-}
-
-/* Starts the next spare; the launcher does not wait for it. */
-static void spawn_spare(const char *mainjs, const struct flags_view *f, const char *spare_path)
-{
-	pid_t pid = fork();
-
-	if (pid != 0)
-		return; /* parent, or fork failed: the next pod starts cold */
-	{
-		char *args[20];
-		int a = 0, null = open("/dev/null", O_RDWR);
-
-		setsid();
-		/* A spare must not slow the pod being started: it boots at low priority. */
-		if (setpriority(PRIO_PROCESS, 0, 10) < 0) {
-			/* keep the default priority */
-		}
-		if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
-			_exit(127);
-		if (null > 2)
-			close(null);
-		args[a++] = "node";
-		args[a++] = "--max-semi-space-size=1";
-		args[a++] = (char *)mainjs;
-		args[a++] = "-namespace"; args[a++] = (char *)f->namespace;
-		args[a++] = "-address"; args[a++] = (char *)f->address;
-		if (f->publish_binary) {
-			args[a++] = "-publish-binary"; args[a++] = (char *)f->publish_binary;
-		}
-		if (f->config_path[0]) {
-			args[a++] = "-config"; args[a++] = (char *)f->config_path;
-		}
-		if (f->debug)
-			args[a++] = "-debug";
-		args[a++] = "-socket"; args[a++] = (char *)spare_path;
-		args[a++] = "spare";
-		args[a] = NULL;
-		execvp("node", args);
-		_exit(127);
-	}
-}
-
 /* ---- main -------------------------------------------------------------- */
 
 static const char *flag_value(int argc, char **argv, int *i, const char *name)
@@ -520,6 +445,14 @@ static int parse_flags(int argc, char **argv, struct flags *f)
 			f->work_dir = v;
 		} else if ((v = flag_value(argc, argv, &i, "config"))) {
 			f->config = v;
+		} else if ((v = flag_value(argc, argv, &i, "node-socket"))) {
+			f->node_socket = v;
+		} else if ((v = flag_value(argc, argv, &i, "offload-policy"))) {
+			f->offload_policy = v;
+		} else if ((v = flag_value(argc, argv, &i, "ttrpc-address"))) {
+			f->ttrpc_address = v;
+		} else if ((v = flag_value(argc, argv, &i, "bundle"))) {
+			f->bundle = v;
 		} else {
 			return -1; /* anything else: the Node implementation decides */
 		}
@@ -574,12 +507,12 @@ int main(int argc, char **argv)
 {
 	char mainjs[PATH_MAX], hex[65], record[3 * PATH_MAX], esc_cfg[PATH_MAX], esc_group[PATH_MAX];
 	char config_error[SHIM_CONFIG_ERROR_MAX];
-	char *stdin_bytes, *config_path, *state_dir, *group, *key;
+	char *stdin_bytes, *config_path, *state_dir, *group, *key, *offload_policy;
 	struct sockaddr_un addr;
 	struct shim_config config;
 	struct flags f;
 	size_t in_len = 0, key_len;
-	int listener, offload, err;
+	int err;
 
 	if (parse_flags(argc, argv, &f) == 0 && f.action && !strcmp(f.action, "config"))
 		return shim_config_main(f.config);
@@ -602,7 +535,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	state_dir = config.state_dir;
-	group = group_of(f.id, &offload);
+	group = group_of(f.id, &offload_policy);
 
 	key_len = strlen("heteropod") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(group);
 	key = malloc(key_len + 1);
@@ -617,84 +550,23 @@ int main(int argc, char **argv)
 		fail("socket path longer than 106 bytes; choose a shorter state_dir", state_dir);
 
 	if (!socket_answers(&addr)) {
-		char sdir[PATH_MAX], spare[PATH_MAX], spare_hex[65], *spare_key;
-		struct flags_view view = { f.namespace, f.address, f.publish_binary, config_path, f.debug };
-		size_t spare_len;
-		pid_t pid;
+		char sdir[PATH_MAX], cwd[PATH_MAX], why[PATH_MAX + 256], node_socket[PATH_MAX];
+		struct start_request req = { &f, &config, config_path, group, addr.sun_path, cwd, NULL, NULL };
 
 		snprintf(sdir, sizeof(sdir), "%s/s", state_dir);
 		if ((err = mkdir_p(sdir, 0711)) < 0)
 			fail(sdir, strerror(-err));
-		if (!offload) {
-			char cwd[PATH_MAX], why[PATH_MAX + 256];
-			struct start_request req = { &f, &config, config_path, group, addr.sun_path, cwd };
-
-			if (!getcwd(cwd, sizeof(cwd)))
-				fail("getcwd", strerror(errno));
-			if ((err = proxy_start(&req, why, sizeof(why))) < 0)
-				fail(why, strerror(-err));
-			goto started;
+		if (!getcwd(cwd, sizeof(cwd)))
+			fail("getcwd", strerror(errno));
+		if (offload_policy) {
+			if (snprintf(node_socket, sizeof(node_socket), "%s/%s", state_dir, NODE_SOCKET) > MAX_SOCKET_PATH)
+				fail("node daemon socket path longer than 106 bytes; choose a shorter state_dir", state_dir);
+			req.offload_policy = offload_policy;
+			req.node_socket = node_socket;
 		}
-		/* A spare serves one containerd with one shim configuration. */
-		spare_len = strlen("spare") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(config_path) + 1 +
-			    (f.publish_binary ? strlen(f.publish_binary) : 0) + 2;
-		spare_key = malloc(spare_len + 1);
-		if (!spare_key)
-			fail("out of memory", NULL);
-		snprintf(spare_key, spare_len + 1, "spare%c%s%c%s%c%s%c%s%c%d", 0, f.address, 0, f.namespace, 0, config_path, 0,
-			 f.publish_binary ? f.publish_binary : "", 0, f.debug);
-		sha256_hex((const unsigned char *)spare_key, spare_len, spare_hex);
-		spare_hex[16] = '\0';
-		if (snprintf(spare, sizeof(spare), "%s/s/spare-%s", state_dir, spare_hex) >= (int)sizeof(spare))
-			fail("spare socket path too long", state_dir);
-		free(spare_key);
-		if (activate_spare(spare, group, addr.sun_path)) {
-			spawn_spare(mainjs, &view, spare);
-			goto started;
-		}
-		listener = listen_at(addr.sun_path);
-		if (listener < 0)
-			fail(addr.sun_path, strerror(-listener));
-		pid = fork();
-		if (pid < 0) {
-			unlink(addr.sun_path);
-			fail("fork", strerror(errno));
-		}
-		if (pid == 0) {
-			/* The daemon: its own session, no stdio of containerd's (which waits
-			 * for EOF on our stdout and stderr), the listener as fd 3. */
-			char *args[20];
-			int a = 0, null = open("/dev/null", O_RDWR);
-
-			setsid();
-			if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 || dup2(listener, 3) < 0)
-				_exit(127);
-			if (null > 3)
-				close(null);
-			args[a++] = "node";
-			args[a++] = "--max-semi-space-size=1";
-			args[a++] = mainjs;
-			args[a++] = "-namespace"; args[a++] = (char *)f.namespace;
-			args[a++] = "-address"; args[a++] = (char *)f.address;
-			if (f.publish_binary) {
-				args[a++] = "-publish-binary"; args[a++] = (char *)f.publish_binary;
-			}
-			args[a++] = "-id"; args[a++] = group;
-			args[a++] = "-socket"; args[a++] = addr.sun_path;
-			if (config_path[0]) {
-				args[a++] = "-config"; args[a++] = config_path;
-			}
-			if (f.debug)
-				args[a++] = "-debug";
-			args[a++] = "serve";
-			args[a] = NULL;
-			execvp("node", args);
-			_exit(127);
-		}
-		close(listener); /* the daemon holds it now */
-		spawn_spare(mainjs, &view, spare);
+		if ((err = proxy_start(&req, why, sizeof(why))) < 0)
+			fail(why, strerror(-err));
 	}
-started:
 
 	json_escape(esc_cfg, sizeof(esc_cfg), config_path);
 	json_escape(esc_group, sizeof(esc_group), group);

@@ -1,6 +1,6 @@
 /*
- * What launcher.c (start, the Node hand-off) and proxy-start.c (pods served by
- * the C proxy) share. Not an API: one binary, build/containerd-shim-heteropod-v2.
+ * What launcher.c (start, the Node hand-off) and proxy-start.c (runc's shim and
+ * the C proxy, which serve every pod) share. Not an API: one binary, build/containerd-shim-heteropod-v2.
  */
 #ifndef HETEROPOD_SHIM_LAUNCHER_H
 #define HETEROPOD_SHIM_LAUNCHER_H
@@ -8,12 +8,16 @@
 #include <sys/types.h>
 
 #include "shim-config.h"
+#define NODE_SOCKET "node.sock" /* the node daemon\'s, in state_dir */
 
 /* Go-style flags, as containerd passes them, plus the proxy's own. */
 struct flags {
 	const char *namespace, *address, *publish_binary, *id, *action;
 	/* proxy: our socket, runc's shim address, its working directory, the config */
 	const char *socket, *runc_address, *work_dir, *config;
+	/* proxy of an offload pod: the node daemon's socket, the pod's
+	 * heteropod.io/offload-policy, and what Attach tells the daemon besides */
+	const char *node_socket, *offload_policy, *ttrpc_address, *bundle;
 	int debug;
 };
 
@@ -25,10 +29,13 @@ struct start_request {
 	const char *group;	 /* the pod: sandbox id */
 	const char *socket;	 /* our socket for the pod (nothing answers there yet) */
 	const char *bundle;	 /* absolute: the task's bundle, start's cwd */
+	/* Offload pods: the pod's heteropod.io/offload-policy ("prefer" when the
+	 * annotation is absent) and the node daemon's socket; both NULL otherwise. */
+	const char *offload_policy, *node_socket;
 };
 
-/* Starts runc's shim for the pod and the proxy in front of it, listening on
- * req->socket before it returns. 0, or a negative errno with `why` filled. */
+/* Starts runc's shim for the pod and the proxy in front of it (told about the
+ * node daemon for an offload pod), listening on req->socket before it returns. 0, or a negative errno with `why` filled. */
 int proxy_start(const struct start_request *req, char *why, size_t why_len);
 
 /* The `proxy` action: the long-lived process proxy_start spawns. */

@@ -1,8 +1,11 @@
 /*
- * Pods that offload nothing (no `heteropod.io/offload` annotation) behave exactly
- * like runc, so they are served by containerd-shim-runc-v2 itself, behind the C
- * proxy of proxy.c instead of the Node router: `start` starts runc's shim for the
- * pod, then the proxy on our socket, and prints our address.
+ * Every pod is served by containerd-shim-runc-v2 behind the C proxy of proxy.c:
+ * `start` starts runc's shim for the pod, then the proxy on our socket, and
+ * prints our address. For a pod with the `heteropod.io/offload` annotation the
+ * proxy is also told the node daemon's socket (<state_dir>/node.sock), the pod's
+ * offload policy, and what it tells the daemon in Attach (containerd's addresses,
+ * TTRPC_ADDRESS, the publish binary, the sandbox bundle); it then routes the
+ * pod's tasks between runc's shim and the daemon (proxy.h).
  *
  * runc's shim, and what is done about its pitfalls (as in runc-runtime.ts):
  * - its `start` writes `address` into its working directory, and
@@ -214,7 +217,7 @@ static int spawn_proxy(const struct start_request *req, const char *work_dir, co
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		const char *args[24];
+		const char *args[40], *ttrpc_address = getenv("TTRPC_ADDRESS");
 		int a = 0, null = open("/dev/null", O_RDWR);
 
 		setsid();
@@ -234,6 +237,17 @@ static int spawn_proxy(const struct start_request *req, const char *work_dir, co
 		args[a++] = "-work-dir"; args[a++] = work_dir;
 		if (req->config_path[0]) {
 			args[a++] = "-config"; args[a++] = req->config_path;
+		}
+		if (req->node_socket) {
+			args[a++] = "-node-socket"; args[a++] = req->node_socket;
+			args[a++] = "-offload-policy"; args[a++] = req->offload_policy;
+			args[a++] = "-bundle"; args[a++] = req->bundle;
+			if (f->publish_binary) {
+				args[a++] = "-publish-binary"; args[a++] = f->publish_binary;
+			}
+			if (ttrpc_address) {
+				args[a++] = "-ttrpc-address"; args[a++] = ttrpc_address;
+			}
 		}
 		if (f->debug)
 			args[a++] = "-debug";
@@ -380,16 +394,31 @@ int proxy_main(const struct flags *f)
 	}
 
 	{
+		struct hp_attach attach = {
+			.namespace = f->namespace,
+			.group = f->id,
+			.containerd_address = f->address,
+			.ttrpc_address = f->ttrpc_address ? f->ttrpc_address : getenv("TTRPC_ADDRESS"),
+			.runc_address = f->runc_address,
+			.publish_binary = f->publish_binary,
+			.bundle = f->bundle,
+			.config_path = f->config,
+			.proxy_pid = (uint32_t)getpid(),
+			.debug = proxy_log.debug,
+		};
 		struct hp_proxy p = {
 			.listener = LISTEN_FD,
 			.socket_path = f->socket,
 			.upstream = upstream,
 			.create_options = olen > 0 ? options : NULL,
 			.create_options_len = olen > 0 ? (size_t)olen : 0,
+			.node_socket = f->node_socket,
+			.offload_policy = f->offload_policy ? f->offload_policy : "prefer",
+			.attach = f->node_socket ? &attach : NULL,
 			.log = log_line,
 		};
 
-		log_line("info", "proxy serving", NULL);
+		log_line("info", f->node_socket ? "proxy serving an offload pod" : "proxy serving", NULL);
 		err = hp_proxy_run(&p);
 		if (err < 0)
 			log_line("error", "proxy event loop failed", strerror(-err));

@@ -1,18 +1,33 @@
 /*
- * The ttrpc proxy that serves a pod which offloads nothing (no
- * `heteropod.io/offload` annotation): containerd talks to our socket, and every
- * connection is paired with a connection of its own to the pod's
+ * The ttrpc proxy that serves every pod: containerd talks to our socket, and each
+ * of its connections is paired with a connection of its own to the pod's
  * containerd-shim-runc-v2. Frames pass unchanged in both directions (a pair has
  * its own stream-id space, so nothing is remapped), except
  * containerd.task.v2.Task/Create requests, whose runtime options (ours, which
  * runc's shim refuses) are replaced by containerd.runc.v1.Options or removed.
  *
- * One thread, epoll, buffers allocated per connection when it is accepted. The
- * proxy runs until runc's shim exits, then closes every connection, so containerd
- * sees the shim gone exactly when it would under runc. It learns of the exit from
- * an idle connection of its own to runc's shim, which ends only with that process
- * (containerd-shim-runc-v2 1.6 leaves no shim.pid to watch, and its ttrpc server
- * never closes a connection by itself).
+ * A pod with the `heteropod.io/offload` annotation (hp_proxy.node_socket set)
+ * also has the node daemon, one per node, on a unix socket speaking ttrpc. Each
+ * containerd connection then opens, when a request first needs it, a connection
+ * of its own to the daemon and sends Attach (hp_attach_frame) before anything
+ * else. Every Task/Create goes to the daemon unchanged; its answer carries
+ * Response field 15 `placed`: 1, the daemon holds the task, and every later Task
+ * request for that id (except Shutdown, always runc's) goes to the daemon, on
+ * whichever containerd connection it comes; 2, the daemon left it to the host,
+ * and the original Create goes to runc's shim, whose answer containerd gets.
+ * Field 15 never reaches containerd. Without the daemon: a Create goes to runc
+ * (policy "prefer") or fails with FAILED_PRECONDITION (any other policy); a Wait
+ * for a daemon task is held and sent again once a new daemon connection has been
+ * attached (tried every 250 ms); any other request for a daemon task fails with
+ * UNAVAILABLE. A pod without the annotation never looks at the daemon.
+ *
+ * One thread, epoll, buffers allocated per connection when it is accepted (the
+ * daemon connection's when it is opened). The proxy runs until runc's shim exits,
+ * then closes every connection, so containerd sees the shim gone exactly when it
+ * would under runc. It learns of the exit from an idle connection of its own to
+ * runc's shim, which ends only with that process (containerd-shim-runc-v2 1.6
+ * leaves no shim.pid to watch, and its ttrpc server never closes a connection by
+ * itself).
  *
  * Functions return a negative errno on failure.
  */
@@ -26,6 +41,17 @@
 #define HP_TTRPC_HEADER 10u
 #define HP_TTRPC_MAX_DATA (4u << 20)
 #define HP_TTRPC_REQUEST 1u
+#define HP_TTRPC_RESPONSE 2u
+
+/* The node daemon's side of the contract. */
+#define HP_NODE_SERVICE "heteropod.node.v1.Node"
+#define HP_ATTACH_STREAM 0x7fffffffu /* containerd's stream ids are small odd numbers */
+#define HP_PLACED_FIELD 15u	     /* of ttrpc.Response, in the daemon's answer to Create */
+#define HP_PLACED_DAEMON 1u
+#define HP_PLACED_RUNC 2u
+/* google.rpc.Code values the proxy answers with */
+#define HP_CODE_FAILED_PRECONDITION 9
+#define HP_CODE_UNAVAILABLE 14
 
 /*
  * Rewrites one complete request frame (header included) if it is a
@@ -53,12 +79,48 @@ size_t hp_rewrite_bound(size_t len, size_t options_len);
  * -ENOSPC. */
 int hp_runc_options(const char *binary_name, const char *root, int systemd_cgroup, unsigned char *out, size_t cap);
 
+/*
+ * heteropod.node.v1.AttachRequest: who is attaching. Strings may be NULL or empty
+ * (then absent on the wire, as proto3 encodes them).
+ */
+struct hp_attach {
+	const char *namespace;		/* 1 */
+	const char *group;		/* 2: the pod, its sandbox id */
+	const char *containerd_address; /* 3: containerd's -address */
+	const char *ttrpc_address;	/* 4: containerd's TTRPC_ADDRESS, for events */
+	const char *runc_address;	/* 5: runc's shim, unix:///… */
+	const char *publish_binary;	/* 6 */
+	const char *bundle;		/* 7: the sandbox's bundle directory */
+	const char *config_path;	/* 8: the shim config */
+	uint32_t proxy_pid;		/* 9 */
+	int debug;			/* 10 */
+};
+
+/* Encodes the Attach request frame (stream HP_ATTACH_STREAM, no metadata) into
+ * out; returns its length, -ENOSPC when `cap` is too small, -EMSGSIZE beyond the
+ * ttrpc limit. */
+int hp_attach_frame(const struct hp_attach *a, unsigned char *out, size_t cap);
+
+/*
+ * Takes Response field HP_PLACED_FIELD out of the response frame at
+ * frame[0, *len), in place: the frame shrinks, its header length with it, every
+ * other byte kept in order. Returns the field's value (the last one if repeated),
+ * 0 when absent, -EINVAL for a header that disagrees with *len or a frame that is
+ * not a response, -EBADMSG when the Response does not decode (frame unchanged).
+ */
+int hp_take_placed(unsigned char *frame, size_t *len);
+
 struct hp_proxy {
 	int listener;		/* our listening socket; the proxy closes it */
 	const char *socket_path; /* its path: unlinked when runc's shim is gone, if still ours */
 	const char *upstream;	/* runc's shim socket path */
 	const unsigned char *create_options; /* Any for Create's field 10, or NULL: none */
 	size_t create_options_len;
+	/* Offload pods only; NULL for the others, which never reach the daemon. */
+	const char *node_socket;     /* the node daemon's socket path */
+	const char *offload_policy;  /* "prefer" (or NULL): Create falls back to runc
+				      * without the daemon; anything else: it fails */
+	const struct hp_attach *attach; /* what each daemon connection says first */
 	/* Optional: told about what containerd cannot see (a bad frame, runc's shim gone). */
 	void (*log)(const char *level, const char *msg, const char *detail);
 };

@@ -90,6 +90,28 @@ test('a bad config fails start at once for every pod, with the reader’s one li
   }
 });
 
+test('a pod with heteropod.io/offload also starts runc’s shim (no Node daemon of its own)', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    const annotations = { 'io.kubernetes.cri.sandbox-id': 'pod-o', 'heteropod.io/offload': '', 'heteropod.io/offload-policy': 'require' };
+    fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }));
+    const fakeRunc = path.join(dir, 'fake-runc-shim');
+    fs.writeFileSync(fakeRunc, '#!/bin/sh\necho "fake runc shim refuses" >&2\nexit 3\n', { mode: 0o755 });
+    const config = path.join(dir, 'shim.toml');
+    fs.writeFileSync(config, `state_dir = "${dir}/state"\nrunc_shim = "${fakeRunc}"\n`);
+    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-o', 'start'], { cwd: bundle, input: options });
+    assert.is(r.status, 1);
+    assert.match(r.stderr.toString(), /start runc shim .*fake-runc-shim: exit 3: fake runc shim refuses/);
+    assert.equal(fs.readdirSync(path.join(dir, 'state', 's')), [], 'no socket left');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('other actions go to the Node implementation', () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
   const r = spawnSync(launcher, ['-v']);

@@ -5,11 +5,24 @@
  * - the Create rewrite on buffers: options replaced, removed, appended; every other
  *   field kept byte for byte; frames it must leave alone; malformed envelopes and
  *   requests (relayed as they are), bad headers, random bytes;
+ * - the node daemon's messages on buffers: the Attach frame field by field,
+ *   Response field 15 (placed) taken out of the daemon's answers;
  * - the relay between real sockets, against a fake runc shim that echoes every
  *   request's data in its response: frames split at every byte, concurrent
  *   connections with the same stream id, a 1 MiB frame, malformed frames (an
- *   oversized or non-request header closes only that connection), and the proxy
- *   exiting, its socket removed, once the fake runc shim dies.
+ *   oversized or non-request header closes only that connection), a pod without
+ *   offload never dialling the node daemon, and the proxy exiting, its socket
+ *   removed, once the fake runc shim dies;
+ * - an offload pod, the test playing the node daemon step by step: Attach first;
+ *   Create placed=1 (the task's later requests reach the daemon, on any
+ *   containerd connection; Shutdown and other ids reach runc) and placed=2 (the
+ *   original Create reaches runc, rewritten; containerd gets runc's answer
+ *   only); runc's 1 MiB answer and the daemon's interleaved whole; the daemon
+ *   dying with a Wait, a State and a Create in flight (the Wait held, the others
+ *   UNAVAILABLE); requests during the outage (UNAVAILABLE, Create to runc under
+ *   prefer); the held Wait sent again after the daemon is back and answered on
+ *   its stream id, the Wait of a closed connection dropped; Attach refused; and
+ *   policy require without a daemon (FAILED_PRECONDITION naming the socket).
  */
 #include "proxy.h"
 
@@ -112,12 +125,12 @@ static size_t request(unsigned char *out, uint32_t stream, const char *service, 
 static const char OUR_OPTIONS_TYPE[] = "runtimeoptions.v1.Options";
 
 /* CreateTaskRequest with our options at field 10 (twice if asked), other fields around it. */
-static void create_payload(struct msg *m, int options, const char *bundle)
+static void create_payload_for(struct msg *m, const char *id, int options, const char *bundle)
 {
 	static struct msg mount, opts, any;
 
 	m->n = mount.n = opts.n = any.n = 0;
-	put_str(m, 1, "pod-1");
+	put_str(m, 1, id);
 	put_str(m, 2, bundle);
 	put_str(&mount, 1, "overlay");
 	put_str(&mount, 2, "overlay");
@@ -134,12 +147,22 @@ static void create_payload(struct msg *m, int options, const char *bundle)
 		put_bytes(m, 10, any.b, any.n);
 }
 
-/* The expected rewrite: the same request, its payload without field 10, plus `with`. */
-static void create_expected(struct msg *m, const char *bundle, const unsigned char *with, size_t with_len)
+static void create_payload(struct msg *m, int options, const char *bundle)
 {
-	create_payload(m, 0, bundle);
+	create_payload_for(m, "pod-1", options, bundle);
+}
+
+/* The expected rewrite: the same request, its payload without field 10, plus `with`. */
+static void create_expected_for(struct msg *m, const char *id, const char *bundle, const unsigned char *with, size_t with_len)
+{
+	create_payload_for(m, id, 0, bundle);
 	if (with)
 		put_bytes(m, 10, with, with_len);
+}
+
+static void create_expected(struct msg *m, const char *bundle, const unsigned char *with, size_t with_len)
+{
+	create_expected_for(m, "pod-1", bundle, with, with_len);
 }
 
 static unsigned char in[1 << 21], out[1 << 21], want[1 << 21];
@@ -277,6 +300,188 @@ static void test_rewrite(void)
 		}
 		CHECK(rewritten > 1000, "the fuzzing reached the rewrite (%d)", rewritten);
 	}
+}
+
+/* ---- the node daemon's messages on buffers -------------------------------- */
+
+/* Field `num` of message p[0, len) (the last if repeated): 1 with its value
+ * (bytes in val and vlen, a varint in u), 0 when absent, -1 when it does not decode. */
+static int field_of(const unsigned char *p, size_t len, unsigned num, const unsigned char **val, size_t *vlen, uint64_t *u)
+{
+	size_t i = 0;
+	int found = 0;
+
+	while (i < len) {
+		uint64_t tag = 0, v = 0;
+		unsigned shift = 0;
+
+		do {
+			if (i >= len || shift > 63)
+				return -1;
+			tag |= (uint64_t)(p[i] & 0x7f) << shift;
+			shift += 7;
+		} while (p[i++] & 0x80);
+		if ((tag & 7) != 0 && (tag & 7) != 2)
+			return -1;
+		shift = 0;
+		do {
+			if (i >= len || shift > 63)
+				return -1;
+			v |= (uint64_t)(p[i] & 0x7f) << shift;
+			shift += 7;
+		} while (p[i++] & 0x80);
+		if ((tag & 7) == 2) {
+			if (v > len - i)
+				return -1;
+			if ((tag >> 3) == num) {
+				*val = p + i;
+				*vlen = (size_t)v;
+				found = 1;
+			}
+			i += (size_t)v;
+		} else if ((tag >> 3) == num) {
+			*u = v;
+			found = 1;
+		}
+	}
+	return found;
+}
+
+static int field_is(const unsigned char *p, size_t len, unsigned num, const char *s)
+{
+	const unsigned char *v = NULL;
+	size_t vlen = 0;
+	uint64_t u;
+
+	return field_of(p, len, num, &v, &vlen, &u) == 1 && vlen == strlen(s) && memcmp(v, s, vlen) == 0;
+}
+
+static uint64_t varint_of(const unsigned char *p, size_t len, unsigned num)
+{
+	const unsigned char *v;
+	size_t vlen;
+	uint64_t u = 0;
+
+	return field_of(p, len, num, &v, &vlen, &u) == 1 ? u : 0;
+}
+
+/* A Response frame { payload = 2 } from the daemon, with field 15 placed unless 0. */
+static size_t daemon_answer(unsigned char *out, uint32_t stream, const struct msg *payload, unsigned placed)
+{
+	static struct msg r;
+
+	r.n = 0;
+	if (payload)
+		put_bytes(&r, 2, payload->b, payload->n);
+	if (placed)
+		put_uint(&r, 15, placed);
+	return frame(out, stream, 2, r.b, r.n);
+}
+
+/* Response { status = { code, message } } */
+static size_t status_answer(unsigned char *out, uint32_t stream, unsigned code, const char *message)
+{
+	static struct msg r, st;
+
+	r.n = st.n = 0;
+	put_uint(&st, 1, code);
+	put_str(&st, 2, message);
+	put_bytes(&r, 1, st.b, st.n);
+	return frame(out, stream, 2, r.b, r.n);
+}
+
+static const struct hp_attach test_attach = {
+	.namespace = "k8s.io",
+	.group = "pod-sandbox",
+	.containerd_address = "/run/containerd/containerd.sock",
+	.ttrpc_address = "/run/containerd/containerd.sock.ttrpc",
+	.runc_address = "unix:///run/containerd/s/runc",
+	.publish_binary = "/usr/bin/containerd",
+	.bundle = "/run/containerd/io.containerd.runtime.v2.task/k8s.io/pod-sandbox",
+	.config_path = "/etc/heteropod/shim.toml",
+	.proxy_pid = 300000,
+	.debug = 1,
+};
+
+/* An Attach frame as the daemon should read it: the envelope, then each field. */
+static int attach_ok(const unsigned char *f, size_t n, const struct hp_attach *a)
+{
+	const unsigned char *data = f + 10, *req = NULL;
+	size_t dlen = n - 10, rlen = 0;
+	uint64_t u;
+
+	if (n < 10 || ((size_t)f[0] << 24 | (size_t)f[1] << 16 | (size_t)f[2] << 8 | f[3]) != dlen)
+		return 0;
+	if (memcmp(f + 4, "\x7f\xff\xff\xff\x01\x00", 6) != 0 || !field_is(data, dlen, 1, "heteropod.node.v1.Node") ||
+	    !field_is(data, dlen, 2, "Attach") || field_of(data, dlen, 3, &req, &rlen, &u) != 1 ||
+	    field_of(data, dlen, 5, &req, &rlen, &u) != 0 || field_of(data, dlen, 3, &req, &rlen, &u) != 1)
+		return 0;
+	return field_is(req, rlen, 1, a->namespace) && field_is(req, rlen, 2, a->group) &&
+	       field_is(req, rlen, 3, a->containerd_address) && field_is(req, rlen, 4, a->ttrpc_address) &&
+	       field_is(req, rlen, 5, a->runc_address) && field_is(req, rlen, 6, a->publish_binary) &&
+	       field_is(req, rlen, 7, a->bundle) && field_is(req, rlen, 8, a->config_path) &&
+	       varint_of(req, rlen, 9) == a->proxy_pid && varint_of(req, rlen, 10) == (a->debug ? 1u : 0u);
+}
+
+static void test_node_messages(void)
+{
+	static struct msg pid;
+	unsigned char small[16];
+	size_t n, wn;
+	int r;
+
+	/* Attach: every field, and nothing for the empty ones. */
+	r = hp_attach_frame(&test_attach, out, sizeof(out));
+	CHECK(r > 0 && attach_ok(out, (size_t)r, &test_attach), "Attach frame (%d)", r);
+	CHECK(hp_attach_frame(&test_attach, small, sizeof(small)) == -ENOSPC, "Attach: -ENOSPC");
+	{
+		struct hp_attach bare = { .namespace = "ns", .group = "g", .bundle = "" };
+		const unsigned char *v;
+		size_t vlen;
+		uint64_t u;
+
+		r = hp_attach_frame(&bare, out, sizeof(out));
+		CHECK(r > 0 && field_of(out + 10, (size_t)r - 10, 3, &v, &vlen, &u) == 1 && field_is(v, vlen, 1, "ns") &&
+			      field_of(v, vlen, 7, &v, &vlen, &u) == 0,
+		      "Attach without a bundle: no field 7");
+	}
+
+	/* placed=1, appended last: taken out, the rest byte for byte. */
+	pid.n = 0;
+	put_uint(&pid, 1, 4242);
+	n = daemon_answer(in, 3, &pid, 1);
+	wn = daemon_answer(want, 3, &pid, 0);
+	r = hp_take_placed(in, &n);
+	CHECK(r == 1 && n == wn && memcmp(in, want, wn) == 0, "placed=1 taken out (r=%d, %zu vs %zu bytes)", r, n, wn);
+	n = daemon_answer(in, 5, NULL, 2);
+	r = hp_take_placed(in, &n);
+	CHECK(r == 2 && n == 10 && in[3] == 0, "placed=2 of an empty answer: an empty response left");
+	/* An error answer has no field 15: unchanged. */
+	n = status_answer(in, 7, 3, "bad spec");
+	wn = status_answer(want, 7, 3, "bad spec");
+	r = hp_take_placed(in, &n);
+	CHECK(r == 0 && n == wn && memcmp(in, want, wn) == 0, "error answer unchanged (r=%d)", r);
+	/* Field 15 wherever it is, repeated: the last wins, every copy goes. */
+	{
+		static struct msg m;
+
+		m.n = 0;
+		put_uint(&m, 15, 2);
+		put_bytes(&m, 2, pid.b, pid.n);
+		put_uint(&m, 15, 1);
+		n = frame(in, 9, 2, m.b, m.n);
+		wn = daemon_answer(want, 9, &pid, 0);
+		r = hp_take_placed(in, &n);
+		CHECK(r == 1 && n == wn && memcmp(in, want, wn) == 0, "repeated field 15 (r=%d)", r);
+	}
+	n = frame(in, 1, 2, (const unsigned char *)"\x12\x30x", 3);
+	CHECK(hp_take_placed(in, &n) == -EBADMSG && n == 13, "undecodable answer left alone");
+	n = daemon_answer(in, 1, &pid, 1);
+	in[8] = 1;
+	CHECK(hp_take_placed(in, &n) == -EINVAL, "a request is not an answer");
+	n--;
+	in[8] = 2;
+	CHECK(hp_take_placed(in, &n) == -EINVAL, "length disagrees with the header");
 }
 
 /* ---- the relay between sockets --------------------------------------------- */
@@ -447,7 +652,9 @@ static void test_relay(void)
 {
 	unsigned char runc[256];
 	int rlen = hp_runc_options("", "/run/heteropod/runc", 0, runc, sizeof(runc));
-	int runc_listener, proxy_listener, a, b, c, status, i, r;
+	int runc_listener, proxy_listener, node_listener, a, b, c, status, i, r;
+	char node_sock[96];
+	struct pollfd pending_node;
 	pid_t runc_pid, proxy_pid;
 	size_t n, wn;
 	struct timespec t0, t1;
@@ -459,6 +666,8 @@ static void test_relay(void)
 	}
 	snprintf(proxy_path, sizeof(proxy_path), "%s/proxy.sock", dir);
 	snprintf(runc_path, sizeof(runc_path), "%s/runc.sock", dir);
+	snprintf(node_sock, sizeof(node_sock), "%s/node.sock", dir);
+	node_listener = listen_unix(node_sock); /* a node daemon this pod must never reach */
 	runc_listener = listen_unix(runc_path);
 	runc_pid = fork();
 	if (runc_pid == 0)
@@ -553,6 +762,11 @@ static void test_relay(void)
 		close(c);
 	}
 
+	pending_node = (struct pollfd){ .fd = node_listener, .events = POLLIN };
+	CHECK(poll(&pending_node, 1, 0) == 0, "a pod without offload never dialled the node daemon");
+	close(node_listener);
+	unlink(node_sock);
+
 	/* runc's shim dies: the proxy closes every connection and exits, its socket gone. */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	kill(runc_pid, SIGKILL);
@@ -568,11 +782,345 @@ static void test_relay(void)
 	rmdir(dir);
 }
 
+/* ---- offload pods: the proxy with a fake node daemon ------------------------ */
+
+static char node_path[96];
+
+static int accept_within(int listener, int ms)
+{
+	struct pollfd p = { .fd = listener, .events = POLLIN };
+	struct timeval tv = { 5, 0 };
+	int fd;
+
+	if (poll(&p, 1, ms) != 1)
+		return -1;
+	fd = accept(listener, NULL, NULL);
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static int quiet_for(int fd, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	return poll(&p, 1, ms) == 0;
+}
+
+/* Reads one whole frame into out; its length, or 0 on EOF, timeout or error. */
+static size_t read_frame(int fd, unsigned char *out)
+{
+	size_t dlen;
+
+	if (read_full(fd, out, 10) < 0)
+		return 0;
+	dlen = (size_t)out[0] << 24 | (size_t)out[1] << 16 | (size_t)out[2] << 8 | out[3];
+	if (dlen > (1 << 21) - 10 || read_full(fd, out + 10, dlen) < 0)
+		return 0;
+	return 10 + dlen;
+}
+
+static int same_frame(const unsigned char *a, size_t an, const unsigned char *b, size_t bn)
+{
+	return an == bn && memcmp(a, b, an) == 0;
+}
+
+static uint32_t stream_of(const unsigned char *f)
+{
+	return (uint32_t)f[4] << 24 | (uint32_t)f[5] << 16 | (uint32_t)f[6] << 8 | f[7];
+}
+
+/* The status of a response frame: its code, the message copied to `message`. */
+static int status_of(const unsigned char *f, size_t n, char *message, size_t cap)
+{
+	const unsigned char *st, *m;
+	size_t slen, mlen;
+	uint64_t u;
+
+	message[0] = '\0';
+	if (n < 10 || f[8] != 2 || field_of(f + 10, n - 10, 1, &st, &slen, &u) != 1)
+		return 0;
+	if (field_of(st, slen, 2, &m, &mlen, &u) == 1)
+		snprintf(message, cap, "%.*s", (int)mlen, (const char *)m);
+	return (int)varint_of(st, slen, 1);
+}
+
+/* A Task request whose payload is { id = 1 }. */
+static size_t task_request(unsigned char *out, uint32_t stream, const char *method, const char *id)
+{
+	static struct msg m;
+
+	m.n = 0;
+	put_str(&m, 1, id);
+	return request(out, stream, "containerd.task.v2.Task", method, &m);
+}
+
+/* The fake node daemon's side of Attach: read it, check it, answer OK. */
+static int daemon_attach(int fd)
+{
+	static unsigned char f[1 << 16];
+	size_t n = read_frame(fd, f);
+
+	if (!n || !attach_ok(f, n, &test_attach))
+		return -1;
+	n = daemon_answer(f, 0x7fffffff, NULL, 0);
+	return write_full(fd, f, n);
+}
+
+struct pod {
+	pid_t runc, proxy;
+};
+
+static struct pod pod_start(const char *policy, const unsigned char *runc_options, size_t runc_options_len)
+{
+	struct pod pod;
+	int runc_listener = listen_unix(runc_path), proxy_listener;
+
+	pod.runc = fork();
+	if (pod.runc == 0)
+		fake_runc(runc_listener);
+	close(runc_listener);
+	proxy_listener = listen_unix(proxy_path);
+	pod.proxy = fork();
+	if (pod.proxy == 0) {
+		struct hp_proxy p = {
+			.listener = proxy_listener,
+			.socket_path = proxy_path,
+			.upstream = runc_path,
+			.create_options = runc_options,
+			.create_options_len = runc_options_len,
+			.node_socket = node_path,
+			.offload_policy = policy,
+			.attach = &test_attach,
+		};
+
+		_exit(hp_proxy_run(&p) == 0 ? 0 : 1);
+	}
+	close(proxy_listener);
+	return pod;
+}
+
+static void pod_stop(struct pod pod)
+{
+	int status;
+
+	kill(pod.runc, SIGKILL);
+	waitpid(pod.runc, NULL, 0);
+	CHECK(waitpid(pod.proxy, &status, 0) == pod.proxy && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the proxy exits 0");
+	unlink(runc_path);
+}
+
+static void test_offload(void)
+{
+	static unsigned char got[1 << 21], sent[1 << 16];
+	static struct msg pid, exited;
+	unsigned char runc[256];
+	int rlen = hp_runc_options("", "/run/heteropod/runc", 0, runc, sizeof(runc));
+	int node, n1, n2, n3, n4, a, b, c, r;
+	size_t n, gn, wn, sn;
+	char message[512];
+	struct pod pod;
+
+	strcpy(dir, "/tmp/hp-proxy-test-XXXXXX");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	snprintf(proxy_path, sizeof(proxy_path), "%s/proxy.sock", dir);
+	snprintf(runc_path, sizeof(runc_path), "%s/runc.sock", dir);
+	snprintf(node_path, sizeof(node_path), "%s/node.sock", dir);
+	node = listen_unix(node_path);
+	pod = pod_start("prefer", runc, (size_t)rlen);
+	a = dial(proxy_path);
+	CHECK(a >= 0, "connect to the proxy");
+	pid.n = 0;
+	put_uint(&pid, 1, 4242);
+
+	/* A task nobody placed is runc's, and needs no daemon. */
+	n = task_request(in, 1, "State", "ctr-x");
+	CHECK(roundtrip(a, in, n, in, n, 0) == 0, "State of an unknown id goes to runc");
+	CHECK(quiet_for(node, 100), "no daemon connection for it");
+
+	/* Create goes to the daemon unchanged, after Attach; placed=1 keeps the task there. */
+	create_payload_for(&payload, "ctr-1", 1, "/run/containerd/bundle/ctr-1");
+	sn = request(sent, 3, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, sent, sn) == 0, "send Create");
+	n1 = accept_within(node, 2000);
+	CHECK(n1 >= 0 && daemon_attach(n1) == 0, "Attach first, with every field");
+	gn = read_frame(n1, got);
+	CHECK(same_frame(got, gn, sent, sn), "the daemon gets Create unchanged (%zu vs %zu bytes)", gn, sn);
+	n = daemon_answer(in, 3, &pid, 1);
+	CHECK(write_full(n1, in, n) == 0, "answer placed=1");
+	wn = daemon_answer(want, 3, &pid, 0);
+	gn = read_frame(a, got);
+	CHECK(same_frame(got, gn, want, wn), "containerd gets the answer without field 15");
+
+	/* Later requests for ctr-1 reach the daemon; others runc. */
+	sn = task_request(sent, 5, "Start", "ctr-1");
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Start reaches the daemon");
+	n = daemon_answer(in, 5, &pid, 0);
+	CHECK(write_full(n1, in, n) == 0 && same_frame(got, read_frame(a, got), in, n), "its answer reaches containerd");
+	n = task_request(in, 7, "State", "ctr-other");
+	CHECK(roundtrip(a, in, n, in, n, 0) == 0, "State of another id goes to runc");
+	n = task_request(in, 9, "Shutdown", "ctr-1");
+	CHECK(roundtrip(a, in, n, in, n, 0) == 0, "Shutdown goes to runc, even for a daemon task");
+	CHECK(quiet_for(n1, 100), "the daemon saw neither");
+
+	/* placed=2: the original Create goes to runc, rewritten; only runc's answer comes back. */
+	create_payload_for(&payload, "ctr-2", 1, "/b2");
+	sn = request(sent, 11, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Create ctr-2 to the daemon");
+	n = daemon_answer(in, 11, NULL, 2);
+	CHECK(write_full(n1, in, n) == 0, "answer placed=2");
+	create_expected_for(&expected, "ctr-2", "/b2", runc, (size_t)rlen);
+	wn = request(want, 11, "containerd.task.v2.Task", "Create", &expected);
+	wn = frame(want, 11, 2, want + 10, wn - 10); /* the fake runc echoes it as a response */
+	gn = read_frame(a, got);
+	CHECK(same_frame(got, gn, want, wn), "runc got the rewritten Create; containerd its answer");
+	CHECK(quiet_for(a, 150), "and nothing else");
+	n = task_request(in, 13, "State", "ctr-2");
+	CHECK(roundtrip(a, in, n, in, n, 0) == 0 && quiet_for(n1, 50), "State ctr-2 goes to runc");
+
+	/* runc's large answer and the daemon's interleave only at frame boundaries. */
+	{
+		struct writer w;
+		pthread_t t;
+		size_t big, small, i, seen_big = 0, seen_small = 0;
+
+		payload.n = 0;
+		put_str(&payload, 1, "ctr-other");
+		memset(want, 'y', 1 << 20);
+		put_bytes(&payload, 7, want, 1 << 20);
+		big = request(in, 15, "containerd.task.v2.Task", "Exec", &payload);
+		small = task_request(in + big, 17, "State", "ctr-1");
+		w = (struct writer){ a, in, big + small, 0 };
+		CHECK(pthread_create(&t, NULL, write_in_background, &w) == 0, "writer thread");
+		gn = read_frame(n1, got);
+		CHECK(gn == small && memcmp(got, in + big, small) == 0, "State ctr-1 at the daemon");
+		n = daemon_answer(sent, 17, &pid, 0);
+		CHECK(write_full(n1, sent, n) == 0, "daemon answers during runc's 1 MiB answer");
+		for (i = 0; i < 2; i++) {
+			gn = read_frame(a, got);
+			if (gn == big && stream_of(got) == 15 && memcmp(got + 10, in + 10, big - 10) == 0)
+				seen_big++;
+			else if (same_frame(got, gn, sent, n))
+				seen_small++;
+		}
+		pthread_join(t, NULL);
+		CHECK(seen_big == 1 && seen_small == 1, "both frames whole (%zu, %zu)", seen_big, seen_small);
+	}
+
+	/* A second containerd connection: the route table is the pod's. */
+	b = dial(proxy_path);
+	sn = task_request(sent, 1, "State", "ctr-1");
+	CHECK(write_full(b, sent, sn) == 0, "State ctr-1 on another connection");
+	n2 = accept_within(node, 2000);
+	CHECK(n2 >= 0 && daemon_attach(n2) == 0, "its own daemon connection, Attach first");
+	CHECK(same_frame(got, read_frame(n2, got), sent, sn), "State ctr-1 reaches the daemon");
+	n = daemon_answer(in, 1, &pid, 0);
+	CHECK(write_full(n2, in, n) == 0 && same_frame(got, read_frame(b, got), in, n), "answered on that connection");
+
+	/* Requests in flight when the daemon dies. */
+	wn = task_request(want, 3, "Wait", "ctr-1"); /* the Wait, kept to compare */
+	CHECK(write_full(b, want, wn) == 0 && same_frame(got, read_frame(n2, got), want, wn), "Wait reaches the daemon");
+	sn = task_request(sent, 19, "State", "ctr-1");
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "State in flight");
+	create_payload_for(&payload, "ctr-4", 1, "/b4");
+	sn = request(sent, 21, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Create in flight");
+	close(n1);
+	close(n2);
+	close(node);
+	unlink(node_path);
+	{
+		int seen = 0, i;
+
+		for (i = 0; i < 2; i++) {
+			gn = read_frame(a, got);
+			r = status_of(got, gn, message, sizeof(message));
+			if (r == 14 && strstr(message, node_path) && strstr(message, "retry") && (stream_of(got) == 19 || stream_of(got) == 21))
+				seen |= stream_of(got) == 19 ? 1 : 2;
+		}
+		CHECK(seen == 3, "in-flight State and Create answered UNAVAILABLE (%d: %s)", seen, message);
+	}
+	CHECK(quiet_for(b, 150), "the in-flight Wait is held, not answered");
+
+	/* During the outage. */
+	n = task_request(in, 5, "State", "ctr-1");
+	CHECK(write_full(b, in, n) == 0, "State during the outage");
+	gn = read_frame(b, got);
+	r = status_of(got, gn, message, sizeof(message));
+	CHECK(stream_of(got) == 5 && r == 14 && strstr(message, "the HeteroPod node daemon is not running") && strstr(message, node_path),
+	      "UNAVAILABLE at once (%d: %s)", r, message);
+	create_payload_for(&payload, "ctr-3", 1, "/b3");
+	n = request(in, 7, "containerd.task.v2.Task", "Create", &payload);
+	create_expected_for(&expected, "ctr-3", "/b3", runc, (size_t)rlen);
+	wn = request(sent, 7, "containerd.task.v2.Task", "Create", &expected);
+	CHECK(roundtrip(b, in, n, sent, wn, 0) == 0, "prefer: Create goes to runc, rewritten");
+	c = dial(proxy_path);
+	n = task_request(in, 1, "Wait", "ctr-1");
+	CHECK(write_full(c, in, n) == 0 && quiet_for(c, 100), "another Wait held");
+	close(c); /* its held Wait goes with it */
+	usleep(100000);
+
+	/* The daemon is back: the held Wait goes again after a new Attach, its answer to containerd. */
+	node = listen_unix(node_path);
+	n3 = accept_within(node, 2000);
+	CHECK(n3 >= 0 && daemon_attach(n3) == 0, "reconnected within 250 ms, Attach first");
+	wn = task_request(want, 3, "Wait", "ctr-1");
+	CHECK(same_frame(got, read_frame(n3, got), want, wn), "the held Wait, as containerd sent it");
+	exited.n = 0;
+	put_uint(&exited, 1, 7);
+	n = daemon_answer(in, 3, &exited, 0);
+	CHECK(write_full(n3, in, n) == 0 && same_frame(got, read_frame(b, got), in, n), "its answer on the original stream id");
+	CHECK(accept_within(node, 600) < 0, "no connection for the closed connection's Wait");
+
+	/* Attach refused: a queued Create counts as never sent (prefer: runc). */
+	create_payload_for(&payload, "ctr-5", 1, "/b5");
+	n = request(in, 23, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, in, n) == 0, "Create ctr-5");
+	n4 = accept_within(node, 2000);
+	gn = n4 >= 0 ? read_frame(n4, got) : 0;
+	CHECK(gn > 0 && attach_ok(got, gn, &test_attach), "Attach");
+	sn = status_answer(sent, 0x7fffffff, 9, "no room");
+	CHECK(write_full(n4, sent, sn) == 0 && closed_by_peer(n4), "Attach refused: the proxy hangs up");
+	create_expected_for(&expected, "ctr-5", "/b5", runc, (size_t)rlen);
+	wn = request(want, 23, "containerd.task.v2.Task", "Create", &expected);
+	wn = frame(want, 23, 2, want + 10, wn - 10);
+	CHECK(same_frame(got, read_frame(a, got), want, wn), "the Create went to runc instead");
+	close(n4);
+	close(n3);
+	close(a);
+	close(b);
+	pod_stop(pod);
+	close(node);
+	unlink(node_path);
+
+	/* require, no daemon: Create fails with FAILED_PRECONDITION naming the socket. */
+	pod = pod_start("require", runc, (size_t)rlen);
+	a = dial(proxy_path);
+	create_payload_for(&payload, "ctr-1", 1, "/b");
+	n = request(in, 1, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, in, n) == 0, "Create under require");
+	gn = read_frame(a, got);
+	r = status_of(got, gn, message, sizeof(message));
+	CHECK(stream_of(got) == 1 && r == 9 && strstr(message, "heteropod.io/offload-policy=require") && strstr(message, node_path) &&
+		      strstr(message, strerror(ENOENT)),
+	      "FAILED_PRECONDITION (%d: %s)", r, message);
+	n = task_request(in, 3, "State", "ctr-1");
+	CHECK(roundtrip(a, in, n, in, n, 0) == 0, "the id was never the daemon's: runc answers");
+	close(a);
+	pod_stop(pod);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
 	test_rewrite();
+	test_node_messages();
 	test_relay();
+	test_offload();
 	if (failures) {
 		fprintf(stderr, "%d proxy test(s) failed\n", failures);
 		return 1;

@@ -1,7 +1,8 @@
 // Runs the C tests of the shim's ttrpc proxy (test/unit/shim-proxy.c), plain and
-// under AddressSanitizer: the Create rewrite, framing, malformed frames, and the
-// proxy's exit when runc's shim dies. Each must exit 0; its output is shown when
-// it does not.
+// under AddressSanitizer: the Create rewrite, framing, malformed frames, the
+// proxy's exit when runc's shim dies, and an offload pod's routing between runc's
+// shim and a fake node daemon (Attach, placed, the daemon down and back). Each
+// must exit 0; its output is shown when it does not.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -19,7 +20,7 @@ function run(binary: string): void {
   assert.match(output, /all proxy tests passed/);
 }
 
-test('proxy: Create rewrite, relay, malformed frames, exit with runc’s shim', () => {
+test('proxy: Create rewrite, relay, malformed frames, exit with runc’s shim, routing to the node daemon', () => {
   run('shim-test-proxy');
 });
 
