@@ -85,7 +85,7 @@ Description=HeteroPod node daemon (the DPU side of offloading pods)
 After=containerd.service
 
 [Service]
-ExecStart=${nodePath} ${path.join(repoRoot, 'dist', 'src', 'cli', 'main.js')} node --config ${configPath}
+ExecStart=${nodePath} ${path.join(repoRoot, 'bin', 'heteropod')} node --config ${configPath}
 Restart=always
 RestartSec=1
 KillMode=process

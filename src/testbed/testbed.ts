@@ -178,7 +178,7 @@ export function nodeDaemonPids(): number[] {
  */
 export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
   const logFd = fs.openSync(TESTBED.nodeLogFile, 'a');
-  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'dist', 'src', 'cli', 'main.js'), 'node', '--config', TESTBED.shimConfig], {
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'heteropod'), 'node', '--config', TESTBED.shimConfig], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     cwd: TESTBED.runDir,

@@ -1,6 +1,6 @@
 // The DPU side of end-to-end tests: the agent as the shim sees it, and what must
 // be gone from the DPU once its pods are removed.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../../src/agentapi/client';
@@ -59,7 +59,10 @@ export async function dpuLeaks(): Promise<string[]> {
     const rules = execFileSync('ip', ['-n', DPU.netns, 'rule', 'show'], { encoding: 'utf8' });
     const prefs = Object.values(RULE_PREF).map(String);
     for (const line of rules.split('\n')) if (prefs.includes(line.split(':')[0])) out.push(`DPU uplink rule ${line.trim()}`);
-    const routes = execFileSync('ip', ['-n', DPU.netns, 'route', 'show', 'table', String(HALVES_TABLE)], { encoding: 'utf8' }).trim();
+    // The table exists only once a pod's wire has put a route in it.
+    const shown = spawnSync('ip', ['-n', DPU.netns, 'route', 'show', 'table', String(HALVES_TABLE)], { encoding: 'utf8' });
+    if (shown.status !== 0 && !/FIB table does not exist/.test(shown.stderr)) throw new Error(`ip route show table ${HALVES_TABLE}: ${shown.stderr.trim()}`);
+    const routes = (shown.stdout ?? '').trim();
     if (routes) out.push(`DPU uplink routes ${routes.replace(/\n/g, '; ')}`);
   }
   const pods = path.join(DPU.dpuRootOnHost, 'pods');

@@ -42,25 +42,14 @@ export async function shimLeaks(): Promise<string[]> {
 }
 
 /**
- * A leak-check line with a warm spare's pid left out. The shim keeps a warm spare
- * per containerd while pods of ours run (src/shim/spare.ts); a pod's start turns
- * the spare into its daemon and starts the next one. So on a test bed that stays
- * up (a user's), the spare after the tests is another process than the spare
- * before them: the same spare as far as a leak check is concerned.
- */
-export function withoutSparePid(line: string): string {
-  return line.replace(/^(process |processes: )\d+ (containerd-shim-heteropod-v2 spare )/, '$1(spare) $2');
-}
-
-/**
  * Waits until the shims of the tests' pods are gone, then reports leaks: what
  * shimLeaks() lists apart from `except`. They exit shortly after the last
  * Shutdown, except when our shim was killed: runc's shim then spends up to 5 s
  * trying to deliver its last events before it exits.
  */
 export async function settleAndCheckLeaks(except: readonly string[] = []): Promise<string[]> {
-  const theirs = new Set(except.map(withoutSparePid));
-  const ours = async () => (await shimLeaks()).filter((l) => !theirs.has(withoutSparePid(l)));
+  const theirs = new Set(except);
+  const ours = async () => (await shimLeaks()).filter((l) => !theirs.has(l));
   try {
     await waitFor('the shims to exit', 20_000, async () => (await ours()).length === 0);
   } catch {

@@ -17,9 +17,9 @@ import * as dpu from '../../src/dpu/dpu';
 import { leaksSince, snapshotHost, HostSnapshot } from '../../src/testbed/leaks';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { pidAlive, waitFor } from '../../src/testbed/proc';
-import { down, status, up } from '../../src/testbed/testbed';
+import { down, nodeDaemonPids, status, up } from '../../src/testbed/testbed';
 import { dpuLeaks, settleDpuLeaks } from './dpu';
-import { settleAndCheckLeaks, shimLeaks, withoutSparePid } from './shim';
+import { settleAndCheckLeaks, shimLeaks } from './shim';
 
 export interface Bed {
   cri: CriClient;
@@ -103,11 +103,10 @@ async function leaveBed(bed: Bed): Promise<string[]> {
   if (!bed.dpuWasUp) await dpu.down();
   fs.rmSync(bed.logDir, { recursive: true, force: true });
   // The test bed's own daemons are the user's even when a test restarted one
-  // (containerd, the DPU agent): a new pid of theirs is not a leak.
-  // So is the shim's warm spare, which the tests' pods may have replaced.
-  const daemons = [readPid(TESTBED.pidFile), dpu.agentPid()].filter((pid) => pid !== undefined);
-  const spares = new Set(bed.before.processes.map((p) => withoutSparePid(`processes: ${p}`)));
-  const theirs = (l: string) => daemons.some((pid) => l.startsWith(`processes: ${pid} `)) || spares.has(withoutSparePid(l)) || othersTests(l);
+  // (containerd, the DPU agent, the node daemon): a new pid of theirs is not a
+  // leak. Nor is the pod network's bridge, which CNI makes at the bed's first pod.
+  const daemons = [readPid(TESTBED.pidFile), dpu.agentPid(), ...nodeDaemonPids()].filter((pid) => pid !== undefined);
+  const theirs = (l: string) => daemons.some((pid) => l.startsWith(`processes: ${pid} `)) || l === `links: ${TESTBED.cniBridge}` || othersTests(l);
   // Pods go away through CRI, asynchronously for some of what they hold (network
   // namespaces, mounts): wait a little for the host to settle.
   const hostLeaks = async () => leaksSince(bed.before, await snapshotHost()).filter((l) => !theirs(l));
