@@ -1,25 +1,31 @@
 // Benchmark (not a timed test): handler heteropod against handler runc on the test
 // bed, alternating pod by pod in one run. heteropod runs in both of its modes: a
 // pod without the `heteropod.io/offload` annotation (`heteropod`: runc's shim
-// behind the C proxy) and, unless --no-router, one with it, empty
-// (`heteropod-router`: the Node router, offloading nothing). For each pod: the
-// time from RunPodSandbox to its container running, and the resident memory of
-// ALL the shim processes serving it (ours and runc's behind it; RSS, and PSS,
-// which shares the binaries' pages fairly among the processes that map them).
-// Prints a markdown table and the ratios.
+// behind the C proxy) and, unless --no-offload, a pod that offloads its one
+// container (`heteropod-offload`: runc's shim behind the C proxy for the
+// sandbox, the container on the DPU, the pod's XPU link up, served by the node
+// daemon). For each pod: the time from RunPodSandbox to its container running,
+// and the resident memory of every host process serving it: its shims (runc's
+// and our proxy), plus, for an offloading pod, the node daemon's memory divided
+// by the pods it serves (RSS, and PSS, which shares the binaries' pages fairly
+// among the processes that map them). Prints a markdown table and the ratios.
 //
-//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 20] [--no-router] [--json FILE]
+//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 50] [--no-offload] [--json FILE]
 import * as fs from 'node:fs';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, sleep } from '../src/testbed/proc';
-import { down, up } from '../src/testbed/testbed';
+import { down, nodeDaemonPids, up } from '../src/testbed/testbed';
+import { podWindowPath } from '../src/netns/half';
+import { readStats } from '../src/xpu/window';
 import { arg, stats } from './bench-lib';
 
-const ALL = ['runc', 'heteropod', 'heteropod-router'] as const;
+const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];
-const HANDLERS: Handler[] = process.argv.includes('--no-router') ? ['runc', 'heteropod'] : [...ALL];
+const HANDLERS: Handler[] = process.argv.includes('--no-offload') ? ['runc', 'heteropod'] : [...ALL];
+// The offloading pods' one container runs on the DPU.
+const OFFLOADED = 'sidecar';
 
 interface PodSample {
   handler: Handler;
@@ -52,9 +58,9 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     metadata: { name: `bench-${handler}-${n}`, namespace: 'bench', uid: `bench-${handler}-${n}-${process.pid}`, attempt: 0 },
     log_directory: `/tmp/hp-bench-${process.pid}/${handler}-${n}`,
     linux: {},
-    ...(handler === 'heteropod-router' ? { annotations: { 'heteropod.io/offload': '' } } : {}),
+    ...(handler === 'heteropod-offload' ? { annotations: { 'heteropod.io/offload': OFFLOADED, 'heteropod.io/offload-policy': 'require' } } : {}),
   };
-  const container: CriObject = { metadata: { name: 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: {} };
+  const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: {} };
   const t0 = process.hrtime.bigint();
   const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
   const id = await cri.createContainer(podId, container, pod);
@@ -65,17 +71,18 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     await sleep(5);
   }
   const startMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (handler === 'heteropod-offload' && !readStats(podWindowPath(podId)).linkUp) throw new Error(`pod ${podId}: its XPU link is not up`);
   return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0 };
 }
 
 async function main(): Promise<void> {
-  const pods = Number(arg('pods', '20'));
+  const pods = Number(arg('pods', '50'));
   if (!(pods >= 1)) throw new Error('--pods must be a positive number');
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
   await up(say);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);
   const samples: PodSample[] = [];
-  const spare = { count: 0, rssKiB: 0, pssKiB: 0 };
+  const node = { pods: 0, rssKiB: 0, pssKiB: 0, threads: 0 };
   try {
     // Warm-up, one pod each, not counted: page cache, image unpack.
     for (const h of HANDLERS) {
@@ -94,16 +101,21 @@ async function main(): Promise<void> {
     }
     // Memory with every pod running, the steady state of a loaded node.
     await sleep(2000);
-    for (const p of listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 spare') && p.cmdline.includes(TESTBED.socket))) {
-      spare.rssKiB += kib(`/proc/${p.pid}/status`, 'VmRSS');
-      spare.pssKiB += kib(`/proc/${p.pid}/smaps_rollup`, 'Pss');
-      spare.count++;
-    }
+    const daemons = nodeDaemonPids();
+    if (daemons.length !== 1) throw new Error(`want one node daemon, found ${daemons.length}`);
+    node.pods = samples.filter((s) => s.handler === 'heteropod-offload').length;
+    node.rssKiB = kib(`/proc/${daemons[0]}/status`, 'VmRSS');
+    node.pssKiB = kib(`/proc/${daemons[0]}/smaps_rollup`, 'Pss');
+    node.threads = Number(/^Threads:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${daemons[0]}/status`, 'utf8'))?.[1] ?? 0);
     for (const s of samples) {
       const pids = podShims(s.podId);
       s.shims = pids.length;
       s.rssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/status`, 'VmRSS'), 0);
       s.pssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/smaps_rollup`, 'Pss'), 0);
+      if (s.handler === 'heteropod-offload') {
+        s.rssKiB += node.rssKiB / node.pods;
+        s.pssKiB += node.pssKiB / node.pods;
+      }
     }
   } finally {
     for (const s of samples) {
@@ -127,15 +139,15 @@ async function main(): Promise<void> {
     `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
-    '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-router`: heteropod.io/offload: "" (Node router)',
+    '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-offload`: its container on the DPU, its XPU link up (runc shim behind the C proxy, and a share of the node daemon)',
     '',
     '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...HANDLERS.map(row),
     '',
-    `heteropod-router pods also keep ${spare.count} warm spare shim per node (not per pod): ${(spare.rssKiB / 1024).toFixed(1)} MiB RSS, ${(spare.pssKiB / 1024).toFixed(1)} MiB PSS.`,
-    `${ratios('heteropod')} (target: at most 1.25x)`,
-    ...HANDLERS.filter((h) => h === 'heteropod-router').map(ratios),
+    ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS, ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
+    `${ratios('heteropod')} (target: within 1.1x)`,
+    ...HANDLERS.filter((h) => h === 'heteropod-offload').map((h) => `${ratios(h)} (targets: PSS at most 1.2x, RSS at most 1.3x, start median at most 1.1x)`),
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
   const json = arg('json', '');

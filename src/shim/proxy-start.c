@@ -419,6 +419,7 @@ int proxy_main(const struct flags *f)
 		};
 
 		log_line("info", f->node_socket ? "proxy serving an offload pod" : "proxy serving", NULL);
+		log_line("debug", f->node_socket ? "tasks go to runc's shim or, as the node daemon places them, to it" : "tasks go to runc's shim", NULL);
 		err = hp_proxy_run(&p);
 		if (err < 0)
 			log_line("error", "proxy event loop failed", strerror(-err));

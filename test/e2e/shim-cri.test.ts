@@ -4,7 +4,8 @@
 // tell the two apart. Under `heteropod` each flow runs in both of the shim's
 // modes: a pod without the `heteropod.io/offload` annotation (`heteropod`:
 // runc's shim behind the C proxy) and one with it, empty, so that nothing is
-// offloaded (`heteropod-router`: the Node router). Every test ends with a leak
+// offloaded (`heteropod-offload`: the proxy asks the node daemon where each task
+// goes). Every test ends with a leak
 // check of what shims make.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -20,9 +21,9 @@ import { listProcesses, sleep, waitFor } from '../../src/testbed/proc';
 import { Bed, containerConfig, podConfig, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 import { containerdLogSince, containerdLogSize, restartContainerd, runUnderPty, settleAndCheckLeaks } from '../lib/shim';
 
-const HANDLERS = ['runc', 'heteropod', 'heteropod-router'] as const;
+const HANDLERS = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof HANDLERS)[number];
-const ROUTER_ANNOTATIONS = { annotations: { 'heteropod.io/offload': '' } };
+const OFFLOAD_ANNOTATIONS = { annotations: { 'heteropod.io/offload': '' } };
 
 let bed: Bed;
 let cri: CriClient;
@@ -44,14 +45,15 @@ async function startContainer(podId: string, pod: CriObject, name: string, comma
 }
 
 async function runPod(handler: Handler, name: string): Promise<{ podId: string; pod: CriObject }> {
-  const pod = podConfig(bed, `${name}-${handler}`, handler === 'heteropod-router' ? ROUTER_ANNOTATIONS : {});
+  const pod = podConfig(bed, `${name}-${handler}`, handler === 'heteropod-offload' ? OFFLOAD_ANNOTATIONS : {});
   const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
   if (handler !== 'runc') {
-    // The pod really is served by our shim, in the mode its annotation asks for:
-    // one process, titled for containerd.
+    // The pod really is served by our shim, the C proxy, told of the node daemon
+    // when its annotation asks for offload: one process, titled for containerd.
     const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2') && p.cmdline.includes(`-id ${podId}`));
     assert.is(ours.length, 1, `one heteropod shim serves pod ${podId.slice(0, 13)}`);
-    assert.is(ours[0].cmdline.endsWith(' proxy'), handler === 'heteropod', `${handler} pod served by ${ours[0].cmdline}`);
+    assert.ok(ours[0].cmdline.endsWith(' proxy'), `${handler} pod served by the proxy: ${ours[0].cmdline}`);
+    assert.is(ours[0].cmdline.includes(' -node-socket '), handler === 'heteropod-offload', `${handler} pod's proxy and the node daemon: ${ours[0].cmdline}`);
   }
   return { podId, pod };
 }
@@ -87,7 +89,7 @@ function sameOutcomes(name: string): void {
   const o = outcomes[name] ?? {};
   for (const h of HANDLERS) assert.ok(o[h] !== undefined, `${name} ran under ${h}`);
   assert.equal(o.heteropod, o.runc, `${name}: heteropod (proxy) and runc disagree`);
-  assert.equal(o['heteropod-router'], o.runc, `${name}: heteropod (router) and runc disagree`);
+  assert.equal(o['heteropod-offload'], o.runc, `${name}: heteropod (offload) and runc disagree`);
 }
 
 // --- the CRI flows -----------------------------------------------------------

@@ -3,7 +3,8 @@
 // shim binary protocol, exit codes, output, task events in order and the shim log.
 // Every flow runs in both of the shim's modes: a task without the
 // `heteropod.io/offload` annotation is served by runc's shim behind the C proxy,
-// one with it (empty: offload nothing) by the Node router.
+// one with it (empty: offload nothing) too, its proxy told of a node daemon that
+// this containerd has none of (prefer: its tasks go to runc's shim).
 import { spawn, execFile, ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -41,14 +42,14 @@ function ctr(args: string[], timeoutMs = 30_000): Promise<{ code: number; stdout
   });
 }
 
-const MODES = { proxy: [] as string[], router: ['--annotation', 'heteropod.io/offload='] };
+const MODES = { proxy: [] as string[], offload: ['--annotation', 'heteropod.io/offload='] };
 type Mode = keyof typeof MODES;
 
 const runDetached = (mode: Mode, id: string, extra: string[], cmd: string[]): ReturnType<typeof ctr> =>
   ctr(['run', '-d', '--runtime', 'io.containerd.heteropod.v2', ...MODES[mode], ...extra, '--rootfs', rootfs, id, ...cmd]);
 const run = (mode: Mode, id: string, cmd: string): ReturnType<typeof ctr> =>
   ctr(['run', '--rm', '--runtime', 'io.containerd.heteropod.v2', ...MODES[mode], '--rootfs', rootfs, id, '/bin/sh', '-c', cmd]);
-// Our shim's process for a pod, in either mode (the proxy and the router share the title).
+// Our shim's process for a pod, in either mode: the C proxy.
 const ourShims = (id: string): ReturnType<typeof listProcesses> =>
   listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock) && p.cmdline.includes(`-id ${id} `));
 
@@ -113,7 +114,7 @@ test.after.each(async () => {
   if (missing || !containerd) return;
   const leaks = async (): Promise<string[]> => [
     ...listProcesses()
-      .filter((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare '))
+      .filter((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock))
       .map((p) => `process ${p.pid} ${p.cmdline}`),
     ...(await ctr(['task', 'ls', '-q'])).stdout.split('\n').filter(Boolean).map((t) => `task ${t}`),
     ...(fs.existsSync(path.join(SHIM_STATE, 'pods', ns)) ? fs.readdirSync(path.join(SHIM_STATE, 'pods', ns)).map((d) => `state ${d}`) : []),
@@ -187,10 +188,11 @@ for (const mode of Object.keys(MODES) as Mode[]) {
     const ours = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2 -namespace') && p.cmdline.includes(sock));
     assert.is(ours.length, 1, 'both tasks share one shim');
     assert.ok(ours[0].cmdline.includes(`-id ${k} `));
-    assert.is(ours[0].cmdline.endsWith(' proxy'), mode === 'proxy', `served by the ${mode}: ${ours[0].cmdline}`);
+    assert.ok(ours[0].cmdline.endsWith(' proxy'), `served by the proxy: ${ours[0].cmdline}`);
+    assert.is(ours[0].cmdline.includes(' -node-socket '), mode === 'offload', `${mode}: the proxy and the node daemon: ${ours[0].cmdline}`);
     process.kill(ours[0].pid, 'SIGKILL');
     await waitFor('containerd to drop both tasks', 15_000, async () => !new RegExp(k).test((await ctr(['task', 'ls'])).stdout));
-    await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock) && !p.cmdline.includes(' spare ')));
+    await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock)));
     assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, k)), 'the pod’s state is removed');
     for (const id of [`${k}-app`, k]) assert.is((await ctr(['container', 'rm', id])).code, 0);
   });
@@ -214,9 +216,9 @@ for (const mode of Object.keys(MODES) as Mode[]) {
 test('the shim log reaches containerd’s log as key=value lines; debug by HETEROPOD_DEBUG', () => {
   if (missing) return skip('shim-ctr', `missing${missing}`);
   const log = fs.readFileSync(logFile, 'utf8');
-  assert.match(log, /level=info msg="shim serving" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
+  assert.match(log, /level=info msg="proxy serving an offload pod" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
   assert.match(log, /level=info msg="proxy serving" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
-  assert.match(log, /level=debug msg="ttrpc call" runtime=io.containerd.heteropod.v2 .*method=containerd.task.v2.Task.Create code=0/);
+  assert.match(log, /level=debug msg="tasks go to runc's shim" runtime=io.containerd.heteropod.v2 namespace=hp-ctr-/);
 });
 
 test('nothing of the shims is left', async () => {
