@@ -282,7 +282,7 @@ test('agent unreachable: require fails with a clear error, prefer runs on the ho
   await noLeaks('the fallback pod');
 });
 
-test('the shim killed: containerd reports the tasks exited and the pod\'s DPU half is removed', async () => {
+test('the pod\'s shim (its proxy) killed: containerd reports the tasks exited and the pod\'s DPU half is removed', async () => {
   const pod = offloadPod('killed', { 'heteropod.io/offload': 'worker' });
   const podId = await cri.runPodSandbox(pod, 'heteropod');
   const worker = await run(podId, pod, 'worker', ['sleep', '1000']);
@@ -295,6 +295,8 @@ test('the shim killed: containerd reports the tasks exited and the pod\'s DPU ha
   const codes = await Promise.all([worker, app].map(async (id) => (await waitForContainerState(cri, id, 'CONTAINER_EXITED')).exit_code));
   assert.is(codes[0], codes[1], `offloaded and host container report alike: ${codes}`);
   await waitFor('the DPU half to be removed', 15_000, async () => !(await agentPods()).some((p) => p.pod_id === podId));
+  // Killed with its pod; a moment may pass before the last is reaped.
+  await waitFor('no process of the offloaded container to be left', 5000, () => containerPids(worker).length === 0).catch(() => undefined);
   assert.equal(containerPids(worker), [], 'no process of the offloaded container is left');
   for (const id of [worker, app]) await cri.removeContainer(id);
   await removePod(podId);
