@@ -70,12 +70,12 @@ const onDpu = (id: string): boolean => containerPids(id).some((pid) => memoryCgr
 test('50 offloading pods at once: one node daemon, no process of ours per pod but the C proxy; all reachable over their XPU links; removed with nothing left', async () => {
   const PODS = 50;
   const PORT = 8080;
-  const pods: { id: string; sidecar: string }[] = [];
+  const pods: { i: number; id: string; sidecar: string }[] = [];
   const startOne = async (i: number): Promise<void> => {
     const pod = offloadPod(`many-${i}`, { 'heteropod.io/offload': 'sidecar', 'heteropod.io/ports': `sidecar=${PORT}`, 'heteropod.io/offload-policy': 'require' });
     const id = await cri.runPodSandbox(pod, 'heteropod');
     const sidecar = await start(id, pod, 'sidecar', httpd(`pod-${i}`, PORT));
-    pods.push({ id, sidecar });
+    pods.push({ i, id, sidecar });
   };
   // Four at a time, as a kubelet starting a node's pods would.
   for (let i = 0; i < PODS; i += 4) await Promise.all([0, 1, 2, 3].filter((k) => i + k < PODS).map((k) => startOne(i + k)));
@@ -91,10 +91,10 @@ test('50 offloading pods at once: one node daemon, no process of ours per pod bu
     assert.ok(readStats(podWindowPath(p.id)).linkUp, `pod ${p.id}: its XPU link up`);
   }
   // The node reaches each pod's DPU-owned port: host half, XPU link, DPU half.
-  for (const [i, p] of pods.entries()) {
+  for (const p of pods) {
     const ip = await podIp(p.id);
-    const page = await waitFor(`pod ${i} to answer on ${ip}:${PORT}`, 10_000, () => httpGet(`http://${ip}:${PORT}/`).catch(() => undefined));
-    assert.is(page, `pod-${i}`);
+    const page = await waitFor(`pod ${p.i} to answer on ${ip}:${PORT}`, 10_000, () => httpGet(`http://${ip}:${PORT}/`).catch(() => undefined));
+    assert.is(page.trim(), `pod-${p.i}`);
   }
   assert.is((await agentPods()).filter((a) => pods.some((p) => p.id === a.pod_id)).length, PODS);
   await removeOwnPods(bed);
