@@ -24,6 +24,7 @@ import { arg, stats } from './bench-lib';
 const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];
 const HANDLERS: Handler[] = process.argv.includes('--no-offload') ? ['runc', 'heteropod'] : [...ALL];
+const OWN_PID_NAMESPACE = { security_context: { namespace_options: { pid: 'CONTAINER' } } };
 // The offloading pods' one container runs on the DPU.
 const OFFLOADED = 'sidecar';
 
@@ -57,10 +58,12 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
   const pod: CriObject = {
     metadata: { name: `bench-${handler}-${n}`, namespace: 'bench', uid: `bench-${handler}-${n}-${process.pid}`, attempt: 0 },
     log_directory: `/tmp/hp-bench-${process.pid}/${handler}-${n}`,
-    linux: {},
+    // Each container its own process namespace, as kubelet makes them by default
+    // (a DPU container cannot join the sandbox's).
+    linux: OWN_PID_NAMESPACE,
     ...(handler === 'heteropod-offload' ? { annotations: { 'heteropod.io/offload': OFFLOADED, 'heteropod.io/offload-policy': 'require' } } : {}),
   };
-  const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: {} };
+  const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: OWN_PID_NAMESPACE };
   const t0 = process.hrtime.bigint();
   const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
   const id = await cri.createContainer(podId, container, pod);

@@ -1,20 +1,21 @@
-// The one place where the agent's failures become gRPC status codes. Handlers throw
-// AgentError with the code that fits (NOT_FOUND for an unknown id, INVALID_ARGUMENT
-// for bad input, ...); anything else is a bug or an environment failure and leaves
-// as INTERNAL with its message, never as a bare UNKNOWN.
-import * as grpc from '@grpc/grpc-js';
+// Where the agent's failures leave as gRPC statuses. Handlers throw AgentError
+// (the one status type, common/status.ts) with the code that fits (NOT_FOUND for
+// an unknown id, INVALID_ARGUMENT for bad input, ...); anything else is mapped by
+// toStatus, as on the shim's side, and never leaves as a bare UNKNOWN.
+import type * as grpc from '@grpc/grpc-js';
+import { Code, RpcError, toStatus } from '../common/status';
 
-export class AgentError extends Error {
-  constructor(readonly code: grpc.status, message: string) {
-    super(message);
+export class AgentError extends RpcError {
+  constructor(code: RpcError['code'], message: string) {
+    super(code, message);
     this.name = 'AgentError';
   }
 }
 
 export function toServiceError(err: unknown): Partial<grpc.ServiceError> {
-  if (err instanceof AgentError) return { code: err.code, details: err.message, message: err.message };
-  const message = err instanceof Error ? err.message : String(err);
-  return { code: grpc.status.INTERNAL, details: message, message };
+  // gRPC's status codes are the canonical codes of Code: the same numbers.
+  const { code, message } = toStatus(err);
+  return { code, details: message, message };
 }
 
 export const trace = process.env.HETEROPOD_AGENT_DEBUG
@@ -31,7 +32,7 @@ export function unary<Req, Res>(method: string, fn: (request: Req) => Promise<Re
         (res) => callback(null, res),
         (err) => {
           const mapped = toServiceError(err);
-          trace(`${method} failed: ${grpc.status[mapped.code ?? grpc.status.INTERNAL]} ${mapped.details}`);
+          trace(`${method} failed: ${Code[mapped.code ?? Code.INTERNAL]} ${mapped.details}`);
           callback(mapped);
         },
       );

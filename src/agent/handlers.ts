@@ -3,6 +3,7 @@
 // toServiceError (errors.ts), the one mapping to status codes.
 import { Readable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
+import { Code } from '../common/status';
 import { AgentError, toServiceError, trace, unary } from './errors';
 import type { DpuPods } from './pods';
 import type { OutputChunk } from './stdio';
@@ -160,9 +161,9 @@ export function layerHandlers(cache: LayerCacheApi): grpc.UntypedServiceImplemen
       const iterator = call[Symbol.asyncIterator]();
       void (async () => {
         const first = await iterator.next();
-        if (first.done) throw new AgentError(grpc.status.INVALID_ARGUMENT, 'PutLayer: no message');
+        if (first.done) throw new AgentError(Code.INVALID_ARGUMENT, 'PutLayer: no message');
         const head = first.value as LayerChunk;
-        if (!head.digest) throw new AgentError(grpc.status.INVALID_ARGUMENT, 'PutLayer: the first message must name the digest');
+        if (!head.digest) throw new AgentError(Code.INVALID_ARGUMENT, 'PutLayer: the first message must name the digest');
         async function* data(): AsyncGenerator<Buffer> {
           if (head.data.length) yield head.data;
           for (;;) {

@@ -22,6 +22,7 @@
 // serialized, and a rename race with another writer is settled by the file
 // system (the loser finds the layer present).
 import * as grpc from '@grpc/grpc-js';
+import { Code } from '../common/status';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -68,7 +69,7 @@ const HEX_NAME = /^[0-9a-f]{64}$/;
 const TEMP_NAME = /^\.(?:tmp|rm)-[0-9a-z]*-(\d+)-[0-9a-z]+$/;
 
 function invalid(message: string): AgentError {
-  return new AgentError(grpc.status.INVALID_ARGUMENT, message);
+  return new AgentError(Code.INVALID_ARGUMENT, message);
 }
 
 function checkDigest(digest: unknown): string {
@@ -142,7 +143,7 @@ export class LayerCache {
   /** The unpacked tree of `digest`; throws AgentError(NOT_FOUND) when it is not cached. */
   path(digest: string): string {
     const hex = checkDigest(digest);
-    if (!this.present(hex)) throw new AgentError(grpc.status.NOT_FOUND, `layer ${digest} is not in the layer cache ${this.dir}`);
+    if (!this.present(hex)) throw new AgentError(Code.NOT_FOUND, `layer ${digest} is not in the layer cache ${this.dir}`);
     return path.join(this.dir, hex);
   }
 

@@ -93,14 +93,14 @@ const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const processKey = (container: string, exec: string): string => `${container}/${exec}`;
 
 function checkId(what: string, id: string): void {
-  if (!SAFE_ID.test(id)) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what} ${JSON.stringify(id)} is not a valid id`);
+  if (!SAFE_ID.test(id)) throw new AgentError(Code.INVALID_ARGUMENT, `${what} ${JSON.stringify(id)} is not a valid id`);
 }
 
 function asAgentError(err: unknown, context: string): AgentError {
   if (err instanceof AgentError) return new AgentError(err.code, `${context}: ${err.message}`);
-  if (err instanceof RpcError) return new AgentError(err.code as number as grpc.status, `${context}: ${err.message}`);
-  if (err instanceof SpecError) return new AgentError(grpc.status.INVALID_ARGUMENT, `${context}: ${err.message}`);
-  return new AgentError(grpc.status.INTERNAL, `${context}: ${(err as Error).message}`);
+  if (err instanceof RpcError) return new AgentError(err.code, `${context}: ${err.message}`);
+  if (err instanceof SpecError) return new AgentError(Code.INVALID_ARGUMENT, `${context}: ${err.message}`);
+  return new AgentError(Code.INTERNAL, `${context}: ${(err as Error).message}`);
 }
 
 /** A watcher of the DPU half's listening ports: each set, then null when the half closes. */
@@ -108,7 +108,7 @@ export type PortsListener = (ports: number[] | null) => void;
 
 function checkPorts(what: string, ports: readonly number[]): number[] {
   for (const p of ports) {
-    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what}: ${p} is not a port number`);
+    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new AgentError(Code.INVALID_ARGUMENT, `${what}: ${p} is not a port number`);
   }
   return [...ports];
 }
@@ -302,14 +302,14 @@ export class DpuPods {
 
   private pod(id: string): DpuPod {
     const pod = this.pods.get(id);
-    if (!pod) throw new AgentError(grpc.status.NOT_FOUND, `pod ${id} has no DPU half`);
+    if (!pod) throw new AgentError(Code.NOT_FOUND, `pod ${id} has no DPU half`);
     return pod;
   }
 
   /** Opens the pod's DPU half in its network namespace (the host half made the window); one already open is returned. */
   async openLink(req: OpenLinkRequest): Promise<LinkInfo> {
     const what = `open the DPU half of pod ${req.pod_id}'s network`;
-    if (!net.isIPv4(req.pod_ip)) throw new AgentError(grpc.status.INVALID_ARGUMENT, `${what}: pod IP ${JSON.stringify(req.pod_ip)} is not an IPv4 address`);
+    if (!net.isIPv4(req.pod_ip)) throw new AgentError(Code.INVALID_ARGUMENT, `${what}: pod IP ${JSON.stringify(req.pod_ip)} is not an IPv4 address`);
     const declared = checkPorts(`${what}: declared port`, req.declared_dpu_ports);
     const pod = this.pod(req.pod_id);
     if (!pod.link) {
@@ -386,7 +386,7 @@ export class DpuPods {
   /** Follows the DPU half's listening ports (the last known set at once); returns the unsubscribe. */
   watchPorts(podId: string, listener: PortsListener): () => void {
     const pod = this.pod(podId);
-    if (!pod.link) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
+    if (!pod.link) throw new AgentError(Code.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
     pod.portListeners.add(listener);
     if (pod.linkPorts) listener(pod.linkPorts);
     return () => pod.portListeners.delete(listener);
@@ -396,7 +396,7 @@ export class DpuPods {
   async setPeerPorts(podId: string, ports: readonly number[]): Promise<void> {
     const checked = checkPorts(`pod ${podId}: host half's listening port`, ports);
     const pod = this.pod(podId);
-    if (!pod.link) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
+    if (!pod.link) throw new AgentError(Code.FAILED_PRECONDITION, `pod ${podId}: the DPU half of its network is not open (OpenLink first)`);
     try {
       await (await pod.link).setPeerListeningPorts(checked);
     } catch (err) {
@@ -450,7 +450,7 @@ export class DpuPods {
     this.removeCgroups(pod.record.cgroup);
     this.pods.delete(id);
     this.log.info('pod removed', { pod: id });
-    if (problems.length) throw new AgentError(grpc.status.INTERNAL, `remove pod ${id}: ${problems.join('; ')}`);
+    if (problems.length) throw new AgentError(Code.INTERNAL, `remove pod ${id}: ${problems.join('; ')}`);
   }
 
   // A container the host no longer wants: killed, waited for (briefly) and deleted.
@@ -466,18 +466,18 @@ export class DpuPods {
   /** Creates the container; when layers are missing from the cache, only names them. */
   async create(req: CreateRequest): Promise<CreateReply> {
     const pod = this.pod(req.pod_id);
-    if (pod.lost) throw new AgentError(grpc.status.FAILED_PRECONDITION, `pod ${pod.record.id}: ${pod.lost}`);
+    if (pod.lost) throw new AgentError(Code.FAILED_PRECONDITION, `pod ${pod.record.id}: ${pod.lost}`);
     let host: { id: string; terminal: boolean; stdin: string; stdout: string; stderr: string };
     let hostSpec: OciSpec;
     try {
       host = decode('containerd.task.v2.CreateTaskRequest', req.request);
       hostSpec = JSON.parse(req.spec.toString('utf8')) as OciSpec;
     } catch (err) {
-      throw new AgentError(grpc.status.INVALID_ARGUMENT, `create: malformed request or spec: ${(err as Error).message}`);
+      throw new AgentError(Code.INVALID_ARGUMENT, `create: malformed request or spec: ${(err as Error).message}`);
     }
     checkId('container id', host.id);
-    if (pod.record.containers[host.id]) throw new AgentError(grpc.status.ALREADY_EXISTS, `container ${host.id}: already exists`);
-    if (req.layers.length === 0) throw new AgentError(grpc.status.INVALID_ARGUMENT, `create container ${host.id}: no rootfs layers`);
+    if (pod.record.containers[host.id]) throw new AgentError(Code.ALREADY_EXISTS, `container ${host.id}: already exists`);
+    if (req.layers.length === 0) throw new AgentError(Code.INVALID_ARGUMENT, `create container ${host.id}: no rootfs layers`);
     let missing: string[];
     try {
       missing = await this.layers.missing(req.layers);
@@ -570,13 +570,13 @@ export class DpuPods {
     try {
       host = decode('containerd.task.v2.ExecProcessRequest', request);
     } catch (err) {
-      throw new AgentError(grpc.status.INVALID_ARGUMENT, `exec: malformed request: ${(err as Error).message}`);
+      throw new AgentError(Code.INVALID_ARGUMENT, `exec: malformed request: ${(err as Error).message}`);
     }
     checkId('exec id', host.exec_id);
     const container = pod.record.containers[host.id];
-    if (!container) throw new AgentError(grpc.status.NOT_FOUND, `container ${host.id}: not found`);
+    if (!container) throw new AgentError(Code.NOT_FOUND, `container ${host.id}: not found`);
     const key = processKey(host.id, host.exec_id);
-    if (pod.record.processes[key]) throw new AgentError(grpc.status.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
+    if (pod.record.processes[key]) throw new AgentError(Code.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
     try {
       const io = this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
       // runc's shim opens an exec's fifos at Start, not here: the placeholders
@@ -594,7 +594,7 @@ export class DpuPods {
   async relay(method: string, podId: string, request: Buffer): Promise<Buffer> {
     const pod = this.pod(podId);
     const { id, execId } = taskRef(method, request);
-    if (!pod.record.containers[id]) throw new AgentError(grpc.status.NOT_FOUND, `container ${id}: not found`);
+    if (!pod.record.containers[id]) throw new AgentError(Code.NOT_FOUND, `container ${id}: not found`);
     const key = processKey(id, execId);
     try {
       // CloseIORequest { stdin = 3 }
@@ -628,7 +628,7 @@ export class DpuPods {
 
   output(podId: string, container: string, execId: string): ProcessOutput {
     const out = this.pod(podId).outputs.get(processKey(container, execId));
-    if (!out) throw new AgentError(grpc.status.NOT_FOUND, `output of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
+    if (!out) throw new AgentError(Code.NOT_FOUND, `output of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
     return out;
   }
 
@@ -641,7 +641,7 @@ export class DpuPods {
 
   input(podId: string, container: string, execId: string): ProcessInput {
     const input = this.pod(podId).inputs.get(processKey(container, execId));
-    if (!input) throw new AgentError(grpc.status.NOT_FOUND, `stdin of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
+    if (!input) throw new AgentError(Code.NOT_FOUND, `stdin of ${container}${execId ? ` exec ${execId}` : ''}: not found`);
     return input;
   }
 

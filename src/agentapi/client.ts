@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { Code, RpcError } from '../common/status';
 import { CapacityResponse, dpuAgentService, HealthResponse } from './proto';
 
 export interface DpuAgentClientOptions {
@@ -30,12 +31,20 @@ export const AGENT_SERVER_NAME = 'heteropod-dpu-agent';
 
 export type DpuAgentErrorKind = 'unreachable' | 'tls' | 'call';
 
-export class DpuAgentError extends Error {
-  constructor(readonly kind: DpuAgentErrorKind, message: string, readonly code?: grpc.status) {
-    super(message);
+/**
+ * A failed call to the agent, as the one status type (common/status.ts), with
+ * gRPC's code (gRPC's codes are its canonical codes): the agent's answer, or
+ * UNAVAILABLE or DEADLINE_EXCEEDED for an agent that cannot be reached.
+ */
+export class DpuAgentError extends RpcError {
+  constructor(readonly kind: DpuAgentErrorKind, message: string, code: Code = Code.UNAVAILABLE) {
+    super(code, message);
     this.name = 'DpuAgentError';
   }
 }
+
+/** The one translation of a gRPC status into the status type: the same canonical numbers. */
+export const fromGrpc = (code: grpc.status): Code => code as unknown as Code;
 
 const TLS_FAILURE = /certificate|ssl|tls|alert|handshake|self.signed|unable to (verify|get)|ERR_SSL|altname|hostname/i;
 
@@ -43,10 +52,10 @@ const TLS_FAILURE = /certificate|ssl|tls|alert|handshake|self.signed|unable to (
 export function classify(address: string, err: grpc.ServiceError): DpuAgentError {
   const details = err.details || err.message;
   if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
-    if (TLS_FAILURE.test(details)) return new DpuAgentError('tls', `TLS with the DPU agent at ${address} failed (certificate refused or not trusted): ${details}`, err.code);
-    return new DpuAgentError('unreachable', `DPU agent at ${address} unreachable: ${details}`, err.code);
+    if (TLS_FAILURE.test(details)) return new DpuAgentError('tls', `TLS with the DPU agent at ${address} failed (certificate refused or not trusted): ${details}`, fromGrpc(err.code));
+    return new DpuAgentError('unreachable', `DPU agent at ${address} unreachable: ${details}`, fromGrpc(err.code));
   }
-  return new DpuAgentError('call', `DPU agent at ${address}: ${grpc.status[err.code] ?? err.code}: ${details}`, err.code);
+  return new DpuAgentError('call', `DPU agent at ${address}: ${grpc.status[err.code] ?? err.code}: ${details}`, fromGrpc(err.code));
 }
 
 /**
@@ -166,8 +175,8 @@ export class DpuAgentClient {
           probeTls(this.address, this.material, Math.min(this.timeoutMs, 3000)).then((probe) => {
             if (!probe) return reject(first);
             reject(probe.kind === 'tls'
-              ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${probe.why}`, err.code)
-              : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${probe.why}`, err.code));
+              ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${probe.why}`, fromGrpc(err.code))
+              : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${probe.why}`, fromGrpc(err.code)));
           });
         },
       );

@@ -7,6 +7,7 @@
 // poststop hook does the same when runc deletes the sandbox; both are idempotent).
 import * as fs from 'node:fs';
 import type { DpuAgentError } from '../agentapi/client';
+import { Code } from '../common/status';
 import type { ShimConfig } from './config';
 import { DeleteResult, decodeDeleteResponse, encodeIdRequest, encodeKillRequest } from '../taskapi/messages';
 import { PodRecordFile, podRecordPath } from './pod-record';
@@ -38,7 +39,6 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
   const d = config.dpu;
   // Loaded only here: every other pod's `delete` is spared gRPC's start-up.
   const { DpuAgentClient } = require('../agentapi/client') as typeof import('../agentapi/client');
-  const DEADLINE_EXCEEDED = 4;
   // containerd allows a `delete` 5 s in all.
   const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 1500 });
   try {
@@ -54,7 +54,7 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
     }
     await client.call('RemovePod', { pod_id: group }, { timeoutMs: 3000 }).catch((err: DpuAgentError) => {
       // The agent goes on removing after our deadline; only a refusal is a failure.
-      if (err.code !== DEADLINE_EXCEEDED) throw err;
+      if (err.code !== Code.DEADLINE_EXCEEDED) throw err;
     });
     fs.rmSync(file, { force: true });
     return null;

@@ -59,14 +59,8 @@ const RETRY_MS = 500;
 const OUTPUT_GRACE_MS = 60_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A DpuAgentError as the ttrpc status containerd should see. */
-function asRpcError(err: unknown, context: string): Error {
-  if (err instanceof DpuAgentError) {
-    const code = err.kind === 'call' && err.code !== undefined ? (err.code as number as Code) : Code.UNAVAILABLE;
-    return new RpcError(code, `${context}: ${err.message}`);
-  }
-  return RpcError.wrap(err, context);
-}
+// A DpuAgentError is already the status containerd should see (its code kept).
+const asRpcError = (err: unknown, context: string): Error => RpcError.wrap(err, context);
 
 const key = (id: string, execId: string) => `${id}/${execId}`;
 

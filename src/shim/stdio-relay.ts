@@ -14,7 +14,8 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import type * as grpc from '@grpc/grpc-js';
-import type { DpuAgentClient } from '../agentapi/client';
+import { DpuAgentClient, fromGrpc } from '../agentapi/client';
+import { Code } from '../common/status';
 import type { InputChunk, OutputChunkMessage } from '../agentapi/proto';
 import type { Logger } from '../common/log';
 
@@ -97,7 +98,7 @@ export class HostStdio {
     // comes once those are delivered.
     let ok = false;
     stream.on('status', (status: grpc.StatusObject) => {
-      ok = status.code === 0;
+      ok = fromGrpc(status.code) === Code.OK;
     });
     stream.on('end', () => {
       if (ok && this.output === stream) this.endAll();
@@ -105,7 +106,7 @@ export class HostStdio {
     stream.on('error', (err: grpc.ServiceError) => {
       if (this.closed) return;
       // NOT_FOUND: the agent has no such process (any more); nothing more will come.
-      if (err.code === 5) {
+      if (fromGrpc(err.code) === Code.NOT_FOUND) {
         this.endAll();
         return;
       }

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { FrameDecoder, FrameType, encodeFrame } from './frame';
 import { decodeResponse, encodeRequest, KeyValue, NAMESPACE_KEY } from './messages';
-import { Code, RpcError, fromStatus } from './status';
+import { Code, RpcError, fromStatus } from '../common/status';
 
 export interface CallOptions {
   metadata?: KeyValue[];

@@ -1,7 +1,7 @@
 // The ttrpc envelope (package ttrpc, cri-proto/ttrpc/request.proto), encoded at
 // the wire level: it wraps every call, so it stays off protobufjs.
 import { MessageWriter, readFields, repeated, str, bytes, int64, uint, field } from '../proto/wire';
-import type { RpcStatus } from './status';
+import type { RpcStatus } from '../common/status';
 
 export interface KeyValue {
   key: string;

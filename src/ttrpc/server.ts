@@ -6,7 +6,7 @@
 import * as net from 'node:net';
 import { FrameDecoder, FrameType, encodeFrame, MAX_DATA } from './frame';
 import { decodeRequest, encodeResponse, KeyValue, NAMESPACE_KEY, RequestEnvelope } from './messages';
-import { Code, RpcError, RpcStatus, toStatus, unimplemented } from './status';
+import { Code, RpcError, RpcStatus, toStatus, unimplemented } from '../common/status';
 
 export interface CallContext {
   service: string;

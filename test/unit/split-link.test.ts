@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { Code } from '../../src/common/status';
 import { AgentError } from '../../src/agent/errors';
 import { EventHub } from '../../src/agent/events';
 import { DpuPods } from '../../src/agent/pods';
@@ -35,7 +36,7 @@ test('clean-up hook in a spec: added after the spec\'s own, once, the rest of th
   assert.equal(withCleanupHook({} as { hooks?: { poststop?: { path: string }[] } }).hooks?.poststop?.map((h) => h.path), [CLEANUP_HOOK]);
 });
 
-async function code(p: Promise<unknown> | (() => unknown)): Promise<grpc.status | 'ok'> {
+async function code(p: Promise<unknown> | (() => unknown)): Promise<Code | 'ok'> {
   try {
     await (typeof p === 'function' ? p() : p);
     return 'ok';
@@ -50,7 +51,7 @@ test('agent link calls: bad input INVALID_ARGUMENT, an unknown pod NOT_FOUND, cl
   try {
     const paths = { stateDir: dir, runDir: dir, netnsDir: path.join(dir, 'netns'), cgroupRoot: path.join(dir, 'cgroup'), cgroupParent: 'heteropod-dpu', runcShim: '/bin/false' };
     const pods = new DpuPods(paths, { path: (d: string) => path.join(dir, d), missing: () => [] }, new EventHub(), new Logger(new StderrSink(), false));
-    const { INVALID_ARGUMENT, NOT_FOUND } = grpc.status;
+    const { INVALID_ARGUMENT, NOT_FOUND } = Code;
     assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.300', pod_prefix_length: 24, declared_dpu_ports: [] })), INVALID_ARGUMENT);
     assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: 'fe80::1', pod_prefix_length: 24, declared_dpu_ports: [] })), INVALID_ARGUMENT);
     assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.3', pod_prefix_length: 24, declared_dpu_ports: [0] })), INVALID_ARGUMENT);

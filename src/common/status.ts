@@ -1,6 +1,8 @@
-// gRPC status codes and the one place where an error becomes a google.rpc.Status.
-// Every ttrpc handler's failure passes through toStatus(); code elsewhere throws
-// RpcError (or a plain Error, which is a bug or an unexpected failure: INTERNAL).
+// The one status type: gRPC's canonical codes, which ttrpc (containerd's shim
+// API) and gRPC (the DPU agent's API) share, and the one place where an error
+// becomes a google.rpc.Status. Every handler's failure, ttrpc or gRPC, passes
+// through toStatus(); code elsewhere throws RpcError (or a plain Error, which is
+// a bug or an unexpected failure: INTERNAL).
 
 export enum Code {
   OK = 0,
