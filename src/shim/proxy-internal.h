@@ -1,10 +1,11 @@
 /*
  * What the proxy's files share (proxy.h is the interface): the protobuf and
  * ttrpc codec (proxy-codec.c), the relay's connection pairs and event loop
- * (proxy.c), and the node daemon's side of an offload pod (proxy-node.c).
+ * (proxy.c), the node daemon's side of an offload pod (proxy-node.c) and the
+ * stdio fifos it holds for the daemon's processes (proxy-stdio.c).
  *
  * Every function here runs on the proxy's one thread; none is for callers
- * outside these three files.
+ * outside these files.
  */
 #ifndef HETEROPOD_SHIM_PROXY_INTERNAL_H
 #define HETEROPOD_SHIM_PROXY_INTERNAL_H
@@ -100,6 +101,7 @@ struct buf {
 };
 
 struct conn;
+struct stdio_hold;
 
 /* What an epoll event names: one of a pair's connections. */
 enum side { DOWN, UP, NODE };
@@ -114,6 +116,8 @@ enum kind {
 	ATTACH, /* ours: nothing to answer */
 	CREATE, /* to runc ("prefer") or failed, if the daemon never saw it; UNAVAILABLE if it may have */
 	WAIT,	/* held for the next daemon connection */
+	EXEC,	/* UNAVAILABLE, as OTHER; kept: its answer may make the proxy hold stdio */
+	DELETE, /* UNAVAILABLE, as OTHER; kept: its answer may release stdio */
 	OTHER,	/* UNAVAILABLE */
 };
 
@@ -123,7 +127,7 @@ struct pending {
 	uint32_t stream;
 	enum kind kind;
 	int sent;	      /* released after Attach: the daemon may have acted on it */
-	size_t len;	      /* of frame: kept for CREATE and WAIT only */
+	size_t len;	      /* of frame: kept for every kind but ATTACH and OTHER */
 	unsigned char frame[];
 };
 
@@ -172,6 +176,7 @@ struct loop {
 	unsigned char *attach; /* the Attach frame, the same for every daemon connection */
 	size_t attach_len;
 	struct route *routes;
+	struct stdio_hold *stdio; /* the daemon's processes whose fifos we hold */
 	int timer, timer_armed; /* ticks every RECONNECT_MS while a Wait is held */
 };
 
@@ -214,5 +219,18 @@ void node_close(struct conn *c);
 void pending_free(struct pending *list);
 void reconnect_tick(struct loop *l);
 void timer_update(struct loop *l);
+
+/* ---- the daemon's processes' stdio (proxy-stdio.c) --------------------------- */
+
+/* From the request frames (kept whole until answered) whose successful answer
+ * the daemon has just sent: Create (placed=1) and Exec hold the fifos they
+ * name; Wait releases its process's, Delete its process's or, with
+ * `whole_task` and no exec_id, those of the task's every process. Failures are
+ * logged, never returned: the answer goes to containerd all the same. */
+void stdio_hold_create(struct loop *l, const unsigned char *frame, size_t len);
+void stdio_hold_exec(struct loop *l, const unsigned char *frame, size_t len);
+void stdio_release(struct loop *l, const unsigned char *frame, size_t len, int whole_task);
+/* At the proxy's exit. */
+void stdio_free(struct loop *l);
 
 #endif

@@ -179,7 +179,7 @@ static int create_without_daemon(struct loop *l, struct conn *c, const unsigned 
 /* Queues a request for the daemon; released at once when the connection is attached. */
 static int node_queue(struct conn *c, const unsigned char *frame, size_t len, enum kind kind)
 {
-	int keep = kind == CREATE || kind == WAIT;
+	int keep = kind != ATTACH && kind != OTHER;
 	struct pending *p = malloc(sizeof(*p) + (keep ? len : 0)), **tail;
 	int err;
 
@@ -302,6 +302,8 @@ int node_down(struct loop *l, struct conn *c, const char *why)
 			p->next = c->held;
 			c->held = p;
 			continue;
+		case EXEC:
+		case DELETE:
 		case OTHER:
 			e = answer_unavailable(l, c, p->stream);
 			break;
@@ -349,7 +351,7 @@ static int node_frame(struct loop *l, struct conn *c, unsigned char *frame, size
 	struct pending **pp, *p;
 	const unsigned char *id;
 	size_t idlen;
-	int placed, err = 0;
+	int placed, ok = 0, err = 0;
 
 	if (frame[8] != HP_TTRPC_RESPONSE) {
 		snprintf(why, why_len, "not a response frame from the daemon");
@@ -362,6 +364,11 @@ static int node_frame(struct loop *l, struct conn *c, unsigned char *frame, size
 		return 0;
 	}
 	*pp = p->next;
+	if (p->kind != ATTACH) {
+		char message[8];
+
+		ok = response_code(frame, len, message, sizeof(message)) == 0;
+	}
 	switch (p->kind) {
 	case ATTACH: {
 		char message[256];
@@ -390,10 +397,21 @@ static int node_frame(struct loop *l, struct conn *c, unsigned char *frame, size
 		/* Left to the host: runc's answer is containerd's, the daemon's is dropped. */
 		if (!err)
 			err = placed == HP_PLACED_RUNC ? runc_inject(l, c, p->frame, p->len) : buf_append(&c->side, frame, len);
+		/* containerd opened the fifos before it sent Create: they have a reader. */
+		if (!err && placed == HP_PLACED_DAEMON && ok)
+			stdio_hold_create(l, p->frame, p->len);
 		break;
 	case WAIT:
+	case EXEC:
+	case DELETE:
 	case OTHER:
 		err = buf_append(&c->side, frame, len);
+		/* Let go once the answer is queued: CRI's ExecSync reads an exec's fifos to EOF
+		 * before it sends Delete, so a Wait answered OK must be enough. */
+		if (!err && ok && p->kind == EXEC)
+			stdio_hold_exec(l, p->frame, p->len);
+		else if (!err && ok && (p->kind == WAIT || p->kind == DELETE))
+			stdio_release(l, p->frame, p->len, p->kind == DELETE);
 		break;
 	}
 	free(p);
@@ -485,7 +503,10 @@ int route_request(struct loop *l, struct conn *c, size_t len)
 		/* Shutdown is runc's: its shim exits once it holds no task, and we with it. */
 		if (is(e.method, e.mlen, "Shutdown") || !e.payload || !task_id(&e, &id, &idlen) || !route_find(l, id, idlen))
 			return 0;
-		kind = is(e.method, e.mlen, "Wait") ? WAIT : OTHER;
+		kind = is(e.method, e.mlen, "Wait")	? WAIT
+		       : is(e.method, e.mlen, "Exec")	? EXEC
+		       : is(e.method, e.mlen, "Delete") ? DELETE
+							: OTHER;
 	}
 	if (c->node < 0 && node_open(l, c) < 0) {
 		/* The daemon is down. */
@@ -496,7 +517,7 @@ int route_request(struct loop *l, struct conn *c, size_t len)
 		}
 		if (kind == CREATE)
 			err = create_without_daemon(l, c, frame, len);
-		else if (kind == OTHER)
+		else if (kind != WAIT)
 			err = answer_unavailable(l, c, be32(frame + 4));
 		else {
 			struct pending *p = malloc(sizeof(*p) + len);
@@ -590,4 +611,5 @@ void offload_free(struct loop *l)
 	}
 	free(l->attach);
 	l->attach = NULL;
+	stdio_free(l);
 }
