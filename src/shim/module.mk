@@ -1,9 +1,13 @@
 # The shim's `start` in C (src/shim/launcher.c): containerd runs it cold for every
 # task, so it must not pay for a Node.js start-up. The same binary is the ttrpc
-# proxy (proxy.c, proxy-start.c) that serves pods without offload in front of
+# proxy (proxy-start.c; proxy.c the relay, proxy-codec.c its frames, proxy-node.c
+# an offload pod's node daemon, proxy-stdio.c the fifos held for the daemon's
+# processes) that serves every pod in front of
 # containerd-shim-runc-v2.
-SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c src/shim/proxy.c src/shim/shim-config.c
-SHIM_C_HDR := src/shim/launcher.h src/shim/proxy.h src/shim/shim-config.h
+SHIM_PROXY_SRC := src/shim/proxy.c src/shim/proxy-codec.c src/shim/proxy-node.c src/shim/proxy-stdio.c
+SHIM_PROXY_HDR := src/shim/proxy.h src/shim/proxy-internal.h
+SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c
+SHIM_C_HDR := src/shim/launcher.h $(SHIM_PROXY_HDR) src/shim/shim-config.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
 SHIM_CONFIG_TEST := test/unit/shim-config.c
 SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -15,13 +19,13 @@ $(BUILD)/containerd-shim-heteropod-v2: $(SHIM_C_SRC) $(SHIM_C_HDR)
 	$(CC) $(CFLAGS_COMMON) -o $@ $(SHIM_C_SRC)
 
 # The proxy's tests: the Create rewrite, framing, malformed frames, runc's shim exiting.
-$(BUILD)/shim-test-proxy: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
+$(BUILD)/shim-test-proxy: $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC) $(SHIM_PROXY_HDR)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) src/shim/proxy.c
+	$(CC) $(CFLAGS_COMMON) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC)
 
-$(BUILD)/shim-test-proxy-asan: $(SHIM_PROXY_TEST) src/shim/proxy.c src/shim/proxy.h
+$(BUILD)/shim-test-proxy-asan: $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC) $(SHIM_PROXY_HDR)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) src/shim/proxy.c
+	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -pthread -Isrc/shim -o $@ $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC)
 
 # The config reader alone under the sanitizers; test/unit/shim-config.test.ts runs
 # its cases through it and through the shim's `config` action.

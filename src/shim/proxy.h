@@ -21,6 +21,15 @@
  * attached (tried every 250 ms); any other request for a daemon task fails with
  * UNAVAILABLE. A pod without the annotation never looks at the daemon.
  *
+ * The daemon's processes write into containerd's stdio fifos through the
+ * daemon, and containerd stops reading a fifo for good at its first EOF. So,
+ * as runc's shim does for its own, the proxy holds a write end of the stdout
+ * and stderr fifos of each process the daemon runs (from the successful answer
+ * to its Create or Exec) until containerd is sent a successful answer to that
+ * process's Wait or Delete (a Delete without exec_id: the task's every
+ * process). A daemon that dies therefore leaves containerd's readers open, and
+ * its successor's relays write into the same fifos (proxy-stdio.c).
+ *
  * One thread, epoll, buffers allocated per connection when it is accepted (the
  * daemon connection's when it is opened). The proxy runs until runc's shim exits,
  * then closes every connection, so containerd sees the shim gone exactly when it

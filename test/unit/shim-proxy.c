@@ -22,7 +22,15 @@
  *   UNAVAILABLE); requests during the outage (UNAVAILABLE, Create to runc under
  *   prefer); the held Wait sent again after the daemon is back and answered on
  *   its stream id, the Wait of a closed connection dropped; Attach refused; and
- *   policy require without a daemon (FAILED_PRECONDITION naming the socket).
+ *   policy require without a daemon (FAILED_PRECONDITION naming the socket);
+ * - an offload pod's stdio fifos (real fifos, the test holding containerd's read
+ *   ends): the proxy holds a write end of each fifo of a daemon process (Create
+ *   placed=1, Exec answered OK; stdout only with a terminal), through the
+ *   daemon's death and restart, until the process's Wait is answered OK (the
+ *   exec's only) or its task's Delete (the rest), on any containerd
+ *   connection, and at the latest until it exits; nothing for a refused Exec,
+ *   a failed Wait or a placed=2 task; a fifo without a reader or a missing path
+ *   does not change Create's answer.
  */
 #include "proxy.h"
 
@@ -1114,6 +1122,280 @@ static void test_offload(void)
 	rmdir(dir);
 }
 
+/* ---- offload pods: containerd's stdio fifos -------------------------------- */
+
+struct fifo {
+	char path[128];
+	int rd; /* containerd's read end, or -1 */
+};
+
+static void fifo_make(struct fifo *f, const char *name, int reader)
+{
+	snprintf(f->path, sizeof(f->path), "%s/%s", dir, name);
+	CHECK(mkfifo(f->path, 0600) == 0, "mkfifo %s: %s", f->path, strerror(errno));
+	f->rd = reader ? open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) : -1;
+	CHECK(!reader || f->rd >= 0, "open the read end of %s", f->path);
+}
+
+static void fifo_remove(struct fifo *f)
+{
+	if (f->rd >= 0)
+		close(f->rd);
+	unlink(f->path);
+}
+
+/*
+ * 1 when a writer other than the test holds the fifo open: a write end of our
+ * own comes and goes and containerd's reader sees its byte and then no EOF;
+ * 0 when the reader sees EOF (nobody else has it open); -1 on an error.
+ */
+static int writer_held(struct fifo *f)
+{
+	struct pollfd p = { .fd = f->rd, .events = POLLIN };
+	unsigned char b;
+	int w = open(f->path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+
+	if (w < 0)
+		return -1;
+	if (write(w, "x", 1) != 1) {
+		close(w);
+		return -1;
+	}
+	close(w);
+	if (read(f->rd, &b, 1) != 1)
+		return -1;
+	if (poll(&p, 1, 100) == 0)
+		return 1;
+	return read(f->rd, &b, 1) == 0 ? 0 : -1;
+}
+
+/* Whether containerd's reader sees EOF within `ms`: the last writer let go. */
+static int eof_within(struct fifo *f, int ms)
+{
+	struct pollfd p = { .fd = f->rd, .events = POLLIN };
+	unsigned char b;
+
+	return poll(&p, 1, ms) == 1 && read(f->rd, &b, 1) == 0;
+}
+
+/* CreateTaskRequest { id = 1, bundle = 2, terminal = 4, stdout = 6, stderr = 7 } */
+static void create_stdio(struct msg *m, const char *id, const char *out, const char *err, int terminal)
+{
+	m->n = 0;
+	put_str(m, 1, id);
+	put_str(m, 2, "/run/containerd/io.containerd.runtime.v2.task/k8s.io/ctr");
+	if (terminal)
+		put_uint(m, 4, 1);
+	if (out)
+		put_str(m, 6, out);
+	if (err)
+		put_str(m, 7, err);
+}
+
+/* ExecProcessRequest { id = 1, exec_id = 2, stdout = 5, stderr = 6, spec = 7 } */
+static void exec_stdio(struct msg *m, const char *id, const char *exec_id, const char *out, const char *err)
+{
+	static struct msg any;
+
+	m->n = any.n = 0;
+	put_str(m, 1, id);
+	put_str(m, 2, exec_id);
+	put_str(m, 5, out);
+	put_str(m, 6, err);
+	put_str(&any, 1, "types.containerd.io/opencontainers/runtime-spec/1/Process");
+	put_str(&any, 2, "{\"args\":[\"sh\",\"-c\",\"date\"],\"cwd\":\"/\"}");
+	put_bytes(m, 7, any.b, any.n);
+}
+
+/* WaitRequest or DeleteRequest { id = 1, exec_id = 2 } */
+static size_t process_request(unsigned char *out, uint32_t stream, const char *method, const char *id, const char *exec_id)
+{
+	static struct msg m;
+
+	m.n = 0;
+	put_str(&m, 1, id);
+	if (exec_id)
+		put_str(&m, 2, exec_id);
+	return request(out, stream, "containerd.task.v2.Task", method, &m);
+}
+
+/* containerd sends `sent` on `a`; the daemon on `d` gets it unchanged and answers
+ * `answer`; containerd gets that answer. */
+static int daemon_call(int a, int d, const unsigned char *sent, size_t sn, const unsigned char *answer, size_t an)
+{
+	static unsigned char got[1 << 16];
+
+	if (write_full(a, sent, sn) < 0 || !same_frame(got, read_frame(d, got), sent, sn))
+		return -1;
+	if (write_full(d, answer, an) < 0)
+		return -2;
+	return same_frame(got, read_frame(a, got), answer, an) ? 0 : -3;
+}
+
+static void test_stdio(void)
+{
+	static unsigned char got[1 << 16], sent[1 << 16], ans[1 << 16];
+	static struct msg pid, exited;
+	struct fifo c1out, c1err, e1out, e1err, e2out, e2err, e3out, e3err, nr, rout, rerr, tout, terr;
+	char missing[128];
+	int node, n1, n2, a, b;
+	size_t sn, an, gn;
+	struct pod pod;
+
+	strcpy(dir, "/tmp/hp-proxy-test-XXXXXX");
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		exit(1);
+	}
+	snprintf(proxy_path, sizeof(proxy_path), "%s/proxy.sock", dir);
+	snprintf(runc_path, sizeof(runc_path), "%s/runc.sock", dir);
+	snprintf(node_path, sizeof(node_path), "%s/node.sock", dir);
+	snprintf(missing, sizeof(missing), "%s/no-such-fifo", dir);
+	node = listen_unix(node_path);
+	pod = pod_start("prefer", NULL, 0);
+	/* made after the fork: only the test holds these */
+	fifo_make(&c1out, "c1-out", 1);
+	fifo_make(&c1err, "c1-err", 1);
+	fifo_make(&e1out, "e1-out", 1);
+	fifo_make(&e1err, "e1-err", 1);
+	fifo_make(&e2out, "e2-out", 1);
+	fifo_make(&e2err, "e2-err", 1);
+	fifo_make(&e3out, "e3-out", 1);
+	fifo_make(&e3err, "e3-err", 1);
+	fifo_make(&nr, "no-reader", 0);
+	fifo_make(&rout, "r-out", 1);
+	fifo_make(&rerr, "r-err", 1);
+	fifo_make(&tout, "t-out", 1);
+	fifo_make(&terr, "t-err", 1);
+	a = dial(proxy_path);
+	CHECK(a >= 0, "connect to the proxy");
+	pid.n = 0;
+	put_uint(&pid, 1, 4242);
+	CHECK(writer_held(&c1out) == 0, "before Create, nobody holds ctr-1's stdout");
+
+	/* Create placed=1: the proxy holds a write end of stdout and stderr. */
+	create_stdio(&payload, "ctr-1", c1out.path, c1err.path, 0);
+	sn = request(sent, 1, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, sent, sn) == 0, "send Create ctr-1");
+	n1 = accept_within(node, 2000);
+	CHECK(n1 >= 0 && daemon_attach(n1) == 0, "Attach");
+	CHECK(same_frame(got, read_frame(n1, got), sent, sn), "the daemon gets Create ctr-1");
+	an = daemon_answer(ans, 1, &pid, 1);
+	CHECK(write_full(n1, ans, an) == 0, "answer placed=1");
+	an = daemon_answer(ans, 1, &pid, 0);
+	CHECK(same_frame(got, read_frame(a, got), ans, an), "containerd gets the answer");
+	CHECK(writer_held(&c1out) == 1 && writer_held(&c1err) == 1, "the proxy holds ctr-1's stdout and stderr");
+
+	/* Execs answered OK: theirs too; one the daemon refuses: nothing. */
+	exec_stdio(&payload, "ctr-1", "e1", e1out.path, e1err.path);
+	sn = request(sent, 3, "containerd.task.v2.Task", "Exec", &payload);
+	an = daemon_answer(ans, 3, NULL, 0);
+	CHECK(daemon_call(a, n1, sent, sn, ans, an) == 0, "Exec e1 answered");
+	exec_stdio(&payload, "ctr-1", "e2", e2out.path, e2err.path);
+	sn = request(sent, 5, "containerd.task.v2.Task", "Exec", &payload);
+	an = daemon_answer(ans, 5, NULL, 0);
+	CHECK(daemon_call(a, n1, sent, sn, ans, an) == 0, "Exec e2 answered");
+	exec_stdio(&payload, "ctr-1", "e3", e3out.path, e3err.path);
+	sn = request(sent, 7, "containerd.task.v2.Task", "Exec", &payload);
+	an = status_answer(ans, 7, 6, "exec e3: already exists");
+	CHECK(daemon_call(a, n1, sent, sn, ans, an) == 0, "Exec e3 refused");
+	CHECK(writer_held(&e1out) == 1 && writer_held(&e1err) == 1 && writer_held(&e2out) == 1 && writer_held(&e2err) == 1,
+	      "the proxy holds the execs' fifos");
+	CHECK(writer_held(&e3out) == 0 && writer_held(&e3err) == 0, "not those of an Exec the daemon refused");
+
+	/* A Wait that fails lets nothing go. */
+	sn = process_request(sent, 9, "Wait", "ctr-1", "e2");
+	an = status_answer(ans, 9, 4, "context deadline exceeded");
+	CHECK(daemon_call(a, n1, sent, sn, ans, an) == 0, "Wait e2 fails");
+	CHECK(writer_held(&e2out) == 1, "e2's fifos still held");
+
+	/* The daemon dies with Wait(ctr-1, e1) in flight: the Wait is held, and so are the fifos. */
+	sn = process_request(sent, 11, "Wait", "ctr-1", "e1");
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Wait e1 reaches the daemon");
+	close(n1);
+	CHECK(quiet_for(a, 150), "the Wait is held");
+	CHECK(!eof_within(&c1out, 100) && !eof_within(&e1out, 0) && !eof_within(&e1err, 0), "no EOF when the daemon dies");
+	CHECK(writer_held(&c1out) == 1 && writer_held(&c1err) == 1 && writer_held(&e1out) == 1 && writer_held(&e2err) == 1,
+	      "the proxy holds every fifo while the daemon is down");
+
+	/* The daemon is back: the held Wait's OK answer lets e1's fifos go, and only them. */
+	n2 = accept_within(node, 2000);
+	CHECK(n2 >= 0 && daemon_attach(n2) == 0, "reconnected, Attach");
+	CHECK(same_frame(got, read_frame(n2, got), sent, sn), "the held Wait sent again");
+	exited.n = 0;
+	put_uint(&exited, 2, 0);
+	an = daemon_answer(ans, 11, &exited, 0);
+	CHECK(write_full(n2, ans, an) == 0 && same_frame(got, read_frame(a, got), ans, an), "containerd gets its answer");
+	CHECK(eof_within(&e1out, 1000) && eof_within(&e1err, 1000), "e1's readers see EOF");
+	CHECK(writer_held(&c1out) == 1 && writer_held(&c1err) == 1 && writer_held(&e2out) == 1 && writer_held(&e2err) == 1,
+	      "the init process's and e2's still held");
+
+	/* Delete of the task, on another containerd connection: the rest. */
+	b = dial(proxy_path);
+	sn = process_request(sent, 1, "Delete", "ctr-1", NULL);
+	CHECK(write_full(b, sent, sn) == 0, "Delete ctr-1 on another connection");
+	n1 = accept_within(node, 2000);
+	CHECK(n1 >= 0 && daemon_attach(n1) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Delete reaches the daemon");
+	an = daemon_answer(ans, 1, &exited, 0);
+	CHECK(write_full(n1, ans, an) == 0 && same_frame(got, read_frame(b, got), ans, an), "Delete answered");
+	CHECK(eof_within(&c1out, 1000) && eof_within(&c1err, 1000) && eof_within(&e2out, 1000) && eof_within(&e2err, 1000),
+	      "Delete lets the init process's and e2's fifos go");
+
+	/* A fifo without a reader, a path that does not exist: Create is answered as ever. */
+	create_stdio(&payload, "ctr-2", nr.path, missing, 0);
+	sn = request(sent, 13, "containerd.task.v2.Task", "Create", &payload);
+	an = daemon_answer(ans, 13, &pid, 1);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n2, got), sent, sn), "Create ctr-2 reaches the daemon");
+	CHECK(write_full(n2, ans, an) == 0, "answer placed=1");
+	an = daemon_answer(ans, 13, &pid, 0);
+	CHECK(same_frame(got, read_frame(a, got), ans, an), "Create ctr-2 answered normally");
+	nr.rd = open(nr.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	CHECK(nr.rd >= 0 && writer_held(&nr) == 0, "nothing held for it");
+
+	/* placed=2: runc's task, nothing opened. */
+	create_stdio(&payload, "ctr-3", rout.path, rerr.path, 0);
+	sn = request(sent, 15, "containerd.task.v2.Task", "Create", &payload);
+	an = daemon_answer(ans, 15, NULL, 2);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n2, got), sent, sn), "Create ctr-3 reaches the daemon");
+	CHECK(write_full(n2, ans, an) == 0, "answer placed=2");
+	gn = read_frame(a, got);
+	CHECK(gn == sn && stream_of(got) == 15 && got[8] == 2, "runc answers Create ctr-3");
+	CHECK(writer_held(&rout) == 0 && writer_held(&rerr) == 0, "nothing held for a runc task");
+
+	/* A terminal: stdout only; held until the proxy exits. */
+	create_stdio(&payload, "ctr-4", tout.path, terr.path, 1);
+	sn = request(sent, 17, "containerd.task.v2.Task", "Create", &payload);
+	an = daemon_answer(ans, 17, &pid, 1);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n2, got), sent, sn), "Create ctr-4 reaches the daemon");
+	CHECK(write_full(n2, ans, an) == 0, "answer placed=1");
+	an = daemon_answer(ans, 17, &pid, 0);
+	CHECK(same_frame(got, read_frame(a, got), ans, an), "Create ctr-4 answered");
+	CHECK(writer_held(&tout) == 1 && writer_held(&terr) == 0, "a terminal's stdout held, its stderr not");
+
+	close(a);
+	close(b);
+	close(n1);
+	close(n2);
+	pod_stop(pod);
+	CHECK(eof_within(&tout, 1000), "the proxy's exit lets the rest go");
+	fifo_remove(&c1out);
+	fifo_remove(&c1err);
+	fifo_remove(&e1out);
+	fifo_remove(&e1err);
+	fifo_remove(&e2out);
+	fifo_remove(&e2err);
+	fifo_remove(&e3out);
+	fifo_remove(&e3err);
+	fifo_remove(&nr);
+	fifo_remove(&rout);
+	fifo_remove(&rerr);
+	fifo_remove(&tout);
+	fifo_remove(&terr);
+	close(node);
+	unlink(node_path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1121,6 +1403,7 @@ int main(void)
 	test_node_messages();
 	test_relay();
 	test_offload();
+	test_stdio();
 	if (failures) {
 		fprintf(stderr, "%d proxy test(s) failed\n", failures);
 		return 1;

@@ -1,8 +1,9 @@
 // Runs the C tests of the shim's ttrpc proxy (test/unit/shim-proxy.c), plain and
 // under AddressSanitizer: the Create rewrite, framing, malformed frames, the
 // proxy's exit when runc's shim dies, and an offload pod's routing between runc's
-// shim and a fake node daemon (Attach, placed, the daemon down and back). Each
-// must exit 0; its output is shown when it does not.
+// shim and a fake node daemon (Attach, placed, the daemon down and back), and
+// the stdio fifos the proxy holds for the daemon's processes. Each must exit 0;
+// its output is shown when it does not.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
