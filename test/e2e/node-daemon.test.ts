@@ -169,8 +169,9 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
   // exec and stats on the DPU again.
   const r = await cri.execSync(counter, ['sh', '-c', 'echo exec-ok; exit 3']);
   assert.equal([r.exitCode, r.stdout.toString()], [3, 'exec-ok\n']);
-  const stats = (await cri.containerStats(counter)).stats as CriObject;
-  assert.ok(Number(((stats.memory as CriObject)?.working_set_bytes as CriObject)?.value ?? 0) > 0, 'stats of the DPU container');
+  const stats = await cri.containerStats(counter);
+  const memory = ((stats.memory ?? {}) as CriObject).working_set_bytes as CriObject | undefined;
+  assert.ok(Number(memory?.value ?? 0) > 0, `stats of the DPU container: ${JSON.stringify(stats.memory)}`);
   // No line of the counter lost: consecutive from line-0 past the outage.
   const lines = await waitFor('the counter to log past the outage', 20_000, () => {
     const l = logLines(counterLog);
