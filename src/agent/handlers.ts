@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Code } from '../common/status';
 import { AgentError, toServiceError, trace, unary } from './errors';
 import type { DpuPods } from './pods';
-import type { OutputChunk } from './stdio';
+import type { NumberedChunk } from './stdio';
 import {
   CreatePodRequest,
   CreateRequest,
@@ -40,6 +40,11 @@ export function podHandlers(pods: DpuPods): grpc.UntypedServiceImplementation {
     Create: unary('Create', (req: CreateRequest) => pods.create(req)),
     Exec: unary('Exec', async (req: TaskCall) => ({ response: await pods.exec(req.pod_id, req.request) })),
     Output: output(pods),
+    // An output already gone (all of it acknowledged, or its pod removed) needs no acknowledgement.
+    AckOutput: unary('AckOutput', (req: ProcessRef & { seq: number }) => {
+      pods.outputIfAny(req.pod_id, req.container_id, req.exec_id)?.ack(Number(req.seq));
+      return {};
+    }),
     Input: input(pods),
     Events: events(pods),
     OpenLink: unary('OpenLink', (req: OpenLinkRequest) => pods.openLink(req)),
@@ -70,22 +75,17 @@ function output(pods: DpuPods): grpc.handleServerStreamingCall<ProcessRef, objec
       call.emit('error', toServiceError(err));
       return;
     }
-    const sink = (chunk: OutputChunk): boolean => {
-      const room = call.write({ stream: chunk.stream === 'stdout' ? 'STDOUT' : 'STDERR', data: chunk.data, eof: chunk.eof });
-      if (out.finished) {
-        call.end();
-        pods.forgetOutput(pod_id, container_id, exec_id, out);
-      }
-      return room;
+    const sink = (chunk: NumberedChunk): boolean =>
+      call.write({ stream: chunk.stream === 'stdout' ? 'STDOUT' : 'STDERR', data: chunk.data, eof: chunk.eof, seq: chunk.seq });
+    // Ended, and all of it written out by the host (AckOutput).
+    const finished = (): void => {
+      call.end();
+      pods.forgetOutput(pod_id, container_id, exec_id, out);
     };
     call.on('drain', () => out.flush());
     call.on('cancelled', () => out.detach(sink));
     call.on('error', () => out.detach(sink));
-    out.attach(sink);
-    if (out.finished) {
-      call.end();
-      pods.forgetOutput(pod_id, container_id, exec_id, out);
-    }
+    out.attach(sink, finished);
   };
 }
 

@@ -632,6 +632,10 @@ export class DpuPods {
     return out;
   }
 
+  outputIfAny(podId: string, container: string, execId: string): ProcessOutput | undefined {
+    return this.pods.get(podId)?.outputs.get(processKey(container, execId));
+  }
+
   forgetOutput(podId: string, container: string, execId: string, out: ProcessOutput): void {
     const pod = this.pods.get(podId);
     const key = processKey(container, execId);

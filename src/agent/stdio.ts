@@ -24,7 +24,12 @@ export interface OutputChunk {
   eof: boolean;
 }
 
-export type OutputSink = (chunk: OutputChunk) => boolean; // false: the sink is full, wait for resume()
+/** A chunk with its place in the process's output (from 1). */
+export interface NumberedChunk extends OutputChunk {
+  seq: number;
+}
+
+export type OutputSink = (chunk: NumberedChunk) => boolean; // false: the sink is full, wait for resume()
 
 // Held back past this much undelivered output: the process then waits on its pipe.
 const HIGH_WATER = 1 << 20;
@@ -72,11 +77,22 @@ class OutputFifo {
   }
 }
 
+/**
+ * A process's output between its fifos and the host. Every chunk is numbered;
+ * one handed to the host stays here until the host acknowledges it (ack), so a
+ * host that restarts gets again what it had not written out yet: nothing is lost
+ * (what it wrote but had not acknowledged comes twice).
+ */
 export class ProcessOutput {
   private readonly fifos: OutputFifo[] = [];
-  private pending: OutputChunk[] = [];
+  private pending: NumberedChunk[] = [];
   private pendingBytes = 0;
+  // handed to the host, not yet acknowledged
+  private unacked: NumberedChunk[] = [];
+  private unackedBytes = 0;
+  private seq = 0;
   private sink: OutputSink | null = null;
+  private onFinished: (() => void) | null = null;
   private ended = 0;
 
   // `fresh`: the fifos were just made and runc's shim has not opened them yet.
@@ -85,8 +101,9 @@ export class ProcessOutput {
     if (paths.stderr) this.fifos.push(new OutputFifo('stderr', paths.stderr, this, fresh));
   }
 
+  /** Every stream ended, and all of it acknowledged by the host. */
   get finished(): boolean {
-    return this.ended === this.fifos.length && this.pending.length === 0;
+    return this.ended === this.fifos.length && this.pending.length === 0 && this.unacked.length === 0;
   }
 
   releasePlaceholders(): void {
@@ -95,23 +112,54 @@ export class ProcessOutput {
 
   push(chunk: OutputChunk): void {
     if (chunk.eof) this.ended++;
+    const numbered = { ...chunk, seq: ++this.seq };
     if (this.sink && this.pending.length === 0) {
-      if (!this.sink(chunk)) this.pauseAll();
+      if (!this.deliver(this.sink, numbered)) this.pauseAll();
       return;
     }
-    this.pending.push(chunk);
+    this.pending.push(numbered);
     this.pendingBytes += chunk.data.length;
     if (this.pendingBytes > HIGH_WATER) this.pauseAll();
   }
 
-  /** Attaches the one consumer (a newer one replaces an older); held output goes first. */
-  attach(sink: OutputSink): void {
+  private deliver(sink: OutputSink, chunk: NumberedChunk): boolean {
+    this.unacked.push(chunk);
+    this.unackedBytes += chunk.data.length;
+    return sink(chunk) && this.unackedBytes <= HIGH_WATER;
+  }
+
+  /**
+   * Attaches the one consumer (a newer one replaces an older): what an earlier
+   * one did not acknowledge goes first, then what is held. `finished` is told
+   * once the output has ended and is all acknowledged.
+   */
+  attach(sink: OutputSink, finished: () => void = () => {}): void {
     this.sink = sink;
+    this.onFinished = finished;
+    const again = this.unacked;
+    this.unacked = [];
+    this.unackedBytes = 0;
+    this.pending = [...again, ...this.pending];
+    this.pendingBytes += again.reduce((n, c) => n + c.data.length, 0);
     this.flush();
+    if (this.finished) finished();
   }
 
   detach(sink: OutputSink): void {
-    if (this.sink === sink) this.sink = null;
+    if (this.sink === sink) {
+      this.sink = null;
+      this.onFinished = null;
+    }
+  }
+
+  /** The host has written out every chunk up to `seq`. */
+  ack(seq: number): void {
+    let n = 0;
+    while (n < this.unacked.length && this.unacked[n].seq <= seq) this.unackedBytes -= this.unacked[n++].data.length;
+    if (n === 0) return;
+    this.unacked.splice(0, n);
+    if (this.finished) this.onFinished?.();
+    else this.flush();
   }
 
   /** The consumer has room again. */
@@ -121,15 +169,17 @@ export class ProcessOutput {
     while (this.pending.length > 0) {
       const chunk = this.pending.shift()!;
       this.pendingBytes -= chunk.data.length;
-      if (!sink(chunk)) return this.pauseAll();
+      if (!this.deliver(sink, chunk)) return this.pauseAll();
     }
-    for (const f of this.fifos) f.resume();
+    if (this.unackedBytes <= HIGH_WATER) for (const f of this.fifos) f.resume();
   }
 
   close(): void {
     for (const f of this.fifos) f.close();
     this.sink = null;
+    this.onFinished = null;
     this.pending = [];
+    this.unacked = [];
   }
 
   private pauseAll(): void {

@@ -96,6 +96,7 @@ export interface OutputChunkMessage {
   stream: 'STDOUT' | 'STDERR';
   data: Buffer;
   eof: boolean;
+  seq: number;
 }
 
 export interface InputChunk extends ProcessRef {

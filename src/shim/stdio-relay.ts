@@ -46,6 +46,11 @@ export class HostStdio {
   private inputDone: Promise<void> = Promise.resolve();
   private output: grpc.ClientReadableStream<OutputChunkMessage> | null = null;
   private closed = false;
+  // Output chunks: the last received, the last acknowledged to the agent, the last to acknowledge.
+  private received = 0;
+  private acked = 0;
+  private toAck = 0;
+  private acking = false;
   /** Resolves when both output streams have ended and all of it is in containerd's fifos. */
   readonly done: Promise<void>;
   private resolveDone!: () => void;
@@ -83,13 +88,18 @@ export class HostStdio {
     const stream = this.client().serverStream<OutputChunkMessage>('Output', this.ref);
     this.output = stream;
     stream.on('data', (chunk: OutputChunkMessage) => {
+      const seq = Number(chunk.seq);
+      // Sent again after a stream broke (AckOutput had not reached the agent): written already.
+      if (seq <= this.received) return;
+      this.received = seq;
       const w = this.writers[chunk.stream];
-      if (!w || w.ended) return;
-      if (chunk.data.length && !w.socket.write(chunk.data)) {
+      if (!w || w.ended) return this.written(seq);
+      if (chunk.data.length && !w.socket.write(chunk.data, () => this.written(seq))) {
         stream.pause();
         w.socket.once('drain', () => stream.resume());
       }
-      if (chunk.eof) this.endWriter(w);
+      if (chunk.eof) this.endWriter(w, () => this.written(seq));
+      else if (!chunk.data.length) this.written(seq);
     });
     // A stream ends well only with status OK; after an error grpc-js may still
     // emit 'end', which must not end containerd's fifos. grpc-js emits 'status' as
@@ -115,13 +125,37 @@ export class HostStdio {
     });
   }
 
-  private endWriter(w: { socket: net.Socket; ended: boolean; flushed: boolean }): void {
+  private endWriter(w: { socket: net.Socket; ended: boolean; flushed: boolean }, then?: () => void): void {
     if (w.ended) return;
     w.ended = true;
     w.socket.end(() => {
       w.flushed = true;
+      then?.();
       this.checkDone();
     });
+  }
+
+  /**
+   * Chunk `seq` is in containerd's fifo: the agent may let go of it and those
+   * before (one AckOutput at a time, the latest seq each time). Until then it
+   * keeps them, for a node daemon that restarts.
+   */
+  private written(seq: number): void {
+    if (seq <= this.acked) return;
+    this.toAck = Math.max(this.toAck, seq);
+    if (this.acking || this.closed) return;
+    const seqNow = this.toAck;
+    this.acking = true;
+    this.client()
+      .call('AckOutput', { ...this.ref, seq: seqNow })
+      .then(
+        () => (this.acked = Math.max(this.acked, seqNow)),
+        (err: Error) => this.log.debug('acknowledge output', { container: this.ref.container_id, exec: this.ref.exec_id, error: err.message }),
+      )
+      .finally(() => {
+        this.acking = false;
+        if (this.toAck > this.acked && !this.closed) setTimeout(() => this.written(this.toAck), this.toAck > seqNow ? 0 : RETRY_MS).unref();
+      });
   }
 
   private endAll(): void {

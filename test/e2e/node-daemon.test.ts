@@ -177,7 +177,11 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
     const l = logLines(counterLog);
     return l.length >= 120 ? l : undefined;
   });
-  lines.forEach((l, i) => assert.is(l, `line-${i}`, `counter line ${i}`));
+  // Every line, in order. A chunk the daemon wrote but had not acknowledged when
+  // it was killed comes again from the agent: at most that one line twice.
+  const unique = lines.filter((l, i) => l !== lines[i - 1]);
+  unique.forEach((l, i) => assert.is(l, `line-${i}`, `counter line ${i}`));
+  assert.ok(lines.length - unique.length <= 1, `at most one line twice: ${lines.length - unique.length}`);
   await removeOwnPods(bed);
   await noLeaks('the outage');
 });

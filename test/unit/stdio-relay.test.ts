@@ -30,8 +30,16 @@ function outputStream(chunks: OutputChunkMessage[], code: number): Readable {
   return stream;
 }
 
-function fakeClient(streams: Readable[]): () => DpuAgentClient {
-  return () => ({ serverStream: () => streams.shift() }) as unknown as DpuAgentClient;
+/** The agent's Output streams in turn; AckOutput calls recorded (their seq). */
+function fakeClient(streams: Readable[], acks: number[] = []): () => DpuAgentClient {
+  return () =>
+    ({
+      serverStream: () => streams.shift(),
+      call: async (method: string, req: { seq: number }) => {
+        if (method === 'AckOutput') acks.push(req.seq);
+        return {};
+      },
+    }) as unknown as DpuAgentClient;
 }
 
 /** Reads a fifo slowly (a pause after each read) until end-of-file; what it read. */
@@ -66,29 +74,36 @@ test('output held back by a slow reader all arrives before end-of-file, after an
     for (let i = 0; i < 2000; i++) {
       const text = Array.from({ length: 200 }, (_, j) => line(i * 200 + j)).join('');
       want += text;
-      chunks.push({ stream: 'STDOUT', data: Buffer.from(text), eof: false });
+      chunks.push({ stream: 'STDOUT', data: Buffer.from(text), eof: false, seq: i + 1 });
     }
     const reading = slowReader(stdout);
-    const relay = new HostStdio(fakeClient([outputStream(chunks, 0)]), { pod_id: 'p', container_id: 'c', exec_id: 'e' }, { stdin: '', stdout, stderr: '' }, log);
+    const acks: number[] = [];
+    const relay = new HostStdio(fakeClient([outputStream(chunks, 0)], acks), { pod_id: 'p', container_id: 'c', exec_id: 'e' }, { stdin: '', stdout, stderr: '' }, log);
     relay.start();
     const got = (await reading).toString();
     await relay.done;
     assert.is(got.length, want.length, 'every byte reached the fifo');
     assert.ok(got === want, 'in order');
+    // Acknowledged as written, one call at a time, up to the last chunk.
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(acks[acks.length - 1], 2000);
+    assert.equal([...acks].sort((a, b) => a - b), acks, 'acknowledgements only go forward');
     relay.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('a stream that breaks is opened again; its end-of-file only comes from the next one', async () => {
+test('a stream that breaks is opened again: what comes again is not written twice; end-of-file only from the next one', async () => {
   const { dir, stdout } = fifoDir();
   try {
-    const chunk = (text: string, eof = false) => ({ stream: 'STDOUT', data: Buffer.from(text), eof }) as OutputChunkMessage;
+    const chunk = (seq: number, text: string, eof = false) => ({ stream: 'STDOUT', data: Buffer.from(text), eof, seq }) as OutputChunkMessage;
     const reading = slowReader(stdout);
     const UNAVAILABLE = 14;
+    const acks: number[] = [];
+    // The agent sends chunk 1 again: its acknowledgement had not arrived when the stream broke.
     const relay = new HostStdio(
-      fakeClient([outputStream([chunk('one\n')], UNAVAILABLE), outputStream([chunk('two\n'), chunk('', true)], 0)]),
+      fakeClient([outputStream([chunk(1, 'one\n')], UNAVAILABLE), outputStream([chunk(1, 'one\n'), chunk(2, 'two\n'), chunk(3, '', true)], 0)], acks),
       { pod_id: 'p', container_id: 'c', exec_id: 'e' },
       { stdin: '', stdout, stderr: '' },
       log,
@@ -96,6 +111,8 @@ test('a stream that breaks is opened again; its end-of-file only comes from the 
     relay.start();
     assert.is((await reading).toString(), 'one\ntwo\n');
     await relay.done;
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(acks[acks.length - 1], 3, 'the end acknowledged');
     relay.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
