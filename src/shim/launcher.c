@@ -337,14 +337,19 @@ int mkdir_p(const char *dir, mode_t mode)
 	return 0;
 }
 
-static int socket_answers(const struct sockaddr_un *addr)
+/* Whether something accepts connections on the unix socket at `path`. */
+int socket_answers(const char *path)
 {
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	int ok;
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int fd, ok;
 
+	if (strlen(path) >= sizeof(addr.sun_path))
+		return 0;
+	strcpy(addr.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return 0;
-	ok = connect(fd, (const struct sockaddr *)addr, sizeof(*addr)) == 0;
+	ok = connect(fd, (const struct sockaddr *)&addr, sizeof(addr)) == 0;
 	close(fd);
 	return ok;
 }
@@ -549,7 +554,7 @@ int main(int argc, char **argv)
 	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/s/%s", state_dir, hex) > MAX_SOCKET_PATH)
 		fail("socket path longer than 106 bytes; choose a shorter state_dir", state_dir);
 
-	if (!socket_answers(&addr)) {
+	if (!socket_answers(addr.sun_path)) {
 		char sdir[PATH_MAX], cwd[PATH_MAX], why[PATH_MAX + 256], node_socket[PATH_MAX];
 		struct start_request req = { &f, &config, config_path, group, addr.sun_path, cwd, NULL, NULL };
 

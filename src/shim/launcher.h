@@ -43,6 +43,8 @@ int proxy_main(const struct flags *f);
 
 int mkdir_p(const char *dir, mode_t mode);
 char *read_file(const char *path);
+/* Whether something accepts connections on the unix socket at path. */
+int socket_answers(const char *path);
 /* Returns a listening socket at path (not close-on-exec), or a negative errno. */
 int listen_at(const char *path);
 /* The path of this executable. */

@@ -344,22 +344,6 @@ static void log_line(const char *level, const char *msg, const char *detail)
 	}
 }
 
-static int socket_answers_at(const char *path)
-{
-	struct sockaddr_un addr = { .sun_family = AF_UNIX };
-	int fd, ok;
-
-	if (strlen(path) >= sizeof(addr.sun_path))
-		return 0;
-	strcpy(addr.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return 0;
-	ok = connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
-	close(fd);
-	return ok;
-}
-
 int proxy_main(const struct flags *f)
 {
 	static char fifo[PATH_MAX];
@@ -425,7 +409,7 @@ int proxy_main(const struct flags *f)
 			log_line("error", "proxy event loop failed", strerror(-err));
 	}
 	/* After a Shutdown runc's shim removes its socket; a shim that died cannot. */
-	if (!socket_answers_at(upstream) && unlink(upstream) == 0)
+	if (!socket_answers(upstream) && unlink(upstream) == 0)
 		log_line("warning", "runc shim exited without a Shutdown; removed its socket", upstream);
 	remove_pod_state(f->work_dir);
 	log_line("info", "shim exited", NULL);

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { socketAnswers } from '../common/sockets';
+import { NODE_DAEMON_FLAGS } from '../shim/install';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
 import { agentAddress } from '../dpu/paths';
@@ -178,7 +179,7 @@ export function nodeDaemonPids(): number[] {
  */
 export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
   const logFd = fs.openSync(TESTBED.nodeLogFile, 'a');
-  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'bin', 'heteropod'), 'node', '--config', TESTBED.shimConfig], {
+  const child = spawn(process.execPath, [...NODE_DAEMON_FLAGS, path.join(REPO_ROOT, 'bin', 'heteropod'), 'node', '--config', TESTBED.shimConfig], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     cwd: TESTBED.runDir,
