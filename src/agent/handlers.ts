@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Code } from '../common/status';
 import { AgentError, toServiceError, trace, unary } from './errors';
 import type { DpuPods } from './pods';
-import type { NumberedChunk } from './stdio';
+import { NumberedChunk, OUTPUT_GENERATION } from './stdio';
 import {
   CreatePodRequest,
   CreateRequest,
@@ -41,8 +41,8 @@ export function podHandlers(pods: DpuPods): grpc.UntypedServiceImplementation {
     Exec: unary('Exec', async (req: TaskCall) => ({ response: await pods.exec(req.pod_id, req.request) })),
     Output: output(pods),
     // An output already gone (all of it acknowledged, or its pod removed) needs no acknowledgement.
-    AckOutput: unary('AckOutput', (req: ProcessRef & { seq: number }) => {
-      pods.outputIfAny(req.pod_id, req.container_id, req.exec_id)?.ack(Number(req.seq));
+    AckOutput: unary('AckOutput', (req: ProcessRef & { seq: number; generation: number }) => {
+      if (Number(req.generation) === OUTPUT_GENERATION) pods.outputIfAny(req.pod_id, req.container_id, req.exec_id)?.ack(Number(req.seq));
       return {};
     }),
     Input: input(pods),
@@ -76,7 +76,7 @@ function output(pods: DpuPods): grpc.handleServerStreamingCall<ProcessRef, objec
       return;
     }
     const sink = (chunk: NumberedChunk): boolean =>
-      call.write({ stream: chunk.stream === 'stdout' ? 'STDOUT' : 'STDERR', data: chunk.data, eof: chunk.eof, seq: chunk.seq });
+      call.write({ stream: chunk.stream === 'stdout' ? 'STDOUT' : 'STDERR', data: chunk.data, eof: chunk.eof, seq: chunk.seq, generation: OUTPUT_GENERATION });
     // Ended, and all of it written out by the host (AckOutput).
     const finished = (): void => {
       call.end();

@@ -29,6 +29,13 @@ export interface NumberedChunk extends OutputChunk {
   seq: number;
 }
 
+/**
+ * This agent's numbering of output chunks: a restarted agent reads the same
+ * fifos from its own first chunk on, so its numbers mean nothing to the chunks
+ * an earlier agent sent (milliseconds since the epoch at start: always larger).
+ */
+export const OUTPUT_GENERATION = Date.now();
+
 export type OutputSink = (chunk: NumberedChunk) => boolean; // false: the sink is full, wait for resume()
 
 // Held back past this much undelivered output: the process then waits on its pipe.

@@ -97,6 +97,7 @@ export interface OutputChunkMessage {
   data: Buffer;
   eof: boolean;
   seq: number;
+  generation: number;
 }
 
 export interface InputChunk extends ProcessRef {

@@ -47,6 +47,7 @@ export class HostStdio {
   private output: grpc.ClientReadableStream<OutputChunkMessage> | null = null;
   private closed = false;
   // Output chunks: the last received, the last acknowledged to the agent, the last to acknowledge.
+  private generation = 0;
   private received = 0;
   private acked = 0;
   private toAck = 0;
@@ -89,6 +90,11 @@ export class HostStdio {
     this.output = stream;
     stream.on('data', (chunk: OutputChunkMessage) => {
       const seq = Number(chunk.seq);
+      // A restarted agent numbers its chunks anew.
+      if (Number(chunk.generation) !== this.generation) {
+        this.generation = Number(chunk.generation);
+        this.received = this.acked = this.toAck = 0;
+      }
       // Sent again after a stream broke (AckOutput had not reached the agent): written already.
       if (seq <= this.received) return;
       this.received = seq;
@@ -145,11 +151,14 @@ export class HostStdio {
     this.toAck = Math.max(this.toAck, seq);
     if (this.acking || this.closed) return;
     const seqNow = this.toAck;
+    const generation = this.generation;
     this.acking = true;
     this.client()
-      .call('AckOutput', { ...this.ref, seq: seqNow })
+      .call('AckOutput', { ...this.ref, seq: seqNow, generation })
       .then(
-        () => (this.acked = Math.max(this.acked, seqNow)),
+        () => {
+          if (generation === this.generation) this.acked = Math.max(this.acked, seqNow);
+        },
         (err: Error) => this.log.debug('acknowledge output', { container: this.ref.container_id, exec: this.ref.exec_id, error: err.message }),
       )
       .finally(() => {

@@ -74,7 +74,7 @@ test('output held back by a slow reader all arrives before end-of-file, after an
     for (let i = 0; i < 2000; i++) {
       const text = Array.from({ length: 200 }, (_, j) => line(i * 200 + j)).join('');
       want += text;
-      chunks.push({ stream: 'STDOUT', data: Buffer.from(text), eof: false, seq: i + 1 });
+      chunks.push({ stream: 'STDOUT', data: Buffer.from(text), eof: false, seq: i + 1, generation: 7 });
     }
     const reading = slowReader(stdout);
     const acks: number[] = [];
@@ -97,7 +97,7 @@ test('output held back by a slow reader all arrives before end-of-file, after an
 test('a stream that breaks is opened again: what comes again is not written twice; end-of-file only from the next one', async () => {
   const { dir, stdout } = fifoDir();
   try {
-    const chunk = (seq: number, text: string, eof = false) => ({ stream: 'STDOUT', data: Buffer.from(text), eof, seq }) as OutputChunkMessage;
+    const chunk = (seq: number, text: string, eof = false, generation = 7) => ({ stream: 'STDOUT', data: Buffer.from(text), eof, seq, generation }) as OutputChunkMessage;
     const reading = slowReader(stdout);
     const UNAVAILABLE = 14;
     const acks: number[] = [];
@@ -113,6 +113,27 @@ test('a stream that breaks is opened again: what comes again is not written twic
     await relay.done;
     await new Promise((r) => setTimeout(r, 50));
     assert.is(acks[acks.length - 1], 3, 'the end acknowledged');
+    relay.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a restarted agent numbers its chunks anew: they are written, not taken for ones sent again', async () => {
+  const { dir, stdout } = fifoDir();
+  try {
+    const chunk = (seq: number, text: string, generation: number, eof = false) => ({ stream: 'STDOUT', data: Buffer.from(text), eof, seq, generation }) as OutputChunkMessage;
+    const reading = slowReader(stdout);
+    const UNAVAILABLE = 14;
+    const relay = new HostStdio(
+      fakeClient([outputStream([chunk(1, 'started\n', 7), chunk(2, 'more\n', 7)], UNAVAILABLE), outputStream([chunk(1, 'finishing\n', 8), chunk(2, '', 8, true)], 0)]),
+      { pod_id: 'p', container_id: 'c', exec_id: '' },
+      { stdin: '', stdout, stderr: '' },
+      log,
+    );
+    relay.start();
+    assert.is((await reading).toString(), 'started\nmore\nfinishing\n');
+    await relay.done;
     relay.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
