@@ -439,6 +439,9 @@ export class DpuAgentRuntime implements Runtime {
 
   private async wait(request: Buffer, signal?: AbortSignal): Promise<Buffer> {
     for (;;) {
+      // Cancelled while the agent was away: not asked again (an aborted signal
+      // would not cancel a call that starts now).
+      if (signal?.aborted) throw new RpcError(Code.CANCELLED, 'Wait cancelled');
       try {
         const res = await this.client.call<{ response: Buffer }>('Wait', { pod_id: this.opts.pod.podId, request }, { timeoutMs: null, signal });
         return res.response;
@@ -475,7 +478,11 @@ export class DpuAgentRuntime implements Runtime {
     const execId = str(f, 2);
     // Output still on its way is written before the process is gone for containerd.
     const relay = this.stdio.get(key(id, execId));
-    if (relay) await Promise.race([relay.done, sleep(5000)]);
+    if (relay) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([relay.done, new Promise((r) => (timer = setTimeout(r, 5000)))]);
+      clearTimeout(timer);
+    }
     // Forgotten whatever the answer: without it Connect asks the DPU, which is only slower.
     if (!execId) this.initPids.delete(id);
     const res = await this.relay('Delete', request);
@@ -545,6 +552,7 @@ export class DpuAgentRuntime implements Runtime {
   }
 
   async shutdown(): Promise<void> {
+    if (this.stopped) return;
     this.stopped = true;
     this.events?.cancel();
     this.events = null;

@@ -68,9 +68,13 @@ export const NODE_UNIT = 'heteropod-node.service';
 /**
  * Node.js flags of the node daemon: a young generation of 1 MiB semi-spaces (the
  * default grows to 16 MiB each), which keeps its resident memory near what it
- * holds rather than what it once allocated.
+ * holds rather than what it once allocated; and V8's lite mode (no optimising
+ * compiler: 8 MiB less), since its hot paths are C (the XPU pumps) and I/O.
  */
-export const NODE_DAEMON_FLAGS = ['--max-semi-space-size=1'];
+export const NODE_DAEMON_FLAGS = ['--max-semi-space-size=1', '--lite-mode'];
+
+/** The node daemon's entry point in a built checkout. */
+export const nodeDaemonMain = (repoRoot: string): string => path.join(repoRoot, 'dist', 'src', 'shim', 'node-main.js');
 
 function shimLauncher(repoRoot: string): string {
   const launcher = path.join(repoRoot, 'build', SHIM_BINARY);
@@ -92,7 +96,7 @@ Description=HeteroPod node daemon (the DPU side of offloading pods)
 After=containerd.service
 
 [Service]
-ExecStart=${nodePath} ${NODE_DAEMON_FLAGS.join(' ')} ${path.join(repoRoot, 'bin', 'heteropod')} node --config ${configPath}
+ExecStart=${nodePath} ${NODE_DAEMON_FLAGS.join(' ')} ${nodeDaemonMain(repoRoot)} --config ${configPath}
 Restart=always
 RestartSec=1
 KillMode=process

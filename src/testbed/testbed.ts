@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { socketAnswers } from '../common/sockets';
-import { NODE_DAEMON_FLAGS } from '../shim/install';
+import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../shim/install';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
 import { agentAddress } from '../dpu/paths';
@@ -169,7 +169,7 @@ async function start(log: Log): Promise<void> {
 /** The test bed's node daemon, found by its command line (process.title names its socket). */
 export function nodeDaemonPids(): number[] {
   return listProcesses()
-    .filter((p) => (p.cmdline.startsWith('heteropod-node ') && p.cmdline.includes(TESTBED.nodeSocket)) || / node --config /.test(p.cmdline) && p.cmdline.includes(TESTBED.shimConfig))
+    .filter((p) => (p.cmdline.startsWith('heteropod-node ') && p.cmdline.includes(TESTBED.nodeSocket)) || (/node-main\.js --config /.test(p.cmdline) && p.cmdline.includes(TESTBED.shimConfig)))
     .map((p) => p.pid);
 }
 
@@ -179,7 +179,7 @@ export function nodeDaemonPids(): number[] {
  */
 export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
   const logFd = fs.openSync(TESTBED.nodeLogFile, 'a');
-  const child = spawn(process.execPath, [...NODE_DAEMON_FLAGS, path.join(REPO_ROOT, 'bin', 'heteropod'), 'node', '--config', TESTBED.shimConfig], {
+  const child = spawn(process.execPath, [...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig], {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     cwd: TESTBED.runDir,

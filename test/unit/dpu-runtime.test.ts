@@ -434,6 +434,19 @@ test('Wait: cancelled by containerd, it ends CANCELLED', async () => {
   assert.ok(settled, 'ended, not asked again and again');
   assert.is(settled!.code, Code.CANCELLED);
   assert.is(agent.callsOf('Wait').length, 2, 'not asked again');
+
+  // Cancelled during the pause before asking an unreachable agent again: not asked again.
+  agent.answer('Wait', () => Promise.reject(new DpuAgentError('unreachable', 'DPU agent at 192.168.100.2:7443 unreachable: connect ECONNREFUSED')));
+  const paused = new AbortController();
+  const before = agent.callsOf('Wait').length;
+  const inPause = rejection(runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' }), paused.signal));
+  await until('the third Wait call', () => agent.callsOf('Wait').length === before + 1);
+  await sleep(RETRY_MS / 5);
+  paused.abort();
+  const over = await Promise.race([inPause, sleep(3 * RETRY_MS).then(() => null)]);
+  assert.ok(over, 'ended');
+  assert.is(over!.code, Code.CANCELLED);
+  assert.is(agent.callsOf('Wait').length, before + 1, 'no Wait sent after the cancel');
 });
 
 test('Events: CreatePod opens the stream after 0; each event is forwarded; a broken stream reopens after the last sequence', async () => {

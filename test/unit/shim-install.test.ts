@@ -17,7 +17,7 @@ test('install into a staging root: launcher, drop-in, node daemon unit, default 
     const unit = path.join(root, 'etc/systemd/system/heteropod-node.service');
     assert.equal(r.written, [shim, path.join(root, 'etc/containerd/conf.d/heteropod.toml'), unit, path.join(root, 'etc/heteropod/shim.toml')]);
     const unitText = fs.readFileSync(unit, 'utf8');
-    assert.match(unitText, `ExecStart=${process.execPath} --max-semi-space-size=1 ${path.join(repoRoot, 'bin/heteropod')} node --config /etc/heteropod/shim.toml\n`);
+    assert.match(unitText, `ExecStart=${process.execPath} --max-semi-space-size=1 --lite-mode ${path.join(repoRoot, 'dist/src/shim/node-main.js')} --config /etc/heteropod/shim.toml\n`);
     assert.match(unitText, 'Restart=always');
     assert.match(unitText, 'KillMode=process');
     assert.ok(r.notes.some((n) => n.includes('systemctl enable --now heteropod-node.service')));
