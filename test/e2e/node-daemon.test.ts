@@ -15,10 +15,10 @@ import { httpGet } from '../../src/testbed/http';
 import { waitFor } from '../../src/testbed/proc';
 import { nodeDaemonPids, startNodeDaemon } from '../../src/testbed/testbed';
 import { readStats } from '../../src/xpu/window';
-import { agentPods, containerPids, memoryCgroup, settleDpuLeaks } from '../lib/dpu';
-import { settleAndCheckLeaks, testbedShims } from '../lib/shim';
+import { agentPods, containerPids, memoryCgroup } from '../lib/dpu';
+import { testbedShims } from '../lib/shim';
 import { httpd, OWN_PID_NAMESPACE } from '../lib/split';
-import { Bed, containerConfig, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, podLeaks, containerConfig, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
@@ -40,9 +40,8 @@ test.after(async () => {
 });
 
 async function noLeaks(when: string): Promise<void> {
-  const host = await settleAndCheckLeaks(bed.preexisting.shims);
-  const onDpu = await settleDpuLeaks(bed.preexisting.dpu);
-  assert.equal([...host, ...onDpu], [], `${when} left behind:\n${[...host, ...onDpu].join('\n')}`);
+  const left = await podLeaks(bed);
+  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
 }
 
 function offloadPod(name: string, annotations: Record<string, string>): CriObject {

@@ -19,9 +19,9 @@ import * as dpu from '../../src/dpu/dpu';
 import { DPU } from '../../src/dpu/paths';
 import { TESTBED } from '../../src/testbed/paths';
 import { killAndWait, listProcesses, waitFor } from '../../src/testbed/proc';
-import { agentPods, containerPids, memoryCgroup, netnsInode, settleDpuLeaks } from '../lib/dpu';
-import { runUnderPty, settleAndCheckLeaks } from '../lib/shim';
-import { Bed, containerConfig, heteropod, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { agentPods, containerPids, memoryCgroup, netnsInode } from '../lib/dpu';
+import { runUnderPty } from '../lib/shim';
+import { Bed, podLeaks, containerConfig, heteropod, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
@@ -39,9 +39,8 @@ test.after(async () => {
 });
 
 async function noLeaks(when: string): Promise<void> {
-  const host = await settleAndCheckLeaks(bed.preexisting.shims);
-  const onDpu = await settleDpuLeaks(bed.preexisting.dpu);
-  assert.equal([...host, ...onDpu], [], `${when} left behind:\n${[...host, ...onDpu].join('\n')}`);
+  const left = await podLeaks(bed);
+  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
 }
 
 // As kubelet makes them: each container has its own process namespace (CRI's

@@ -21,10 +21,9 @@ import { CLEANUP_HOOK, podWindowPath } from '../../src/netns';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { httpGet } from '../../src/testbed/http';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
-import { agentPods, settleDpuLeaks } from '../lib/dpu';
-import { settleAndCheckLeaks } from '../lib/shim';
+import { agentPods } from '../lib/dpu';
 import { fetchIn as fetchInContainer, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
-import { Bed, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, podLeaks, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -48,10 +47,8 @@ test.after(async () => {
 });
 
 async function noLeaks(when: string, podId: string): Promise<void> {
-  const host = await settleAndCheckLeaks(bed.preexisting.shims);
-  const onDpu = await settleDpuLeaks(bed.preexisting.dpu);
   const window = podWindowPath(podId);
-  const left = [...host, ...onDpu, ...(fs.existsSync(window) ? [`XPU window ${window}`] : [])];
+  const left = [...(await podLeaks(bed)), ...(fs.existsSync(window) ? [`XPU window ${window}`] : [])];
   assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
 }
 

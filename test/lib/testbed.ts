@@ -123,6 +123,14 @@ function readPid(file: string): number | undefined {
   }
 }
 
+/**
+ * What the tests' pods left on the host (shims, their sockets and state) and on
+ * the DPU, once both have settled; the user's pods' are not counted.
+ */
+export async function podLeaks(bed: Bed): Promise<string[]> {
+  return [...(await settleAndCheckLeaks(bed.preexisting.shims)), ...(await settleDpuLeaks(bed.preexisting.dpu))];
+}
+
 /** The pods the tests made: every pod of the test bed but the user's. */
 export async function ownPods(bed: Bed): Promise<CriObject[]> {
   return (await bed.cri.listPodSandbox()).filter((p) => !bed.userPods.has(p.id as string));

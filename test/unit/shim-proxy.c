@@ -97,19 +97,14 @@ static void put_uint(struct msg *m, unsigned field, uint64_t v)
 	put_varint(m, v);
 }
 
+/* proxy-codec.c's frame header writer (proxy-internal.h, whose other names this
+ * file's own encoder shares). */
+void put_header(unsigned char *out, size_t dlen, uint32_t stream, unsigned type);
+
 /* A ttrpc frame around data. */
 static size_t frame(unsigned char *out, uint32_t stream, unsigned type, const unsigned char *data, size_t len)
 {
-	out[0] = (unsigned char)(len >> 24);
-	out[1] = (unsigned char)(len >> 16);
-	out[2] = (unsigned char)(len >> 8);
-	out[3] = (unsigned char)len;
-	out[4] = (unsigned char)(stream >> 24);
-	out[5] = (unsigned char)(stream >> 16);
-	out[6] = (unsigned char)(stream >> 8);
-	out[7] = (unsigned char)stream;
-	out[8] = (unsigned char)type;
-	out[9] = 0;
+	put_header(out, len, stream, type);
 	memcpy(out + 10, data, len);
 	return len + 10;
 }
