@@ -1,12 +1,13 @@
-# The shim's `start` in C (src/shim/launcher.c): containerd runs it cold for every
-# task, so it must not pay for a Node.js start-up. The same binary is the ttrpc
-# proxy (proxy-start.c; proxy.c the relay, proxy-codec.c its frames, proxy-node.c
-# an offload pod's node daemon, proxy-stdio.c the fifos held for the daemon's
-# processes) that serves every pod in front of
-# containerd-shim-runc-v2.
+# The shim's `start` in C (src/shim/launcher.c; launcher-bundle.c reads the runtime
+# options and the bundle's annotations, launcher-util.c holds hashing, files and
+# sockets): containerd runs it cold for every task, so it must not pay for a
+# Node.js start-up. The same binary is the ttrpc proxy (proxy-start.c; proxy.c the
+# relay, proxy-codec.c its frames, proxy-node.c an offload pod's node daemon,
+# proxy-stdio.c the fifos held for the daemon's processes) that serves every pod in
+# front of containerd-shim-runc-v2.
 SHIM_PROXY_SRC := src/shim/proxy.c src/shim/proxy-codec.c src/shim/proxy-node.c src/shim/proxy-stdio.c
 SHIM_PROXY_HDR := src/shim/proxy.h src/shim/proxy-internal.h
-SHIM_C_SRC := src/shim/launcher.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c
+SHIM_C_SRC := src/shim/launcher.c src/shim/launcher-bundle.c src/shim/launcher-util.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c
 SHIM_C_HDR := src/shim/launcher.h $(SHIM_PROXY_HDR) src/shim/shim-config.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
 SHIM_CONFIG_TEST := test/unit/shim-config.c

@@ -90,6 +90,27 @@ test('a bad config fails start at once for every pod, with the reader’s one li
   }
 });
 
+test('a bundle without config.json fails start with the one line naming it, and starts nothing', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    const config = path.join(dir, 'shim.toml');
+    fs.writeFileSync(config, `state_dir = "${dir}/state"\n`);
+    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-n', 'start'], { cwd: bundle, input: options });
+    assert.is(r.status, 1);
+    // Read in launcher-bundle.c; the error rises to main, which prints it once.
+    assert.is(r.stderr.toString(), 'containerd-shim-heteropod-v2: start: read bundle spec config.json: No such file or directory\n');
+    assert.is(r.stdout.toString(), '');
+    assert.not.ok(fs.existsSync(path.join(dir, 'state')), 'nothing started');
+    assert.equal(fs.readdirSync(bundle), []);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a pod with heteropod.io/offload also starts runc’s shim (no Node daemon of its own)', () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
   const dir = fs.mkdtempSync('/tmp/hp-launch-');
