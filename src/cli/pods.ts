@@ -7,9 +7,8 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { CriClient, DEFAULT_CRI_ENDPOINT } from '../cri/client';
 import type { CriObject } from '../cri/config';
-import { DEFAULT_CONFIG_PATH, loadConfig } from '../shim/config';
+import { DEFAULT_CONFIG_PATH, LOCAL_CONFIG_PATH, loadConfig } from '../shim/config';
 import { PodRecordFile, podStateDir } from '../shim/pod-record';
-import { TESTBED } from '../testbed/paths';
 import { containerUsage, cpuTime, mebibytes, parseOutputFormat, printJson, renderTable, shortId, OutputFormat } from './table';
 
 export interface PodRow {
@@ -92,7 +91,7 @@ export function podRows(pods: CriObject[], containers: CriObject[], records: Map
 }
 
 function defaultShimConfig(): string {
-  return fs.existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : TESTBED.shimConfig;
+  return fs.existsSync(DEFAULT_CONFIG_PATH) ? DEFAULT_CONFIG_PATH : LOCAL_CONFIG_PATH;
 }
 
 export function registerPodsCommand(program: Command): void {
@@ -100,7 +99,7 @@ export function registerPodsCommand(program: Command): void {
     .command('pods')
     .description('each pod\'s containers and where they run (host or DPU)')
     .option('-r, --runtime-endpoint <endpoint>', 'CRI endpoint', DEFAULT_CRI_ENDPOINT)
-    .option('--shim-config <file>', `the shim's configuration (for its state_dir); default ${DEFAULT_CONFIG_PATH}, else the test bed's`)
+    .option('--shim-config <file>', `the shim's configuration (for its state_dir); default ${DEFAULT_CONFIG_PATH}, else ${LOCAL_CONFIG_PATH} (heteropod local up)`)
     .option('--stats', 'add each container\'s CPU time and memory, and the totals of each side')
     .addOption(new Option('-o, --output <format>', 'table or json').default('table').argParser(parseOutputFormat))
     .action(async (opts: { runtimeEndpoint: string; shimConfig?: string; stats?: boolean; output: OutputFormat }) => {

@@ -32,6 +32,8 @@ export const HOST_MODES = ['sleep', 'elastic', 'poll'] as const;
 export type HostMode = (typeof HOST_MODES)[number];
 
 export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
+/** The config of a single-node setup made by `heteropod local up` (the test bed writes it there). */
+export const LOCAL_CONFIG_PATH = '/run/heteropod/shim.toml';
 
 export function defaultConfig(): ShimConfig {
   return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 }, xpu: { hostMode: 'sleep' } };

@@ -3,6 +3,7 @@
 // (pod network namespaces in /run/netns, shim sockets in /run/containerd/s),
 // which `local down` removes by their owners' records.
 import * as path from 'node:path';
+import { LOCAL_CONFIG_PATH } from '../shim/config';
 
 export const REPO_ROOT = path.resolve(__dirname, '../../..');
 const RUN = '/run/heteropod';
@@ -26,7 +27,7 @@ export const TESTBED = {
   podSubnet: '10.233.77.0/24',
   /** runc state of the test bed's containers, apart from any other containerd's. */
   runcRoot: `${RUN}/runc`,
-  shimConfig: `${RUN}/shim.toml`,
+  shimConfig: LOCAL_CONFIG_PATH,
   /** The node daemon (heteropod node): its pid file, log and socket (in the shim's state_dir). */
   nodePidFile: `${RUN}/node.pid`,
   nodeLogFile: `${RUN}/node.log`,
