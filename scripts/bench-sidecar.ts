@@ -45,9 +45,9 @@
 // own CPUs. That needs TSO off on the wires' sending ends (veth hands a TCP
 // packet to the receiver's NAPI only when the sender has no TSO; `dpu up` turns
 // it off, napi.ts), which the benchmark checks before it starts (see
-// WIRE_SENDERS). The host's pods, the pod's shim and wrk are pinned to the first
-// host CPU (cpu0): containers with CRI linux.resources.cpuset_cpus, the shim
-// with taskset -a, wrk with taskset. The DPU keeps its cpuset (the last CPU);
+// WIRE_SENDERS). The host's pods, the node daemon (the host ends of the XPU
+// links) and wrk are pinned to the first host CPU (cpu0): containers with CRI
+// linux.resources.cpuset_cpus, the node daemon with taskset -a, wrk with taskset. The DPU keeps its cpuset (the last CPU);
 // the offloaded proxy and the agent run there. The fabric's client has no
 // machine of its own here: it shares the host's CPU, and so does the fabric
 // end's receive thread (side 'fabric'), which does the client's receive work.
@@ -106,9 +106,9 @@ import { cgroupDir, DPU } from '../src/dpu/paths';
 import { podWindowPath } from '../src/netns/half';
 import { persistentLeaksSince, snapshotHost } from '../src/testbed/leaks';
 import { TESTBED } from '../src/testbed/paths';
-import { listProcesses, run, waitFor } from '../src/testbed/proc';
+import { run, waitFor } from '../src/testbed/proc';
 import { readStats, XpuDirStats } from '../src/xpu/window';
-import { down, status, up } from '../src/testbed/testbed';
+import { down, nodeDaemonPids, status, up } from '../src/testbed/testbed';
 import {
   allProcessTicks,
   arg,
@@ -490,8 +490,9 @@ class Bench {
       dpuReceive: threadsSeconds(dpuThreads),
       app: pods.reduce((a, p) => a + cpuacctSeconds(p.appCgroup), 0),
       proxy: proxyCgroups.reduce((a, dir) => a + cpuacctSeconds(dir), 0),
-      shim: pods.reduce((a, p) => a + processSeconds(p.shimPid), 0),
-      shimThreads: sumMaps(pods.map((p) => threadSecondsByName(p.shimPid))),
+      // One node daemon serves every pod: counted once.
+      shim: [...new Set(pods.map((p) => p.shimPid))].reduce((a, pid) => a + processSeconds(pid), 0),
+      shimThreads: sumMaps([...new Set(pods.map((p) => p.shimPid))].map((pid) => threadSecondsByName(pid))),
       dpuCgroup: cpuacctSeconds(cgroupDir('cpuacct')),
       agent: processSeconds(agentPid),
     });
@@ -574,11 +575,11 @@ class Bench {
     return id;
   }
 
-  /** The pod's shim: the process that pumps the host end of its XPU link. */
+  /** The node daemon: the process that pumps the host ends of the pods' XPU links (one for all pods). */
   private findShim(podId: string): number {
-    const shims = listProcesses().filter((p) => p.cmdline.startsWith('containerd-shim-heteropod-v2') && p.cmdline.includes(`-id ${podId}`));
-    if (shims.length !== 1) throw new Error(`expected one shim for pod ${podId.slice(0, 13)}, found ${shims.length}`);
-    return shims[0].pid;
+    const daemons = nodeDaemonPids();
+    if (daemons.length !== 1) throw new Error(`pod ${podId.slice(0, 13)}: expected one node daemon, found ${daemons.length}`);
+    return daemons[0];
   }
 
   /** A page fetched by a client in the fabric (node: busybox's static wget crashes there), or undefined. */

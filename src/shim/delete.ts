@@ -40,13 +40,21 @@ export async function deleteTask(flags: ShimFlags): Promise<Buffer> {
     (daemonAlive ? await deleteThrough(`unix://${paths.socket}`, flags, false) : null) ??
     (await deleteThrough(readAddress(paths), flags, true)) ??
     runcDelete(config.runcShim, flags, bundle);
-  // The pod's state goes with its last task, once runc's shim has exited too.
-  if (!daemonAlive && !(await socketAnswers(readAddress(paths)))) {
+  // The pod's state goes with its last task, once runc's shim has exited too, or
+  // is exiting (it closed our connection after Shutdown): its socket, which it
+  // would remove at exit by the `address` in this state, goes here with it.
+  // containerd allows a `delete` 5 s: nothing waits for the exit itself.
+  const runcAddress = readAddress(paths);
+  if (!daemonAlive && (runcShimExiting || !(await socketAnswers(runcAddress)))) {
+    if (runcShimExiting && runcAddress) fs.rmSync(runcAddress.replace(/^unix:\/\//, ''), { force: true });
     fs.rmSync(paths.dir, { recursive: true, force: true });
     removeIfEmpty(path.dirname(paths.dir));
   }
   return encodeResult(result);
 }
+
+// runc's shim closed our connection after Shutdown: it is exiting.
+let runcShimExiting = false;
 
 function encodeResult(result: DeleteResult): Buffer {
   const now = Date.now();
@@ -100,7 +108,7 @@ async function deleteThrough(address: string, flags: ShimFlags, shutdown: boolea
     await call('Shutdown', encodeShutdownRequest(flags.id), 1000).catch((err) => {
       if (!(err instanceof RpcError && err.code === Code.UNAVAILABLE)) warn('shut down the runc shim', err);
     });
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
+    await Promise.race([gone.then(() => (runcShimExiting = true)), new Promise((r) => setTimeout(r, 1000).unref())]);
   }
   client.close();
   return result;

@@ -193,6 +193,8 @@ for (const mode of Object.keys(MODES) as Mode[]) {
     process.kill(ours[0].pid, 'SIGKILL');
     await waitFor('containerd to drop both tasks', 15_000, async () => !new RegExp(k).test((await ctr(['task', 'ls'])).stdout));
     await waitFor('runc’s shim to exit', 20_000, () => !listProcesses().some((p) => /containerd-shim/.test(p.cmdline) && p.cmdline.includes(sock)));
+    // containerd's `delete` of the last task removes it, right after runc's shim has gone.
+    await waitFor('the pod’s state to be removed', 5000, () => !fs.existsSync(path.join(SHIM_STATE, 'pods', ns, k))).catch(() => undefined);
     assert.not.ok(fs.existsSync(path.join(SHIM_STATE, 'pods', ns, k)), 'the pod’s state is removed');
     for (const id of [`${k}-app`, k]) assert.is((await ctr(['container', 'rm', id])).code, 0);
   });
