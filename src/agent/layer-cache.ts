@@ -22,6 +22,7 @@
 // serialized, and a rename race with another writer is settled by the file
 // system (the loser finds the layer present).
 import * as grpc from '@grpc/grpc-js';
+import { pidAlive } from '../common/processes';
 import { Code } from '../common/status';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -82,14 +83,6 @@ function tempName(kind: 'tmp' | 'rm', hex: string): string {
   return `.${kind}-${hex.slice(0, 12)}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Resolves on 'drain', or rejects with whatever ends `failed` first. */
 function drainOrFail(extract: tar.Extract, failed: Promise<unknown>): Promise<unknown> {

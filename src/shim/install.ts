@@ -69,7 +69,7 @@ export const NODE_UNIT = 'heteropod-node.service';
  * Node.js flags of the node daemon: a young generation of 1 MiB semi-spaces (the
  * default grows to 16 MiB each), which keeps its resident memory near what it
  * holds rather than what it once allocated; and V8's lite mode (no optimising
- * compiler: 8 MiB less), since its hot paths are C (the XPU pumps) and I/O.
+ * compiler, and its memory), since its hot paths are C (the XPU pumps) and I/O.
  */
 export const NODE_DAEMON_FLAGS = ['--max-semi-space-size=1', '--lite-mode'];
 

@@ -16,7 +16,8 @@ import { CallContext, Handler, TtrpcServer, failedPrecondition, invalidArgument 
 import { ShimConfig, loadConfig } from './config';
 import { EventForwarder } from './events';
 import { LogSink, Logger, StderrSink } from '../common/log';
-import { NodePod, PodAttach, decodeAttach, pidAlive, placedTrailer, podKey } from './node-pod';
+import { pidAlive } from '../common/processes';
+import { NodePod, PodAttach, decodeAttach, placedTrailer, podKey } from './node-pod';
 import { podRecordFiles, readPodRecord } from './pod-record';
 import { deleteOnDpu } from './dpu-cleanup';
 import { TASK_SERVICE } from '../runcshim/runtime';
@@ -44,6 +45,7 @@ export class NodeDaemon {
   private agent: DpuAgentClient | null = null;
   private readonly server: TtrpcServer;
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly sink: LogSink;
   readonly socket: string;
   readonly log: Logger;
 
@@ -83,14 +85,12 @@ export class NodeDaemon {
     const methods = ['Start', 'State', 'Delete', 'Pids', 'Pause', 'Resume', 'Checkpoint', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Update', 'Wait', 'Stats', 'Connect'];
     for (const m of methods) {
       const handler: Handler = async (payload, call) => {
-        const h = (await podOf(call)).service.handlers()[m];
+        const h = (await podOf(call)).handlers[m];
         return h(payload, call);
       };
       this.server.register(TASK_SERVICE, m, handler);
     }
   }
-
-  private readonly sink: LogSink;
 
   // Settles once the pods an earlier daemon served are taken over.
   private restoring: Promise<void> = Promise.resolve();

@@ -5,7 +5,9 @@
 // joined around the sandbox's Create and Delete).
 import * as path from 'node:path';
 import type { DpuAgentClient } from '../agentapi/client';
+import { pidAlive } from '../common/processes';
 import { MessageWriter, bool, readFields, str, uint } from '../proto/wire';
+import type { Handler } from '../ttrpc';
 import { NAMESPACE_KEY } from '../ttrpc/messages';
 import type { ShimConfig } from './config';
 import type { EventForwarder } from './events';
@@ -71,18 +73,10 @@ export const podKey = (a: Pick<PodAttach, 'containerdAddress' | 'namespace' | 'g
 const PLACED_FIELD = 15;
 export const placedTrailer = (p: Placed): Buffer => new MessageWriter().varint(PLACED_FIELD, p.placed === 'daemon' ? 1 : 2).finish();
 
-export function pidAlive(pid: number): boolean {
-  if (pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 export class NodePod {
   readonly service: TaskService;
+  // The task service's handlers, made once (the daemon calls them for every request).
+  readonly handlers: Record<string, Handler>;
   readonly router: PodRouter;
   readonly log: Logger;
   private readonly runc: RuncShimRuntime;
@@ -121,6 +115,7 @@ export class NodePod {
     };
     this.router = new PodRouter(config, attach.namespace, attach.group, this.runc, this.log, onDpuEvent, agent, () => this.nodeRecord());
     this.service = new TaskService((req) => this.router.runtimeFor(req), this.log, { shimPid: () => this.attach.proxyPid, onChange: () => this.router.save() });
+    this.handlers = this.service.handlers();
   }
 
   private nodeRecord(): NodePodRecord {

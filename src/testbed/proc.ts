@@ -2,6 +2,7 @@
 // an error that says what failed, wait for a condition, find processes.
 import { execFile, ExecFileOptions } from 'node:child_process';
 import * as fs from 'node:fs';
+import { pidAlive } from '../common/processes';
 
 export interface RunResult {
   stdout: string;
@@ -43,14 +44,7 @@ export async function waitFor<T>(what: string, timeoutMs: number, check: () => P
   }
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { pidAlive };
 
 export interface ProcessInfo {
   pid: number;

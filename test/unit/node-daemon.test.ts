@@ -83,7 +83,7 @@ const sandboxAnnotations = (id: string, policy: string) => ({
   'heteropod.io/offload': 'sidecar',
   'heteropod.io/offload-policy': policy,
 });
-const create = (id: string, b: string): Buffer => encode(`${TASK.replace('Task', '')}CreateTaskRequest`, { id, bundle: b });
+const create = (id: string, b: string): Buffer => encode('containerd.task.v2.CreateTaskRequest', { id, bundle: b });
 
 let daemon: NodeDaemon;
 

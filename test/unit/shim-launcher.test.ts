@@ -12,6 +12,11 @@ import { skip } from '../lib/skip';
 
 const launcher = path.resolve(__dirname, '../../../build/containerd-shim-heteropod-v2');
 
+/** Our runtime options as containerd passes them on `start`'s stdin: the config file's path. */
+function runtimeOptions(config: string): Buffer {
+  return encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+}
+
 test('start finds the socket TypeScript computes, writes address and the start record', async () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'build/containerd-shim-heteropod-v2 not built (make build-c)');
   const dir = fs.mkdtempSync('/tmp/hp-launch-');
@@ -25,7 +30,7 @@ test('start finds the socket TypeScript computes, writes address and the start r
     const paths = groupPaths(`${dir}/state`, '/run/c.sock', 'k8s.io', 'pod-abc');
     fs.mkdirSync(path.dirname(paths.socket), { recursive: true });
     await new Promise<void>((r) => server.listen(paths.socket, r));
-    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const options = runtimeOptions(config);
     const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'ctr-1', 'start'], { cwd: bundle, input: options });
     assert.is(r.status, 0, r.stderr.toString());
     assert.is(r.stdout.toString(), `unix://${paths.socket}`);
@@ -51,7 +56,7 @@ test('a pod without heteropod.io/offload goes to runc’s shim; a failed start l
     const fakeRunc = path.join(dir, 'fake-runc-shim');
     fs.writeFileSync(fakeRunc, '#!/bin/sh\necho "fake runc shim refuses: $*" >&2\nexit 3\n', { mode: 0o755 });
     fs.writeFileSync(config, `state_dir = '${dir}/state'\nrunc_shim = "${fakeRunc}"  # comment\n[runc]\n  root = "/x"\n`);
-    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const options = runtimeOptions(config);
     const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-p', 'start'], { cwd: bundle, input: options });
     assert.is(r.status, 1);
     assert.match(r.stderr.toString(), new RegExp(`start runc shim ${fakeRunc}: exit 3: fake runc shim refuses: -namespace k8s.io -address /run/c.sock -id pod-p start`));
@@ -74,7 +79,7 @@ test('a bad config fails start at once for every pod, with the reader’s one li
     fs.mkdirSync(bundle);
     const config = path.join(dir, 'shim.toml');
     fs.writeFileSync(config, `state_dir = "${dir}/state"\n[dpu]\nadress = "10.0.0.2:7443"\n`);
-    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const options = runtimeOptions(config);
     // A pod served by runc's shim behind the proxy, and one that offloads.
     for (const annotations of [{ 'io.kubernetes.cri.sandbox-id': 'pod-p' }, { 'io.kubernetes.cri.sandbox-id': 'pod-o', 'heteropod.io/offload': 'proxy' }]) {
       fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }));
@@ -98,7 +103,7 @@ test('a bundle without config.json fails start with the one line naming it, and 
     fs.mkdirSync(bundle);
     const config = path.join(dir, 'shim.toml');
     fs.writeFileSync(config, `state_dir = "${dir}/state"\n`);
-    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const options = runtimeOptions(config);
     const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-n', 'start'], { cwd: bundle, input: options });
     assert.is(r.status, 1);
     // Read in launcher-bundle.c; the error rises to main, which prints it once.
@@ -123,7 +128,7 @@ test('a pod with heteropod.io/offload also starts runc’s shim (no Node daemon 
     fs.writeFileSync(fakeRunc, '#!/bin/sh\necho "fake runc shim refuses" >&2\nexit 3\n', { mode: 0o755 });
     const config = path.join(dir, 'shim.toml');
     fs.writeFileSync(config, `state_dir = "${dir}/state"\nrunc_shim = "${fakeRunc}"\n`);
-    const options = encode('google.protobuf.Any', { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: config }) });
+    const options = runtimeOptions(config);
     const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-o', 'start'], { cwd: bundle, input: options });
     assert.is(r.status, 1);
     assert.match(r.stderr.toString(), /start runc shim .*fake-runc-shim: exit 3: fake runc shim refuses/);
