@@ -25,7 +25,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agentapi/client';
 import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agentapi/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
-import { readFields, str, bool, uint } from '../proto/wire';
+import { MessageWriter, readFields, replaceField, str, bool, uint } from '../proto/wire';
 import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
 import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from '../taskapi/messages';
@@ -63,6 +63,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const asRpcError = (err: unknown, context: string): Error => RpcError.wrap(err, context);
 
 const key = (id: string, execId: string) => `${id}/${execId}`;
+
+// StateResponse's stdin, stdout and stderr (containerd's task API).
+const STATE_STDIO_FIELDS: readonly [number, 'stdin' | 'stdout' | 'stderr'][] = [[5, 'stdin'], [6, 'stdout'], [7, 'stderr']];
 
 /** Where the pod's host half is and what the pod declares (shim side of OpenLink). */
 export interface SplitLinkOptions {
@@ -351,6 +354,8 @@ export class DpuAgentRuntime implements Runtime {
         return this.wait(request, signal);
       case 'Connect':
         return this.connect(request);
+      case 'State':
+        return this.state(request, signal);
       case 'Checkpoint':
         throw unimplemented('Checkpoint of a container on the DPU');
       case 'CloseIO':
@@ -455,6 +460,22 @@ export class DpuAgentRuntime implements Runtime {
         throw asRpcError(err, 'Wait on the DPU');
       }
     }
+  }
+
+  /**
+   * The DPU's State, with the process's stdio as containerd made it: the agent
+   * answers with its own fifos on the DPU, and a containerd that restarts opens
+   * whatever State names to take the process's output up again.
+   */
+  private async state(request: Buffer, signal?: AbortSignal): Promise<Buffer> {
+    const f = readFields(request);
+    const res = await this.relay('State', request, signal);
+    const relayed = this.relayed.get(key(str(f, 1), str(f, 2)));
+    if (!relayed) return res;
+    return STATE_STDIO_FIELDS.reduce((out, [num, stream]) => {
+      const p = relayed.paths[stream];
+      return replaceField(out, num, p ? new MessageWriter().bytes(num, p).finish() : null);
+    }, res);
   }
 
   private async connect(request: Buffer): Promise<Buffer> {

@@ -62,9 +62,15 @@ function containerdPid(): number {
   return Number(fs.readFileSync(TESTBED.pidFile, 'utf8').trim());
 }
 
-/** Stops the test bed's containerd (SIGTERM: shims and containers keep running) and starts it again. */
-export async function restartContainerd(): Promise<void> {
-  await killAndWait([containerdPid()], 10_000);
+/**
+ * Stops the test bed's containerd and starts it again: shims and containers keep
+ * running. SIGTERM by default; SIGKILL is a crash (nothing of containerd's gets
+ * to close).
+ */
+export async function restartContainerd(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  const pid = containerdPid();
+  if (signal === 'SIGKILL') process.kill(pid, 'SIGKILL');
+  await killAndWait([pid], 10_000);
   const logFd = fs.openSync(TESTBED.logFile, 'a');
   const child = spawn('containerd', ['--config', TESTBED.configFile], { env: containerdEnv(), detached: true, stdio: ['ignore', logFd, logFd], cwd: TESTBED.runDir });
   fs.closeSync(logFd);

@@ -1,0 +1,143 @@
+// What nodes go through, with offloaded containers on the test bed's real
+// containerd, runc, CNI and emulated DPU: each fault is injected under load and
+// what a crictl user then sees is held against what the same steps show under
+// runc (run side by side where the fault applies to runc too). A leak check of
+// both sides ends every test.
+import * as fs from 'node:fs';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { CriClient } from '../../src/cri/client';
+import { CriClient as Client } from '../../src/cri/client';
+import type { CriObject } from '../../src/cri/config';
+import { readCriLog } from '../../src/cri/logs';
+import { TESTBED } from '../../src/testbed/paths';
+import { waitFor } from '../../src/testbed/proc';
+import { DPU } from '../../src/dpu/paths';
+import { containerPids, memoryCgroup } from '../lib/dpu';
+import { restartContainerd } from '../lib/shim';
+import { OWN_PID_NAMESPACE } from '../lib/split';
+import { Bed, containerConfig, podConfig, podLeaks, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+
+let bed: Bed;
+let cri: CriClient;
+
+test.before(async () => {
+  bed = await startBed();
+  cri = bed.cri;
+});
+
+test.after.each(() => removeOwnPods(bed));
+
+test.after(async () => {
+  const leaks = await stopBed(bed);
+  assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
+});
+
+async function noLeaks(when: string): Promise<void> {
+  const left = await podLeaks(bed);
+  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
+}
+
+type Handler = 'runc' | 'offload';
+
+/** A pod whose `worker` runs on the DPU under `offload` and on the host under `runc`, beside a host container `app`. */
+async function runPod(handler: Handler, name: string): Promise<{ podId: string; pod: CriObject }> {
+  const annotations = handler === 'offload' ? { 'heteropod.io/offload': 'worker' } : {};
+  const pod = podConfig(bed, `${name}-${handler}`, { annotations, linux: OWN_PID_NAMESPACE });
+  const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
+  return { podId, pod };
+}
+
+async function run(podId: string, pod: CriObject, name: string, command: string[]): Promise<string> {
+  const id = await cri.createContainer(podId, containerConfig(name, command, { linux: OWN_PID_NAMESPACE }), pod);
+  await cri.startContainer(id);
+  return id;
+}
+
+async function removePod(podId: string): Promise<void> {
+  await cri.stopPodSandbox(podId);
+  await cri.removePodSandbox(podId);
+}
+
+async function logLines(id: string): Promise<string[]> {
+  const file = ((await cri.containerStatus(id)).status as CriObject).log_path as string;
+  return fs.existsSync(file) ? readCriLog(file).map((r) => `${r.stream} ${r.line}`) : [];
+}
+
+// Numbered lines, one every 50 ms, until /tmp/stop exists; then "last" and exit 3.
+const TICKER = ['sh', '-c', 'i=0; while [ ! -e /tmp/stop ]; do echo tick-$i; i=$((i + 1)); sleep 0.05; done; echo last; exit 3'];
+
+const ticks = (lines: string[]): number[] => lines.filter((l) => l.startsWith('stdout tick-')).map((l) => Number(l.slice('stdout tick-'.length)));
+
+async function ticksPast(id: string, n: number): Promise<number[]> {
+  return waitFor(`tick-${n} from ${id.slice(0, 13)}`, 20_000, async () => {
+    const t = ticks(await logLines(id));
+    return t.length > 0 && Math.max(...t) >= n ? t : undefined;
+  });
+}
+
+// containerd's own restart (SIGKILL: a crash) while the worker writes a line
+// every 50 ms. runc: the container keeps running; containerd reloads it from the
+// shim (State names the fifos it reopens), exec, stats and logs work, lines
+// written meanwhile wait in the fifo, and the exit is reported with its code.
+async function containerdKilled(handler: Handler): Promise<unknown> {
+  const { podId, pod } = await runPod(handler, 'ctrd');
+  const worker = await run(podId, pod, 'worker', TICKER);
+  const app = await run(podId, pod, 'app', ['sleep', '3600']);
+  const before = Math.max(...(await ticksPast(worker, 5)));
+  // Under offload the worker's processes are in the DPU's cgroup.
+  const onDpu = containerPids(worker).some((pid) => memoryCgroup(pid).startsWith(`/${DPU.cgroupName}/`));
+
+  await restartContainerd('SIGKILL');
+  cri.close();
+  cri = Client.connect(TESTBED.endpoint, 60_000);
+  bed.cri = cri;
+
+  const states = await Promise.all([worker, app].map(async (id) => ((await cri.containerStatus(id)).status as CriObject).state));
+  const exec = await cri.execSync(worker, ['sh', '-c', 'echo exec-ok; exit 4'], 10);
+  const stats = (await cri.containerStats(worker)).attributes as CriObject | undefined;
+  // Lines keep coming, and none went missing across the restart.
+  const after = await ticksPast(worker, before + 20);
+  await cri.execSync(worker, ['touch', '/tmp/stop'], 10);
+  const exited = await waitForContainerState(cri, worker, 'CONTAINER_EXITED');
+  const lines = await waitFor('the last line', 10_000, async () => {
+    const l = await logLines(worker);
+    return l.includes('stdout last') ? l : undefined;
+  });
+  const numbers = ticks(lines);
+  const gaps = numbers.filter((n, i) => i > 0 && n !== numbers[i - 1] + 1);
+  assert.is(onDpu, handler === 'offload', `worker on the DPU under ${handler}`);
+  await cri.removeContainer(worker);
+  await cri.stopContainer(app, 0);
+  await cri.removeContainer(app);
+  await removePod(podId);
+  await noLeaks(`containerd restart under ${handler}`);
+  return {
+    states,
+    exec: { out: exec.stdout.toString().trim(), code: exec.exitCode },
+    stats: stats?.id === worker,
+    ticksAfterRestart: Math.max(...after) > before,
+    gaps,
+    firstTick: numbers[0],
+    exitCode: exited.exit_code,
+    last: lines[lines.length - 1],
+  };
+}
+
+test('containerd killed and started again: offloaded containers are reloaded as under runc', async () => {
+  const runc = await containerdKilled('runc');
+  const offload = await containerdKilled('offload');
+  assert.equal(runc, {
+    states: ['CONTAINER_RUNNING', 'CONTAINER_RUNNING'],
+    exec: { out: 'exec-ok', code: 4 },
+    stats: true,
+    ticksAfterRestart: true,
+    gaps: [],
+    firstTick: 0,
+    exitCode: 3,
+    last: 'stdout last',
+  }, 'runc');
+  assert.equal(offload, runc, 'offloaded worker vs runc');
+});
+
+test.run();
