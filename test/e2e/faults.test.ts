@@ -140,4 +140,43 @@ test('containerd killed and started again: offloaded containers are reloaded as 
   assert.equal(offload, runc, 'offloaded worker vs runc');
 });
 
+
+// shim.toml broken while pods come and go. runc has no config of its own to
+// break; what holds: every pod under the handler, offloading or not, fails at
+// once with the one line that names the file, the line and the key, and the
+// next pod after the fix starts.
+test('a broken shim.toml fails every pod at once with file, line and key; fixed, pods start', async () => {
+  const good = fs.readFileSync(TESTBED.shimConfig, 'utf8');
+  const cases: { why: string; text: string; want: RegExp }[] = [
+    { why: 'unparsable line', text: `${good}\nthis is not toml\n`, want: /shim\.toml:\d+: / },
+    { why: 'misspelt key', text: good.replace(/^(\s*)address\s*=/m, '$1adress ='), want: /shim\.toml:\d+: dpu\.adress: unknown key/ },
+    { why: 'misspelt section', text: good.replace(/^\[dpu\]/m, '[dpuu]'), want: /shim\.toml:\d+: \[dpuu\]: unknown section/ },
+    { why: 'port out of range', text: good.replace(/^(\s*)address\s*=\s*"([^"]+):\d+"/m, '$1address = "$2:99999"'), want: /shim\.toml:\d+: dpu\.address: .*99999/ },
+  ];
+  try {
+    for (const c of cases) {
+      assert.is.not(c.text, good, `${c.why}: the case changes the file`);
+      fs.writeFileSync(TESTBED.shimConfig, c.text);
+      for (const handler of ['plain', 'offload'] as const) {
+        const annotations = handler === 'offload' ? { 'heteropod.io/offload': 'worker' } : {};
+        const started = Date.now();
+        const err = await cri.runPodSandbox(podConfig(bed, `toml-${handler}`, { annotations, linux: OWN_PID_NAMESPACE }), 'heteropod').then(
+          (id) => new Error(`pod ${id} started with ${c.why}`),
+          (e: Error) => e,
+        );
+        const took = Date.now() - started;
+        assert.match(err.message, c.want, `${c.why}, ${handler} pod: ${err.message}`);
+        assert.ok(err.message.includes(TESTBED.shimConfig), `${c.why}, ${handler}: names the file: ${err.message}`);
+        assert.ok(took < 10_000, `${c.why}, ${handler}: failed in ${took} ms`);
+      }
+    }
+  } finally {
+    fs.writeFileSync(TESTBED.shimConfig, good);
+  }
+  const { podId } = await runPod('offload', 'toml-fixed');
+  assert.is(((await cri.podSandboxStatus(podId)).status as CriObject).state, 'SANDBOX_READY');
+  await removePod(podId);
+  await noLeaks('the broken shim.toml');
+});
+
 test.run();
