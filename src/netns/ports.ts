@@ -15,15 +15,10 @@
 // A port nobody listens on stays in the half that dialled it and is refused
 // there, as it would be in one namespace.
 
-export const PORTS_ANNOTATION = 'heteropod.io/ports';
+import { AnnotationError, checkNoWhitespace, PORTS, quoted } from '../placement/annotations';
 
-/** A malformed pod annotation; the message names the annotation and the bad value. */
-export class AnnotationError extends Error {
-  constructor(readonly annotation: string, readonly value: string, reason: string) {
-    super(`invalid annotation ${annotation}: "${value}": ${reason}`);
-    this.name = 'AnnotationError';
-  }
-}
+export { AnnotationError };
+export const PORTS_ANNOTATION = PORTS;
 
 /** Container name → ports it listens on, in the order given. */
 export type DeclaredPorts = Map<string, number[]>;
@@ -33,41 +28,41 @@ const CONTAINER_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 /**
  * Parses `heteropod.io/ports`: `container=port,port;container=port`, for
- * example `istio-proxy=15001,15006;log-agent=24224`. Spaces around names and
- * numbers are allowed; an empty or absent value declares nothing. When
+ * example `istio-proxy=15001,15006;log-agent=24224`, read exactly as written
+ * (no spaces: the rule of src/placement/annotations.ts); an empty or absent
+ * value declares nothing. When
  * `offloaded` (the containers `heteropod.io/offload` names) is given, every
  * container named here must be one of them: a port declared for a container
  * on the host would be routed to the wrong half.
  */
 export function parsePortsAnnotation(value: string | undefined, offloaded?: readonly string[]): DeclaredPorts {
   const out: DeclaredPorts = new Map();
-  if (value === undefined || value.trim() === '') return out;
+  if (value === undefined || value === '') return out;
+  checkNoWhitespace(PORTS_ANNOTATION, value, 'istio-proxy=15001,15006;log-agent=24224');
   const bad = (reason: string): never => {
     throw new AnnotationError(PORTS_ANNOTATION, value, reason);
   };
   const owner = new Map<number, string>();
   const entries = value.split(';');
-  for (const [i, rawEntry] of entries.entries()) {
-    const entry = rawEntry.trim();
+  for (const [i, entry] of entries.entries()) {
     if (entry === '') {
       if (i === entries.length - 1) continue; // a trailing ";" is harmless
       bad('empty entry between ";" separators (expected container=port,port;container=port)');
     }
     const eq = entry.indexOf('=');
-    if (eq < 0) bad(`entry "${entry}" has no "=" (expected container=port,port)`);
-    const name = entry.slice(0, eq).trim();
-    if (!CONTAINER_NAME.test(name) || name.length > 63) bad(`"${name}" is not a container name (a DNS-1123 label)`);
+    if (eq < 0) bad(`entry ${quoted(entry)} has no "=" (expected container=port,port)`);
+    const name = entry.slice(0, eq);
+    if (!CONTAINER_NAME.test(name) || name.length > 63) bad(`${quoted(name)} is not a container name (a DNS-1123 label)`);
     if (out.has(name)) bad(`container "${name}" is listed twice`);
     if (offloaded && !offloaded.includes(name)) {
-      bad(`container "${name}" is not offloaded (heteropod.io/offload names: ${offloaded.join(', ') || 'none'})`);
+      bad(`container "${name}" is not offloaded (heteropod.io/offload names: ${offloaded.join(',') || 'none'})`);
     }
     const portsText = entry.slice(eq + 1);
-    if (portsText.trim() === '') bad(`container "${name}" has no ports`);
+    if (portsText === '') bad(`container "${name}" has no ports`);
     const ports: number[] = [];
-    for (const rawPort of portsText.split(',')) {
-      const p = rawPort.trim();
+    for (const p of portsText.split(',')) {
       if (!/^[0-9]{1,5}$/.test(p) || Number(p) < 1 || Number(p) > 65535) {
-        bad(`"${p}" (container "${name}") is not a port number in 1-65535`);
+        bad(`${quoted(p)} (container "${name}") is not a port number in 1-65535`);
       }
       const port = Number(p);
       const prev = owner.get(port);

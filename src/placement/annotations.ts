@@ -2,6 +2,13 @@
 // (containerd copies the pod's `heteropod.io/*` annotations there, given the
 // handler's pod_annotations). Bad values are refused with an error that names the
 // annotation and the value, so that RunPodSandbox fails with something a user can fix.
+//
+// The one rule for every heteropod.io/* value: it is read exactly as written.
+// Nothing is trimmed, and whitespace anywhere in a value is refused, so that
+// "istio-proxy, log-agent" or " require" fail loudly instead of meaning
+// something other than they look (the C launcher, which reads the policy when
+// no node daemon may answer, holds the same rule). An error quotes at most
+// QUOTE_MAX characters of the value, and says how long the rest is.
 
 export const OFFLOAD = 'heteropod.io/offload';
 export const OFFLOAD_POLICY = 'heteropod.io/offload-policy';
@@ -15,11 +22,26 @@ export interface PodOffload {
   policy: OffloadPolicy;
 }
 
+const QUOTE_MAX = 64;
+
+/** A value as an error message shows it: quoted, cut to QUOTE_MAX characters. */
+export function quoted(value: string): string {
+  if (value.length <= QUOTE_MAX) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, QUOTE_MAX))}... (${value.length} characters)`;
+}
+
+/** A malformed pod annotation; the message names the annotation and (the start of) the bad value. */
 export class AnnotationError extends Error {
   constructor(readonly annotation: string, readonly value: string, why: string) {
-    super(`annotation ${annotation}=${JSON.stringify(value)}: ${why}`);
+    super(`annotation ${annotation}=${quoted(value)}: ${why}`);
     this.name = 'AnnotationError';
   }
+}
+
+/** Refuses a value with whitespace in it (the rule above). */
+export function checkNoWhitespace(annotation: string, value: string, example: string): void {
+  const at = value.search(/\s/);
+  if (at >= 0) throw new AnnotationError(annotation, value, `whitespace at character ${at + 1}: values are read exactly as written, with no spaces (e.g. ${JSON.stringify(example)})`);
 }
 
 // A Kubernetes container name: a DNS-1123 label.
@@ -37,12 +59,12 @@ export function mentionsOffload(annotations: Record<string, string> | undefined)
 export function parsePodOffload(annotations: Record<string, string> | undefined): PodOffload {
   const a = annotations ?? {};
   const raw = a[OFFLOAD] ?? '';
+  checkNoWhitespace(OFFLOAD, raw, 'istio-proxy,log-agent');
   const containers: string[] = [];
-  if (raw.trim() !== '') {
-    for (const part of raw.split(',')) {
-      const name = part.trim();
+  if (raw !== '') {
+    for (const name of raw.split(',')) {
       if (!isContainerName(name)) {
-        throw new AnnotationError(OFFLOAD, raw, `${JSON.stringify(name)} is not a container name (a comma-separated list of DNS-1123 labels, e.g. "istio-proxy,log-agent")`);
+        throw new AnnotationError(OFFLOAD, raw, `${quoted(name)} is not a container name (a comma-separated list of DNS-1123 labels, e.g. "istio-proxy,log-agent")`);
       }
       if (containers.includes(name)) throw new AnnotationError(OFFLOAD, raw, `container ${name} is named twice`);
       containers.push(name);
@@ -51,9 +73,8 @@ export function parsePodOffload(annotations: Record<string, string> | undefined)
   const policyRaw = a[OFFLOAD_POLICY];
   let policy: OffloadPolicy = 'prefer';
   if (policyRaw !== undefined) {
-    const p = policyRaw.trim();
-    if (p !== 'prefer' && p !== 'require') throw new AnnotationError(OFFLOAD_POLICY, policyRaw, 'must be "prefer" or "require"');
-    policy = p;
+    if (policyRaw !== 'prefer' && policyRaw !== 'require') throw new AnnotationError(OFFLOAD_POLICY, policyRaw, 'must be "prefer" or "require", exactly');
+    policy = policyRaw;
   }
   return { containers, policy };
 }

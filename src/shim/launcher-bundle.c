@@ -143,8 +143,28 @@ static char *annotation_of(const char *spec, const char *quoted_key)
 	return NULL;
 }
 
+/*
+ * The policy as the node daemon reads it (src/placement/annotations.ts): exactly
+ * "prefer" or "require", nothing trimmed. The error quotes at most 64 characters
+ * of the value, as the spec has it.
+ */
+static int check_policy(const char *policy, char *why, size_t why_len)
+{
+	size_t len = strlen(policy);
+
+	if (strcmp(policy, "prefer") == 0 || strcmp(policy, "require") == 0)
+		return 0;
+	if (len <= 64)
+		snprintf(why, why_len, "annotation heteropod.io/offload-policy=\"%s\": must be \"prefer\" or \"require\", exactly", policy);
+	else
+		snprintf(why, why_len, "annotation heteropod.io/offload-policy=\"%.64s\"... (%zu characters): must be \"prefer\" or \"require\", exactly", policy, len);
+	return -EINVAL;
+}
+
 int group_of(const char *id, struct task_group *out, char *why, size_t why_len)
 {
+	int err;
+
 	char *spec = read_file(BUNDLE_SPEC), *group = NULL, *policy = NULL;
 
 	if (!spec) {
@@ -157,6 +177,11 @@ int group_of(const char *id, struct task_group *out, char *why, size_t why_len)
 			policy = strdup("prefer");
 		if (!policy)
 			goto nomem;
+		if ((err = check_policy(policy, why, why_len)) < 0) {
+			free(policy);
+			free(spec);
+			return err;
+		}
 	}
 	group = annotation_of(spec, SANDBOX_ID_KEY);
 	if (!group && errno != 0)

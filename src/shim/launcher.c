@@ -205,7 +205,7 @@ int main(int argc, char **argv)
 	}
 	state_dir = config.state_dir;
 	if ((err = group_of(f.id, &task, why, sizeof(why))) < 0)
-		return failed(why, strerror(-err));
+		return failed(why, err == -EINVAL ? NULL : strerror(-err));
 
 	key_len = strlen("heteropod") + 1 + strlen(f.address) + 1 + strlen(f.namespace) + 1 + strlen(task.group);
 	key = malloc(key_len + 1);

@@ -62,7 +62,8 @@ struct task_group {
 char *config_path_from_options(const unsigned char *any, size_t len);
 /* Reads ./config.json (start runs in the bundle) into `out`, whose strings the
  * caller frees with task_group_free. 0, or a negative errno with `why` filled;
- * nothing is left allocated on failure. */
+ * nothing is left allocated on failure. -EINVAL: the offload policy annotation
+ * is neither "prefer" nor "require" (`why` is the whole message). */
 int group_of(const char *id, struct task_group *out, char *why, size_t why_len);
 void task_group_free(struct task_group *g);
 

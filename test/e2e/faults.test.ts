@@ -16,7 +16,7 @@ import { DPU } from '../../src/dpu/paths';
 import { containerPids, memoryCgroup } from '../lib/dpu';
 import { restartContainerd } from '../lib/shim';
 import { OWN_PID_NAMESPACE } from '../lib/split';
-import { Bed, containerConfig, podConfig, podLeaks, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, containerConfig, ownPods, podConfig, podLeaks, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
@@ -177,6 +177,33 @@ test('a broken shim.toml fails every pod at once with file, line and key; fixed,
   assert.is(((await cri.podSandboxStatus(podId)).status as CriObject).state, 'SANDBOX_READY');
   await removePod(podId);
   await noLeaks('the broken shim.toml');
+});
+
+// Annotations by one rule: read exactly as written, whitespace refused, errors
+// quoting at most a short prefix. runc reads no heteropod.io/* annotation; what
+// holds is that RunPodSandbox fails with a message a user can act on, and that
+// nothing of the refused pod is left.
+test('bad annotations: whitespace refused, a long value quoted short, nothing left', async () => {
+  const long = 'w'.repeat(10_000);
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ 'heteropod.io/offload': ' worker' }, /annotation heteropod\.io\/offload=" worker": whitespace at character 1/],
+    [{ 'heteropod.io/offload': 'worker, app' }, /annotation heteropod\.io\/offload="worker, app": whitespace at character 8/],
+    [{ 'heteropod.io/offload': 'worker', 'heteropod.io/offload-policy': 'require ' }, /annotation heteropod\.io\/offload-policy="require ": must be "prefer" or "require", exactly/],
+    [{ 'heteropod.io/offload': 'worker', 'heteropod.io/ports': 'worker = 80' }, /annotation heteropod\.io\/ports="worker = 80": whitespace at character 7/],
+    [{ 'heteropod.io/offload': long }, /annotation heteropod\.io\/offload="w{64}"\.\.\. \(10000 characters\)/],
+    [{ 'heteropod.io/offload': 'worker', 'heteropod.io/offload-policy': long }, /offload-policy="w{64}"\.\.\. \(10000 characters\)/],
+  ];
+  for (const [annotations, want] of cases) {
+    const err = await cri.runPodSandbox(podConfig(bed, 'bad-annotation', { annotations, linux: OWN_PID_NAMESPACE }), 'heteropod').then(
+      (id) => new Error(`pod ${id} started`),
+      (e: Error) => e,
+    );
+    assert.match(err.message, want);
+    assert.ok(err.message.length < 1000, `a short error (${err.message.length} characters): ${err.message.slice(0, 300)}`);
+  }
+  await waitFor('refused sandboxes to be gone', 20_000, async () => (await ownPods(bed)).length === 0).catch(() => undefined);
+  for (const p of await ownPods(bed)) await removePod(String(p.id));
+  await noLeaks('the refused pods');
 });
 
 test.run();

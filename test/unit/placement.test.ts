@@ -10,7 +10,7 @@ const notDir = () => false;
 
 test('annotations: list, policy, defaults', () => {
   assert.equal(parsePodOffload({}), { containers: [], policy: 'prefer' });
-  assert.equal(parsePodOffload({ 'heteropod.io/offload': ' istio-proxy , log-agent ' }), { containers: ['istio-proxy', 'log-agent'], policy: 'prefer' });
+  assert.equal(parsePodOffload({ 'heteropod.io/offload': 'istio-proxy,log-agent' }), { containers: ['istio-proxy', 'log-agent'], policy: 'prefer' });
   assert.equal(parsePodOffload({ 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': 'require' }).policy, 'require');
   assert.equal(parsePodOffload({ 'heteropod.io/offload': '' }).containers, []);
   assert.ok(mentionsOffload({ 'heteropod.io/offload': '' }));
@@ -24,6 +24,12 @@ test('annotations: bad values name the annotation and the value', () => {
     [{ 'heteropod.io/offload': 'a,a' }, /container a is named twice/],
     [{ 'heteropod.io/offload': 'x'.repeat(64) }, /is not a container name/],
     [{ 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': 'Require' }, /heteropod\.io\/offload-policy="Require": must be "prefer" or "require"/],
+    // One rule: values are read exactly as written; whitespace anywhere is refused.
+    [{ 'heteropod.io/offload': ' istio-proxy,log-agent' }, /offload=" istio-proxy,log-agent": whitespace at character 1: values are read exactly as written/],
+    [{ 'heteropod.io/offload': 'istio-proxy, log-agent' }, /whitespace at character 13/],
+    [{ 'heteropod.io/offload': ' ' }, /whitespace at character 1/],
+    [{ 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': 'require ' }, /offload-policy="require ": must be "prefer" or "require", exactly/],
+    [{ 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': 'require\n' }, /must be "prefer" or "require"/],
   ];
   for (const [annotations, message] of cases) {
     try {
@@ -32,6 +38,22 @@ test('annotations: bad values name the annotation and the value', () => {
     } catch (err) {
       assert.instance(err, AnnotationError);
       assert.match((err as Error).message, message);
+    }
+  }
+});
+
+test('annotations: an error quotes at most a short prefix of a long value', () => {
+  const long = `a${'b'.repeat(9998)}c`;
+  const cases: Record<string, string>[] = [{ 'heteropod.io/offload': long }, { 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': long }];
+  for (const annotations of cases) {
+    try {
+      parsePodOffload(annotations);
+      assert.unreachable('a 10,000-character value was accepted');
+    } catch (err) {
+      const message = (err as Error).message;
+      assert.ok(message.length < 400, `${message.length} characters: ${message.slice(0, 500)}`);
+      assert.match(message, /"abbb+"\.\.\. \(10000 characters\)/);
+      assert.not.match(message, /c"/, 'the end of the value is not quoted');
     }
   }
 });

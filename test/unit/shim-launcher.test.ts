@@ -138,6 +138,32 @@ test('a pod with heteropod.io/offload also starts runc’s shim (no Node daemon 
   }
 });
 
+test('an offload policy other than exactly "prefer" or "require" fails start with a short quote (the node daemon\'s rule)', () => {
+  if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
+  const dir = fs.mkdtempSync('/tmp/hp-launch-');
+  try {
+    const bundle = path.join(dir, 'bundle');
+    fs.mkdirSync(bundle);
+    const config = path.join(dir, 'shim.toml');
+    fs.writeFileSync(config, `state_dir = "${dir}/state"\n`);
+    const cases: [string, string][] = [
+      ['require ', 'annotation heteropod.io/offload-policy="require ": must be "prefer" or "require", exactly'],
+      ['Prefer', 'annotation heteropod.io/offload-policy="Prefer": must be "prefer" or "require", exactly'],
+      ['x'.repeat(10_000), `annotation heteropod.io/offload-policy="${'x'.repeat(64)}"... (10000 characters): must be "prefer" or "require", exactly`],
+    ];
+    for (const [policy, message] of cases) {
+      const annotations = { 'io.kubernetes.cri.sandbox-id': 'pod-b', 'heteropod.io/offload': 'a', 'heteropod.io/offload-policy': policy };
+      fs.writeFileSync(path.join(bundle, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }));
+      const r = spawnSync(launcher, ['-namespace', 'k8s.io', '-address', '/run/c.sock', '-id', 'pod-b', 'start'], { cwd: bundle, input: runtimeOptions(config) });
+      assert.is(r.status, 1, policy.slice(0, 20));
+      assert.is(r.stderr.toString(), `containerd-shim-heteropod-v2: start: ${message}\n`);
+      assert.not.ok(fs.existsSync(path.join(dir, 'state', 's')) && fs.readdirSync(path.join(dir, 'state', 's')).length > 0, 'nothing started');
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('other actions go to the Node implementation', () => {
   if (!fs.existsSync(launcher)) return skip('shim-launcher', 'not built');
   const r = spawnSync(launcher, ['-v']);
