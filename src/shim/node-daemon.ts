@@ -20,6 +20,7 @@ import { pidAlive } from '../common/processes';
 import { NodePod, PodAttach, decodeAttach, placedTrailer, podKey } from './node-pod';
 import { podRecordFiles, readPodRecord } from './pod-record';
 import { deleteOnDpu } from './dpu-cleanup';
+import { guardManagementLink, managementLink, MGMT_CHAIN } from './mgmt-filter';
 import { TASK_SERVICE } from '../runcshim/runtime';
 
 export const NODE_SERVICE = 'heteropod.node.v1.Node';
@@ -103,6 +104,34 @@ export class NodeDaemon {
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
     this.log.info('node daemon serving', { socket: this.socket, pid: process.pid });
+    await this.guardManagement();
+  }
+
+  private guarded = false;
+  private unguardedSaid = false;
+
+  /**
+   * Closes the DPU's management link to everything the host forwards
+   * (mgmt-filter.ts). An agent not on a link of its own (routed, or its link
+   * not up yet while the DPU boots) is looked for again at each sweep.
+   */
+  private async guardManagement(): Promise<void> {
+    const address = this.config.dpu.address;
+    if (this.guarded || !address) return;
+    try {
+      const link = await managementLink(address);
+      if (!link) {
+        // Routed (or its link not up yet): asked again at each sweep, said once.
+        if (!this.unguardedSaid) this.log.warn('DPU agent not on a link of its own: management link not guarded', { address });
+        this.unguardedSaid = true;
+        return;
+      }
+      await guardManagementLink(link);
+      this.guarded = true;
+      this.log.info('management link guarded: no forwarded packet reaches it', { link: link.dev, family: link.family, chain: MGMT_CHAIN });
+    } catch (err) {
+      this.log.error('guard the management link', { address, error: (err as Error).message });
+    }
   }
 
   /**
@@ -184,6 +213,7 @@ export class NodeDaemon {
   }
 
   private sweep(): void {
+    void this.guardManagement();
     for (const pod of this.pods.values()) if (pod.connectionCount === 0 && !pod.proxyAlive()) void this.drop(pod);
   }
 

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { socketAnswers } from '../common/sockets';
 import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../shim/install';
+import { removeManagementGuard } from '../shim/mgmt-filter';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
 import { agentAddress } from '../dpu/paths';
@@ -311,6 +312,8 @@ export async function down(log: Log = () => {}): Promise<void> {
   await removeRuncContainers(log);
   // After the pods (the node daemon removes their DPU halves), before the DPU.
   await stopNodeDaemon(log);
+  // The node daemon's guard of the management link outlives it (mgmt-filter.ts).
+  await removeManagementGuard();
   // After the pods, before the shared parents.
   await dpu.down(log);
   const shims = shimPids();

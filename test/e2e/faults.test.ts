@@ -11,8 +11,9 @@ import { CriClient as Client } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
 import { readCriLog } from '../../src/cri/logs';
 import { TESTBED } from '../../src/testbed/paths';
-import { waitFor } from '../../src/testbed/proc';
-import { DPU } from '../../src/dpu/paths';
+import { run as runCmd, waitFor } from '../../src/testbed/proc';
+import { MGMT_CHAIN } from '../../src/shim/mgmt-filter';
+import { agentAddress, DPU } from '../../src/dpu/paths';
 import { containerPids, memoryCgroup } from '../lib/dpu';
 import { restartContainerd } from '../lib/shim';
 import { OWN_PID_NAMESPACE } from '../lib/split';
@@ -204,6 +205,73 @@ test('bad annotations: whitespace refused, a long value quoted short, nothing le
   await waitFor('refused sandboxes to be gone', 20_000, async () => (await ownPods(bed)).length === 0).catch(() => undefined);
   for (const p of await ownPods(bed)) await removePod(String(p.id));
   await noLeaks('the refused pods');
+});
+
+/** Packets from the host's side that reached the DPU's management namespace for TCP port `port`, counted there. */
+async function dpuArrivals(port: number, body: () => Promise<void>): Promise<number> {
+  const rule = ['-t', 'raw', 'PREROUTING', '-i', DPU.link, '-p', 'tcp', '--dport', String(port), '-m', 'comment', '--comment', 'hp-e2e-count'];
+  const inDpu = (args: string[]) => runCmd('ip', ['netns', 'exec', DPU.netns, 'iptables', '-w', ...args]);
+  await inDpu([rule[0], rule[1], '-I', ...rule.slice(2)]);
+  try {
+    await body();
+    const listed = (await inDpu(['-t', 'raw', '-L', 'PREROUTING', '-v', '-x', '-n'])).stdout;
+    const line = listed.split('\n').find((l) => l.includes('hp-e2e-count'));
+    return Number(line?.trim().split(/\s+/)[0] ?? NaN);
+  } finally {
+    await inDpu([rule[0], rule[1], '-D', ...rule.slice(2)]);
+  }
+}
+
+/** Whether a TCP connection from the network namespace of `pid` to host:port opens within 2 s. */
+async function connects(pid: number | null, host: string, port: number): Promise<boolean> {
+  const script = `const s = require('net').connect(${port}, '${host}'); s.on('connect', () => { console.log('open'); process.exit(0); }); s.on('error', () => process.exit(0)); setTimeout(() => process.exit(0), 2000);`;
+  const argv = pid === null ? [process.execPath, '-e', script] : ['nsenter', '-t', String(pid), '-n', '--', process.execPath, '-e', script];
+  return (await runCmd(argv[0], argv.slice(1), { timeout: 10_000 })).stdout.includes('open');
+}
+
+// A pod with a default route through the host tries the DPU's management
+// network. runc has no DPU; what holds is that nothing the host forwards reaches
+// the management link (the node daemon's HETEROPOD-MGMT chain), while the host's
+// own processes still reach the agent. The control (the chain unhooked for a
+// moment) shows that the same packets do get there without it.
+test('the management link takes nothing the host forwards: a pod with a default route cannot reach it', async () => {
+  const chain = (await runCmd('iptables', ['-w', '-S', MGMT_CHAIN])).stdout;
+  assert.match(chain, new RegExp(`-A ${MGMT_CHAIN} -o ${DPU.link} .*-j DROP`));
+  assert.match((await runCmd('iptables', ['-w', '-S', 'FORWARD'])).stdout.split('\n')[1] ?? '', new RegExp(`-A FORWARD -j ${MGMT_CHAIN}`), 'the guard comes first in FORWARD');
+
+  const { podId, pod } = await runPod('offload', 'mgmt');
+  const worker = await run(podId, pod, 'worker', ['sleep', '3600']);
+  const app = await run(podId, pod, 'app', ['sleep', '3600']);
+  await waitForContainerState(cri, worker, 'CONTAINER_RUNNING');
+  const appPid = containerPids(app)[0];
+  assert.ok(appPid, 'a process of the host container');
+  const gateway = TESTBED.podSubnet.replace(/0\/\d+$/, '1');
+  await runCmd('nsenter', ['-t', String(appPid), '-n', '--', 'ip', 'route', 'add', 'default', 'via', gateway]);
+  const agentPort = Number(agentAddress().split(':')[1]);
+
+  const guarded = await dpuArrivals(9, async () => {
+    assert.not.ok(await connects(appPid, DPU.dpuAddress, 9), 'port 9 from the pod');
+    assert.not.ok(await connects(appPid, DPU.dpuAddress, agentPort), 'the agent from the pod');
+  });
+  assert.is(guarded, 0, 'no packet from the pod reached the management namespace');
+  assert.ok(await connects(null, DPU.dpuAddress, agentPort), 'the host itself reaches the agent');
+
+  // Control: without the hook, the pod's packets do arrive.
+  await runCmd('iptables', ['-w', '-D', 'FORWARD', '-j', MGMT_CHAIN]);
+  let unguarded: number;
+  try {
+    unguarded = await dpuArrivals(9, async () => {
+      await connects(appPid, DPU.dpuAddress, 9);
+    });
+  } finally {
+    await runCmd('iptables', ['-w', '-I', 'FORWARD', '1', '-j', MGMT_CHAIN]);
+  }
+  assert.ok(unguarded > 0, `without the guard the pod's packets reach the DPU (${unguarded})`);
+
+  for (const id of [worker, app]) await cri.stopContainer(id, 0);
+  for (const id of [worker, app]) await cri.removeContainer(id);
+  await removePod(podId);
+  await noLeaks('the pod with a default route');
 });
 
 test.run();
