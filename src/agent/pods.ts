@@ -19,7 +19,7 @@
 // port stream breaks, and a restarted agent opens the half anew (the half removes
 // the chains its predecessor left). Its listening ports go to the shim
 // (WatchPorts) and the host half's come back (SetPeerPorts).
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -27,10 +27,10 @@ import * as grpc from '@grpc/grpc-js';
 import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
-import { encodeIdRequest, encodeKillRequest, taskRef } from '../taskapi/messages';
+import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, taskRef } from '../taskapi/messages';
 import { Logger } from '../common/log';
 import { RuncShimRuntime } from '../runcshim/runc-runtime';
-import { readFields, bool } from '../proto/wire';
+import { readFields, bool, Timestamp } from '../proto/wire';
 import { AgentError } from './errors';
 import { EventHub } from './events';
 import { OciSpec, specForDpu, SpecError } from './spec';
@@ -74,6 +74,19 @@ interface ContainerRecord {
   bundle: string;
 }
 
+/** A process whose runc shim died with it (a DPU reboot, a killed shim): how it is reported. */
+interface LostRecord {
+  exit_status: number;
+  exited_at_ms: number;
+  why: string;
+}
+
+/** Where containerd-shim-runc-v2 has runc keep its state (per namespace) when no root is set. */
+const RUNC_SHIM_ROOT = '/run/containerd/runc';
+
+/** The exit status containerd gives a task whose shim died (as under runc). */
+const LOST_EXIT_STATUS = 255;
+
 interface PodRecord {
   id: string;
   namespace: string;
@@ -87,10 +100,17 @@ interface PodRecord {
   containers: Record<string, ContainerRecord>;
   // by processKey(container, exec)
   processes: Record<string, ProcessRecord>;
+  // by processKey: processes lost with their runc shim, until deleted
+  lost?: Record<string, LostRecord>;
 }
 
 const SAFE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const processKey = (container: string, exec: string): string => `${container}/${exec}`;
+const splitKey = (key: string): [string, string] => {
+  const slash = key.indexOf('/');
+  return [key.slice(0, slash), key.slice(slash + 1)];
+};
+const timestampOf = (ms: number): Timestamp => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
 
 function checkId(what: string, id: string): void {
   if (!SAFE_ID.test(id)) throw new AgentError(Code.INVALID_ARGUMENT, `${what} ${JSON.stringify(id)} is not a valid id`);
@@ -117,14 +137,16 @@ class DpuPod {
   readonly outputs = new Map<string, ProcessOutput>();
   readonly inputs = new Map<string, ProcessInput>();
   private logFifo: net.Socket | null = null;
-  lost = '';
   // The DPU half of the pod's split network, opening or open; null when closed.
   link: Promise<NetnsHalf> | null = null;
   // Its listening ports as last reported (null: not yet), and who wants them.
   linkPorts: number[] | null = null;
   readonly portListeners = new Set<PortsListener>();
 
-  constructor(readonly record: PodRecord, readonly dir: string, readonly runc: RuncShimRuntime) {}
+  // Replaced by a fresh one when its shim is lost: the next task starts another.
+  runc!: RuncShimRuntime;
+
+  constructor(readonly record: PodRecord, readonly dir: string) {}
 
   get shimDir(): string {
     return path.join(this.dir, 'shim');
@@ -213,6 +235,7 @@ export class DpuPods {
         this.pods.set(id, pod);
         for (const c of Object.keys(record.containers)) this.containerPod.set(c, id);
         this.log.info('pod recovered', { pod: id, containers: Object.keys(record.containers).length });
+        if (this.hasLiveProcesses(pod) && !this.shimRunning(pod)) this.shimLost(pod, 'the DPU restarted: the pod\'s runc shim and its processes are gone');
       } catch (err) {
         this.log.error('recover pod', { pod: id, error: (err as Error).message });
       }
@@ -220,28 +243,113 @@ export class DpuPods {
   }
 
   private newPod(record: PodRecord): DpuPod {
-    const dir = path.join(this.podsDir, record.id);
-    const podLog = this.log.with({ pod: record.id });
-    let pod: DpuPod;
-    const runc = new RuncShimRuntime(
+    const pod = new DpuPod(record, path.join(this.podsDir, record.id));
+    pod.runc = this.newRunc(pod);
+    return pod;
+  }
+
+  private newRunc(pod: DpuPod): RuncShimRuntime {
+    const podLog = this.log.with({ pod: pod.record.id });
+    const runc: RuncShimRuntime = new RuncShimRuntime(
       {
         binary: this.paths.runcShim,
-        namespace: record.namespace,
+        namespace: pod.record.namespace,
         containerdAddress: path.join(this.paths.runDir, 'containerd.sock'),
         publishBinary: '/bin/false',
         eventsAddress: this.eventsSocket,
-        workDir: path.join(dir, 'runc-shim'),
+        workDir: path.join(pod.dir, 'runc-shim'),
         debug: podLog.debugEnabled,
         runc: { root: '', binaryName: '', systemdCgroup: false },
       },
       podLog,
       (why) => {
-        pod.lost = why;
-        podLog.error('runc shim of the pod lost', { error: why });
+        if (pod.runc === runc && this.pods.get(pod.record.id) === pod) this.shimLost(pod, `the pod's runc shim died (${why})`);
       },
     );
-    pod = new DpuPod(record, dir, runc);
-    return pod;
+    return runc;
+  }
+
+  private hasLiveProcesses(pod: DpuPod): boolean {
+    const lost = pod.record.lost ?? {};
+    return Object.keys(pod.record.containers).some((c) => !lost[processKey(c, '')]);
+  }
+
+  /** Whether the pod's runc shim (its pid file's process) still runs. */
+  private shimRunning(pod: DpuPod): boolean {
+    try {
+      const pid = Number(fs.readFileSync(path.join(pod.dir, 'runc-shim', 'shim.pid'), 'utf8').trim());
+      return pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('containerd-shim');
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * The pod's runc shim is gone, and every process it ran with it: each is
+   * reported exited (LOST_EXIT_STATUS, as containerd reports the tasks of a dead
+   * shim under runc) through the pod's events, and answers as exited from now on;
+   * the pod gets a fresh runtime, so that its next container (the kubelet's
+   * restart) starts a new runc shim; a network namespace the reboot took is made
+   * again.
+   */
+  private shimLost(pod: DpuPod, why: string): void {
+    const now = Date.now();
+    const lost = (pod.record.lost ??= {});
+    const keys = new Set([...Object.keys(pod.record.processes), ...Object.keys(pod.record.containers).map((c) => processKey(c, ''))]);
+    const reported: string[] = [];
+    for (const key of keys) {
+      if (lost[key]) continue;
+      const [container, execId] = splitKey(key);
+      if (!pod.record.containers[container]) continue;
+      lost[key] = { exit_status: LOST_EXIT_STATUS, exited_at_ms: now, why };
+      const exitedAt = timestampOf(now);
+      this.events.publish(pod.record.id, encodeTaskExitForward(pod.record.namespace, { containerId: container, id: execId || container, pid: 0, exitStatus: LOST_EXIT_STATUS, exitedAt }));
+      reported.push(key);
+    }
+    pod.runc.detach().catch(() => undefined);
+    pod.runc = this.newRunc(pod);
+    fs.rmSync(path.join(pod.dir, 'runc-shim', 'address'), { force: true });
+    try {
+      if (!fs.existsSync(pod.netnsPath(this.paths.netnsDir))) {
+        execFileSync('ip', ['netns', 'add', pod.record.netns], { stdio: 'pipe' });
+        execFileSync('ip', ['-n', pod.record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      }
+    } catch (err) {
+      this.log.error('make the pod\'s network namespace again', { pod: pod.record.id, error: (err as Error).message });
+    }
+    pod.save();
+    this.log.error('processes lost with the pod\'s runc shim: reported exited', { pod: pod.record.id, why, processes: reported.join(' '), exit_status: LOST_EXIT_STATUS });
+  }
+
+  /** The answer to a task call for a lost process: what runc's shim says of one that has exited. */
+  private answerLost(method: string, pod: DpuPod, container: string, execId: string, gone: LostRecord): Buffer {
+    const exitedAt = timestampOf(gone.exited_at_ms);
+    const what = `${container}${execId ? ` exec ${execId}` : ''}`;
+    switch (method) {
+      case 'State':
+        return encodeStoppedState({ id: container, execId, bundle: pod.record.containers[container]?.bundle ?? '', exitStatus: gone.exit_status, exitedAt });
+      case 'Wait':
+        return encodeWaitResponse(gone.exit_status, exitedAt);
+      case 'Delete':
+        this.afterLostDelete(pod, container, execId);
+        return encodeDeleteResponse(0, gone.exit_status, exitedAt);
+      case 'Pids':
+        return Buffer.alloc(0);
+      case 'Kill':
+        throw new AgentError(Code.NOT_FOUND, `${what}: process already finished (${gone.why})`);
+      default:
+        throw new AgentError(Code.FAILED_PRECONDITION, `${method} ${what}: not running: ${gone.why}`);
+    }
+  }
+
+  private afterLostDelete(pod: DpuPod, container: string, execId: string): void {
+    const lost = pod.record.lost ?? {};
+    if (execId) delete lost[processKey(container, execId)];
+    else for (const key of Object.keys(lost)) if (key.startsWith(`${container}/`)) delete lost[key];
+    // runc's own state of the container, where runc's shim keeps it (its root
+    // for the namespace): the shim would have deleted it.
+    if (!execId) execFile('runc', ['--root', path.join(RUNC_SHIM_ROOT, pod.record.namespace), 'delete', '--force', container], () => undefined);
+    this.afterDelete(pod, container, execId);
   }
 
   async createPod(req: CreatePodRequest): Promise<PodInfo> {
@@ -455,6 +563,7 @@ export class DpuPods {
 
   // A container the host no longer wants: killed, waited for (briefly) and deleted.
   private async forceDelete(pod: DpuPod, container: string): Promise<void> {
+    if (pod.record.lost?.[processKey(container, '')]) return this.afterLostDelete(pod, container, '');
     await pod.runc.call('Kill', encodeKillRequest(container, 9, true)).catch(() => undefined);
     const wait = pod.runc.call('Wait', encodeIdRequest(container)).catch(() => undefined);
     await Promise.race([wait, new Promise((r) => setTimeout(r, 5000).unref())]);
@@ -466,7 +575,6 @@ export class DpuPods {
   /** Creates the container; when layers are missing from the cache, only names them. */
   async create(req: CreateRequest): Promise<CreateReply> {
     const pod = this.pod(req.pod_id);
-    if (pod.lost) throw new AgentError(Code.FAILED_PRECONDITION, `pod ${pod.record.id}: ${pod.lost}`);
     let host: { id: string; terminal: boolean; stdin: string; stdout: string; stderr: string };
     let hostSpec: OciSpec;
     try {
@@ -575,6 +683,8 @@ export class DpuPods {
     checkId('exec id', host.exec_id);
     const container = pod.record.containers[host.id];
     if (!container) throw new AgentError(Code.NOT_FOUND, `container ${host.id}: not found`);
+    const gone = pod.record.lost?.[processKey(host.id, '')];
+    if (gone) throw new AgentError(Code.FAILED_PRECONDITION, `exec in ${host.id}: container not running: ${gone.why}`);
     const key = processKey(host.id, host.exec_id);
     if (pod.record.processes[key]) throw new AgentError(Code.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
     try {
@@ -596,6 +706,8 @@ export class DpuPods {
     const { id, execId } = taskRef(method, request);
     if (!pod.record.containers[id]) throw new AgentError(Code.NOT_FOUND, `container ${id}: not found`);
     const key = processKey(id, execId);
+    const gone = pod.record.lost?.[key];
+    if (gone) return this.answerLost(method, pod, id, execId, gone);
     try {
       // CloseIORequest { stdin = 3 }
       if (method === 'CloseIO' && bool(readFields(request), 3)) await pod.inputs.get(key)?.end();

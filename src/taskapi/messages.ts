@@ -114,3 +114,35 @@ export function taskExit(value: Uint8Array): { containerId: string; id: string }
   const f = readFields(value);
   return { containerId: str(f, 1), id: str(f, 2) };
 }
+
+/** A ForwardRequest carrying a TaskExit, as a runc shim publishes one. */
+export function encodeTaskExitForward(namespace: string, exit: { containerId: string; id: string; pid: number; exitStatus: number; exitedAt: Timestamp }): Buffer {
+  const event = new MessageWriter().bytes(1, exit.containerId).bytes(2, exit.id).varint(3, exit.pid).varint(4, exit.exitStatus).message(5, encodeTimestamp(exit.exitedAt)).finish();
+  const envelope = new MessageWriter()
+    .message(1, encodeTimestamp(exit.exitedAt))
+    .bytes(2, namespace)
+    .bytes(3, '/tasks/exit')
+    .message(4, encodeAny('containerd.events.TaskExit', event))
+    .finish();
+  return new MessageWriter().message(1, envelope).finish();
+}
+
+// StateResponse { id = 1; bundle = 2; pid = 3; status = 4; stdin = 5; stdout = 6;
+// stderr = 7; terminal = 8; exit_status = 9; exited_at = 10; exec_id = 11 }, and
+// containerd.v1.types.Status STOPPED.
+export const STATUS_STOPPED = 3;
+
+/** The State of a process that has exited. */
+export function encodeStoppedState(s: { id: string; execId: string; bundle: string; exitStatus: number; exitedAt: Timestamp }): Buffer {
+  return new MessageWriter()
+    .bytes(1, s.id)
+    .bytes(2, s.bundle)
+    .varint(4, STATUS_STOPPED)
+    .varint(9, s.exitStatus)
+    .message(10, encodeTimestamp(s.exitedAt))
+    .bytes(11, s.execId)
+    .finish();
+}
+
+// WaitResponse { exit_status = 1; exited_at = 2; }
+export const encodeWaitResponse = (exitStatus: number, exitedAt: Timestamp): Buffer => new MessageWriter().varint(1, exitStatus).message(2, encodeTimestamp(exitedAt)).finish();

@@ -16,7 +16,9 @@ import { MGMT_CHAIN } from '../../src/shim/mgmt-filter';
 import { agentAddress, DPU } from '../../src/dpu/paths';
 import { containerPids, memoryCgroup } from '../lib/dpu';
 import { restartContainerd } from '../lib/shim';
-import { OWN_PID_NAMESPACE } from '../lib/split';
+import { fetchIn, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
+import { cgroupPids } from '../../src/dpu/cgroup';
+import * as dpu from '../../src/dpu/dpu';
 import { Bed, containerConfig, ownPods, podConfig, podLeaks, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
@@ -272,6 +274,47 @@ test('the management link takes nothing the host forwards: a pod with a default 
   for (const id of [worker, app]) await cri.removeContainer(id);
   await removePod(podId);
   await noLeaks('the pod with a default route');
+});
+
+// The DPU rebooted: every process on it killed (agent, runc shims, containers)
+// and the DPU brought up again. runc's counterpart is a runc shim that dies: its
+// containers are reported exited (255) at once, and the kubelet's restart runs
+// them again. Here: each lost container is reported exited within seconds, its
+// restart is placed on the DPU again with the split network back (the host half
+// reaches it over localhost), and the pod's removal leaves nothing on either side.
+test('DPU rebooted: lost containers exit within seconds, their restart runs on the DPU again, removal leaves nothing', async () => {
+  const { podId, pod } = await runPod('offload', 'reboot');
+  const worker = await runContainer(cri, podId, pod, 'worker', httpd('before-reboot', 8080));
+  const app = await runContainer(cri, podId, pod, 'app', ['sleep', '3600']);
+  assert.ok((await fetchIn(cri, app, 'http://127.0.0.1:8080/')).out.includes('before-reboot'), 'the worker served the host half before');
+
+  const dpuProcesses = cgroupPids();
+  assert.ok(dpuProcesses.length > 2, `processes on the DPU: ${dpuProcesses.length}`);
+  for (const pid of dpuProcesses) process.kill(pid, 'SIGKILL');
+  await waitFor('every DPU process to be gone', 10_000, () => cgroupPids().length === 0);
+  const down = Date.now();
+  await dpu.up({ podCidr: TESTBED.podSubnet });
+
+  const lost = await waitForContainerState(cri, worker, 'CONTAINER_EXITED', 30_000);
+  const took = Date.now() - down;
+  assert.ok(took < 15_000, `the lost container was reported exited ${took} ms after the DPU went down`);
+  assert.is(lost.exit_code, 255, 'exit code of a container whose runtime died (as containerd reports under runc)');
+  assert.is(((await cri.containerStatus(app)).status as CriObject).state, 'CONTAINER_RUNNING', 'the host container runs on');
+
+  // The kubelet's restart: the same container, attempt 1.
+  const again = await cri.createContainer(podId, containerConfig('worker', httpd('after-reboot', 8080), { linux: OWN_PID_NAMESPACE, metadata: { name: 'worker', attempt: 1 } }), pod);
+  await cri.startContainer(again);
+  await waitForContainerState(cri, again, 'CONTAINER_RUNNING');
+  assert.ok(containerPids(again).some((pid) => memoryCgroup(pid).startsWith(`/${DPU.cgroupName}/`)), 'the restarted worker runs on the DPU');
+  const page = await fetchIn(cri, app, 'http://127.0.0.1:8080/', 20);
+  assert.ok(page.out.includes('after-reboot'), `the split network is back: ${page.out}`);
+  assert.is((await cri.execSync(again, ['echo', 'exec-ok'], 10)).stdout.toString().trim(), 'exec-ok');
+
+  await cri.removeContainer(worker);
+  for (const id of [again, app]) await cri.stopContainer(id, 0);
+  for (const id of [again, app]) await cri.removeContainer(id);
+  await removePod(podId);
+  await noLeaks('the pod across a DPU reboot');
 });
 
 test.run();
