@@ -14,6 +14,8 @@ export interface PodEvent {
   sequence: number;
   topic: string;
   forward: Buffer;
+  // the exit of a container's init: what its termination-message file held
+  terminationMessage?: Buffer;
 }
 
 type Listener = (event: PodEvent) => void;
@@ -34,9 +36,9 @@ export class EventHub {
   }
 
   /** Files a ForwardRequest from a runc shim under `podId`. */
-  publish(podId: string, forward: Buffer): PodEvent {
+  publish(podId: string, forward: Buffer, terminationMessage?: Buffer): PodEvent {
     const e = forwardedEvent(forward);
-    const event = { sequence: ++this.next, topic: e.topic, forward };
+    const event: PodEvent = { sequence: ++this.next, topic: e.topic, forward, terminationMessage };
     const log = this.log(podId);
     log.events.push(event);
     if (log.events.length > KEEP) log.events.shift();

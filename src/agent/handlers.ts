@@ -20,6 +20,7 @@ import {
   SetPeerPortsRequest,
   TaskCall,
   TaskEventMessage,
+  UpdateFilesRequest,
 } from '../agentapi/proto';
 
 /** What the handlers need of the DPU's layer cache. */
@@ -57,10 +58,16 @@ export function podHandlers(pods: DpuPods): grpc.UntypedServiceImplementation {
       return {};
     }),
     WatchPorts: watchPorts(pods),
+    UpdateFiles: unary('UpdateFiles', (req: UpdateFilesRequest) => {
+      pods.updateFiles(req);
+      return {};
+    }),
   };
   for (const method of RELAYED_TASK_CALLS) {
     handlers[method] = unary(method, async (req: TaskCall) => ({ response: await pods.relay(method, req.pod_id, req.request) }));
   }
+  // An init's exit carries its termination message.
+  handlers.Wait = unary('Wait', (req: TaskCall) => pods.wait(req.pod_id, req.request));
   return handlers;
 }
 
@@ -124,7 +131,7 @@ function events(pods: DpuPods): grpc.handleServerStreamingCall<{ pod_id: string;
     const { pod_id, after } = call.request;
     trace(`Events ${pod_id} after ${after}`);
     const stop = pods.events.subscribe(pod_id, Number(after), (e) => {
-      call.write({ sequence: e.sequence, topic: e.topic, forward: e.forward });
+      call.write({ sequence: e.sequence, topic: e.topic, forward: e.forward, termination_message: e.terminationMessage ?? Buffer.alloc(0) });
     });
     call.on('cancelled', stop);
     call.on('error', stop);

@@ -66,10 +66,7 @@ export async function main(argv: string[]): Promise<void> {
   // The runc shims' events arrive here (their TTRPC_ADDRESS) and are filed by pod.
   const events = new TtrpcServer({ onConnectionError: (err) => log.warn('events connection', { error: err.message }) });
   events.register(EVENTS_SERVICE, 'Forward', async (payload) => {
-    const container = eventContainerId(payload);
-    const pod = pods.podOfContainer(container);
-    if (pod) pods.events.publish(pod, payload);
-    else log.warn('event for a container of no pod dropped', { container, topic: forwardedEvent(payload).topic });
+    if (!pods.publishEvent(payload)) log.warn('event for a container of no pod dropped', { container: eventContainerId(payload), topic: forwardedEvent(payload).topic });
     return Buffer.alloc(0);
   });
   fs.rmSync(pods.eventsSocket, { force: true });

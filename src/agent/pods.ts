@@ -9,9 +9,13 @@
 // host's and are replaced here by the DPU's own.
 //
 // What survives an agent restart: everything but the agent. Each pod's record
-// (pod.json) names its containers and their stdio fifos; a restarted agent reads
-// the records, reattaches to the runc shims (whose address files are in their
-// working directories) and reopens the fifos.
+// (pod.json) names its containers, the copies of their mounts and their stdio
+// fifos; a restarted agent reads the records, reattaches to the runc shims (whose
+// address files are in their working directories) and reopens the fifos.
+//
+// A container's bind mounts are copies the host sent (mounted-files.ts): kept
+// up to date by the host (UpdateFiles), and its termination-message file read
+// back when it exits, into the exit's Wait answer and /tasks/exit event.
 //
 // The pod's split network (src/netns): once the host half is open, the shim asks
 // for the DPU half (OpenLink), which this process holds: its end of the pod's XPU
@@ -27,15 +31,16 @@ import * as grpc from '@grpc/grpc-js';
 import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
-import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, taskRef } from '../taskapi/messages';
+import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, forwardedEvent, taskExit, taskRef } from '../taskapi/messages';
 import { Logger } from '../common/log';
 import { RuncShimRuntime } from '../runcshim/runc-runtime';
 import { readFields, bool, Timestamp } from '../proto/wire';
 import { AgentError } from './errors';
-import { EventHub } from './events';
+import { EventHub, PodEvent, eventContainerId } from './events';
+import { readTerminationMessage, updateCopy, writeCopy } from './mounted-files';
 import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
-import type { CreateReply, CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest } from '../agentapi/proto';
+import type { CreateReply, CreateRequest, PodInfo, CreatePodRequest, LinkInfo, OpenLinkRequest, TaskReply, UpdateFilesRequest } from '../agentapi/proto';
 
 export interface AgentPaths {
   // pods/ (one directory per pod) and layers/ live here
@@ -72,6 +77,11 @@ interface ProcessRecord {
 interface ContainerRecord {
   name: string;
   bundle: string;
+  // the copy of each bind mount, by destination (absent in a record of an
+  // earlier agent: the bundle's spec says the same)
+  copies?: Record<string, string>;
+  // the copy that is its termination-message file, if it has one
+  termination_log?: string;
 }
 
 /** A process whose runc shim died with it (a DPU reboot, a killed shim): how it is reported. */
@@ -215,10 +225,6 @@ export class DpuPods {
     return n;
   }
 
-  podOfContainer(containerId: string): string | undefined {
-    return this.containerPod.get(containerId);
-  }
-
   /** Reads the records a previous agent left and takes its pods over. */
   recover(): void {
     if (!fs.existsSync(this.podsDir)) return;
@@ -303,7 +309,8 @@ export class DpuPods {
       if (!pod.record.containers[container]) continue;
       lost[key] = { exit_status: LOST_EXIT_STATUS, exited_at_ms: now, why };
       const exitedAt = timestampOf(now);
-      this.events.publish(pod.record.id, encodeTaskExitForward(pod.record.namespace, { containerId: container, id: execId || container, pid: 0, exitStatus: LOST_EXIT_STATUS, exitedAt }));
+      const exit = encodeTaskExitForward(pod.record.namespace, { containerId: container, id: execId || container, pid: 0, exitStatus: LOST_EXIT_STATUS, exitedAt });
+      this.events.publish(pod.record.id, exit, execId ? undefined : this.terminationMessage(pod.record.id, container));
       reported.push(key);
     }
     pod.runc.detach().catch(() => undefined);
@@ -601,18 +608,22 @@ export class DpuPods {
       undo.push(() => fs.rmSync(bundle, { recursive: true, force: true }));
       const copies = new Map<string, string>();
       let hostname: string | undefined;
+      let terminationLog: { destination: string; copy: string } | undefined;
       req.files.forEach((f, i) => {
         const target = path.join(bundle, 'files', String(i));
-        if (f.directory) {
-          fs.mkdirSync(target, { mode: f.mode & 0o7777 || 0o755 });
-          execFileSync('tar', ['-x', '--no-same-owner', '-C', target, '-f', '-'], { input: f.content, stdio: ['pipe', 'pipe', 'pipe'] });
-        } else {
-          fs.writeFileSync(target, f.content, { mode: f.mode & 0o7777 || 0o644 });
-        }
+        writeCopy(target, f);
         copies.set(f.destination, target);
         if (f.destination === '/etc/hostname') hostname = f.content.toString('utf8').trim();
+        if (f.termination_log) terminationLog = { destination: f.destination, copy: target };
       });
-      const spec = specForDpu(hostSpec, { containerId: host.id, netnsPath: pod.netnsPath(this.paths.netnsDir), cgroupParent: pod.record.cgroup, copies, hostname });
+      const spec = specForDpu(hostSpec, {
+        containerId: host.id,
+        netnsPath: pod.netnsPath(this.paths.netnsDir),
+        cgroupParent: pod.record.cgroup,
+        copies,
+        hostname,
+        terminationLog: terminationLog?.destination,
+      });
       const specText = JSON.stringify(spec);
       fs.writeFileSync(path.join(bundle, 'config.json'), specText);
 
@@ -622,7 +633,7 @@ export class DpuPods {
 
       const io = this.makeIo(pod, bundle, 'init', key, host);
       undo.push(() => this.dropIo(pod, key));
-      pod.record.containers[host.id] = { name: req.container_name, bundle };
+      pod.record.containers[host.id] = { name: req.container_name, bundle, copies: Object.fromEntries(copies), termination_log: terminationLog?.copy };
       this.containerPod.set(host.id, pod.record.id);
       undo.push(() => {
         delete pod.record.containers[host.id];
@@ -718,6 +729,90 @@ export class DpuPods {
     } catch (err) {
       if (method === 'Delete' && err instanceof RpcError && err.code === Code.NOT_FOUND) this.afterDelete(pod, id, execId);
       throw asAgentError(err, `${method} ${id}${execId ? ` exec ${execId}` : ''}`);
+    }
+  }
+
+  /** Wait, relayed; an init process's answer carries its container's termination message. */
+  async wait(podId: string, request: Buffer): Promise<TaskReply> {
+    const response = await this.relay('Wait', podId, request);
+    const { id, execId } = taskRef('Wait', request);
+    return { response, termination_message: execId ? Buffer.alloc(0) : this.terminationMessage(podId, id) };
+  }
+
+  /**
+   * Files a task event of a runc shim under its container's pod; the exit of a
+   * container's init carries its termination message, read now: the process
+   * has exited, so the file is as it left it. Null: the container is of no pod.
+   */
+  publishEvent(forward: Buffer): PodEvent | null {
+    const container = eventContainerId(forward);
+    const podId = this.containerPod.get(container);
+    if (!podId) return null;
+    const e = forwardedEvent(forward);
+    let terminationMessage: Buffer | undefined;
+    if (e.topic === '/tasks/exit') {
+      const exit = taskExit(e.value);
+      if (exit.id === '' || exit.id === exit.containerId) terminationMessage = this.terminationMessage(podId, container);
+    }
+    return this.events.publish(podId, forward, terminationMessage);
+  }
+
+  // Empty when the container has no such file (or is gone); a file that cannot
+  // be read costs the message, not the exit.
+  private terminationMessage(podId: string, container: string): Buffer {
+    const file = this.pods.get(podId)?.record.containers[container]?.termination_log;
+    if (!file) return Buffer.alloc(0);
+    try {
+      return readTerminationMessage(file);
+    } catch (err) {
+      this.log.warn('read the termination message of a container', { pod: podId, container, file, error: (err as Error).message });
+      return Buffer.alloc(0);
+    }
+  }
+
+  /**
+   * Replaces copies of the container's mounts with the host's new content. Every
+   * file is checked before any is written: an unknown destination is NOT_FOUND,
+   * the termination-message file (the container's to write) INVALID_ARGUMENT.
+   */
+  updateFiles(req: UpdateFilesRequest): void {
+    const pod = this.pod(req.pod_id);
+    const container = pod.record.containers[req.container_id];
+    if (!container) throw new AgentError(Code.NOT_FOUND, `container ${req.container_id}: not found`);
+    const copies = this.copiesOf(container);
+    const targets = req.files.map((f) => {
+      const target = copies[f.destination];
+      if (!target) throw new AgentError(Code.NOT_FOUND, `container ${req.container_id}: no copy of a mount at ${f.destination}`);
+      if (f.termination_log || target === container.termination_log) throw new AgentError(Code.INVALID_ARGUMENT, `container ${req.container_id}: ${f.destination} is its termination-message file, which only the container writes`);
+      let directory: boolean;
+      try {
+        directory = fs.lstatSync(target).isDirectory();
+      } catch (err) {
+        throw asAgentError(err, `container ${req.container_id}: the copy of ${f.destination}`);
+      }
+      if (directory !== f.directory) throw new AgentError(Code.INVALID_ARGUMENT, `container ${req.container_id}: ${f.destination} is a ${directory ? 'directory' : 'file'}, not a ${f.directory ? 'directory' : 'file'}`);
+      return target;
+    });
+    req.files.forEach((f, i) => {
+      try {
+        updateCopy(targets[i], f);
+      } catch (err) {
+        throw asAgentError(err, `update ${f.destination} of container ${req.container_id}`);
+      }
+    });
+    if (req.files.length) this.log.info('mounted files updated', { pod: req.pod_id, container: req.container_id, mounts: req.files.map((f) => f.destination).join(',') });
+  }
+
+  // The record's, or (a record of an earlier agent) the bind mounts of the spec
+  // the container runs with whose source is a copy in its bundle.
+  private copiesOf(container: ContainerRecord): Record<string, string> {
+    if (container.copies) return container.copies;
+    const files = path.join(container.bundle, 'files') + path.sep;
+    try {
+      const spec = JSON.parse(fs.readFileSync(path.join(container.bundle, 'config.json'), 'utf8')) as OciSpec;
+      return Object.fromEntries((spec.mounts ?? []).filter((m) => m.source?.startsWith(files)).map((m) => [m.destination, m.source as string]));
+    } catch {
+      return {};
     }
   }
 

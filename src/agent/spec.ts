@@ -4,7 +4,8 @@
 //   ipc, uts, pid paths (the sandbox's namespaces on the host) -> new namespaces
 //                         of the container's own, hostname from the pod's
 //   cgroupsPath        -> under the DPU's cgroup, one level per pod
-//   bind mounts        -> the copies the shim sent (files/), refused if absent
+//   bind mounts        -> the copies the shim sent (files/), refused if absent;
+//                         the termination-message file's always writable
 //   the sandbox's /dev/shm -> a tmpfs of the container's own
 //   hooks              -> dropped: they are host programs
 // Everything else (process, user, capabilities, seccomp, environment,
@@ -33,6 +34,8 @@ export interface DpuPlacement {
   // destination -> path of the copy on the DPU
   copies: Map<string, string>;
   hostname?: string;
+  // the destination of the container's termination-message file, if it has one
+  terminationLog?: string;
 }
 
 export class SpecError extends Error {}
@@ -63,6 +66,7 @@ export function specForDpu(host: OciSpec, p: DpuPlacement): OciSpec {
     if (!isBindMount(m)) return m;
     const copy = p.copies.get(m.destination);
     if (!copy) throw new SpecError(`mount ${m.destination} (from ${m.source}) was not copied to the DPU`);
+    if (m.destination === p.terminationLog) return { ...m, type: 'bind', source: copy, options: [...(m.options ?? []).filter((o) => o !== 'ro' && o !== 'rw'), 'rw'] };
     return { ...m, type: 'bind', source: copy };
   });
   return spec;

@@ -60,6 +60,13 @@ export interface MountedFile {
   content: Buffer;
   directory: boolean;
   mode: number;
+  termination_log: boolean;
+}
+
+export interface UpdateFilesRequest {
+  pod_id: string;
+  container_id: string;
+  files: MountedFile[];
 }
 
 export interface CreateRequest {
@@ -78,6 +85,8 @@ export interface TaskCall {
 
 export interface TaskReply {
   response: Buffer;
+  // Wait of an init process only (empty otherwise)
+  termination_message?: Buffer;
 }
 
 /** Create's answer: the runc shim's, or only the layers the cache lacks (nothing created). */
@@ -120,6 +129,8 @@ export interface TaskEventMessage {
   sequence: number;
   topic: string;
   forward: Buffer;
+  // the /tasks/exit of an init process only (empty otherwise)
+  termination_message?: Buffer;
 }
 
 export interface OpenLinkRequest {

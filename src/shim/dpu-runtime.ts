@@ -6,7 +6,8 @@
 //             digest, and the request; layers the agent lacks are named in its
 //             answer, shipped (once, by digest: layers.ts) and Create sent again;
 //             then this container's stdio is joined to containerd's fifos
-//             (stdio-relay.ts)
+//             (stdio-relay.ts), and the sources of its copied mounts are watched
+//             until its Delete, their changes sent as they come (mount-watch.ts)
 //   Connect - answered here from the pid Create returned, once there is one
 //   Exec    - the request, then the exec's stdio likewise
 //   Wait    - held open for the life of the process; if the agent restarts, it is
@@ -15,21 +16,28 @@
 // The DPU's task events come back on one stream per pod and are forwarded to
 // containerd with the host's (ordered) forwarder.
 //
+// A container's exit reaches containerd by its Wait's answer or its /tasks/exit
+// event, whichever comes first, and the kubelet then reads the termination
+// message from the host file it mounted at terminationMessagePath. The agent
+// sends what the container wrote to its copy of that file with both; it is
+// written to the host file before either is passed on.
+//
 // The pod's split network (SplitLink below): the host half in this process, the
 // DPU half in the agent, and their listening ports exchanged both ways.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agentapi/client';
-import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage } from '../agentapi/proto';
+import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage, TaskReply } from '../agentapi/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
 import { MessageWriter, readFields, replaceField, str, bool, uint } from '../proto/wire';
-import { isBindMount, isSandboxShm, OciMount } from '../oci/mounts';
+import type { OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
-import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, withCreateOptions } from '../taskapi/messages';
+import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, forwardedEvent, taskExit, withCreateOptions } from '../taskapi/messages';
 import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
+import { mountedFiles, terminationLogSource, writeTerminationMessage } from './mounted-files';
+import { MountWatch, MountWatchOptions } from './mount-watch';
 import type { HostMode } from './config';
 import type { Logger } from '../common/log';
 import type { FirstTask, Runtime } from '../runcshim/runtime';
@@ -52,6 +60,8 @@ export interface DpuRuntimeOptions {
   onEvent: (forward: Buffer, topic: string) => void;
   // told when what a restarted node daemon would need changed (relayedProcesses, lastEventSequence)
   onChange?: () => void;
+  // how the containers' mounts are watched (tests shorten the periods)
+  mountWatch?: Pick<MountWatchOptions, 'recheckMs' | 'settleMs' | 'retryMs'>;
 }
 
 const RETRY_MS = 500;
@@ -241,11 +251,20 @@ export interface RelayedProcess {
   paths: { stdin: string; stdout: string; stderr: string };
 }
 
+/** A container the DPU runs, as the node daemon's record has it. */
+export interface DpuContainer {
+  id: string;
+  bundle: string;
+  // not known to have exited: its mounts are watched again
+  live: boolean;
+}
+
 /** What a DPU runtime picks up from a node daemon that ran before this one. */
 export interface DpuResume {
   lastEvent: number;
   processes: RelayedProcess[];
   link?: SplitLinkOptions & { restoreSysctls: Record<string, string> };
+  containers?: DpuContainer[];
 }
 
 export class DpuAgentRuntime implements Runtime {
@@ -257,6 +276,10 @@ export class DpuAgentRuntime implements Runtime {
   // same until the task is deleted, so Connect (which containerd calls after
   // Create and again at Start) needs no round trip to the DPU.
   private readonly initPids = new Map<string, number>();
+  // Each container's mounts, watched from Create to Delete, and the host file
+  // its termination message goes to (the spec's termination-log mount's source).
+  private readonly mountWatches = new Map<string, MountWatch>();
+  private readonly terminationLogs = new Map<string, string>();
   private events: grpc.ClientReadableStream<TaskEventMessage> | null = null;
   private lastEvent = 0;
   private stopped = false;
@@ -316,10 +339,22 @@ export class DpuAgentRuntime implements Runtime {
   /**
    * Takes the pod over from a node daemon that is gone: events from after the
    * last one it forwarded, the stdio of every process it relayed (the agent held
-   * their output meanwhile), and the split network.
+   * their output meanwhile), the containers' mounts (each live one's sent again
+   * at once: changes may have come while no one watched) and termination-log
+   * files, and the split network.
    */
   async resume(r: DpuResume): Promise<void> {
     this.lastEvent = r.lastEvent;
+    for (const c of r.containers ?? []) {
+      let mounts: OciMount[];
+      try {
+        mounts = (JSON.parse(fs.readFileSync(path.join(c.bundle, 'config.json'), 'utf8')) as { mounts?: OciMount[] }).mounts ?? [];
+      } catch (err) {
+        this.log.warn('read the spec of a DPU container: its mounts are not kept up to date', { id: c.id, bundle: c.bundle, error: (err as Error).message });
+        continue;
+      }
+      this.follow(c.id, mounts, c.live ? this.newMountWatch(c.id, mounts) : null, true);
+    }
     await this.podInfo();
     for (const p of r.processes) this.attach(p.id, p.execId, p.paths);
     if (r.link) {
@@ -393,7 +428,10 @@ export class DpuAgentRuntime implements Runtime {
     // asked again. A warm cache so costs no round trip of its own.
     const digests: string[] = [];
     for (const dir of dirs) digests.push((await layerDigest(dir, this.opts.layerIndexDir)).digest);
-    const files = mountedFiles(spec.mounts ?? []);
+    const mounts = spec.mounts ?? [];
+    // Its sources' fingerprints before their content is read: a change in between is sent after Create.
+    const watch = this.newMountWatch(req.id, mounts);
+    const files = mountedFiles(mounts);
     const name = spec.annotations?.['io.kubernetes.cri.container-name'] ?? req.id;
     const createOnDpu = async (layers: string[]): Promise<CreateReply> => {
       try {
@@ -422,7 +460,55 @@ export class DpuAgentRuntime implements Runtime {
     this.initPids.set(req.id, createTaskPid(res));
     this.log.info('container created on the DPU', { id: req.id, name, layers: shipped.digests.length, layers_sent: shipped.layersSent, bytes_sent: shipped.bytesSent });
     this.attach(req.id, '', req);
+    this.follow(req.id, mounts, watch);
     return res;
+  }
+
+  private newMountWatch(id: string, mounts: OciMount[]): MountWatch {
+    return new MountWatch({
+      ...this.opts.mountWatch,
+      containerId: id,
+      mounts,
+      log: this.log,
+      send: async (files: MountedFile[]) => {
+        await this.client.call('UpdateFiles', { pod_id: this.opts.pod.podId, container_id: id, files }, { timeoutMs: 30_000 });
+      },
+    });
+  }
+
+  // Keeps the container's mounts up to date (`watch`, null once it has exited)
+  // and knows where its termination message goes. `resend`: see MountWatch.start.
+  private follow(id: string, mounts: OciMount[], watch: MountWatch | null, resend = false): void {
+    this.unfollow(id);
+    const terminationLog = terminationLogSource(mounts);
+    if (terminationLog) this.terminationLogs.set(id, terminationLog);
+    if (!watch || this.stopped) return;
+    this.mountWatches.set(id, watch);
+    watch.start(resend);
+  }
+
+  private unfollow(id: string): void {
+    this.mountWatches.get(id)?.close();
+    this.mountWatches.delete(id);
+    this.terminationLogs.delete(id);
+  }
+
+  /** The containers whose mounts are watched now, and which of each (diagnostics, tests). */
+  watchedMounts(): Record<string, string[]> {
+    return Object.fromEntries([...this.mountWatches].map(([id, w]) => [id, w.destinations]));
+  }
+
+  // Before an init's exit goes on to containerd (the kubelet reads the file then).
+  // An empty message writes nothing: the kubelet's file starts empty, and an
+  // answer without one (an earlier agent's) must not erase one written before.
+  private writeTerminationMessage(id: string, message: Buffer | undefined): void {
+    const file = this.terminationLogs.get(id);
+    if (!file || !message?.length) return;
+    try {
+      if (!writeTerminationMessage(file, message)) this.log.debug('the termination-log file is gone; message not written', { id, file });
+    } catch (err) {
+      this.log.warn('write the termination message of a DPU container', { id, file, error: (err as Error).message });
+    }
   }
 
   private async exec(request: Buffer): Promise<Buffer> {
@@ -448,7 +534,9 @@ export class DpuAgentRuntime implements Runtime {
       // would not cancel a call that starts now).
       if (signal?.aborted) throw new RpcError(Code.CANCELLED, 'Wait cancelled');
       try {
-        const res = await this.client.call<{ response: Buffer }>('Wait', { pod_id: this.opts.pod.podId, request }, { timeoutMs: null, signal });
+        const res = await this.client.call<TaskReply>('Wait', { pod_id: this.opts.pod.podId, request }, { timeoutMs: null, signal });
+        const f = readFields(request);
+        if (!str(f, 2)) this.writeTerminationMessage(str(f, 1), res.termination_message);
         return res.response;
       } catch (err) {
         if (signal?.aborted) throw new RpcError(Code.CANCELLED, 'Wait cancelled');
@@ -504,8 +592,12 @@ export class DpuAgentRuntime implements Runtime {
       await Promise.race([relay.done, new Promise((r) => (timer = setTimeout(r, 5000)))]);
       clearTimeout(timer);
     }
-    // Forgotten whatever the answer: without it Connect asks the DPU, which is only slower.
-    if (!execId) this.initPids.delete(id);
+    // Forgotten whatever the answer: without it Connect asks the DPU, which is
+    // only slower; the mounts are not the host's to keep up to date any more.
+    if (!execId) {
+      this.initPids.delete(id);
+      this.unfollow(id);
+    }
     const res = await this.relay('Delete', request);
     // A relay still writing (containerd reading slowly, a loaded machine) finishes
     // in the background: closing it now would cut the output short.
@@ -531,6 +623,7 @@ export class DpuAgentRuntime implements Runtime {
     this.events = stream;
     stream.on('data', (e: TaskEventMessage) => {
       this.lastEvent = Math.max(this.lastEvent, Number(e.sequence));
+      if (e.topic === '/tasks/exit') this.onExitEvent(e);
       this.opts.onEvent(e.forward, e.topic);
       this.opts.onChange?.();
     });
@@ -541,6 +634,16 @@ export class DpuAgentRuntime implements Runtime {
     };
     stream.on('error', again);
     stream.on('status', again);
+  }
+
+  private onExitEvent(e: TaskEventMessage): void {
+    let exit: { containerId: string; id: string };
+    try {
+      exit = taskExit(forwardedEvent(e.forward).value);
+    } catch {
+      return; // forwarded as is; containerd decides
+    }
+    if (exit.id === '' || exit.id === exit.containerId) this.writeTerminationMessage(exit.containerId, e.termination_message);
   }
 
   private layerStore(): LayerStore {
@@ -577,6 +680,7 @@ export class DpuAgentRuntime implements Runtime {
     this.stopped = true;
     this.events?.cancel();
     this.events = null;
+    for (const id of [...this.mountWatches.keys()]) this.unfollow(id);
     for (const r of this.stdio.values()) r.close();
     this.stdio.clear();
     // The link before the pod: RemovePod would close the DPU half anyway, but the
@@ -590,23 +694,4 @@ export class DpuAgentRuntime implements Runtime {
       }
     }
   }
-}
-
-// Directories sent inline with Create; a larger read-only volume is refused.
-const MAX_DIRECTORY_BYTES = 16 << 20;
-
-/** The bind-mounted files and read-only directories of a spec, read for shipping. */
-export function mountedFiles(mounts: OciMount[]): MountedFile[] {
-  const out: MountedFile[] = [];
-  for (const m of mounts) {
-    if (!isBindMount(m) || !m.source || isSandboxShm(m)) continue;
-    const st = fs.statSync(m.source);
-    if (st.isDirectory()) {
-      const content = execFileSync('tar', ['-c', '-C', m.source, '.'], { maxBuffer: MAX_DIRECTORY_BYTES });
-      out.push({ destination: m.destination, content, directory: true, mode: st.mode & 0o7777 });
-    } else {
-      out.push({ destination: m.destination, content: fs.readFileSync(m.source), directory: false, mode: st.mode & 0o7777 });
-    }
-  }
-  return out;
 }

@@ -214,8 +214,8 @@ export class PodRouter {
 
   /**
    * The pod as a node daemon that is gone left it (its record): placement, the
-   * DPU half with its events, relays and split network taken over. Returns the
-   * runtimes of the tasks it held, by task id.
+   * DPU half with its events, relays, containers' mounts and split network taken
+   * over.
    */
   async restore(record: PodRecordFile): Promise<void> {
     Object.assign(this.record, record);
@@ -232,7 +232,8 @@ export class PodRouter {
       this.netnsPath && node.pod_ip
         ? { netnsPath: this.netnsPath, podIp: node.pod_ip, podPrefixLength: node.pod_prefix_length ?? 0, declaredDpuPorts: this.declaredDpuPorts, hostMode: this.config.xpu.hostMode, restoreSysctls: node.restore_sysctls ?? {} }
         : undefined;
-    await runtime.resume({ lastEvent: node.last_event, processes: node.processes, link });
+    const containers = node.tasks.filter((t) => t.runtime === 'dpu').map((t) => ({ id: t.id, bundle: t.bundle, live: t.status !== 'stopped' && t.status !== 'deleted' }));
+    await runtime.resume({ lastEvent: node.last_event, processes: node.processes, link, containers });
     this.save();
   }
 

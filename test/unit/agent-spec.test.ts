@@ -42,6 +42,21 @@ test('mounts: copies replace binds, /dev/shm becomes the container\'s own', () =
   assert.throws(() => specForDpu(HOST, { ...PLACE, copies: new Map() }), (e: Error) => e instanceof SpecError && /\/etc\/hosts/.test(e.message));
 });
 
+test('the termination-message file: its copy, mounted writable even if the host said ro; other mounts keep their options', () => {
+  const host: OciSpec = {
+    ...HOST,
+    mounts: [
+      ...HOST.mounts!,
+      { destination: '/dev/termination-log', type: 'bind', source: '/var/lib/kubelet/pods/u/containers/proxy/0badcafe', options: ['rbind', 'rprivate', 'ro'] },
+    ],
+  };
+  const copies = new Map([...PLACE.copies, ['/dev/termination-log', '/dpu/files/1']]);
+  const s = specForDpu(host, { ...PLACE, copies, terminationLog: '/dev/termination-log' });
+  assert.equal(s.mounts![3], { destination: '/dev/termination-log', type: 'bind', source: '/dpu/files/1', options: ['rbind', 'rprivate', 'rw'] });
+  assert.equal(s.mounts![1].options, ['rbind', 'rprivate', 'rw']);
+  assert.equal(specForDpu(host, { ...PLACE, copies }).mounts![3].options, ['rbind', 'rprivate', 'ro'], 'only the file the host named');
+});
+
 test('what the user set is kept: process, seccomp, resources; the host spec is not changed', () => {
   const before = JSON.stringify(HOST);
   const s = specForDpu(HOST, PLACE);

@@ -13,10 +13,11 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
-import type { CreateRequest, LayerChunk, PutLayerResponse, TaskEventMessage } from '../../src/agentapi/proto';
+import type { CreateRequest, LayerChunk, MountedFile, PutLayerResponse, TaskEventMessage } from '../../src/agentapi/proto';
 import { Code, RpcError } from '../../src/common/status';
 import { Logger } from '../../src/common/log';
 import { decode, encode } from '../../src/proto';
+import { MessageWriter, encodeAny } from '../../src/proto/wire';
 import { DpuAgentRuntime, RelayedProcess } from '../../src/shim/dpu-runtime';
 
 const T = 'containerd.task.v2.';
@@ -132,7 +133,8 @@ class FakeAgent {
 // left open holds fifos and timers that would keep this process alive.
 const live: DpuAgentRuntime[] = [];
 
-function newRuntime(agent: FakeAgent) {
+// `atForward`: told of each event as it is forwarded (what is true at that moment).
+function newRuntime(agent: FakeAgent, atForward: () => void = () => undefined) {
   const events: { forward: Buffer; topic: string }[] = [];
   const seen = { changes: 0 };
   const runtime = new DpuAgentRuntime(
@@ -140,7 +142,10 @@ function newRuntime(agent: FakeAgent) {
       pod: POD,
       client: agent as unknown as DpuAgentClient,
       layerIndexDir,
-      onEvent: (forward, topic) => events.push({ forward, topic }),
+      onEvent: (forward, topic) => {
+        atForward();
+        events.push({ forward, topic });
+      },
       onChange: () => seen.changes++,
     },
     log,
@@ -592,6 +597,139 @@ test('shutdown: streams cancelled, RemovePod once, the shared client left open; 
   const idle = new FakeAgent();
   await newRuntime(idle).runtime.shutdown();
   assert.equal(idle.calls, []);
+});
+
+/** A volume directory as the kubelet's atomic writer leaves it (see agent-files.test.ts). */
+function kubeletWrite(dir: string, stamp: string, data: Record<string, string>): void {
+  fs.mkdirSync(dir, { recursive: true });
+  const old = fs.existsSync(path.join(dir, '..data')) ? fs.readlinkSync(path.join(dir, '..data')) : '';
+  fs.mkdirSync(path.join(dir, stamp));
+  for (const [k, v] of Object.entries(data)) fs.writeFileSync(path.join(dir, stamp, k), v);
+  fs.symlinkSync(stamp, path.join(dir, '..data_tmp'));
+  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
+  for (const k of Object.keys(data)) if (!fs.existsSync(path.join(dir, k))) fs.symlinkSync(path.join('..data', k), path.join(dir, k));
+  if (old) fs.rmSync(path.join(dir, old), { recursive: true });
+}
+
+function keyInTar(tar: Buffer, key: string): string {
+  const dir = scratch('untar');
+  execFileSync('tar', ['-x', '-C', dir, '-f', '-'], { input: tar });
+  return fs.readFileSync(path.join(dir, key), 'utf8');
+}
+
+/** A container as the kubelet makes one: a ConfigMap volume, /etc/hosts, and its termination-message file. */
+function kubeletContainer(name: string): { dir: string; volume: string; hosts: string; terminationLog: string } {
+  const files = scratch(`kubelet-${name}`);
+  const volume = path.join(files, 'pods', 'uid-1', 'volumes', 'kubernetes.io~configmap', 'config');
+  kubeletWrite(volume, '..2024_01_01_00_00_00.1', { 'app.conf': 'v1' });
+  const hosts = path.join(files, 'hosts');
+  fs.writeFileSync(hosts, '127.0.0.1 localhost\n');
+  const terminationLog = path.join(files, 'pods', 'uid-1', 'containers', name, '8badf00d');
+  fs.mkdirSync(path.dirname(terminationLog), { recursive: true });
+  fs.writeFileSync(terminationLog, '');
+  const dir = scratch(`bundle-${name}`);
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({
+    ociVersion: '1.0.2',
+    annotations: { 'io.kubernetes.cri.container-name': name, 'io.kubernetes.cri.container-type': 'container' },
+    mounts: [
+      { destination: '/proc', type: 'proc', source: 'proc' },
+      { destination: '/etc/hosts', type: 'bind', source: hosts, options: ['rbind', 'rprivate', 'rw'] },
+      { destination: '/etc/config', type: 'bind', source: volume, options: ['rbind', 'rprivate', 'ro'] },
+      { destination: '/dev/termination-log', type: 'bind', source: terminationLog, options: ['rbind', 'rprivate', 'rw'] },
+    ],
+  }));
+  return { dir, volume, hosts, terminationLog };
+}
+
+test('mounts kept live: a ConfigMap\'s `..data` swap reaches the agent (UpdateFiles) within seconds; the termination log is not sent; Delete ends the watch', async () => {
+  const agent = new FakeAgent();
+  answerCreate(agent, 4711);
+  agent.answer('UpdateFiles', () => ({}));
+  agent.answer('Delete', () => ({ response: encode(`${T}DeleteResponse`, { pid: 4711, exit_status: 0 }) }));
+  const { runtime } = newRuntime(agent);
+  const c = kubeletContainer('proxy');
+  await runtime.call('Create', createRequest('c1', c.dir, layer()));
+  const create = agent.callsOf('Create').at(-1)!.request as CreateRequest;
+  assert.equal(create.files.map((f) => [f.destination, f.directory, f.termination_log]), [['/etc/hosts', false, false], ['/etc/config', true, false], ['/dev/termination-log', false, true]]);
+  assert.equal(runtime.watchedMounts(), { c1: ['/etc/hosts', '/etc/config'] });
+
+  kubeletWrite(c.volume, '..2024_01_01_00_01_00.2', { 'app.conf': 'v2' });
+  await until('UpdateFiles', () => agent.callsOf('UpdateFiles').length === 1, 3000);
+  const update = agent.callsOf('UpdateFiles')[0];
+  assert.is(update.request.pod_id, 'pod-1');
+  assert.is(update.request.container_id, 'c1');
+  assert.equal(update.request.files.map((f: MountedFile) => f.destination), ['/etc/config'], 'only what changed');
+  assert.is(keyInTar(update.request.files[0].content, 'app.conf'), 'v2');
+
+  fs.writeFileSync(c.terminationLog, 'written on the host');
+  await sleep(400);
+  assert.is(agent.callsOf('UpdateFiles').length, 1, 'the termination log goes the other way only');
+
+  await runtime.call('Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
+  assert.equal(runtime.watchedMounts(), {});
+  kubeletWrite(c.volume, '..2024_01_01_00_02_00.3', { 'app.conf': 'v3' });
+  await sleep(400);
+  assert.is(agent.callsOf('UpdateFiles').length, 1, 'nothing after Delete');
+});
+
+test('termination message: Wait of the init writes the agent\'s message (capped) into the kubelet\'s file before answering; an exec\'s does not; an exit event writes it before it is forwarded', async () => {
+  const agent = new FakeAgent();
+  answerCreate(agent, 4711);
+  const c = kubeletContainer('proxy');
+  const atForward: string[] = [];
+  const { runtime, events } = newRuntime(agent, () => atForward.push(fs.readFileSync(c.terminationLog).subarray(-14).toString()));
+  await runtime.call('Create', createRequest('c1', c.dir, layer()));
+
+  const long = Buffer.concat([Buffer.alloc(3000, 'a'), Buffer.alloc(4093, 'b'), Buffer.from('END')]);
+  let waitMessage = Buffer.from('exec output, not a message');
+  agent.answer('Wait', () => ({ response: encode(`${T}WaitResponse`, { exit_status: 1 }), termination_message: waitMessage }));
+  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1', exec_id: 'e1' }));
+  assert.is(fs.readFileSync(c.terminationLog, 'utf8'), '', 'an exec\'s Wait writes nothing');
+  waitMessage = long;
+  const res = decode<{ exit_status: number }>(`${T}WaitResponse`, await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' })));
+  assert.is(res.exit_status, 1);
+  const written = fs.readFileSync(c.terminationLog);
+  assert.is(written.length, 4096, 'capped at the kubelet\'s 4096 bytes');
+  assert.ok(written.equals(long.subarray(long.length - 4096)), 'its end, as the kubelet reads it');
+
+  // The exit event may come first: the file is written before containerd sees it.
+  const [stream] = agent.streamsOf('Events');
+  const exitEvent = (containerId: string, id: string): Buffer => {
+    const exit = encodeAny('containerd.events.TaskExit', new MessageWriter().bytes(1, containerId).bytes(2, id).varint(4, 1).finish());
+    return new MessageWriter().message(1, new MessageWriter().bytes(2, 'k8s.io').bytes(3, '/tasks/exit').message(4, exit).finish()).finish();
+  };
+  stream.emit('data', { sequence: 1, topic: '/tasks/exit', forward: exitEvent('c1', 'e1'), termination_message: Buffer.from('not the init') });
+  stream.emit('data', { sequence: 2, topic: '/tasks/exit', forward: exitEvent('c1', 'c1'), termination_message: Buffer.from('config invalid') });
+  assert.is(events.length, 2, 'both forwarded');
+  assert.equal(atForward, ['bbbbbbbbbbbEND', 'config invalid'], 'an exec\'s exit changes nothing; the init\'s message is in the file when its exit is forwarded');
+  assert.is(fs.readFileSync(c.terminationLog, 'utf8'), 'config invalid');
+});
+
+test('resume: a live container\'s mounts sent again at once and watched; an exited one\'s not, but its termination message still written at Wait', async () => {
+  const agent = new FakeAgent();
+  agent.answer('UpdateFiles', () => ({}));
+  agent.answer('Wait', () => ({ response: encode(`${T}WaitResponse`, { exit_status: 2 }), termination_message: Buffer.from('it ended') }));
+  const { runtime } = newRuntime(agent);
+  const live = kubeletContainer('proxy');
+  const exited = kubeletContainer('agent');
+  await runtime.resume({ lastEvent: 0, processes: [], link: undefined, containers: [{ id: 'c1', bundle: live.dir, live: true }, { id: 'c2', bundle: exited.dir, live: false }, { id: 'c3', bundle: path.join(root, 'gone'), live: true }] });
+  await until('the resend', () => agent.callsOf('UpdateFiles').length === 1);
+  const resend = agent.callsOf('UpdateFiles')[0].request;
+  assert.is(resend.container_id, 'c1');
+  assert.equal(resend.files.map((f: MountedFile) => f.destination), ['/etc/hosts', '/etc/config'], 'everything but the termination log');
+  assert.equal(runtime.watchedMounts(), { c1: ['/etc/hosts', '/etc/config'] });
+  kubeletWrite(live.volume, '..2024_01_01_00_01_00.2', { 'app.conf': 'v2' });
+  await until('the update after the resend', () => agent.callsOf('UpdateFiles').length === 2, 3000);
+
+  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
+  assert.is(fs.readFileSync(exited.terminationLog, 'utf8'), 'it ended');
+  // An answer without a message (an earlier agent's) leaves the file as it is.
+  agent.answer('Wait', () => ({ response: encode(`${T}WaitResponse`, { exit_status: 2 }), termination_message: Buffer.alloc(0) }));
+  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
+  assert.is(fs.readFileSync(exited.terminationLog, 'utf8'), 'it ended');
+
+  await runtime.shutdown();
+  assert.equal(runtime.watchedMounts(), {}, 'shutdown ends every watch');
 });
 
 test('health and capacity: the agent\'s', async () => {
