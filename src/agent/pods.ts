@@ -295,8 +295,8 @@ export class DpuPods {
    * reported exited (LOST_EXIT_STATUS, as containerd reports the tasks of a dead
    * shim under runc) through the pod's events, and answers as exited from now on;
    * the pod gets a fresh runtime, so that its next container (the kubelet's
-   * restart) starts a new runc shim; a network namespace the reboot took is made
-   * again.
+   * restart) starts a new runc shim (and has the pod's network namespace made
+   * again if the reboot took it: ensureNetns).
    */
   private shimLost(pod: DpuPod, why: string): void {
     const now = Date.now();
@@ -316,14 +316,6 @@ export class DpuPods {
     pod.runc.detach().catch(() => undefined);
     pod.runc = this.newRunc(pod);
     fs.rmSync(path.join(pod.dir, 'runc-shim', 'address'), { force: true });
-    try {
-      if (!fs.existsSync(pod.netnsPath(this.paths.netnsDir))) {
-        execFileSync('ip', ['netns', 'add', pod.record.netns], { stdio: 'pipe' });
-        execFileSync('ip', ['-n', pod.record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
-      }
-    } catch (err) {
-      this.log.error('make the pod\'s network namespace again', { pod: pod.record.id, error: (err as Error).message });
-    }
     pod.save();
     this.log.error('processes lost with the pod\'s runc shim: reported exited', { pod: pod.record.id, why, processes: reported.join(' '), exit_status: LOST_EXIT_STATUS });
   }
@@ -600,6 +592,7 @@ export class DpuPods {
       throw asAgentError(err, `create container ${host.id}: look up its layers`);
     }
     if (missing.length) return { response: Buffer.alloc(0), missing_layers: missing };
+    this.ensureNetns(pod);
     const bundle = path.join(pod.dir, 'containers', host.id);
     const key = processKey(host.id, '');
     const undo: Array<() => void> = [];
@@ -887,6 +880,18 @@ export class DpuPods {
     const rootfs = path.join(bundle, 'rootfs');
     const mounted = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === rootfs);
     if (mounted) execFileSync('umount', ['-l', rootfs], { stdio: 'pipe' });
+  }
+
+  /** The pod's network namespace, made again if a reboot of the DPU took it. */
+  private ensureNetns(pod: DpuPod): void {
+    if (fs.existsSync(pod.netnsPath(this.paths.netnsDir))) return;
+    try {
+      execFileSync('ip', ['netns', 'add', pod.record.netns], { stdio: 'pipe' });
+      execFileSync('ip', ['-n', pod.record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      this.log.warn('network namespace of the pod made again', { pod: pod.record.id, netns: pod.record.netns });
+    } catch (err) {
+      throw asAgentError(err, `pod ${pod.record.id}: make its network namespace again`);
+    }
   }
 
   private deleteNetns(name: string): void {

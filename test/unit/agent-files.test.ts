@@ -19,7 +19,8 @@ import { DpuPods } from '../../src/agent/pods';
 import { Code } from '../../src/common/status';
 import { Logger } from '../../src/common/log';
 import { MAX_TERMINATION_MESSAGE_BYTES } from '../../src/oci/mounts';
-import { MessageWriter, encodeAny } from '../../src/proto/wire';
+import { MessageWriter, encodeAny, readFields, str, uint } from '../../src/proto/wire';
+import { decodeDeleteResponse, encodeIdRequest, encodeKillRequest, forwardedEvent } from '../../src/taskapi/messages';
 import { skip } from '../lib/skip';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-files-'));
@@ -280,8 +281,13 @@ test('events: the exit of a container\'s init carries its termination message (c
   const { pods, terminationLog, events } = recoveredPod();
   try {
     fs.writeFileSync(terminationLog, Buffer.concat([Buffer.alloc(100, 'x'), Buffer.alloc(MAX_TERMINATION_MESSAGE_BYTES, 'y')]));
+    // The fixture's pod has no runc shim running: the agent reported its
+    // container lost (exit 255) as it took the pod over, before these events.
+    const earlier: number[] = [];
+    events.subscribe('pod-1', 0, (e) => earlier.push(e.sequence))();
+    assert.is(earlier.length, 1, 'one exit: the lost container');
     const seen: { topic: string; message?: string }[] = [];
-    const stop = events.subscribe('pod-1', 0, (e) => seen.push({ topic: e.topic, message: e.terminationMessage?.toString() }));
+    const stop = events.subscribe('pod-1', earlier[0], (e) => seen.push({ topic: e.topic, message: e.terminationMessage?.toString() }));
     assert.ok(pods.publishEvent(taskEvent('/tasks/start', 'containerd.events.TaskStart', 'c1')));
     assert.ok(pods.publishEvent(taskEvent('/tasks/exit', 'containerd.events.TaskExit', 'c1', 'exec-1')));
     assert.ok(pods.publishEvent(taskEvent('/tasks/exit', 'containerd.events.TaskExit', 'c1', 'c1')));
@@ -291,6 +297,29 @@ test('events: the exit of a container\'s init carries its termination message (c
     assert.is(seen[0].message, undefined);
     assert.is(seen[1].message, undefined, 'an exec\'s exit');
     assert.is(seen[2].message, 'y'.repeat(MAX_TERMINATION_MESSAGE_BYTES), 'the init\'s: the file\'s last 4096 bytes');
+  } finally {
+    await pods.removePod('pod-1').catch(() => undefined);
+  }
+});
+
+test('a pod whose runc shim is gone (a DPU reboot): its container is reported exited 255 and answers as an exited process', async () => {
+  const { pods, events, copies } = recoveredPod();
+  try {
+    const exits: { containerId: string; id: string; status: number }[] = [];
+    events.subscribe('pod-1', 0, (e) => {
+      const f = readFields(forwardedEvent(e.forward).value);
+      exits.push({ containerId: str(f, 1), id: str(f, 2), status: uint(f, 4) });
+    })();
+    assert.equal(exits, [{ containerId: 'c1', id: 'c1', status: 255 }]);
+    const state = readFields(await pods.relay('State', 'pod-1', encodeIdRequest('c1')));
+    assert.equal([str(state, 1), uint(state, 4), uint(state, 9)], ['c1', 3, 255], 'State: STOPPED, exit 255');
+    assert.is(uint(readFields((await pods.wait('pod-1', encodeIdRequest('c1'))).response), 1), 255, 'Wait: 255');
+    const refused = async (p: Promise<unknown>) => p.then(() => 'ok', (e: AgentError) => `${Code[e.code]}: ${e.message}`);
+    assert.match(await refused(pods.relay('Kill', 'pod-1', encodeKillRequest('c1', 9, false))), /^NOT_FOUND: c1: process already finished \(the DPU restarted/);
+    assert.match(await refused(pods.relay('Start', 'pod-1', encodeIdRequest('c1'))), /^FAILED_PRECONDITION: Start c1: not running: the DPU restarted/);
+    assert.is(decodeDeleteResponse(await pods.relay('Delete', 'pod-1', encodeIdRequest('c1'))).exitStatus, 255, 'Delete: 255');
+    assert.not.ok(fs.existsSync(path.dirname(path.dirname(copies['/etc/config']))), 'the bundle is gone with the Delete');
+    assert.match(await refused(pods.relay('State', 'pod-1', encodeIdRequest('c1'))), /^NOT_FOUND/);
   } finally {
     await pods.removePod('pod-1').catch(() => undefined);
   }
