@@ -4,6 +4,7 @@
 // runc (run side by side where the fault applies to runc too). A leak check of
 // both sides ends every test.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { CriClient } from '../../src/cri/client';
@@ -315,6 +316,58 @@ test('DPU rebooted: lost containers exit within seconds, their restart runs on t
   for (const id of [again, app]) await cri.removeContainer(id);
   await removePod(podId);
   await noLeaks('the pod across a DPU reboot');
+});
+
+/** A volume directory as the kubelet writes a ConfigMap: `..<ts>/key`, `..data -> ..<ts>`, `key -> ..data/key`. */
+function kubeletVolume(dir: string, version: string): void {
+  const ts = `..${version}_${Date.now()}`;
+  fs.mkdirSync(path.join(dir, ts), { recursive: true });
+  fs.writeFileSync(path.join(dir, ts, 'key'), `${version}\n`);
+  fs.symlinkSync(ts, path.join(dir, '..data_tmp'));
+  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data')); // the atomic swap
+  if (!fs.existsSync(path.join(dir, 'key'))) fs.symlinkSync('..data/key', path.join(dir, 'key'));
+}
+
+// A ConfigMap updated while the container runs, and the termination message it
+// writes as it exits. runc: the container reads the new value as soon as the
+// kubelet swaps `..data` (its bind mount shows the host's directory), and what it
+// writes to /dev/termination-log is in the host file the kubelet reads.
+async function liveFiles(handler: Handler): Promise<unknown> {
+  const dir = fs.mkdtempSync(path.join(bed.logDir, `volume-${handler}-`));
+  const volume = path.join(dir, 'config');
+  const termination = path.join(dir, 'termination-log');
+  kubeletVolume(volume, 'v1');
+  fs.writeFileSync(termination, '');
+  fs.chmodSync(termination, 0o666);
+  const { podId, pod } = await runPod(handler, 'files');
+  const mounts = [
+    { container_path: '/etc/config', host_path: volume, readonly: true },
+    { container_path: '/dev/termination-log', host_path: termination },
+  ];
+  const command = ['sh', '-c', 'while [ ! -e /tmp/stop ]; do sleep 0.1; done; echo "bye from $(cat /etc/config/key)" > /dev/termination-log; exit 2'];
+  const worker = await cri.createContainer(podId, containerConfig('worker', command, { linux: OWN_PID_NAMESPACE, mounts }), pod);
+  await cri.startContainer(worker);
+  await waitForContainerState(cri, worker, 'CONTAINER_RUNNING');
+  const read = async () => (await cri.execSync(worker, ['cat', '/etc/config/key'], 10)).stdout.toString().trim();
+  const first = await read();
+  const swapped = Date.now();
+  kubeletVolume(volume, 'v2');
+  await waitFor('v2 in the container', 30_000, async () => (await read()) === 'v2', 200);
+  const tookMs = Date.now() - swapped;
+  await cri.execSync(worker, ['touch', '/tmp/stop'], 10);
+  const exited = await waitForContainerState(cri, worker, 'CONTAINER_EXITED');
+  const message = fs.readFileSync(termination, 'utf8');
+  await cri.removeContainer(worker);
+  await removePod(podId);
+  await noLeaks(`live files under ${handler}`);
+  return { first, updatedWithin5s: tookMs < 5000, exitCode: exited.exit_code, message };
+}
+
+test('a ConfigMap update reaches an offloaded container within seconds, and its termination message comes back (as under runc)', async () => {
+  const runc = await liveFiles('runc');
+  const offload = await liveFiles('offload');
+  assert.equal(runc, { first: 'v1', updatedWithin5s: true, exitCode: 2, message: 'bye from v2\n' }, 'runc');
+  assert.equal(offload, runc, 'offloaded worker vs runc');
 });
 
 test.run();
