@@ -61,7 +61,7 @@ export async function main(argv: string[]): Promise<void> {
   fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o711 });
   const layers = new LayerCache(path.join(paths.stateDir, 'layers'));
   const pods = new DpuPods(paths, layers, new EventHub(), log);
-  pods.recover();
+  await pods.recover();
 
   // The runc shims' events arrive here (their TTRPC_ADDRESS) and are filed by pod.
   const events = new TtrpcServer({ onConnectionError: (err) => log.warn('events connection', { error: err.message }) });

@@ -33,6 +33,7 @@ import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, forwardedEvent, taskExit, taskRef } from '../taskapi/messages';
 import { Logger } from '../common/log';
+import { socketAnswers } from '../common/sockets';
 import { RuncShimRuntime } from '../runcshim/runc-runtime';
 import { readFields, bool, Timestamp } from '../proto/wire';
 import { AgentError } from './errors';
@@ -226,7 +227,7 @@ export class DpuPods {
   }
 
   /** Reads the records a previous agent left and takes its pods over. */
-  recover(): void {
+  async recover(): Promise<void> {
     if (!fs.existsSync(this.podsDir)) return;
     for (const id of fs.readdirSync(this.podsDir)) {
       const file = path.join(this.podsDir, id, 'pod.json');
@@ -241,7 +242,7 @@ export class DpuPods {
         this.pods.set(id, pod);
         for (const c of Object.keys(record.containers)) this.containerPod.set(c, id);
         this.log.info('pod recovered', { pod: id, containers: Object.keys(record.containers).length });
-        if (this.hasLiveProcesses(pod) && !this.shimRunning(pod)) this.shimLost(pod, 'the DPU restarted: the pod\'s runc shim and its processes are gone');
+        if (this.hasLiveProcesses(pod) && !(await this.shimAnswers(pod))) this.shimLost(pod, 'the DPU restarted: the pod\'s runc shim and its processes are gone');
       } catch (err) {
         this.log.error('recover pod', { pod: id, error: (err as Error).message });
       }
@@ -280,13 +281,12 @@ export class DpuPods {
     return Object.keys(pod.record.containers).some((c) => !lost[processKey(c, '')]);
   }
 
-  /** Whether the pod's runc shim (its pid file's process) still runs. */
-  private shimRunning(pod: DpuPod): boolean {
+  /** Whether the pod's runc shim (the address it wrote at start) still answers. */
+  private async shimAnswers(pod: DpuPod): Promise<boolean> {
     try {
-      const pid = Number(fs.readFileSync(path.join(pod.dir, 'runc-shim', 'shim.pid'), 'utf8').trim());
-      return pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('containerd-shim');
+      return await socketAnswers(fs.readFileSync(path.join(pod.dir, 'runc-shim', 'address'), 'utf8').trim());
     } catch {
-      return false;
+      return false; // never started, or its directory is gone
     }
   }
 

@@ -370,4 +370,35 @@ test('a ConfigMap update reaches an offloaded container within seconds, and its 
   assert.equal(offload, runc, 'offloaded worker vs runc');
 });
 
+// The DPU agent killed while an offloaded container runs, which prints its last
+// lines and exits before the agent is back. runc's counterpart is containerd's
+// runc shim, which holds the container's output until containerd reads it: no
+// line is lost, and the exit code is reported.
+test('agent killed: a container that exits during the outage loses none of its output', async () => {
+  const { podId, pod } = await runPod('offload', 'agent-gone');
+  const worker = await run(podId, pod, 'worker', ['sh', '-c', 'echo started; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo one; echo two >&2; echo three; exit 6']);
+  await waitFor('the first line', 10_000, async () => (await logLines(worker)).includes('stdout started'));
+  const agent = dpu.agentPid();
+  assert.ok(agent, 'the agent runs');
+  process.kill(agent!, 'SIGKILL');
+  await waitFor('the agent to be gone', 5000, () => dpu.agentPid() === undefined);
+  // The container is told to finish while no agent runs (through its own
+  // filesystem: exec would need the agent), and does.
+  const pids = containerPids(worker);
+  assert.ok(pids.length > 0);
+  fs.writeFileSync(`/proc/${pids[0]}/root/tmp/go`, '');
+  await waitFor('the container to exit', 10_000, () => containerPids(worker).length === 0);
+  await dpu.up({ podCidr: TESTBED.podSubnet });
+  const exited = await waitForContainerState(cri, worker, 'CONTAINER_EXITED');
+  assert.is(exited.exit_code, 6);
+  const lines = await waitFor('every line', 15_000, async () => {
+    const l = await logLines(worker);
+    return ['stdout one', 'stderr two', 'stdout three'].every((w) => l.includes(w)) ? l : undefined;
+  }).catch(async () => logLines(worker));
+  assert.equal(lines.filter((l) => l !== 'stdout started').sort(), ['stderr two', 'stdout one', 'stdout three']);
+  await cri.removeContainer(worker);
+  await removePod(podId);
+  await noLeaks('the pod across an agent restart');
+});
+
 test.run();

@@ -213,7 +213,7 @@ test('the termination-message file: mode 0666 whatever the umask; read back as i
 });
 
 // A pod as a previous agent's record leaves it, with one container: taken over by recover().
-function recoveredPod(): { pods: DpuPods; copies: Record<string, string>; terminationLog: string; events: EventHub } {
+async function recoveredPod(): Promise<{ pods: DpuPods; copies: Record<string, string>; terminationLog: string; events: EventHub }> {
   const state = scratch('agent-state');
   const podDir = path.join(state, 'pods', 'pod-1');
   const bundle = path.join(podDir, 'containers', 'c1');
@@ -234,7 +234,7 @@ function recoveredPod(): { pods: DpuPods; copies: Record<string, string>; termin
   const paths = { stateDir: state, runDir: state, netnsDir: path.join(state, 'netns'), cgroupRoot: path.join(state, 'cgroup'), cgroupParent: 'heteropod-test', runcShim: '/bin/false' };
   const events = new EventHub();
   const pods = new DpuPods(paths, { path: (d: string) => path.join(state, d), missing: () => [] }, events, log);
-  pods.recover();
+  await pods.recover();
   return { pods, copies, terminationLog: copies['/dev/termination-log'], events };
 }
 
@@ -249,7 +249,7 @@ function code(fn: () => unknown): Code | 'ok' {
 }
 
 test('UpdateFiles: by destination, checked before anything is written; the termination-message file is refused', async () => {
-  const { pods, copies } = recoveredPod();
+  const { pods, copies } = await recoveredPod();
   try {
     const host = path.join(scratch('host'), 'config');
     kubeletWrite(host, '..2024_01_01_00_01_00.2', { key: 'v2' });
@@ -278,7 +278,7 @@ function taskEvent(topic: string, type: string, containerId: string, id = ''): B
 }
 
 test('events: the exit of a container\'s init carries its termination message (capped), other events and exec exits none', async () => {
-  const { pods, terminationLog, events } = recoveredPod();
+  const { pods, terminationLog, events } = await recoveredPod();
   try {
     fs.writeFileSync(terminationLog, Buffer.concat([Buffer.alloc(100, 'x'), Buffer.alloc(MAX_TERMINATION_MESSAGE_BYTES, 'y')]));
     // The fixture's pod has no runc shim running: the agent reported its
@@ -303,7 +303,7 @@ test('events: the exit of a container\'s init carries its termination message (c
 });
 
 test('a pod whose runc shim is gone (a DPU reboot): its container is reported exited 255 and answers as an exited process', async () => {
-  const { pods, events, copies } = recoveredPod();
+  const { pods, events, copies } = await recoveredPod();
   try {
     const exits: { containerId: string; id: string; status: number }[] = [];
     events.subscribe('pod-1', 0, (e) => {
