@@ -9,6 +9,7 @@ import { forwardedEvent } from '../taskapi/messages';
 import { EVENTS_SERVICE } from '../runcshim/runtime';
 import { TtrpcServer } from '../ttrpc';
 import { EventHub, eventContainerId } from './events';
+import { fifoKeeperBinary } from './fifo-keeper';
 import { layerHandlers, podHandlers } from './handlers';
 import { LayerCache } from './layer-cache';
 import { AgentPaths, DpuPods } from './pods';
@@ -28,6 +29,7 @@ interface AgentOptions {
   stateDir: string;
   runDir: string;
   runcShim: string;
+  fifoKeeper: string;
 }
 
 /** Pods' cgroups go under the agent's own (on the emulated DPU: /heteropod-dpu). */
@@ -48,6 +50,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--state-dir <dir>', 'pods, bundles and the layer cache', AGENT_DEFAULTS.stateDir)
     .option('--run-dir <dir>', 'sockets (the events socket the runc shims publish to)', AGENT_DEFAULTS.runDir)
     .option('--runc-shim <binary>', 'the runtime that runs containers', 'containerd-shim-runc-v2')
+    .option('--fifo-keeper <binary>', 'what holds each pod\'s output fifos across restarts of the agent', fifoKeeperBinary())
     .option('--uplink <dev>', 'the DPU\'s port to the network; pods\' DPU halves are wired to it when it exists ("" for none)', AGENT_DEFAULTS.uplink);
   program.parse(argv);
   const o = program.opts<AgentOptions>();
@@ -57,7 +60,7 @@ export async function main(argv: string[]): Promise<void> {
     keyFile: o.key ?? path.join(o.tlsDir, 'agent.key'),
   };
   const log = new Logger(new StderrSink(), Boolean(process.env.HETEROPOD_AGENT_DEBUG), { component: 'dpu-agent' });
-  const paths: AgentPaths = { stateDir: o.stateDir, runDir: o.runDir, netnsDir: '/run/netns', cgroupRoot: '/sys/fs/cgroup', cgroupParent: cgroupParent(), runcShim: o.runcShim, uplinkDev: o.uplink };
+  const paths: AgentPaths = { stateDir: o.stateDir, runDir: o.runDir, netnsDir: '/run/netns', cgroupRoot: '/sys/fs/cgroup', cgroupParent: cgroupParent(), runcShim: o.runcShim, fifoKeeper: o.fifoKeeper, uplinkDev: o.uplink };
   fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o711 });
   const layers = new LayerCache(path.join(paths.stateDir, 'layers'));
   const pods = new DpuPods(paths, layers, new EventHub(), log);
@@ -80,8 +83,8 @@ export async function main(argv: string[]): Promise<void> {
     if (stopping) return;
     stopping = true;
     process.stdout.write(`heteropod-dpu-agent: ${signal}, stopping\n`);
-    // Pods keep running: their runc shims outlive the agent, and the next agent
-    // takes them over (pods.recover).
+    // Pods keep running: their runc shims and fifo keepers outlive the agent, and
+    // the next agent takes them over (pods.recover).
     void Promise.all([server.stop(), events.close()]).then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

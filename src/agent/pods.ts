@@ -9,9 +9,14 @@
 // host's and are replaced here by the DPU's own.
 //
 // What survives an agent restart: everything but the agent. Each pod's record
-// (pod.json) names its containers, the copies of their mounts and their stdio
-// fifos; a restarted agent reads the records, reattaches to the runc shims (whose
-// address files are in their working directories) and reopens the fifos.
+// (pod.json) names its containers, the copies of their mounts, their stdio
+// fifos and the pod's fifo keeper; a restarted agent reads the records,
+// reattaches to the runc shims (whose address files are in their working
+// directories) and to the keepers, and reopens the fifos. The keeper
+// (fifo-keeper.ts) holds every output fifo the agent reads, so the output of a
+// process that exited meanwhile is still there. A runc shim that is gone (a
+// DPU reboot, a killed shim) takes its processes with it: each is reported
+// exited (shimLost).
 //
 // A container's bind mounts are copies the host sent (mounted-files.ts): kept
 // up to date by the host (UpdateFiles), and its termination-message file read
@@ -38,6 +43,7 @@ import { RuncShimRuntime } from '../runcshim/runc-runtime';
 import { readFields, bool, Timestamp } from '../proto/wire';
 import { AgentError } from './errors';
 import { EventHub, PodEvent, eventContainerId } from './events';
+import { FifoKeeper, fifoKeeperSocket, KeeperRecord } from './fifo-keeper';
 import { readTerminationMessage, updateCopy, writeCopy } from './mounted-files';
 import { OciSpec, specForDpu, SpecError } from './spec';
 import { makeFifo, ProcessInput, ProcessOutput } from './stdio';
@@ -54,6 +60,8 @@ export interface AgentPaths {
   // pods' cgroups go under this (relative to each controller's root)
   cgroupParent: string;
   runcShim: string;
+  // the program that holds each pod's output fifos (fifo-keeper.c)
+  fifoKeeper: string;
   /**
    * The DPU's port to the network (BlueField: p0), in the agent's own network
    * namespace. When it exists, each pod's DPU half gets a wire of its own to it
@@ -73,6 +81,10 @@ interface ProcessRecord {
   stdin: string;
   stdout: string;
   stderr: string;
+  // runc's shim has not opened the fifos yet (init: until Create returns, an
+  // exec: until Start does): a restarted agent holds placeholders, as the first
+  // did, or the fifos would end before their writer came
+  unopened?: boolean;
 }
 
 interface ContainerRecord {
@@ -108,6 +120,8 @@ interface PodRecord {
   // the pod IP, once its DPU half was wired to the DPU's uplink: the DPU's
   // steering rules are found by it, also after a restart of the agent
   uplink_pod_ip?: string;
+  // the process holding the pod's output fifos across agent restarts, once started
+  keeper?: KeeperRecord;
   containers: Record<string, ContainerRecord>;
   // by processKey(container, exec)
   processes: Record<string, ProcessRecord>;
@@ -156,6 +170,7 @@ class DpuPod {
 
   // Replaced by a fresh one when its shim is lost: the next task starts another.
   runc!: RuncShimRuntime;
+  keeper!: FifoKeeper;
 
   constructor(readonly record: PodRecord, readonly dir: string) {}
 
@@ -190,6 +205,27 @@ class DpuPod {
     this.logFifo = socket;
   }
 
+  /**
+   * The process's output, read here and held by the keeper from now until
+   * closeOutput; resolved once the keeper has its fifos (a keeper that cannot
+   * take them is logged: the output is then lost if the process exits while the
+   * agent is down, as before there were keepers).
+   */
+  async openOutput(key: string, out: ProcessOutput, log: Logger): Promise<void> {
+    this.outputs.set(key, out);
+    await this.keeper.hold(out.fifoPaths).catch((err: Error) => log.warn('output fifos not held for a restart of the agent', { process: key, error: err.message }));
+  }
+
+  /** Done with the process's output: read to the end and delivered, or the process is gone. */
+  closeOutput(key: string, out: ProcessOutput): void {
+    const current = this.outputs.get(key);
+    if (current === out) this.outputs.delete(key);
+    out.close();
+    // A newer process of the same name reads fifos at the same paths: they stay held.
+    if (!current || current === out) this.keeper.drop(out.fifoPaths);
+  }
+
+  // The pod's keeper ends separately (keeper.stop), with the pod.
   closeIo(): void {
     for (const o of this.outputs.values()) o.close();
     for (const i of this.inputs.values()) i.close();
@@ -234,9 +270,11 @@ export class DpuPods {
       try {
         const record = JSON.parse(fs.readFileSync(file, 'utf8')) as PodRecord;
         const pod = this.newPod(record);
-        pod.openShimLog(this.log.with({ pod: id }));
+        const podLog = this.log.with({ pod: id });
+        pod.openShimLog(podLog);
         for (const [key, p] of Object.entries(record.processes)) {
-          if (p.stdout || p.stderr) pod.outputs.set(key, new ProcessOutput({ stdout: p.stdout, stderr: p.stderr }, false));
+          // The keeper held them while no agent did; told again in case it was lost meanwhile.
+          if (p.stdout || p.stderr) void pod.openOutput(key, new ProcessOutput({ stdout: p.stdout, stderr: p.stderr }, Boolean(p.unopened)), podLog);
           if (p.stdin) pod.inputs.set(key, new ProcessInput(p.stdin));
         }
         this.pods.set(id, pod);
@@ -252,6 +290,19 @@ export class DpuPods {
   private newPod(record: PodRecord): DpuPod {
     const pod = new DpuPod(record, path.join(this.podsDir, record.id));
     pod.runc = this.newRunc(pod);
+    pod.keeper = new FifoKeeper(
+      {
+        binary: this.paths.fifoKeeper,
+        socket: record.keeper?.socket ?? fifoKeeperSocket(this.paths.runDir, record.id),
+        podId: record.id,
+        log: this.log.with({ pod: record.id }),
+        onStarted: (started) => {
+          record.keeper = started;
+          pod.save();
+        },
+      },
+      record.keeper,
+    );
     return pod;
   }
 
@@ -389,6 +440,7 @@ export class DpuPods {
     // The pod's runc shim starts now, while the host starts the sandbox, rather
     // than in the first container's Create (which awaits the same start).
     pod.runc.prepare({ id: record.id, bundle: pod.shimDir }).catch((err: Error) => this.log.warn('start the pod\'s runc shim early', { pod: record.id, error: err.message }));
+    pod.keeper.ready().catch((err: Error) => this.log.warn('start the pod\'s fifo keeper', { pod: record.id, error: err.message }));
     return this.info(pod);
   }
 
@@ -549,6 +601,7 @@ export class DpuPods {
     // pod's cgroups are killed.
     this.killLeftovers(pod);
     pod.closeIo();
+    await pod.keeper.stop().catch((err: Error) => problems.push(`fifo keeper: ${err.message}`));
     this.events.forget(id);
     for (const [c, p] of this.containerPod) if (p === id) this.containerPod.delete(c);
     for (const bundle of Object.values(pod.record.containers).map((c) => c.bundle)) this.unmountRootfs(bundle);
@@ -624,7 +677,7 @@ export class DpuPods {
       for (const d of ['upper', 'work', 'rootfs']) fs.mkdirSync(path.join(bundle, d), { mode: 0o755 });
       const rootfs = { type: 'overlay', source: 'overlay', target: '', options: ['index=off', `lowerdir=${lowers.join(':')}`, `upperdir=${path.join(bundle, 'upper')}`, `workdir=${path.join(bundle, 'work')}`] };
 
-      const io = this.makeIo(pod, bundle, 'init', key, host);
+      const io = await this.makeIo(pod, bundle, 'init', key, host);
       undo.push(() => this.dropIo(pod, key));
       pod.record.containers[host.id] = { name: req.container_name, bundle, copies: Object.fromEntries(copies), termination_log: terminationLog?.copy };
       this.containerPod.set(host.id, pod.record.id);
@@ -637,8 +690,7 @@ export class DpuPods {
         'Create',
         encode('containerd.task.v2.CreateTaskRequest', { id: host.id, bundle, rootfs: [rootfs], terminal: host.terminal, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }),
       );
-      pod.outputs.get(key)?.releasePlaceholders();
-      pod.save();
+      this.opened(pod, key);
       this.log.info('container created', { pod: pod.record.id, container: host.id, name: req.container_name, layers: lowers.length });
       return { response: res, missing_layers: [] };
     } catch (err) {
@@ -647,27 +699,35 @@ export class DpuPods {
     }
   }
 
-  private makeIo(pod: DpuPod, bundle: string, name: string, key: string, host: { stdin: string; stdout: string; stderr: string; terminal: boolean }): ProcessRecord {
+  // The fifos are made, read here and held by the pod's keeper before runc's shim gets their paths.
+  private async makeIo(pod: DpuPod, bundle: string, name: string, key: string, host: { stdin: string; stdout: string; stderr: string; terminal: boolean }): Promise<ProcessRecord> {
     const dir = path.join(bundle, 'io');
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const io: ProcessRecord = { stdin: '', stdout: '', stderr: '' };
+    const io: ProcessRecord = { stdin: '', stdout: '', stderr: '', unopened: true };
     for (const stream of ['stdin', 'stdout', 'stderr'] as const) {
       // With a terminal there is one output stream; the host sends no stderr.
       if (!host[stream]) continue;
       io[stream] = path.join(dir, `${name}-${stream}`);
       makeFifo(io[stream]);
     }
-    if (io.stdout || io.stderr) pod.outputs.set(key, new ProcessOutput({ stdout: io.stdout, stderr: io.stderr }, true));
     if (io.stdin) pod.inputs.set(key, new ProcessInput(io.stdin));
     pod.record.processes[key] = io;
+    if (io.stdout || io.stderr) await pod.openOutput(key, new ProcessOutput({ stdout: io.stdout, stderr: io.stderr }, true), this.log.with({ pod: pod.record.id }));
     return io;
+  }
+
+  // runc's shim has its write ends of the process's fifos: end-of-file is up to it.
+  private opened(pod: DpuPod, key: string): void {
+    pod.outputs.get(key)?.releasePlaceholders();
+    const io = pod.record.processes[key];
+    if (io) delete io.unopened;
+    pod.save();
   }
 
   private dropIo(pod: DpuPod, key: string, graceMs = 0): void {
     const out = pod.outputs.get(key);
     const close = () => {
-      if (pod.outputs.get(key) === out) pod.outputs.delete(key);
-      out?.close();
+      if (out) pod.closeOutput(key, out);
     };
     if (out && graceMs > 0 && !out.finished) setTimeout(close, graceMs).unref();
     else close();
@@ -692,10 +752,10 @@ export class DpuPods {
     const key = processKey(host.id, host.exec_id);
     if (pod.record.processes[key]) throw new AgentError(Code.ALREADY_EXISTS, `exec ${host.exec_id}: already exists`);
     try {
-      const io = this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
+      const io = await this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
       // runc's shim opens an exec's fifos at Start, not here: the placeholders
       // stay until then (relay).
-      const res = await pod.runc.call('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, ...io }));
+      const res = await pod.runc.call('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }));
       pod.save();
       return res;
     } catch (err) {
@@ -716,7 +776,7 @@ export class DpuPods {
       // CloseIORequest { stdin = 3 }
       if (method === 'CloseIO' && bool(readFields(request), 3)) await pod.inputs.get(key)?.end();
       const res = await pod.runc.call(method, request);
-      if (method === 'Start' && execId) pod.outputs.get(key)?.releasePlaceholders();
+      if (method === 'Start' && execId) this.opened(pod, key);
       if (method === 'Delete') this.afterDelete(pod, id, execId);
       return res;
     } catch (err) {
@@ -838,9 +898,8 @@ export class DpuPods {
 
   forgetOutput(podId: string, container: string, execId: string, out: ProcessOutput): void {
     const pod = this.pods.get(podId);
-    const key = processKey(container, execId);
-    if (pod?.outputs.get(key) === out) pod.outputs.delete(key);
-    out.close();
+    if (pod) pod.closeOutput(processKey(container, execId), out);
+    else out.close();
   }
 
   input(podId: string, container: string, execId: string): ProcessInput {

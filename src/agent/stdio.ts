@@ -10,6 +10,16 @@
 // - runc's shim keeps a read end of each output fifo open itself, so the process
 //   never gets EPIPE while the agent is down (a restarted agent reopens the fifo
 //   and reads on); what it writes meanwhile waits in the pipe;
+// - but only while the process runs: once it has exited, runc's shim closes its
+//   ends, and a pipe nobody has open loses what it holds. The pod's fifo keeper
+//   (fifo-keeper.ts) holds a read end of each output fifo from before runc's
+//   shim opens it until the agent has read it to end-of-file, so what a process
+//   wrote before it exited waits for the next agent. It never reads, and a reader
+//   never delays another's end-of-file, which depends on writers only;
+// - a fifo that runc's shim has opened (`fresh` false: reopened after an agent
+//   restart) gets no placeholder: its writers are runc's shim's, or gone, and a
+//   reader of a fifo whose writers are gone must see what is buffered, then
+//   end-of-file (OutputFifo says how the kernel is made to tell it so);
 // - stdin is opened read-write: a writer that never sees "no reader" and that
 //   CloseIO closes, which is the end of input for runc's shim.
 import * as fs from 'node:fs';
@@ -56,6 +66,11 @@ class OutputFifo {
   constructor(readonly name: StreamName, readonly path: string, private readonly owner: ProcessOutput, fresh: boolean) {
     const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     if (fresh) this.placeholder = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+    // Reopened: a reader that opened while no writer was left is told of no
+    // hang-up until it has seen a writer (the kernel's rule for O_NONBLOCK
+    // readers), so it would wait for ever for the end of a process that exited
+    // meanwhile. A write end opened and closed at once is that writer.
+    else fs.closeSync(fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK));
     const socket = new net.Socket({ fd, readable: true, writable: false });
     socket.on('data', (data: Buffer) => owner.push({ stream: name, data, eof: false }));
     socket.on('end', () => owner.push({ stream: name, data: Buffer.alloc(0), eof: true }));
@@ -102,10 +117,16 @@ export class ProcessOutput {
   private onFinished: (() => void) | null = null;
   private ended = 0;
 
-  // `fresh`: the fifos were just made and runc's shim has not opened them yet.
+  // `fresh`: runc's shim has not opened the fifos yet (they were just made, or
+  // reopened after an agent restart before runc's shim opened them).
   constructor(paths: { stdout?: string; stderr?: string }, fresh: boolean) {
     if (paths.stdout) this.fifos.push(new OutputFifo('stdout', paths.stdout, this, fresh));
     if (paths.stderr) this.fifos.push(new OutputFifo('stderr', paths.stderr, this, fresh));
+  }
+
+  /** The fifos read here (what the pod's fifo keeper holds for this process). */
+  get fifoPaths(): string[] {
+    return this.fifos.map((f) => f.path);
   }
 
   /** Every stream ended, and all of it acknowledged by the host. */

@@ -5,6 +5,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DpuAgentClient } from '../../src/agentapi/client';
 import type { PodInfo } from '../../src/agentapi/proto';
+import { AGENT_DEFAULTS } from '../../src/agent/defaults';
+import { FIFO_KEEPER_SOCKET } from '../../src/agent/fifo-keeper';
 import { cgroupPids, cgroupTree } from '../../src/dpu/cgroup';
 import { agentPid, hostClientOptions } from '../../src/dpu/dpu';
 import { cgroupDir, DPU } from '../../src/dpu/paths';
@@ -44,7 +46,7 @@ export function containerPids(containerId: string): number[] {
   return out;
 }
 
-/** What pods left on the DPU: pod halves, processes besides the agent, cgroups, directories. */
+/** What pods left on the DPU: pod halves, processes besides the agent (a pod's fifo keeper among them), cgroups, directories, keepers' sockets. */
 export async function dpuLeaks(): Promise<string[]> {
   const out: string[] = [];
   for (const p of await agentPods()) out.push(`DPU pod ${p.pod_id} (netns ${p.netns_path}, containers ${p.containers.join(',')})`);
@@ -67,6 +69,17 @@ export async function dpuLeaks(): Promise<string[]> {
   }
   const pods = path.join(DPU.dpuRootOnHost, 'pods');
   if (fs.existsSync(pods)) for (const d of fs.readdirSync(pods)) out.push(`DPU pod directory ${path.join(pods, d)}`);
+  // The pods' fifo keepers listen in the agent's run dir, in the DPU's own /run.
+  if (agent) {
+    const runDir = `/proc/${agent}/root${AGENT_DEFAULTS.runDir}`;
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(runDir);
+    } catch {
+      // the agent exited meanwhile, or made no run dir yet
+    }
+    for (const name of names) if (FIFO_KEEPER_SOCKET.test(name)) out.push(`DPU fifo keeper socket ${path.join(AGENT_DEFAULTS.runDir, name)}`);
+  }
   return out;
 }
 

@@ -231,7 +231,7 @@ async function recoveredPod(): Promise<{ pods: DpuPods; copies: Record<string, s
     processes: {},
   };
   fs.writeFileSync(path.join(podDir, 'pod.json'), JSON.stringify(record));
-  const paths = { stateDir: state, runDir: state, netnsDir: path.join(state, 'netns'), cgroupRoot: path.join(state, 'cgroup'), cgroupParent: 'heteropod-test', runcShim: '/bin/false' };
+  const paths = { stateDir: state, runDir: state, netnsDir: path.join(state, 'netns'), cgroupRoot: path.join(state, 'cgroup'), cgroupParent: 'heteropod-test', runcShim: '/bin/false', fifoKeeper: '/bin/false' };
   const events = new EventHub();
   const pods = new DpuPods(paths, { path: (d: string) => path.join(state, d), missing: () => [] }, events, log);
   await pods.recover();

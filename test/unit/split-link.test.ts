@@ -49,7 +49,7 @@ async function code(p: Promise<unknown> | (() => unknown)): Promise<Code | 'ok'>
 test('agent link calls: bad input INVALID_ARGUMENT, an unknown pod NOT_FOUND, closing nothing is fine', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-split-link-'));
   try {
-    const paths = { stateDir: dir, runDir: dir, netnsDir: path.join(dir, 'netns'), cgroupRoot: path.join(dir, 'cgroup'), cgroupParent: 'heteropod-dpu', runcShim: '/bin/false' };
+    const paths = { stateDir: dir, runDir: dir, netnsDir: path.join(dir, 'netns'), cgroupRoot: path.join(dir, 'cgroup'), cgroupParent: 'heteropod-dpu', runcShim: '/bin/false', fifoKeeper: '/bin/false' };
     const pods = new DpuPods(paths, { path: (d: string) => path.join(dir, d), missing: () => [] }, new EventHub(), new Logger(new StderrSink(), false));
     const { INVALID_ARGUMENT, NOT_FOUND } = Code;
     assert.is(await code(pods.openLink({ pod_id: 'p1', pod_ip: '10.0.0.300', pod_prefix_length: 24, declared_dpu_ports: [] })), INVALID_ARGUMENT);
