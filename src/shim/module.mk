@@ -15,9 +15,12 @@ SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-san
 
 build-c: $(BUILD)/containerd-shim-heteropod-v2 $(BUILD)/shim-test-proxy $(BUILD)/shim-test-proxy-asan $(BUILD)/shim-test-config-asan
 
-$(BUILD)/containerd-shim-heteropod-v2: $(SHIM_C_SRC) $(SHIM_C_HDR)
+# Linked statically: a proxy runs beside every pod, and without the dynamic
+# loader and a mapped libc it is about half a MiB smaller in RSS; its text is one
+# file's pages, shared by all the pods' proxies.
+$(BUILD)/containerd-shim-heteropod-v2: $(SHIM_C_SRC) $(SHIM_C_HDR) src/shim/module.mk
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) -o $@ $(SHIM_C_SRC)
+	$(CC) $(CFLAGS_COMMON) -static -o $@ $(SHIM_C_SRC)
 
 # The proxy's tests: the Create rewrite, framing, malformed frames, runc's shim exiting.
 $(BUILD)/shim-test-proxy: $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC) $(SHIM_PROXY_HDR)
