@@ -44,9 +44,9 @@ function readPodSpec(bundle: string): SandboxSpec {
 
 /**
  * The sandbox task of a pod with a DPU half: runc's, and the pod's split network
- * around it. The network is joined after the sandbox's Create succeeded (its
- * namespace exists and CNI has run: containerd runs CNI before it creates the
- * sandbox); if that fails, the sandbox is deleted again and the Create fails. It
+ * around it. The network is joined while runc creates the sandbox (its namespace
+ * exists and CNI has run: containerd runs CNI before it creates the sandbox);
+ * if either fails, the other is undone and the Create fails. It
  * is separated before the sandbox's Delete goes to runc, whose poststop hook then
  * finds nothing left. runc's shim itself is the router's to shut down.
  */
@@ -71,14 +71,25 @@ class SandboxRuntime implements Runtime {
 
   async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
     if (method === 'Delete' && !taskRef('Delete', Buffer.from(payload)).execId) await this.beforeDelete();
-    const res = await this.runc.call(method, payload, signal);
-    if (method !== 'Create') return res;
+    if (method !== 'Create') return this.runc.call(method, payload, signal);
+    // The network needs only the sandbox's namespace, which CNI has set up before
+    // this Create: it is joined while runc creates the sandbox, not after.
+    const joined = this.afterCreate().then(
+      () => null,
+      (err: unknown) => ({ err }),
+    );
+    let res: Buffer;
     try {
-      await this.afterCreate();
+      res = await this.runc.call(method, payload, signal);
     } catch (err) {
+      if ((await joined) === null) await this.beforeDelete().catch(() => undefined);
+      throw err;
+    }
+    const failed = await joined;
+    if (failed) {
       const id = taskRef('Create', Buffer.from(payload)).id;
       await this.runc.call('Delete', encodeIdRequest(id)).catch(() => undefined);
-      throw err;
+      throw failed.err;
     }
     return res;
   }
