@@ -17,6 +17,7 @@ import { MGMT_CHAIN } from '../../src/shim/mgmt-filter';
 import { agentAddress, DPU } from '../../src/dpu/paths';
 import { containerPids, memoryCgroup } from '../lib/dpu';
 import { restartContainerd } from '../lib/shim';
+import { kubeletWrite } from '../lib/volumes';
 import { fetchIn, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
 import { cgroupPids } from '../../src/dpu/cgroup';
 import * as dpu from '../../src/dpu/dpu';
@@ -318,16 +319,6 @@ test('DPU rebooted: lost containers exit within seconds, their restart runs on t
   await noLeaks('the pod across a DPU reboot');
 });
 
-/** A volume directory as the kubelet writes a ConfigMap: `..<ts>/key`, `..data -> ..<ts>`, `key -> ..data/key`. */
-function kubeletVolume(dir: string, version: string): void {
-  const ts = `..${version}_${Date.now()}`;
-  fs.mkdirSync(path.join(dir, ts), { recursive: true });
-  fs.writeFileSync(path.join(dir, ts, 'key'), `${version}\n`);
-  fs.symlinkSync(ts, path.join(dir, '..data_tmp'));
-  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data')); // the atomic swap
-  if (!fs.existsSync(path.join(dir, 'key'))) fs.symlinkSync('..data/key', path.join(dir, 'key'));
-}
-
 // A ConfigMap updated while the container runs, and the termination message it
 // writes as it exits. runc: the container reads the new value as soon as the
 // kubelet swaps `..data` (its bind mount shows the host's directory), and what it
@@ -336,7 +327,7 @@ async function liveFiles(handler: Handler): Promise<unknown> {
   const dir = fs.mkdtempSync(path.join(bed.logDir, `volume-${handler}-`));
   const volume = path.join(dir, 'config');
   const termination = path.join(dir, 'termination-log');
-  kubeletVolume(volume, 'v1');
+  kubeletWrite(volume, `..v1_${Date.now()}`, { key: 'v1\n' });
   fs.writeFileSync(termination, '');
   fs.chmodSync(termination, 0o666);
   const { podId, pod } = await runPod(handler, 'files');
@@ -351,7 +342,7 @@ async function liveFiles(handler: Handler): Promise<unknown> {
   const read = async () => (await cri.execSync(worker, ['cat', '/etc/config/key'], 10)).stdout.toString().trim();
   const first = await read();
   const swapped = Date.now();
-  kubeletVolume(volume, 'v2');
+  kubeletWrite(volume, `..v2_${Date.now()}`, { key: 'v2\n' });
   await waitFor('v2 in the container', 30_000, async () => (await read()) === 'v2', 200);
   const tookMs = Date.now() - swapped;
   await cri.execSync(worker, ['touch', '/tmp/stop'], 10);

@@ -7,7 +7,6 @@
 // private mount namespace of a child process.
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -22,33 +21,11 @@ import { MAX_TERMINATION_MESSAGE_BYTES } from '../../src/oci/mounts';
 import { MessageWriter, encodeAny, readFields, str, uint } from '../../src/proto/wire';
 import { decodeDeleteResponse, encodeIdRequest, encodeKillRequest, forwardedEvent } from '../../src/taskapi/messages';
 import { skip } from '../lib/skip';
+import { kubeletWrite, scratchDirs } from '../lib/volumes';
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-files-'));
+const { scratch, root, remove } = scratchDirs('hp-agent-files-');
 const log = new Logger({ write: () => undefined }, false, { test: 'agent-files' });
-let serial = 0;
 
-function scratch(name: string): string {
-  const dir = path.join(root, `${name}-${++serial}`);
-  fs.mkdirSync(dir, { recursive: true });
-  return dir;
-}
-
-/**
- * A volume directory as the kubelet's atomic writer leaves it: the data in
- * `..<stamp>`, `..data` pointing at it (swapped by a rename), each key a symlink
- * through `..data`, keys no longer in the data removed, the old data removed last.
- */
-function kubeletWrite(dir: string, stamp: string, data: Record<string, string>): void {
-  fs.mkdirSync(dir, { recursive: true });
-  const old = fs.existsSync(path.join(dir, '..data')) ? fs.readlinkSync(path.join(dir, '..data')) : '';
-  fs.mkdirSync(path.join(dir, stamp));
-  for (const [k, v] of Object.entries(data)) fs.writeFileSync(path.join(dir, stamp, k), v, { mode: 0o644 });
-  fs.symlinkSync(stamp, path.join(dir, '..data_tmp'));
-  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
-  for (const k of Object.keys(data)) if (!fs.existsSync(path.join(dir, k))) fs.symlinkSync(path.join('..data', k), path.join(dir, k));
-  for (const name of fs.readdirSync(dir)) if (!name.startsWith('..') && !(name in data)) fs.rmSync(path.join(dir, name));
-  if (old) fs.rmSync(path.join(dir, old), { recursive: true });
-}
 
 function tarOf(dir: string): Buffer {
   return spawnSync('tar', ['-c', '-C', dir, '.'], { maxBuffer: 1 << 24 }).stdout;
@@ -58,7 +35,7 @@ const dirFile = (destination: string, content: Buffer, mode = 0o755): MountedFil
 const oneFile = (destination: string, content: string, mode = 0o644): MountedFile => ({ destination, content: Buffer.from(content), directory: false, mode, termination_log: false });
 
 test.after(() => {
-  fs.rmSync(root, { recursive: true, force: true });
+  remove();
 });
 
 test('a directory: a kubelet `..data` swap seen through the copy\'s original inode; unchanged entries kept; nothing left beside it', () => {

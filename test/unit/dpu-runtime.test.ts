@@ -19,6 +19,7 @@ import { Logger } from '../../src/common/log';
 import { decode, encode } from '../../src/proto';
 import { MessageWriter, encodeAny } from '../../src/proto/wire';
 import { DpuAgentRuntime, RelayedProcess } from '../../src/shim/dpu-runtime';
+import { fileInTar, kubeletWrite } from '../lib/volumes';
 
 const T = 'containerd.task.v2.';
 const POD = { podId: 'pod-1', namespace: 'k8s.io', podName: 'web-0', podNamespace: 'default' };
@@ -599,22 +600,9 @@ test('shutdown: streams cancelled, RemovePod once, the shared client left open; 
   assert.equal(idle.calls, []);
 });
 
-/** A volume directory as the kubelet's atomic writer leaves it (see agent-files.test.ts). */
-function kubeletWrite(dir: string, stamp: string, data: Record<string, string>): void {
-  fs.mkdirSync(dir, { recursive: true });
-  const old = fs.existsSync(path.join(dir, '..data')) ? fs.readlinkSync(path.join(dir, '..data')) : '';
-  fs.mkdirSync(path.join(dir, stamp));
-  for (const [k, v] of Object.entries(data)) fs.writeFileSync(path.join(dir, stamp, k), v);
-  fs.symlinkSync(stamp, path.join(dir, '..data_tmp'));
-  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
-  for (const k of Object.keys(data)) if (!fs.existsSync(path.join(dir, k))) fs.symlinkSync(path.join('..data', k), path.join(dir, k));
-  if (old) fs.rmSync(path.join(dir, old), { recursive: true });
-}
 
 function keyInTar(tar: Buffer, key: string): string {
-  const dir = scratch('untar');
-  execFileSync('tar', ['-x', '-C', dir, '-f', '-'], { input: tar });
-  return fs.readFileSync(path.join(dir, key), 'utf8');
+  return fileInTar(tar, key, scratch('untar'));
 }
 
 /** A container as the kubelet makes one: a ConfigMap volume, /etc/hosts, and its termination-message file. */

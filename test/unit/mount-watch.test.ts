@@ -3,9 +3,7 @@
 // UpdateFiles: kubelet-style volume updates reach it in well under the kubelet's
 // own propagation time, the re-check catches what a watch cannot see, failures
 // are retried or given up as the code says, and a closed watch sends nothing.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -16,35 +14,16 @@ import { Logger } from '../../src/common/log';
 import type { OciMount } from '../../src/oci/mounts';
 import { MountWatch, MountWatchOptions } from '../../src/shim/mount-watch';
 import { mountedFiles, sourceFingerprint, terminationLogSource, writeTerminationMessage } from '../../src/shim/mounted-files';
+import { fileInTar, kubeletWrite, scratchDirs } from '../lib/volumes';
 
-const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-mount-watch-'));
+const { scratch, root, remove } = scratchDirs('hp-mount-watch-');
 const lines: string[] = [];
 const log = new Logger({ write: (l: string) => void lines.push(l) }, false, { test: 'mount-watch' });
-let serial = 0;
 
-function scratch(name: string): string {
-  const dir = path.join(root, `${name}-${++serial}`);
-  fs.mkdirSync(dir, { recursive: true });
-  return dir;
-}
-
-/** The kubelet's atomic writer, as in agent-files.test.ts: new data, `..data` renamed over, keys, old data removed. */
-function kubeletWrite(dir: string, stamp: string, data: Record<string, string>): void {
-  fs.mkdirSync(dir, { recursive: true });
-  const old = fs.existsSync(path.join(dir, '..data')) ? fs.readlinkSync(path.join(dir, '..data')) : '';
-  fs.mkdirSync(path.join(dir, stamp));
-  for (const [k, v] of Object.entries(data)) fs.writeFileSync(path.join(dir, stamp, k), v);
-  fs.symlinkSync(stamp, path.join(dir, '..data_tmp'));
-  fs.renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
-  for (const k of Object.keys(data)) if (!fs.existsSync(path.join(dir, k))) fs.symlinkSync(path.join('..data', k), path.join(dir, k));
-  if (old) fs.rmSync(path.join(dir, old), { recursive: true });
-}
 
 /** A tar stream's file, read as a reader in the container would (symlinks followed inside it). */
 function fromTar(tar: Buffer, name: string): string {
-  const dir = scratch('untar');
-  spawnSync('tar', ['-x', '-C', dir, '-f', '-'], { input: tar });
-  return fs.readFileSync(path.join(dir, name), 'utf8');
+  return fileInTar(tar, name, scratch('untar'));
 }
 
 /** The agent's UpdateFiles as the watch sees it: each call recorded, answered by `answer`. */
@@ -80,7 +59,7 @@ test.after.each(() => {
 });
 
 test.after(() => {
-  fs.rmSync(root, { recursive: true, force: true });
+  remove();
 });
 
 test('a kubelet `..data` swap is sent within a second (the watch, not the 10 s re-check), once, as a tar whose key reads v2', async () => {
