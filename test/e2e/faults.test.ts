@@ -21,27 +21,17 @@ import { kubeletWrite } from '../lib/volumes';
 import { fetchIn, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
 import { cgroupPids } from '../../src/dpu/cgroup';
 import * as dpu from '../../src/dpu/dpu';
-import { Bed, containerConfig, ownPods, podConfig, podLeaks, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { assertNoPodLeaks, Bed, containerConfig, ownPods, podConfig, useTestBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
 
-test.before(async () => {
-  bed = await startBed();
-  cri = bed.cri;
+useTestBed(test, (b) => {
+  bed = b;
+  cri = b.cri;
 });
 
-test.after.each(() => removeOwnPods(bed));
-
-test.after(async () => {
-  const leaks = await stopBed(bed);
-  assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
-});
-
-async function noLeaks(when: string): Promise<void> {
-  const left = await podLeaks(bed);
-  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
-}
+const noLeaks = (when: string): Promise<void> => assertNoPodLeaks(bed, when);
 
 type Handler = 'runc' | 'offload';
 

@@ -21,27 +21,17 @@ import { TESTBED } from '../../src/testbed/paths';
 import { killAndWait, listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods, containerPids, memoryCgroup, netnsInode } from '../lib/dpu';
 import { runUnderPty } from '../lib/shim';
-import { Bed, podLeaks, containerConfig, heteropod, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { assertNoPodLeaks, Bed, containerConfig, heteropod, ownPods, podConfig, useTestBed, waitForContainerState } from '../lib/testbed';
 
 let bed: Bed;
 let cri: CriClient;
 
-test.before(async () => {
-  bed = await startBed();
-  cri = bed.cri;
+useTestBed(test, (b) => {
+  bed = b;
+  cri = b.cri;
 });
 
-test.after.each(() => removeOwnPods(bed));
-
-test.after(async () => {
-  const leaks = await stopBed(bed);
-  assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
-});
-
-async function noLeaks(when: string): Promise<void> {
-  const left = await podLeaks(bed);
-  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
-}
+const noLeaks = (when: string): Promise<void> => assertNoPodLeaks(bed, when);
 
 // As kubelet makes them: each container has its own process namespace (CRI's
 // default, POD, shares the sandbox's, which a DPU container cannot join).

@@ -23,7 +23,7 @@ import { httpGet } from '../../src/testbed/http';
 import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { agentPods } from '../lib/dpu';
 import { fetchIn as fetchInContainer, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
-import { Bed, podLeaks, ownPods, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
+import { Bed, podLeaks, ownPods, podConfig, useTestBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
 const NODE_BRIDGE_IP = '10.233.77.1';
@@ -34,16 +34,9 @@ const LATER_PORT = 9090; // a listener proxy starts while the pod runs
 let bed: Bed;
 let cri: CriClient;
 
-test.before(async () => {
-  bed = await startBed();
-  cri = bed.cri;
-});
-
-test.after.each(() => removeOwnPods(bed));
-
-test.after(async () => {
-  const leaks = await stopBed(bed);
-  assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
+useTestBed(test, (b) => {
+  bed = b;
+  cri = b.cri;
 });
 
 async function noLeaks(when: string, podId: string): Promise<void> {

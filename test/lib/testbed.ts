@@ -8,6 +8,8 @@
 //   the snapshot is taken before the tests, so the user's test bed and pods are in
 //   it, and whatever the tests made must be gone.
 import { execFile } from 'node:child_process';
+import type { Test } from 'uvu';
+import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -38,6 +40,30 @@ export interface Bed {
   dpuWasUp: boolean;
   /** Set by the first stopBed(): a second call returns its result. */
   stopped?: Promise<string[]>;
+}
+
+/**
+ * A test file's hooks on the shared test bed: up before its tests (`ready` gets
+ * it), the tests' pods removed after each test, and after all the bed left as it
+ * was found, with nothing of the tests left on it.
+ */
+export function useTestBed(suite: Test, ready: (bed: Bed) => void): void {
+  let bed: Bed;
+  suite.before(async () => {
+    bed = await startBed();
+    ready(bed);
+  });
+  suite.after.each(() => removeOwnPods(bed));
+  suite.after(async () => {
+    const leaks = await stopBed(bed);
+    assert.equal(leaks, [], `the test bed left:\n${leaks.join('\n')}`);
+  });
+}
+
+/** Fails when the tests' pods left anything on the host or the DPU (podLeaks). */
+export async function assertNoPodLeaks(bed: Bed, when: string): Promise<void> {
+  const left = await podLeaks(bed);
+  assert.equal(left, [], `${when} left behind:\n${left.join('\n')}`);
 }
 
 /** Whether the test bed answers, and if so its pods: the state the tests found. */
