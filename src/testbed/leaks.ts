@@ -50,19 +50,25 @@ async function netfilterRules(): Promise<string[]> {
 }
 
 /**
- * The checkout of this project a process works in (found from its cwd), if any.
+ * The checkout of this project a process belongs to (found from its cwd or its
+ * binary), if any.
  * Several checkouts (git worktrees) share a machine; a process working in another
- * one belongs to another engineer's build or tests, not to ours.
+ * one, or running a binary built there, belongs to another engineer's build or
+ * tests, not to ours.
  */
 function checkoutOf(pid: number): string | undefined {
-  let dir: string;
-  try {
-    dir = fs.readlinkSync(`/proc/${pid}/cwd`);
-  } catch {
-    return undefined;
-  }
-  for (; dir !== path.dirname(dir); dir = path.dirname(dir)) {
-    if (fs.existsSync(path.join(dir, 'cri-proto')) && fs.existsSync(path.join(dir, 'package.json'))) return dir;
+  // Its working directory, or, for a daemon that left it for / (a fifo keeper),
+  // the binary it runs.
+  for (const link of ['cwd', 'exe']) {
+    let dir: string;
+    try {
+      dir = fs.readlinkSync(`/proc/${pid}/${link}`);
+    } catch {
+      continue;
+    }
+    for (; dir !== path.dirname(dir); dir = path.dirname(dir)) {
+      if (fs.existsSync(path.join(dir, 'cri-proto')) && fs.existsSync(path.join(dir, 'package.json'))) return dir;
+    }
   }
   return undefined;
 }
