@@ -616,10 +616,10 @@ export class DpuPods {
   // A container the host no longer wants: killed, waited for (briefly) and deleted.
   private async forceDelete(pod: DpuPod, container: string): Promise<void> {
     if (pod.record.lost?.[processKey(container, '')]) return this.afterLostDelete(pod, container, '');
-    await pod.runc.call('Kill', encodeKillRequest(container, 9, true)).catch(() => undefined);
-    const wait = pod.runc.call('Wait', encodeIdRequest(container)).catch(() => undefined);
+    await pod.runc.request('Kill', encodeKillRequest(container, 9, true)).catch(() => undefined);
+    const wait = pod.runc.request('Wait', encodeIdRequest(container)).catch(() => undefined);
     await Promise.race([wait, new Promise((r) => setTimeout(r, 5000).unref())]);
-    await pod.runc.call('Delete', encodeIdRequest(container)).catch((err: RpcError) => {
+    await pod.runc.request('Delete', encodeIdRequest(container)).catch((err: RpcError) => {
       if (err.code !== Code.NOT_FOUND) throw err;
     });
   }
@@ -686,7 +686,7 @@ export class DpuPods {
         this.containerPod.delete(host.id);
       });
       await pod.runc.prepare({ id: host.id, bundle: pod.shimDir });
-      const res = await pod.runc.call(
+      const res = await pod.runc.request(
         'Create',
         encode('containerd.task.v2.CreateTaskRequest', { id: host.id, bundle, rootfs: [rootfs], terminal: host.terminal, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }),
       );
@@ -755,7 +755,7 @@ export class DpuPods {
       const io = await this.makeIo(pod, container.bundle, `exec-${host.exec_id}`, key, host);
       // runc's shim opens an exec's fifos at Start, not here: the placeholders
       // stay until then (relay).
-      const res = await pod.runc.call('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }));
+      const res = await pod.runc.request('Exec', encode('containerd.task.v2.ExecProcessRequest', { ...host, stdin: io.stdin, stdout: io.stdout, stderr: io.stderr }));
       pod.save();
       return res;
     } catch (err) {
@@ -775,7 +775,7 @@ export class DpuPods {
     try {
       // CloseIORequest { stdin = 3 }
       if (method === 'CloseIO' && bool(readFields(request), 3)) await pod.inputs.get(key)?.end();
-      const res = await pod.runc.call(method, request);
+      const res = await pod.runc.request(method, request);
       if (method === 'Start' && execId) this.opened(pod, key);
       if (method === 'Delete') this.afterDelete(pod, id, execId);
       return res;

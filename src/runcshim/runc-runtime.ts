@@ -17,7 +17,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
-import { encodeShutdownRequest, runcOptions } from '../taskapi/messages';
+import { TaskCall, encodeShutdownRequest, runcOptions } from '../taskapi/messages';
 import { formatFlags } from '../taskapi/flags';
 import { socketAnswers } from '../common/sockets';
 import type { Logger } from '../common/log';
@@ -59,7 +59,12 @@ export class RuncShimRuntime implements Runtime {
     return root || binaryName || systemdCgroup ? runcOptions(this.opts.runc) : null;
   }
 
-  async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
+  call(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
+    return this.request(call.method, call.payload, signal);
+  }
+
+  /** A Task request as its caller encoded it (the DPU agent builds its own). */
+  async request(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
     const client = await this.connected(null);
     return client.call(TASK_SERVICE, method, payload, { signal });
   }

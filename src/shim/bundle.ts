@@ -1,10 +1,8 @@
 // Reading the OCI bundle containerd hands the shim (its cwd on start and delete).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-
-export interface BundleSpec {
-  annotations?: Record<string, string>;
-}
+import type { OciSpec } from '../oci/spec';
+import type { BundleSpecFile } from '../taskapi/messages';
 
 /** Replaces the bundle's config.json (written aside, then renamed over it). */
 export function writeSpec(bundle: string, spec: object): void {
@@ -18,11 +16,15 @@ export function writeSpec(bundle: string, spec: object): void {
   }
 }
 
-export function readSpec(bundle: string): BundleSpec {
+/** The bundle's config.json, its bytes and what they parse to; the error names the file. */
+export function readSpecFile(bundle: string): BundleSpecFile {
   const file = path.join(bundle, 'config.json');
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as BundleSpec;
+    const raw = fs.readFileSync(file);
+    return { raw, parsed: JSON.parse(raw.toString('utf8')) as OciSpec };
   } catch (err) {
     throw new Error(`read bundle spec ${file}: ${(err as Error).message}`);
   }
 }
+
+export const readSpec = (bundle: string): OciSpec => readSpecFile(bundle).parsed;

@@ -24,8 +24,6 @@
 //
 // The pod's split network (SplitLink below): the host half in this process, the
 // DPU half in the agent, and their listening ports exchanged both ways.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import type * as grpc from '@grpc/grpc-js';
 import { DpuAgentClient, DpuAgentError } from '../agentapi/client';
@@ -34,7 +32,8 @@ import { NetnsHalf, openHostHalf } from '../netns';
 import { MessageWriter, readFields, replaceField, str, bool, uint } from '../proto/wire';
 import type { OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
-import { CreateTask, createTask, createTaskPid, encodeConnectResponse, encodeIdRequest, forwardedEvent, taskExit, withCreateOptions } from '../taskapi/messages';
+import { CreateCall, TaskCall, createTaskPid, encodeConnectResponse, encodeIdRequest, forwardedEvent, isCreateCall, taskExit, withCreateOptions } from '../taskapi/messages';
+import { readSpec } from './bundle';
 import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
 import { mountedFiles, terminationLogSource, writeTerminationMessage } from './mounted-files';
 import { MountWatch, MountWatchOptions } from './mount-watch';
@@ -348,7 +347,7 @@ export class DpuAgentRuntime implements Runtime {
     for (const c of r.containers ?? []) {
       let mounts: OciMount[];
       try {
-        mounts = (JSON.parse(fs.readFileSync(path.join(c.bundle, 'config.json'), 'utf8')) as { mounts?: OciMount[] }).mounts ?? [];
+        mounts = readSpec(c.bundle).mounts ?? [];
       } catch (err) {
         this.log.warn('read the spec of a DPU container: its mounts are not kept up to date', { id: c.id, bundle: c.bundle, error: (err as Error).message });
         continue;
@@ -378,27 +377,28 @@ export class DpuAgentRuntime implements Runtime {
     return null;
   }
 
-  async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
-    const request = Buffer.from(payload);
-    switch (method) {
+  async call(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
+    switch (call.method) {
       case 'Create':
-        return this.create(request);
+        // The task service reads the request and the spec; a Create without them is ours to fix.
+        if (!isCreateCall(call)) throw new RpcError(Code.INTERNAL, 'Create on the DPU: the call carries no decoded request and spec');
+        return this.create(call);
       case 'Exec':
-        return this.exec(request);
+        return this.exec(call);
       case 'Wait':
-        return this.wait(request, signal);
+        return this.wait(call, signal);
       case 'Connect':
-        return this.connect(request);
+        return this.connect(call);
       case 'State':
-        return this.state(request, signal);
+        return this.state(call, signal);
       case 'Checkpoint':
         throw unimplemented('Checkpoint of a container on the DPU');
       case 'CloseIO':
-        return this.closeIo(request);
+        return this.closeIo(call);
       case 'Delete':
-        return this.delete(request);
+        return this.delete(call);
       default:
-        return this.relay(method, request, signal);
+        return this.relay(call.method, call.payload, signal);
     }
   }
 
@@ -411,17 +411,11 @@ export class DpuAgentRuntime implements Runtime {
     }
   }
 
-  private async create(request: Buffer): Promise<Buffer> {
-    // Read at the wire level: protobufjs and the .proto files cost a fresh shim ~10 ms to load.
-    let req: CreateTask;
-    try {
-      req = createTask(request);
-    } catch (err) {
-      throw new RpcError(Code.INVALID_ARGUMENT, `malformed Create request: ${(err as Error).message}`);
-    }
+  // From the Create and the spec as the task service read them (neither is read again).
+  private async create(call: CreateCall): Promise<Buffer> {
+    const req = call.create;
     await this.podInfo();
-    const specText = fs.readFileSync(path.join(req.bundle, 'config.json'));
-    const spec = JSON.parse(specText.toString('utf8')) as { mounts?: OciMount[]; annotations?: Record<string, string> };
+    const spec = call.spec.parsed;
     const dirs = overlayLowerdirs(req.rootfs);
     // The layers' digests come from the host's index; the agent's Create names
     // any its cache lacks (creating nothing), which are then shipped and Create
@@ -437,8 +431,8 @@ export class DpuAgentRuntime implements Runtime {
       try {
         return await this.client.call<CreateReply>('Create', {
           pod_id: this.opts.pod.podId,
-          request: withCreateOptions(request, null),
-          spec: specText,
+          request: withCreateOptions(call, null).payload,
+          spec: call.spec.raw,
           layers,
           files,
           container_name: name,
@@ -511,12 +505,11 @@ export class DpuAgentRuntime implements Runtime {
     }
   }
 
-  private async exec(request: Buffer): Promise<Buffer> {
-    const f = readFields(request);
-    const id = str(f, 1);
-    const execId = str(f, 2);
-    const res = await this.relay('Exec', request);
-    this.attach(id, execId, { stdin: str(f, 4), stdout: str(f, 5), stderr: str(f, 6) });
+  private async exec(call: TaskCall): Promise<Buffer> {
+    const res = await this.relay('Exec', call.payload);
+    // ExecProcessRequest { stdin = 4; stdout = 5; stderr = 6; }
+    const f = readFields(call.payload);
+    this.attach(call.ref.id, call.ref.execId, { stdin: str(f, 4), stdout: str(f, 5), stderr: str(f, 6) });
     return res;
   }
 
@@ -528,15 +521,14 @@ export class DpuAgentRuntime implements Runtime {
     this.opts.onChange?.();
   }
 
-  private async wait(request: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  private async wait(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
     for (;;) {
       // Cancelled while the agent was away: not asked again (an aborted signal
       // would not cancel a call that starts now).
       if (signal?.aborted) throw new RpcError(Code.CANCELLED, 'Wait cancelled');
       try {
-        const res = await this.client.call<TaskReply>('Wait', { pod_id: this.opts.pod.podId, request }, { timeoutMs: null, signal });
-        const f = readFields(request);
-        if (!str(f, 2)) this.writeTerminationMessage(str(f, 1), res.termination_message);
+        const res = await this.client.call<TaskReply>('Wait', { pod_id: this.opts.pod.podId, request: call.payload }, { timeoutMs: null, signal });
+        if (!call.ref.execId) this.writeTerminationMessage(call.ref.id, res.termination_message);
         return res.response;
       } catch (err) {
         if (signal?.aborted) throw new RpcError(Code.CANCELLED, 'Wait cancelled');
@@ -555,10 +547,9 @@ export class DpuAgentRuntime implements Runtime {
    * answers with its own fifos on the DPU, and a containerd that restarts opens
    * whatever State names to take the process's output up again.
    */
-  private async state(request: Buffer, signal?: AbortSignal): Promise<Buffer> {
-    const f = readFields(request);
-    const res = await this.relay('State', request, signal);
-    const relayed = this.relayed.get(key(str(f, 1), str(f, 2)));
+  private async state(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
+    const res = await this.relay('State', call.payload, signal);
+    const relayed = this.relayed.get(key(call.ref.id, call.ref.execId));
     if (!relayed) return res;
     return STATE_STDIO_FIELDS.reduce((out, [num, stream]) => {
       const p = relayed.paths[stream];
@@ -566,8 +557,8 @@ export class DpuAgentRuntime implements Runtime {
     }, res);
   }
 
-  private async connect(request: Buffer): Promise<Buffer> {
-    const id = str(readFields(request), 1);
+  private async connect(call: TaskCall): Promise<Buffer> {
+    const { id } = call.ref;
     const pid = this.initPids.get(id);
     if (pid) return encodeConnectResponse(process.pid, pid);
     const state = await this.relay('State', encodeIdRequest(id));
@@ -575,16 +566,14 @@ export class DpuAgentRuntime implements Runtime {
     return encodeConnectResponse(process.pid, uint(readFields(state), 3));
   }
 
-  private async closeIo(request: Buffer): Promise<Buffer> {
-    const f = readFields(request);
-    if (bool(f, 3)) await this.stdio.get(key(str(f, 1), str(f, 2)))?.closeStdin();
-    return this.relay('CloseIO', request);
+  private async closeIo(call: TaskCall): Promise<Buffer> {
+    // CloseIORequest { stdin = 3 }
+    if (bool(readFields(call.payload), 3)) await this.stdio.get(key(call.ref.id, call.ref.execId))?.closeStdin();
+    return this.relay('CloseIO', call.payload);
   }
 
-  private async delete(request: Buffer): Promise<Buffer> {
-    const f = readFields(request);
-    const id = str(f, 1);
-    const execId = str(f, 2);
+  private async delete(call: TaskCall): Promise<Buffer> {
+    const { id, execId } = call.ref;
     // Output still on its way is written before the process is gone for containerd.
     const relay = this.stdio.get(key(id, execId));
     if (relay) {
@@ -598,7 +587,7 @@ export class DpuAgentRuntime implements Runtime {
       this.initPids.delete(id);
       this.unfollow(id);
     }
-    const res = await this.relay('Delete', request);
+    const res = await this.relay('Delete', call.payload);
     // A relay still writing (containerd reading slowly, a loaded machine) finishes
     // in the background: closing it now would cut the output short.
     for (const [k, r] of this.stdio) {

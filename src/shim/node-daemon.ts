@@ -22,6 +22,7 @@ import { podRecordFiles, readPodRecord } from './pod-record';
 import { deleteOnDpu } from './dpu-cleanup';
 import { guardManagementLink, managementLink, MGMT_CHAIN } from './mgmt-filter';
 import { TASK_SERVICE } from '../runcshim/runtime';
+import { TASK_METHODS } from './task-service';
 
 export const NODE_SERVICE = 'heteropod.node.v1.Node';
 
@@ -83,8 +84,7 @@ export class NodeDaemon {
     });
     // Every other Task method: the pod's task service. Its handlers are made per
     // pod; the one for the method is looked up at each call.
-    const methods = ['Start', 'State', 'Delete', 'Pids', 'Pause', 'Resume', 'Checkpoint', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Update', 'Wait', 'Stats', 'Connect'];
-    for (const m of methods) {
+    for (const m of TASK_METHODS) {
       const handler: Handler = async (payload, call) => {
         const h = (await podOf(call)).handlers[m];
         return h(payload, call);

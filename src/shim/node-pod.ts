@@ -15,7 +15,7 @@ import { FifoSink, LogSink, Logger, TeeSink } from '../common/log';
 import { forwardedEvent, taskExit } from '../taskapi/messages';
 import { PodRouter } from './pod-router';
 import { RuncShimRuntime } from '../runcshim/runc-runtime';
-import { Placed, TaskService } from './task-service';
+import { Placed, TaskMethod, TaskService } from './task-service';
 import { Task } from './tasks';
 import type { NodePodRecord, PodRecordFile } from './pod-record';
 
@@ -76,7 +76,7 @@ export const placedTrailer = (p: Placed): Buffer => new MessageWriter().varint(P
 export class NodePod {
   readonly service: TaskService;
   // The task service's handlers, made once (the daemon calls them for every request).
-  readonly handlers: Record<string, Handler>;
+  readonly handlers: Record<TaskMethod, Handler>;
   readonly router: PodRouter;
   readonly log: Logger;
   private readonly runc: RuncShimRuntime;

@@ -11,8 +11,8 @@
 // but the container is still the user's to inspect).
 //
 // A pod with a DPU half also gets a split network namespace (src/netns): its
-// sandbox task is runc's wrapped by SandboxRuntime, which joins the halves once
-// the sandbox's Create has succeeded and separates them before its Delete. The
+// sandbox task is runc's wrapped by SandboxRuntime, which joins the halves while
+// runc creates the sandbox and separates them before its Delete. The
 // sandbox spec carries a poststop hook (hooks/heteropod-netns-cleanup) for when
 // this process dies without closing its half.
 import * as fs from 'node:fs';
@@ -25,22 +25,13 @@ import { RpcError, failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
 import { DpuAgentRuntime } from './dpu-runtime';
 import type { Logger } from '../common/log';
-import { encodeIdRequest, taskRef } from '../taskapi/messages';
+import { CreateCall, TaskCall, encodeIdRequest, taskCall } from '../taskapi/messages';
 import type { FirstTask, Runtime } from '../runcshim/runtime';
-import type { CreateInfo } from './task-service';
-import { readSpec, writeSpec } from './bundle';
+import { writeSpec } from './bundle';
 import { NodePodRecord, PodRecordFile, podRecordPath } from './pod-record';
 
 type Annotations = Record<string, string>;
 type SandboxSpec = ContainerSpec & { annotations?: Annotations; hooks?: { poststop?: OciHook[] } };
-
-function readPodSpec(bundle: string): SandboxSpec {
-  try {
-    return readSpec(bundle) as SandboxSpec;
-  } catch (err) {
-    throw invalidArgument((err as Error).message);
-  }
-}
 
 /**
  * The sandbox task of a pod with a DPU half: runc's, and the pod's split network
@@ -69,9 +60,9 @@ class SandboxRuntime implements Runtime {
     return this.runc.taskOptions();
   }
 
-  async call(method: string, payload: Uint8Array, signal?: AbortSignal): Promise<Buffer> {
-    if (method === 'Delete' && !taskRef('Delete', Buffer.from(payload)).execId) await this.beforeDelete();
-    if (method !== 'Create') return this.runc.call(method, payload, signal);
+  async call(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
+    if (call.method === 'Delete' && !call.ref.execId) await this.beforeDelete();
+    if (call.method !== 'Create') return this.runc.call(call, signal);
     // The network needs only the sandbox's namespace, which CNI has set up before
     // this Create: it is joined while runc creates the sandbox, not after.
     const joined = this.afterCreate().then(
@@ -80,15 +71,14 @@ class SandboxRuntime implements Runtime {
     );
     let res: Buffer;
     try {
-      res = await this.runc.call(method, payload, signal);
+      res = await this.runc.call(call, signal);
     } catch (err) {
       if ((await joined) === null) await this.beforeDelete().catch(() => undefined);
       throw err;
     }
     const failed = await joined;
     if (failed) {
-      const id = taskRef('Create', Buffer.from(payload)).id;
-      await this.runc.call('Delete', encodeIdRequest(id)).catch(() => undefined);
+      await this.runc.call(taskCall('Delete', encodeIdRequest(call.ref.id))).catch(() => undefined);
       throw failed.err;
     }
     return res;
@@ -134,8 +124,10 @@ export class PodRouter {
     return this.dpu;
   }
 
-  async runtimeFor(req: CreateInfo): Promise<Runtime | null> {
-    const spec = readPodSpec(req.bundle);
+  // From the Create's spec as the task service read it: config.json is not read again.
+  async runtimeFor(call: CreateCall): Promise<Runtime | null> {
+    const req = call.create;
+    const spec = call.spec.parsed as SandboxSpec;
     const a = spec.annotations ?? {};
     const type = a['io.kubernetes.cri.container-type'];
     if (type !== 'container') {

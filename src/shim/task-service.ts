@@ -4,19 +4,27 @@
 // step. The pod's C proxy sends every Create here first; a task the daemon does
 // not hold (a host container) is answered `proxy`, and the proxy gives it to
 // runc's shim, which then serves it directly. Shutdown never comes here: it is
-// runc's shim's, whose exit ends the pod's proxy. Requests are decoded only as
-// far as routing needs (messages.ts); the runtime gets the bytes as sent, except
-// Create, whose runtime options are ours and are replaced by the runtime's own.
+// runc's shim's, whose exit ends the pod's proxy.
+//
+// Each request is parsed here, once, into a TaskCall (messages.ts): its bytes as
+// sent and the ids they name, which the runtimes use as given. A Create is
+// decoded whole and its bundle's config.json read into a CreateCall, which both
+// the router (to place the task) and the runtime (to create it) use: neither
+// reads the request or the file again. The runtime gets the bytes as sent,
+// except Create's, whose runtime options are ours and are replaced by the
+// runtime's own.
 import { Code, Handler, RpcError, invalidArgument } from '../ttrpc';
 import type { Logger } from '../common/log';
 import type { Runtime } from '../runcshim/runtime';
 import { Task, TaskTable } from './tasks';
-import { TaskRef, connectTaskPid, createRequest, encodeConnectResponse, taskRef, withCreateOptions } from '../taskapi/messages';
+import { readSpecFile } from './bundle';
+import { BundleSpecFile, CreateCall, TaskCall, connectTaskPid, createCall, createTask, encodeConnectResponse, taskCall, withCreateOptions } from '../taskapi/messages';
 
-export interface CreateInfo {
-  id: string;
-  bundle: string;
-}
+// The Task methods served from the task table, each by the handler of its name.
+// Create is the node daemon's to register (it may answer `proxy`); Shutdown is
+// runc's shim's.
+export const TASK_METHODS = ['Start', 'State', 'Delete', 'Pids', 'Pause', 'Resume', 'Checkpoint', 'Kill', 'Exec', 'ResizePty', 'CloseIO', 'Update', 'Wait', 'Stats', 'Connect'] as const;
+export type TaskMethod = (typeof TASK_METHODS)[number];
 
 export interface TaskServiceHooks {
   // The pid containerd knows as the pod's shim (the pod's proxy), for Connect.
@@ -35,32 +43,33 @@ export class TaskService {
   constructor(
     // Chooses the runtime for a new task (pod-router.ts), null for one the proxy
     // gives to runc's shim; may refuse the task.
-    private readonly runtimeFor: (request: CreateInfo) => Runtime | null | Promise<Runtime | null>,
+    private readonly runtimeFor: (create: CreateCall) => Runtime | null | Promise<Runtime | null>,
     private readonly log: Logger,
     private readonly hooks: TaskServiceHooks,
   ) {}
 
-  handlers(): Record<string, Handler> {
-    const relay = (method: string, onSuccess?: (task: Task, ref: TaskRef) => void): Handler => async (payload, call) => {
-      const ref = parse(method, () => taskRef(method, payload));
-      const task = this.tasks.get(ref.id);
-      const res = await task.runtime.call(method, payload, call.signal);
-      onSuccess?.(task, ref);
+  handlers(): Record<TaskMethod, Handler> {
+    const relay = (method: TaskMethod, onSuccess?: (task: Task, call: TaskCall) => void): Handler => async (payload, rpc) => {
+      const call = parse(method, () => taskCall(method, payload));
+      const task = this.tasks.get(call.ref.id);
+      const res = await task.runtime.call(call, rpc.signal);
+      onSuccess?.(task, call);
       return res;
     };
     return {
-      Start: relay('Start', (task, ref) => {
+      Start: relay('Start', (task, { ref }) => {
         if (!ref.execId) {
           task.observe('running');
           this.hooks.onChange?.();
         }
       }),
       State: relay('State'),
-      Delete: async (payload, call) => {
-        const ref = parse('Delete', () => taskRef('Delete', payload));
+      Delete: async (payload, rpc) => {
+        const call = parse('Delete', () => taskCall('Delete', payload));
+        const { ref } = call;
         const task = this.tasks.get(ref.id);
         try {
-          const res = await task.runtime.call('Delete', payload, call.signal);
+          const res = await task.runtime.call(call, rpc.signal);
           if (!ref.execId) {
             this.tasks.remove(ref.id);
             this.hooks.onChange?.();
@@ -81,11 +90,11 @@ export class TaskService {
       ResizePty: relay('ResizePty'),
       CloseIO: relay('CloseIO'),
       Update: relay('Update'),
-      Wait: relay('Wait', (task, ref) => {
+      Wait: relay('Wait', (task, { ref }) => {
         if (!ref.execId) task.observe('stopped');
       }),
       Stats: relay('Stats'),
-      Connect: (payload, call) => this.connect(payload, call.signal),
+      Connect: (payload, rpc) => this.connect(payload, rpc.signal),
     };
   }
 
@@ -95,11 +104,13 @@ export class TaskService {
   }
 
   async create(payload: Buffer): Promise<Placed> {
-    const req = parse('Create', () => createRequest(payload));
+    const req = parse('Create', () => createTask(payload));
     if (!req.id) throw invalidArgument('create task: id is required');
     let runtime: Runtime | null;
+    let call: CreateCall;
     try {
-      runtime = await this.runtimeFor(req);
+      call = createCall(payload, req, bundleSpec(req.bundle));
+      runtime = await this.runtimeFor(call);
     } catch (err) {
       throw RpcError.wrap(err, `create task ${req.id}`);
     }
@@ -109,8 +120,7 @@ export class TaskService {
     try {
       await runtime.prepare({ id: req.id, bundle: req.bundle });
       const options = runtime.taskOptions();
-      const forwarded = req.hasOptions || options ? withCreateOptions(payload, options) : payload;
-      const res = await runtime.call('Create', forwarded);
+      const res = await runtime.call(req.hasOptions || options ? withCreateOptions(call, options) : call);
       task.transition('created');
       this.hooks.onChange?.();
       this.log.info('task created', { id: req.id, runtime: runtime.name });
@@ -122,11 +132,20 @@ export class TaskService {
   }
 
   private async connect(payload: Buffer, signal: AbortSignal): Promise<Buffer> {
-    const ref = parse('Connect', () => taskRef('Connect', payload));
-    const task = this.tasks.find(ref.id);
-    const taskPid = task ? connectTaskPid(await task.runtime.call('Connect', payload, signal)) : 0;
+    const call = parse('Connect', () => taskCall('Connect', payload));
+    const task = this.tasks.find(call.ref.id);
+    const taskPid = task ? connectTaskPid(await task.runtime.call(call, signal)) : 0;
     // containerd knows this process as the shim, whatever runs behind it.
     return encodeConnectResponse(this.hooks.shimPid(), taskPid);
+  }
+}
+
+// A config.json that is missing or not JSON is the request's fault.
+function bundleSpec(bundle: string): BundleSpecFile {
+  try {
+    return readSpecFile(bundle);
+  } catch (err) {
+    throw invalidArgument((err as Error).message);
   }
 }
 

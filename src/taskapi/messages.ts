@@ -2,6 +2,7 @@
 // events that the shim reads or writes, at the wire level. Everything else it
 // relays as received. Field numbers are containerd 1.6's; the unit tests check
 // each encoding against protobufjs and the .proto files.
+import type { OciSpec } from '../oci/spec';
 import { MessageWriter, readFields, str, bool, uint, field, repeated, decodeTimestamp, encodeTimestamp, encodeAny, replaceField, Timestamp } from '../proto/wire';
 
 // Requests whose field 2 is exec_id; for the others field 2 is something else.
@@ -18,12 +19,25 @@ export function taskRef(method: string, payload: Uint8Array): TaskRef {
   return { id: str(f, 1), execId: HAS_EXEC_ID.has(method) ? str(f, 2) : '' };
 }
 
-// CreateTaskRequest { id = 1; bundle = 2; … options = 10; }
-export function createRequest(payload: Uint8Array): { id: string; bundle: string; hasOptions: boolean } {
-  const f = readFields(payload);
-  return { id: str(f, 1), bundle: str(f, 2), hasOptions: field(f, 10) !== undefined };
+/**
+ * One call of a containerd.task.v2.Task method as it goes down the layers: the
+ * request's bytes, relayed as containerd encoded them, and the task it names,
+ * parsed once where the call came in. No layer below reads the ids again.
+ */
+export interface TaskCall {
+  readonly method: string;
+  readonly payload: Buffer;
+  readonly ref: TaskRef;
 }
 
+/** Throws on a malformed request (the caller says INVALID_ARGUMENT). */
+export function taskCall(method: string, payload: Buffer): TaskCall {
+  return { method, payload, ref: taskRef(method, payload) };
+}
+
+// CreateTaskRequest { id = 1; bundle = 2; rootfs = 3 (containerd.types.Mount
+// { type = 1; source = 2; options = 4; }); terminal = 4; stdin/stdout/stderr =
+// 5/6/7; options = 10; }
 export interface CreateTask {
   id: string;
   bundle: string;
@@ -32,26 +46,56 @@ export interface CreateTask {
   stdin: string;
   stdout: string;
   stderr: string;
+  hasOptions: boolean;
 }
 
-// CreateTaskRequest as an offloaded Create needs it: rootfs = 3 (containerd.types.Mount
-// { type = 1; source = 2; options = 4; }), terminal = 4, stdin/stdout/stderr = 5/6/7.
+// Read at the wire level: protobufjs and the .proto files cost a fresh shim ~10 ms to load.
 export function createTask(payload: Uint8Array): CreateTask {
   const f = readFields(payload);
   const rootfs = repeated(f, 3).map((b) => {
     const m = readFields(b);
     return { type: str(m, 1), source: str(m, 2), options: repeated(m, 4).map((o) => o.toString('utf8')) };
   });
-  return { id: str(f, 1), bundle: str(f, 2), rootfs, terminal: bool(f, 4), stdin: str(f, 5), stdout: str(f, 6), stderr: str(f, 7) };
+  return { id: str(f, 1), bundle: str(f, 2), rootfs, terminal: bool(f, 4), stdin: str(f, 5), stdout: str(f, 6), stderr: str(f, 7), hasOptions: field(f, 10) !== undefined };
+}
+
+// A bundle's config.json as read once at Create (shim/bundle.ts): the bytes as
+// written, which go to the DPU agent unchanged, and the object they parse to.
+export interface BundleSpecFile {
+  raw: Buffer;
+  parsed: OciSpec;
+}
+
+/**
+ * A Create with its request decoded and its bundle's spec read, once, by the task
+ * service: the router places the task from them and the runtime creates it from
+ * them. The spec is as it was then; a sandbox's config.json may be rewritten
+ * after (the router's clean-up hook), which only runc, reading the file, sees.
+ */
+export interface CreateCall extends TaskCall {
+  readonly method: 'Create';
+  readonly create: CreateTask;
+  readonly spec: BundleSpecFile;
+}
+
+export function createCall(payload: Buffer, create: CreateTask, spec: BundleSpecFile): CreateCall {
+  return { method: 'Create', payload, ref: { id: create.id, execId: '' }, create, spec };
+}
+
+export const isCreateCall = (call: TaskCall): call is CreateCall => call.method === 'Create' && 'create' in call && 'spec' in call;
+
+/** The same Create with its options replaced by `options` (an encoded Any) or removed; parsed parts kept. */
+export function withCreateOptions(call: CreateCall, options: Buffer | null): CreateCall {
+  return { ...call, payload: replaceCreateOptions(call.payload, options), create: { ...call.create, hasOptions: options !== null } };
+}
+
+// The same request with its options replaced by `options` (an encoded Any) or removed.
+function replaceCreateOptions(payload: Uint8Array, options: Buffer | null): Buffer {
+  return replaceField(payload, 10, options ? new MessageWriter().message(10, options).finish() : null);
 }
 
 // CreateTaskResponse { pid = 1; }
 export const createTaskPid = (payload: Uint8Array): number => uint(readFields(payload), 1);
-
-// The same request with its options replaced by `options` (an encoded Any) or removed.
-export function withCreateOptions(payload: Uint8Array, options: Buffer | null): Buffer {
-  return replaceField(payload, 10, options ? new MessageWriter().message(10, options).finish() : null);
-}
 
 // ShutdownRequest { id = 1; now = 2; }
 export function shutdownRequest(payload: Uint8Array): { id: string; now: boolean } {

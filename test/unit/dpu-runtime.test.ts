@@ -19,6 +19,8 @@ import { Logger } from '../../src/common/log';
 import { decode, encode } from '../../src/proto';
 import { MessageWriter, encodeAny } from '../../src/proto/wire';
 import { DpuAgentRuntime, RelayedProcess } from '../../src/shim/dpu-runtime';
+import { readSpecFile } from '../../src/shim/bundle';
+import { CreateCall, createCall, createTask, taskCall } from '../../src/taskapi/messages';
 import { fileInTar, kubeletWrite } from '../lib/volumes';
 
 const T = 'containerd.task.v2.';
@@ -229,6 +231,16 @@ function createRequest(id: string, bundleDir: string, lowerdir: string, stdio: {
   });
 }
 
+/** A Create as the task service hands it on: decoded, and its bundle's config.json read, once. */
+function createCallOf(payload: Buffer): CreateCall {
+  const create = createTask(payload);
+  return createCall(payload, create, readSpecFile(create.bundle));
+}
+
+/** A Task call as the task service makes it. */
+const call = (runtime: DpuAgentRuntime, method: string, payload: Buffer, signal?: AbortSignal): Promise<Buffer> =>
+  runtime.call(method === 'Create' ? createCallOf(payload) : taskCall(method, payload), signal);
+
 /** The agent's Create: names the layers its cache lacks (creating nothing), else answers with `pid`. */
 function answerCreate(agent: FakeAgent, pid: number): void {
   agent.answer('Create', (req: CreateRequest) => {
@@ -238,7 +250,7 @@ function answerCreate(agent: FakeAgent, pid: number): void {
   });
 }
 
-const connect = async (runtime: DpuAgentRuntime, id: string) => decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await runtime.call('Connect', encode(`${T}ConnectRequest`, { id })));
+const connect = async (runtime: DpuAgentRuntime, id: string) => decode<{ shim_pid: number; task_pid: number }>(`${T}ConnectResponse`, await call(runtime, 'Connect', encode(`${T}ConnectRequest`, { id })));
 
 test.after.each(async () => {
   await Promise.all(live.splice(0).map((r) => r.shutdown()));
@@ -259,7 +271,7 @@ test('Create: the request without our options, the spec\'s bytes, the CRI name; 
   const lower = layer();
   const request = createRequest('c1', b.dir, lower);
 
-  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await runtime.call('Create', request));
+  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await call(runtime, 'Create', request));
   assert.is(res.pid, 4711, 'the agent\'s answer, as is');
 
   assert.is(agent.callsOf('CreatePod').length, 1, 'the pod\'s DPU half made first');
@@ -311,13 +323,31 @@ test('Create: the request without our options, the spec\'s bytes, the CRI name; 
 
   // A second container of the same image: the agent has the layer, one Create.
   const b2 = bundle('sidecar', hosts);
-  const res2 = decode<{ pid: number }>(`${T}CreateTaskResponse`, await runtime.call('Create', createRequest('c2', b2.dir, lower)));
+  const res2 = decode<{ pid: number }>(`${T}CreateTaskResponse`, await call(runtime, 'Create', createRequest('c2', b2.dir, lower)));
   assert.is(res2.pid, 4711);
   assert.is(agent.callsOf('Create').length, 3, 'one more Create');
   assert.is(agent.callsOf('MissingLayers').length, 1, 'nothing asked about layers');
   assert.is(agent.uploads.length, 1, 'nothing shipped again');
   assert.is((agent.callsOf('Create')[2].request as CreateRequest).container_name, 'sidecar');
   assert.is(agent.callsOf('CreatePod').length, 1, 'the pod is made once');
+});
+
+test('Create uses the spec the CreateCall carries: config.json is not read again', async () => {
+  const agent = new FakeAgent();
+  answerCreate(agent, 4711);
+  const { runtime } = newRuntime(agent);
+  const hosts = path.join(scratch('files'), 'hosts');
+  fs.writeFileSync(hosts, '127.0.0.1 localhost\n');
+  const b = bundle('nginx', hosts);
+  const create = createCallOf(createRequest('c1', b.dir, layer()));
+  fs.rmSync(path.join(b.dir, 'config.json'));
+  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await runtime.call(create));
+  assert.is(res.pid, 4711);
+  const sent = agent.callsOf('Create').map((c) => c.request as CreateRequest);
+  assert.ok(sent.length > 0 && sent.every((c) => c.spec.equals(b.config)), 'the bytes read when the call was made');
+  assert.is(sent[0].container_name, 'nginx', 'from the parsed spec\'s annotations');
+  assert.equal(sent[0].files.map((f) => f.destination), ['/etc/hosts'], 'from the parsed spec\'s mounts');
+  assert.equal(runtime.watchedMounts(), { c1: ['/etc/hosts'] }, 'its mounts watched');
 });
 
 test('Connect after Delete asks the agent (State): the remembered pid is forgotten with the task', async () => {
@@ -330,9 +360,9 @@ test('Connect after Delete asks the agent (State): the remembered pid is forgott
   const { runtime } = newRuntime(agent);
   const hosts = path.join(scratch('files'), 'hosts');
   fs.writeFileSync(hosts, '');
-  await runtime.call('Create', createRequest('c1', bundle('nginx', hosts).dir, layer()));
+  await call(runtime, 'Create', createRequest('c1', bundle('nginx', hosts).dir, layer()));
   assert.is((await connect(runtime, 'c1')).task_pid, 4711);
-  await runtime.call('Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
+  await call(runtime, 'Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
   assert.equal(runtime.relayedProcesses(), [], 'its relay forgotten');
   const err = await rejection(connect(runtime, 'c1'));
   assert.is(err.code, Code.NOT_FOUND, 'the agent\'s answer to State');
@@ -354,31 +384,31 @@ test('agent errors: a call error keeps its code (NOT_FOUND), an unreachable agen
   const { runtime } = newRuntime(agent);
 
   const kill = encode(`${T}KillRequest`, { id: 'c9', signal: 9 });
-  const notFound = await rejection(runtime.call('Kill', kill));
+  const notFound = await rejection(call(runtime, 'Kill', kill));
   assert.instance(notFound, RpcError);
   assert.is(notFound.code, Code.NOT_FOUND);
   assert.match(notFound.message, /^Kill on the DPU: /);
   assert.match(notFound.message, /container c9: not found/);
   assert.equal(agent.callsOf('Kill')[0].request, { pod_id: 'pod-1', request: kill }, 'relayed as containerd encoded it');
 
-  const unavailable = await rejection(runtime.call('State', encode(`${T}StateRequest`, { id: 'c9' })));
+  const unavailable = await rejection(call(runtime, 'State', encode(`${T}StateRequest`, { id: 'c9' })));
   assert.instance(unavailable, RpcError);
   assert.is(unavailable.code, Code.UNAVAILABLE);
   assert.match(unavailable.message, /^State on the DPU: .*unreachable/);
 
   const hosts = path.join(scratch('files'), 'hosts');
   fs.writeFileSync(hosts, '');
-  const created = await rejection(runtime.call('Create', createRequest('c9', bundle('c9', hosts).dir, layer())));
+  const created = await rejection(call(runtime, 'Create', createRequest('c9', bundle('c9', hosts).dir, layer())));
   assert.instance(created, RpcError);
   assert.is(created.code, Code.NOT_FOUND);
   assert.match(created.message, /^create c9 on the DPU: /);
 
-  const checkpoint = await rejection(runtime.call('Checkpoint', encode(`${T}CheckpointTaskRequest`, { id: 'c9' })));
+  const checkpoint = await rejection(call(runtime, 'Checkpoint', encode(`${T}CheckpointTaskRequest`, { id: 'c9' })));
   assert.is(checkpoint.code, Code.UNIMPLEMENTED);
   assert.is(agent.callsOf('Checkpoint').length, 0, 'never asked of the agent');
 
-  const malformed = await rejection(runtime.call('Create', Buffer.from([0x0a, 0x05, 0x61])));
-  assert.is(malformed.code, Code.INVALID_ARGUMENT);
+  const bare = await rejection(runtime.call(taskCall('Create', createRequest('c9', bundle('c9', hosts).dir, layer()))));
+  assert.is(bare.code, Code.INTERNAL, 'a Create without its decoded request and spec');
 });
 
 test('Wait: an unreachable agent (restarting) is asked again until it answers; a call error is not retried', async () => {
@@ -391,7 +421,7 @@ test('Wait: an unreachable agent (restarting) is asked again until it answers; a
   const { runtime } = newRuntime(agent);
   const request = encode(`${T}WaitRequest`, { id: 'c1' });
   const started = Date.now();
-  const res = decode<{ exit_status: number }>(`${T}WaitResponse`, await runtime.call('Wait', request));
+  const res = decode<{ exit_status: number }>(`${T}WaitResponse`, await call(runtime, 'Wait', request));
   assert.is(res.exit_status, 3);
   const waits = agent.callsOf('Wait');
   assert.is(waits.length, 3, 'asked until it answered');
@@ -404,7 +434,7 @@ test('Wait: an unreachable agent (restarting) is asked again until it answers; a
   agent.answer('Wait', () => {
     throw new DpuAgentError('call', 'DPU agent: NOT_FOUND: process c2: not found', Code.NOT_FOUND);
   });
-  const err = await rejection(runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c2' })));
+  const err = await rejection(call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c2' })));
   assert.is(err.code, Code.NOT_FOUND);
   assert.match(err.message, /^Wait on the DPU: /);
   assert.is(agent.callsOf('Wait').length, 4, 'asked once');
@@ -418,7 +448,7 @@ test('Wait: cancelled by containerd, it ends CANCELLED', async () => {
   }));
   const { runtime } = newRuntime(agent);
   const ac = new AbortController();
-  const waiting = rejection(runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' }), ac.signal));
+  const waiting = rejection(call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c1' }), ac.signal));
   await until('the Wait call', () => agent.callsOf('Wait').length === 1);
   assert.is(agent.callsOf('Wait')[0].opts.signal, ac.signal, 'the signal reaches the agent call');
   ac.abort();
@@ -432,7 +462,7 @@ test('Wait: cancelled by containerd, it ends CANCELLED', async () => {
   let drop: ((err: Error) => void) | undefined;
   agent.answer('Wait', () => new Promise((_, reject) => (drop = reject)));
   const cancelled = new AbortController();
-  const ending = rejection(runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' }), cancelled.signal));
+  const ending = rejection(call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c1' }), cancelled.signal));
   await until('the second Wait call', () => drop !== undefined);
   cancelled.abort();
   drop!(new DpuAgentError('unreachable', 'DPU agent at 192.168.100.2:7443 unreachable: Connection dropped'));
@@ -445,7 +475,7 @@ test('Wait: cancelled by containerd, it ends CANCELLED', async () => {
   agent.answer('Wait', () => Promise.reject(new DpuAgentError('unreachable', 'DPU agent at 192.168.100.2:7443 unreachable: connect ECONNREFUSED')));
   const paused = new AbortController();
   const before = agent.callsOf('Wait').length;
-  const inPause = rejection(runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' }), paused.signal));
+  const inPause = rejection(call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c1' }), paused.signal));
   await until('the third Wait call', () => agent.callsOf('Wait').length === before + 1);
   await sleep(RETRY_MS / 5);
   paused.abort();
@@ -544,7 +574,7 @@ test('resume: CreatePod, events after the last forwarded, every relayed process\
   const [c1Output, e1Output] = agent.streamsOf('Output');
   const changes = seen.changes;
   const del = encode(`${T}DeleteRequest`, { id: 'c1', exec_id: 'e1' });
-  const deleting = runtime.call('Delete', del);
+  const deleting = call(runtime, 'Delete', del);
   await sleep(50);
   assert.is(agent.callsOf('Delete').length, 0, 'not before the output has ended');
   e1Output.emit('data', { stream: 'STDOUT', data: Buffer.from('bye\n'), eof: true });
@@ -557,7 +587,7 @@ test('resume: CreatePod, events after the last forwarded, every relayed process\
 
   // The container itself: the agent has no such process any more (its output is over).
   c1Output.emit('error', Object.assign(new Error('5 NOT_FOUND: no such process'), { code: Code.NOT_FOUND }));
-  await runtime.call('Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
+  await call(runtime, 'Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
   assert.equal(runtime.relayedProcesses(), []);
   assert.is(agent.streamsOf('Output').length, 2, 'NOT_FOUND is not followed again');
 });
@@ -569,7 +599,7 @@ test('Exec: relayed, then its stdio followed on an Output stream of its own', as
   const { runtime } = newRuntime(agent);
   const stdout = fifo(dir, 'out');
   const exec = encode(`${T}ExecProcessRequest`, { id: 'c1', exec_id: 'sh', stdout, stderr: '' });
-  await runtime.call('Exec', exec);
+  await call(runtime, 'Exec', exec);
   assert.equal(agent.callsOf('Exec')[0].request, { pod_id: 'pod-1', request: exec });
   assert.equal(runtime.relayedProcesses(), [{ id: 'c1', execId: 'sh', paths: { stdin: '', stdout, stderr: '' } }]);
   assert.equal(agent.streamsOf('Output').map((s) => s.request), [{ pod_id: 'pod-1', container_id: 'c1', exec_id: 'sh' }]);
@@ -636,7 +666,7 @@ test('mounts kept live: a ConfigMap\'s `..data` swap reaches the agent (UpdateFi
   agent.answer('Delete', () => ({ response: encode(`${T}DeleteResponse`, { pid: 4711, exit_status: 0 }) }));
   const { runtime } = newRuntime(agent);
   const c = kubeletContainer('proxy');
-  await runtime.call('Create', createRequest('c1', c.dir, layer()));
+  await call(runtime, 'Create', createRequest('c1', c.dir, layer()));
   const create = agent.callsOf('Create').at(-1)!.request as CreateRequest;
   assert.equal(create.files.map((f) => [f.destination, f.directory, f.termination_log]), [['/etc/hosts', false, false], ['/etc/config', true, false], ['/dev/termination-log', false, true]]);
   assert.equal(runtime.watchedMounts(), { c1: ['/etc/hosts', '/etc/config'] });
@@ -653,7 +683,7 @@ test('mounts kept live: a ConfigMap\'s `..data` swap reaches the agent (UpdateFi
   await sleep(400);
   assert.is(agent.callsOf('UpdateFiles').length, 1, 'the termination log goes the other way only');
 
-  await runtime.call('Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
+  await call(runtime, 'Delete', encode(`${T}DeleteRequest`, { id: 'c1' }));
   assert.equal(runtime.watchedMounts(), {});
   kubeletWrite(c.volume, '..2024_01_01_00_02_00.3', { 'app.conf': 'v3' });
   await sleep(400);
@@ -666,15 +696,15 @@ test('termination message: Wait of the init writes the agent\'s message (capped)
   const c = kubeletContainer('proxy');
   const atForward: string[] = [];
   const { runtime, events } = newRuntime(agent, () => atForward.push(fs.readFileSync(c.terminationLog).subarray(-14).toString()));
-  await runtime.call('Create', createRequest('c1', c.dir, layer()));
+  await call(runtime, 'Create', createRequest('c1', c.dir, layer()));
 
   const long = Buffer.concat([Buffer.alloc(3000, 'a'), Buffer.alloc(4093, 'b'), Buffer.from('END')]);
   let waitMessage = Buffer.from('exec output, not a message');
   agent.answer('Wait', () => ({ response: encode(`${T}WaitResponse`, { exit_status: 1 }), termination_message: waitMessage }));
-  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1', exec_id: 'e1' }));
+  await call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c1', exec_id: 'e1' }));
   assert.is(fs.readFileSync(c.terminationLog, 'utf8'), '', 'an exec\'s Wait writes nothing');
   waitMessage = long;
-  const res = decode<{ exit_status: number }>(`${T}WaitResponse`, await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c1' })));
+  const res = decode<{ exit_status: number }>(`${T}WaitResponse`, await call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c1' })));
   assert.is(res.exit_status, 1);
   const written = fs.readFileSync(c.terminationLog);
   assert.is(written.length, 4096, 'capped at the kubelet\'s 4096 bytes');
@@ -709,11 +739,11 @@ test('resume: a live container\'s mounts sent again at once and watched; an exit
   kubeletWrite(live.volume, '..2024_01_01_00_01_00.2', { 'app.conf': 'v2' });
   await until('the update after the resend', () => agent.callsOf('UpdateFiles').length === 2, 3000);
 
-  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
+  await call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
   assert.is(fs.readFileSync(exited.terminationLog, 'utf8'), 'it ended');
   // An answer without a message (an earlier agent's) leaves the file as it is.
   agent.answer('Wait', () => ({ response: encode(`${T}WaitResponse`, { exit_status: 2 }), termination_message: Buffer.alloc(0) }));
-  await runtime.call('Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
+  await call(runtime, 'Wait', encode(`${T}WaitRequest`, { id: 'c2' }));
   assert.is(fs.readFileSync(exited.terminationLog, 'utf8'), 'it ended');
 
   await runtime.shutdown();

@@ -38,13 +38,29 @@ test('Create: options replaced, every other field kept', () => {
     options: { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: '/etc/x' }) },
   };
   const payload = encode(`${T}CreateTaskRequest`, req);
-  assert.equal(m.createRequest(payload), { id: 'c1', bundle: '/b', hasOptions: true });
-  const replaced = decode<typeof req>(`${T}CreateTaskRequest`, m.withCreateOptions(payload, m.runcOptions({ root: '/run/r', binaryName: '', systemdCgroup: true })));
+  const create = m.createTask(payload);
+  assert.is(create.hasOptions, true);
+  const spec = { raw: Buffer.from('{}'), parsed: {} };
+  const call = m.createCall(payload, create, spec);
+  assert.equal(call.ref, { id: 'c1', execId: '' });
+  const withRunc = m.withCreateOptions(call, m.runcOptions({ root: '/run/r', binaryName: '', systemdCgroup: true }));
+  const replaced = decode<typeof req>(`${T}CreateTaskRequest`, withRunc.payload);
   assert.equal({ ...replaced, options: null }, { ...req, options: null });
   assert.is(replaced.options.type_url, 'containerd.runc.v1.Options');
   assert.equal(decode('containerd.runc.v1.Options', replaced.options.value), decode('containerd.runc.v1.Options', encode('containerd.runc.v1.Options', { root: '/run/r', systemd_cgroup: true })));
-  const stripped = decode<typeof req>(`${T}CreateTaskRequest`, m.withCreateOptions(payload, null));
-  assert.is(stripped.options, null);
+  assert.ok(withRunc.create.hasOptions && withRunc.spec === spec && withRunc.ref === call.ref, 'the parsed parts kept');
+  const stripped = m.withCreateOptions(call, null);
+  assert.is(decode<typeof req>(`${T}CreateTaskRequest`, stripped.payload).options, null);
+  assert.equal(stripped.create, { ...create, hasOptions: false });
+  assert.ok(call.payload.equals(payload), 'the call replaced is not changed');
+});
+
+test('taskCall: the bytes as given and the task they name', () => {
+  const payload = encode(`${T}DeleteRequest`, { id: 'c', exec_id: 'e' });
+  const call = m.taskCall('Delete', payload);
+  assert.equal({ method: call.method, ref: call.ref }, { method: 'Delete', ref: { id: 'c', execId: 'e' } });
+  assert.is(call.payload, payload);
+  assert.not.ok(m.isCreateCall(m.taskCall('Create', encode(`${T}CreateTaskRequest`, { id: 'c' }))), 'a Create without its parsed parts is no CreateCall');
 });
 
 test('createTask reads what an offloaded Create needs, as protobufjs does', () => {
@@ -56,8 +72,8 @@ test('createTask reads what an offloaded Create needs, as protobufjs does', () =
     ],
   };
   const payload = encode(`${T}CreateTaskRequest`, { ...req, checkpoint: 'x', options: { type_url: 'u', value: Buffer.from('v') } });
-  assert.equal(m.createTask(payload), { ...req, rootfs: req.rootfs.map(({ target: _t, ...r }) => r) });
-  assert.equal(m.createTask(encode(`${T}CreateTaskRequest`, { id: 'c2', terminal: true, stdout: '/o' })), { id: 'c2', bundle: '', rootfs: [], terminal: true, stdin: '', stdout: '/o', stderr: '' });
+  assert.equal(m.createTask(payload), { ...req, rootfs: req.rootfs.map(({ target: _t, ...r }) => r), hasOptions: true });
+  assert.equal(m.createTask(encode(`${T}CreateTaskRequest`, { id: 'c2', terminal: true, stdout: '/o' })), { id: 'c2', bundle: '', rootfs: [], terminal: true, stdin: '', stdout: '/o', stderr: '', hasOptions: false });
   assert.is(m.createTaskPid(encode(`${T}CreateTaskResponse`, { pid: 4242 })), 4242);
   assert.is(m.createTaskPid(Buffer.alloc(0)), 0);
 });

@@ -9,6 +9,7 @@ import { TtrpcServer, TtrpcClient, RpcError, Code, notFound } from '../../src/tt
 import { decode, encode } from '../../src/proto';
 import { TaskService } from '../../src/shim/task-service';
 import type { Runtime, FirstTask } from '../../src/runcshim/runtime';
+import type { CreateCall, TaskCall, TaskRef } from '../../src/taskapi/messages';
 import { Logger, LogSink } from '../../src/common/log';
 import { parseFlags, formatFlags } from '../../src/taskapi/flags';
 import { loadConfig } from '../../src/shim/config';
@@ -22,7 +23,7 @@ const TASK = 'containerd.task.v2.Task';
 
 class FakeRuntime implements Runtime {
   readonly name = 'fake';
-  calls: { method: string; req: Record<string, unknown> }[] = [];
+  calls: { method: string; req: Record<string, unknown>; call: TaskCall }[] = [];
   prepared: FirstTask[] = [];
   exited = new Set<string>();
 
@@ -32,10 +33,11 @@ class FakeRuntime implements Runtime {
   taskOptions(): Buffer | null {
     return encode('google.protobuf.Any', { type_url: 'containerd.runc.v1.Options', value: encode('containerd.runc.v1.Options', { root: '/run/x' }) });
   }
-  async call(method: string, payload: Uint8Array): Promise<Buffer> {
+  async call(call: TaskCall): Promise<Buffer> {
+    const { method } = call;
     const type = { Create: 'CreateTaskRequest', Kill: 'KillRequest', Connect: 'ConnectRequest', Delete: 'DeleteRequest', State: 'StateRequest' }[method];
-    const req = type ? decode<Record<string, unknown>>(`${T}${type}`, payload) : {};
-    this.calls.push({ method, req });
+    const req = type ? decode<Record<string, unknown>>(`${T}${type}`, call.payload) : {};
+    this.calls.push({ method, req, call });
     if (method === 'Kill' && this.exited.has(req.id as string)) throw notFound('process already finished');
     if (method === 'Create') return encode(`${T}CreateTaskResponse`, { pid: 1234 });
     if (method === 'Connect') return encode(`${T}ConnectResponse`, { shim_pid: 999, task_pid: 1234 });
@@ -48,8 +50,16 @@ class FakeRuntime implements Runtime {
 const lines: string[] = [];
 const sink: LogSink = { write: (l) => lines.push(l) };
 const runtime = new FakeRuntime();
-// Tasks of a bundle under /host/ are the proxy's to give to runc's shim.
-const service = new TaskService((req) => (req.bundle.startsWith('/host/') ? null : runtime), new Logger(sink, true), { shimPid: () => 4242 });
+// Tasks whose spec says `test/where: host` are the proxy's to give to runc's shim.
+const routed: CreateCall[] = [];
+const service = new TaskService(
+  (create) => {
+    routed.push(create);
+    return create.spec.parsed.annotations?.['test/where'] === 'host' ? null : runtime;
+  },
+  new Logger(sink, true),
+  { shimPid: () => 4242 },
+);
 const server = new TtrpcServer();
 server.registerService(TASK, service.handlers());
 server.register(TASK, 'Create', async (payload) => {
@@ -58,6 +68,14 @@ server.register(TASK, 'Create', async (payload) => {
 });
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'shim-unit-'));
 const sock = path.join(dir, 's');
+
+/** A bundle directory whose config.json carries `annotations`. */
+function bundle(id: string, annotations: Record<string, string> = {}): string {
+  const b = path.join(dir, 'bundles', id);
+  fs.mkdirSync(b, { recursive: true });
+  fs.writeFileSync(path.join(b, 'config.json'), JSON.stringify({ ociVersion: '1.0.2', annotations }, null, 2));
+  return b;
+}
 let client: TtrpcClient;
 
 const call = (method: string, type: string, req: object): Promise<Buffer> => client.call(TASK, method, encode(`${T}${type}`, req));
@@ -91,13 +109,39 @@ test('malformed request: INVALID_ARGUMENT, and the service goes on', async () =>
 
 test('Create: prepares the runtime, replaces our runtime options with the runtime’s own', async () => {
   const ours = { type_url: 'runtimeoptions.v1.Options', value: encode('runtimeoptions.v1.Options', { config_path: '/etc/heteropod/shim.toml' }) };
-  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await call('Create', 'CreateTaskRequest', { id: 'c1', bundle: '/b/c1', stdout: '/fifo/out', options: ours }));
+  const b = bundle('c1');
+  const res = decode<{ pid: number }>(`${T}CreateTaskResponse`, await call('Create', 'CreateTaskRequest', { id: 'c1', bundle: b, stdout: '/fifo/out', options: ours }));
   assert.is(res.pid, 1234);
-  assert.equal(runtime.prepared, [{ id: 'c1', bundle: '/b/c1' }]);
+  assert.equal(runtime.prepared, [{ id: 'c1', bundle: b }]);
   const forwarded = runtime.calls.find((c) => c.method === 'Create')!.req as { options: { type_url: string }; stdout: string };
   assert.is(forwarded.options.type_url, 'containerd.runc.v1.Options');
   assert.is(forwarded.stdout, '/fifo/out');
-  assert.is(await codeOf(call('Create', 'CreateTaskRequest', { id: 'c1', bundle: '/b/c1' })), Code.ALREADY_EXISTS);
+  assert.is(await codeOf(call('Create', 'CreateTaskRequest', { id: 'c1', bundle: b })), Code.ALREADY_EXISTS);
+});
+
+test('Create: decoded and its config.json read once, the same parts for the router and the runtime', async () => {
+  const created = runtime.calls.find((c) => c.method === 'Create')!.call as CreateCall;
+  const placed = routed.find((r) => r.ref.id === 'c1')!;
+  assert.equal(created.create, placed.create, 'the router\'s decoded Create is the runtime\'s');
+  assert.is(created.spec, placed.spec, 'the router\'s spec is the runtime\'s');
+  assert.equal(created.ref, { id: 'c1', execId: '' });
+  const b = path.join(dir, 'bundles', 'c1');
+  assert.equal([created.create.bundle, created.create.stdout, created.create.hasOptions], [b, '/fifo/out', true]);
+  assert.ok(created.spec.raw.equals(fs.readFileSync(path.join(b, 'config.json'))), 'config.json\'s bytes');
+  assert.not.ok(placed.payload.equals(created.payload), 'options replaced for the runtime only');
+});
+
+test('Create: a bundle without a readable config.json, a malformed request: INVALID_ARGUMENT, nothing held', async () => {
+  const b = bundle('c8');
+  fs.rmSync(path.join(b, 'config.json'));
+  const missing = await call('Create', 'CreateTaskRequest', { id: 'c8', bundle: b }).catch((e: RpcError) => e);
+  assert.instance(missing, RpcError);
+  assert.is((missing as RpcError).code, Code.INVALID_ARGUMENT);
+  assert.match((missing as RpcError).message, `create task c8: read bundle spec ${b}/config.json: ENOENT`);
+  fs.writeFileSync(path.join(b, 'config.json'), '{ not json');
+  assert.is(await codeOf(call('Create', 'CreateTaskRequest', { id: 'c8', bundle: b })), Code.INVALID_ARGUMENT);
+  assert.is(await codeOf(client.call(TASK, 'Create', Buffer.from([0x0a, 0x05, 0x61]))), Code.INVALID_ARGUMENT);
+  assert.is(service.tasks.find('c8'), undefined);
 });
 
 test('Kill of an exited process: NOT_FOUND from the runtime reaches containerd', async () => {
@@ -114,10 +158,19 @@ test('Connect: the shim pid is the pod proxy’s, the task pid the runtime’s',
 
 test('Create of a task the daemon does not hold: answered `proxy`, not held, the runtime not called', async () => {
   const before = runtime.calls.length;
-  const res = await call('Create', 'CreateTaskRequest', { id: 'h1', bundle: '/host/h1' });
+  const res = await call('Create', 'CreateTaskRequest', { id: 'h1', bundle: bundle('h1', { 'test/where': 'host' }) });
   assert.is(res.toString(), 'proxy');
   assert.is(runtime.calls.length, before);
   assert.is(await codeOf(call('State', 'StateRequest', { id: 'h1' })), Code.NOT_FOUND);
+});
+
+test('a call reaches the runtime with the ids parsed once, and its bytes as sent', async () => {
+  const payload = encode(`${T}StateRequest`, { id: 'c1', exec_id: 'e1' });
+  await client.call(TASK, 'State', payload);
+  const last = runtime.calls.at(-1)!.call;
+  assert.is(last.method, 'State');
+  assert.equal(last.ref, { id: 'c1', execId: 'e1' } satisfies TaskRef);
+  assert.ok(last.payload.equals(payload));
 });
 
 test('Delete: the task leaves the table', async () => {
