@@ -135,6 +135,20 @@ const splitKey = (key: string): [string, string] => {
   const slash = key.indexOf('/');
   return [key.slice(0, slash), key.slice(slash + 1)];
 };
+/** The processes whose working directory is `dir`. */
+function processesIn(dir: string): number[] {
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${name}/cwd`).replace(/ \(deleted\)$/, '') === dir) out.push(Number(name));
+    } catch {
+      // gone, or not ours to look at
+    }
+  }
+  return out;
+}
+
 const timestampOf = (ms: number): Timestamp => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
 
 function checkId(what: string, id: string): void {
@@ -909,12 +923,9 @@ export class DpuPods {
   }
 
   private killLeftovers(pod: DpuPod): void {
-    const pids = new Set<number>();
-    try {
-      pids.add(Number(fs.readFileSync(path.join(pod.dir, 'runc-shim', 'shim.pid'), 'utf8').trim()));
-    } catch {
-      // no pid file: the shim never started
-    }
+    // runc's shim writes no pid file; it runs in the working directory it was
+    // started in, which is the pod's own.
+    const pids = new Set<number>(processesIn(path.join(pod.dir, 'runc-shim')));
     const walk = (dir: string) => {
       try {
         for (const line of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n')) if (line.trim()) pids.add(Number(line));

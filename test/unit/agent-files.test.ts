@@ -302,6 +302,22 @@ test('a pod whose runc shim is gone (a DPU reboot): its container is reported ex
   }
 });
 
+test('a pod removed while a process still runs in its runc shim\'s directory (a shim that would not exit): it is killed', async () => {
+  const { pods, copies } = await recoveredPod();
+  // <pod>/containers/c1/files/0
+  const shimDir = path.join(path.dirname(path.dirname(path.dirname(path.dirname(copies['/etc/config'])))), 'runc-shim');
+  fs.mkdirSync(shimDir, { recursive: true });
+  const stuck = spawn('sleep', ['60'], { cwd: shimDir, stdio: 'ignore' });
+  try {
+    await new Promise((r) => stuck.once('spawn', r));
+    const exited = new Promise((r) => stuck.once('exit', (_code, signal) => r(signal)));
+    await pods.removePod('pod-1');
+    assert.is(await Promise.race([exited, new Promise((r) => setTimeout(() => r('still running after 5 s'), 5000))]), 'SIGKILL');
+  } finally {
+    stuck.kill('SIGKILL');
+  }
+});
+
 test('the API: UpdateFiles, and the termination message on Wait\'s answer and on the event, as the wire carries them', () => {
   const service = dpuAgentService().service;
   assert.ok(service.UpdateFiles, 'UpdateFiles is served');
