@@ -21,7 +21,6 @@
 // One agent owns a cache directory; within it, puts of the same digest are
 // serialized, and a rename race with another writer is settled by the file
 // system (the loser finds the layer present).
-import * as grpc from '@grpc/grpc-js';
 import { pidAlive } from '../common/processes';
 import { Code } from '../common/status';
 import { createHash } from 'node:crypto';

@@ -32,7 +32,6 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';

@@ -63,7 +63,7 @@ class OutputFifo {
   private socket: net.Socket | null = null;
   private placeholder = -1;
 
-  constructor(readonly name: StreamName, readonly path: string, private readonly owner: ProcessOutput, fresh: boolean) {
+  constructor(readonly name: StreamName, readonly path: string, owner: ProcessOutput, fresh: boolean) {
     const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     if (fresh) this.placeholder = fs.openSync(path, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
     // Reopened: a reader that opened while no writer was left is told of no

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "launcher.h"
+#include "proxy-internal.h"
 
 #define SANDBOX_ID_KEY "\"io.kubernetes.cri.sandbox-id\""
 #define OFFLOAD_KEY "\"heteropod.io/offload\""
@@ -24,52 +25,18 @@
 
 /* ---- runtime options ------------------------------------------------------- */
 
-/* Protobuf: finds length-delimited field `want` of a message; 0 if absent. */
-static int pb_field(const unsigned char *p, size_t len, unsigned want, const unsigned char **val, size_t *vlen)
+/* Length-delimited field `want` of message p[0, len), its first occurrence
+ * (read with the proxy's codec); 0 if absent or malformed. */
+static int first_bytes_field(const unsigned char *p, size_t len, unsigned want, const unsigned char **val, size_t *vlen)
 {
+	struct pb_field f;
 	size_t i = 0;
 
-	while (i < len) {
-		uint64_t tag = 0, n = 0;
-		int shift = 0;
-
-		do {
-			if (i >= len || shift > 63)
-				return 0;
-			tag |= (uint64_t)(p[i] & 0x7f) << shift;
-			shift += 7;
-		} while (p[i++] & 0x80);
-		switch (tag & 7) {
-		case 0:
-			while (i < len && (p[i] & 0x80))
-				i++;
-			i++;
-			break;
-		case 1:
-			i += 8;
-			break;
-		case 5:
-			i += 4;
-			break;
-		case 2:
-			shift = 0;
-			do {
-				if (i >= len || shift > 63)
-					return 0;
-				n |= (uint64_t)(p[i] & 0x7f) << shift;
-				shift += 7;
-			} while (p[i++] & 0x80);
-			if (n > len - i)
-				return 0;
-			if ((tag >> 3) == want) {
-				*val = p + i;
-				*vlen = (size_t)n;
-				return 1;
-			}
-			i += (size_t)n;
-			break;
-		default:
-			return 0;
+	while (pb_next(p, len, &i, &f) == 1) {
+		if (f.num == want && f.wire == 2) {
+			*val = f.val;
+			*vlen = f.vlen;
+			return 1;
 		}
 	}
 	return 0;
@@ -81,10 +48,10 @@ char *config_path_from_options(const unsigned char *any, size_t len)
 	size_t tlen, vlen, plen;
 	static const char suffix[] = "runtimeoptions.v1.Options";
 
-	if (!pb_field(any, len, 1, &type, &tlen) || tlen < sizeof(suffix) - 1 ||
+	if (!first_bytes_field(any, len, 1, &type, &tlen) || tlen < sizeof(suffix) - 1 ||
 	    memcmp(type + tlen - (sizeof(suffix) - 1), suffix, sizeof(suffix) - 1) != 0)
 		return strdup("");
-	if (!pb_field(any, len, 2, &value, &vlen) || !pb_field(value, vlen, 2, &path, &plen))
+	if (!first_bytes_field(any, len, 2, &value, &vlen) || !first_bytes_field(value, vlen, 2, &path, &plen))
 		return strdup("");
 	return strndup((const char *)path, plen);
 }

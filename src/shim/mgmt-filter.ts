@@ -16,7 +16,7 @@
 // test bed's `local down`).
 import * as dns from 'node:dns/promises';
 import * as net from 'node:net';
-import { runCommand as run } from '../common/processes';
+import { inNetns } from '../netns/exec';
 
 export const MGMT_CHAIN = 'HETEROPOD-MGMT';
 
@@ -24,6 +24,10 @@ export interface ManagementLink {
   dev: string;
   family: 4 | 6;
 }
+
+// The node's own network namespace: the tools run there as in a pod's half.
+const own = (argv: string[], input?: string): Promise<string> => inNetns(`/proc/${process.pid}/ns/net`, argv, input);
+const succeeds = (argv: string[]): Promise<boolean> => own(argv).then(() => true, () => false);
 
 const TOOLS = {
   4: { restore: 'iptables-restore', iptables: 'iptables' },
@@ -45,9 +49,7 @@ export function agentHost(address: string): string {
 export async function managementLink(address: string): Promise<ManagementLink | null> {
   const host = agentHost(address);
   const ip = net.isIP(host) ? host : (await dns.lookup(host)).address;
-  const r = await run('ip', ['route', 'get', ip]);
-  if (r.code !== 0) throw new Error(`ip route get ${ip}: ${r.stderr.trim()}`);
-  const dev = linkOfRoute(r.stdout);
+  const dev = linkOfRoute(await own(['ip', 'route', 'get', ip]));
   return dev ? { dev, family: net.isIPv6(ip) ? 6 : 4 } : null;
 }
 
@@ -73,22 +75,19 @@ export function guardRules(link: string): string {
 /** Makes (or remakes) the guard of `link` and hooks it first in FORWARD. */
 export async function guardManagementLink(link: ManagementLink): Promise<void> {
   const f = TOOLS[link.family];
-  const made = await run(f.restore, ['-w', '--noflush'], guardRules(link.dev));
-  if (made.code !== 0) throw new Error(`${f.restore}: ${made.stderr.trim()}`);
-  if ((await run(f.iptables, ['-w', '-C', 'FORWARD', '-j', MGMT_CHAIN])).code === 0) return;
-  const hook = await run(f.iptables, ['-w', '-I', 'FORWARD', '1', '-j', MGMT_CHAIN]);
-  if (hook.code !== 0) throw new Error(`${f.iptables} -I FORWARD: ${hook.stderr.trim()}`);
+  await own([f.restore, '-w', '--noflush'], guardRules(link.dev));
+  if (!(await succeeds([f.iptables, '-w', '-C', 'FORWARD', '-j', MGMT_CHAIN]))) await own([f.iptables, '-w', '-I', 'FORWARD', '1', '-j', MGMT_CHAIN]);
 }
 
 /** Removes the guard, if there (a family whose filter table has no such chain is not touched). */
 export async function removeManagementGuard(): Promise<void> {
   for (const f of Object.values(TOOLS)) {
-    const saved = await run(`${f.iptables}-save`, ['-t', 'filter']);
-    if (saved.code !== 0 || !saved.stdout.includes(`:${MGMT_CHAIN} `)) continue;
-    while ((await run(f.iptables, ['-w', '-D', 'FORWARD', '-j', MGMT_CHAIN])).code === 0) {
+    const saved = await own([`${f.iptables}-save`, '-t', 'filter']).catch(() => '');
+    if (!saved.includes(`:${MGMT_CHAIN} `)) continue;
+    while (await succeeds([f.iptables, '-w', '-D', 'FORWARD', '-j', MGMT_CHAIN])) {
       // one hook per start at most, but a crash between two steps may have left two
     }
-    await run(f.iptables, ['-w', '-F', MGMT_CHAIN]);
-    await run(f.iptables, ['-w', '-X', MGMT_CHAIN]);
+    await succeeds([f.iptables, '-w', '-F', MGMT_CHAIN]);
+    await succeeds([f.iptables, '-w', '-X', MGMT_CHAIN]);
   }
 }

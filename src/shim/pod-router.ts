@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { DpuAgentClient } from '../agentapi/client';
 import { AnnotationError, parsePodOffload, PodOffload } from '../placement/annotations';
 import { AnnotationError as PortsAnnotationError, PORTS_ANNOTATION, declaredPortList, OciHook, parsePortsAnnotation, podAddress, withCleanupHook } from '../netns';
-import { ContainerSpec, Placement, PlacementError, placeContainer, Where } from '../placement/placement';
+import { ContainerSpec, Placement, PlacementError, placeContainer } from '../placement/placement';
 import { RpcError, failedPrecondition, invalidArgument } from '../ttrpc';
 import type { ShimConfig } from './config';
 import { DpuAgentRuntime } from './dpu-runtime';

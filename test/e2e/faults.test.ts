@@ -203,16 +203,16 @@ test('bad annotations: whitespace refused, a long value quoted short, nothing le
 
 /** Packets from the host's side that reached the DPU's management namespace for TCP port `port`, counted there. */
 async function dpuArrivals(port: number, body: () => Promise<void>): Promise<number> {
-  const rule = ['-t', 'raw', 'PREROUTING', '-i', DPU.link, '-p', 'tcp', '--dport', String(port), '-m', 'comment', '--comment', 'hp-e2e-count'];
-  const inDpu = (args: string[]) => runCmd('ip', ['netns', 'exec', DPU.netns, 'iptables', '-w', ...args]);
-  await inDpu([rule[0], rule[1], '-I', ...rule.slice(2)]);
+  const rule = ['PREROUTING', '-i', DPU.link, '-p', 'tcp', '--dport', String(port), '-m', 'comment', '--comment', 'hp-e2e-count'];
+  const inDpu = (args: string[]) => runCmd('ip', ['netns', 'exec', DPU.netns, 'iptables', '-w', '-t', 'raw', ...args]);
+  await inDpu(['-I', ...rule]);
   try {
     await body();
-    const listed = (await inDpu(['-t', 'raw', '-L', 'PREROUTING', '-v', '-x', '-n'])).stdout;
+    const listed = (await inDpu(['-L', 'PREROUTING', '-v', '-x', '-n'])).stdout;
     const line = listed.split('\n').find((l) => l.includes('hp-e2e-count'));
     return Number(line?.trim().split(/\s+/)[0] ?? NaN);
   } finally {
-    await inDpu([rule[0], rule[1], '-D', ...rule.slice(2)]);
+    await inDpu(['-D', ...rule]);
   }
 }
 

@@ -7,7 +7,6 @@
 // offloaded (`heteropod-offload`: the proxy asks the node daemon where each task
 // goes). Every test ends with a leak
 // check of what shims make.
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
