@@ -105,6 +105,8 @@ class SplitLink {
   private sentPorts: string | null = null;
   private sending = false;
   private dpuOpen = false;
+  // The DPU half's listening ports, as its open reported them.
+  private dpuPorts: number[] = [];
   private watch: grpc.ClientReadableStream<ListeningPorts> | null = null;
   private outage = false;
   private closed = false;
@@ -119,7 +121,10 @@ class SplitLink {
   async open(resume?: { restoreSysctls: Record<string, string> }): Promise<void> {
     const { netnsPath, podIp, declaredDpuPorts, hostMode } = this.opts;
     try {
-      this.host = await openHostHalf({
+      // openHostHalf makes (or takes over) the pod's window before it first
+      // waits; the agent's DPU half attaches to it while the host half's
+      // addresses, sysctls and rules are set up, so the two halves open at once.
+      const host = openHostHalf({
         podId: this.podId,
         netnsPath,
         podIp,
@@ -131,8 +136,13 @@ class SplitLink {
           this.sendPorts();
         },
         log: (level, msg) => this.log[level](msg),
+      }).then((h) => {
+        this.host = h;
       });
-      await this.openDpuHalf();
+      const [hostDone, dpuDone] = await Promise.allSettled([host, this.openDpuHalf()]);
+      if (hostDone.status === 'rejected') throw hostDone.reason;
+      if (dpuDone.status === 'rejected') throw dpuDone.reason;
+      await this.host!.setPeerListeningPorts(this.dpuPorts); // unchanged: no work
       this.follow();
     } catch (err) {
       await this.close().catch((e: Error) => this.log.error('close the split network after a failed open', { error: e.message }));
@@ -161,6 +171,8 @@ class SplitLink {
     if (this.closed) return;
     this.dpuOpen = true;
     this.sentPorts = null; // a new half knows nothing of the host's ports
+    this.dpuPorts = info.listening_ports;
+    // At open the host half may still be opening: open() gives them then.
     await this.host?.setPeerListeningPorts(info.listening_ports);
     this.sendPorts();
   }
