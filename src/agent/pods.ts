@@ -32,7 +32,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { NetnsHalf, networkOf, openDpuHalf, removeUplink } from '../netns';
+import { NetnsHalf, OWN_NETNS, networkOf, openDpuHalf, ownDevices, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, forwardedEvent, taskExit, taskRef } from '../taskapi/messages';
@@ -487,7 +487,7 @@ export class DpuPods {
     if (!pod.link) {
       const netnsPath = pod.netnsPath(this.paths.netnsDir);
       const podLog = this.log.with({ pod: req.pod_id });
-      const uplink = req.pod_prefix_length > 0 && this.hasUplink() ? { rootNetns: '/proc/self/ns/net', nodeCidr: networkOf(req.pod_ip, req.pod_prefix_length) } : undefined;
+      const uplink = req.pod_prefix_length > 0 && this.hasUplink() ? { rootNetns: OWN_NETNS, nodeCidr: networkOf(req.pod_ip, req.pod_prefix_length) } : undefined;
       const opening: Promise<NetnsHalf> = openDpuHalf({
         podId: req.pod_id,
         netnsPath,
@@ -527,13 +527,7 @@ export class DpuPods {
   /** The DPU's uplink device is there (looked up each time: a DPU's ports may come and go). */
   private hasUplink(): boolean {
     const dev = this.paths.uplinkDev;
-    if (!dev) return false;
-    try {
-      execFileSync('ip', ['link', 'show', 'dev', dev], { stdio: 'pipe' });
-      return true;
-    } catch {
-      return false;
-    }
+    return !!dev && ownDevices().has(dev);
   }
 
   /** Closes the pod's DPU half; a pod without one (or unknown) has nothing to close. Its port watchers' streams end. */
@@ -599,7 +593,7 @@ export class DpuPods {
     // A half that was not open (the agent restarted since) left its wire to the
     // uplink; its rules live on in the DPU's own namespace.
     if (pod.record.uplink_pod_ip) {
-      await removeUplink('/proc/self/ns/net', id, pod.record.uplink_pod_ip).catch((err: Error) => problems.push(`the wire to the uplink: ${err.message}`));
+      await removeUplink(OWN_NETNS, id, pod.record.uplink_pod_ip).catch((err: Error) => problems.push(`the wire to the uplink: ${err.message}`));
     }
     for (const container of Object.keys(pod.record.containers)) {
       try {

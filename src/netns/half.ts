@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, removeWindow, windowPath } from '../xpu/window';
-import { inNetns, isNetns, readSysctls, writeSysctls } from './exec';
+import { inNetns, isNetns, swapSysctls, writeSysctls } from './exec';
 import { ListenerWatcher } from './listeners';
 import { PortView, conflictingPorts, dpuOwnedPorts, hostOwnedPorts, sortedPorts } from './ports';
 import { DPU_LINK_IP, HOST_LINK_IP, HalfSide, LINK_PREFIX, LINK_TAP, applyRules, chainName, halfRules, removeRules } from './rules';
@@ -107,6 +107,8 @@ export class NetnsHalf {
   private queue: Promise<void> = Promise.resolve();
   private closing: Promise<void> | null = null;
   private appliedPorts = '';
+  /** @internal ip_local_reserved_ports as the namespace has it now, when known (a write that changes nothing is skipped). */
+  reservedNow: string | null = null;
   /** @internal the DPU half's wire to the DPU's uplink, when it has one (set while opening) */
   uplink: DpuUplink | null = null;
 
@@ -221,7 +223,10 @@ export class NetnsHalf {
     const reserved = this.side === 'host' ? dpu : host;
     const text = `${dpu.join(',')} ${host.join(',')}`;
     if (text === this.appliedPorts) return;
-    await writeSysctls(this.netnsPath, new Map([['net.ipv4.ip_local_reserved_ports', reserved.join(',')]]));
+    if (reserved.join(',') !== this.reservedNow) {
+      await writeSysctls(this.netnsPath, new Map([['net.ipv4.ip_local_reserved_ports', reserved.join(',')]]));
+      this.reservedNow = reserved.join(',');
+    }
     await this.uplink?.setPorts(dpu, host);
     this.appliedPorts = text;
   }
@@ -402,7 +407,15 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     // (its egress to the fabric leaves from the DPU's uplink, uplink.ts).
     // Its loopback carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
     if (side === 'dpu') ipBatch.push(`route add ${o.uplink ? o.uplink.nodeCidr : 'default'} via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
-    await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
+    // The wire to the DPU's uplink, first: the half's end of it is set up in
+    // the same batch as xpu0.
+    let uplink: DpuUplink | null = null;
+    if (o.uplink) {
+      uplink = await DpuUplink.attach({ podId: o.podId, podIp: o.podIp!, halfNetns: o.netnsPath, rootNetns: o.uplink.rootNetns, halfLines: ipBatch });
+      undo.push(() => uplink!.close());
+    } else {
+      await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
+    }
 
     // route_localnet on xpu0: 127.0.0.1 may be routed out of it (before SNAT)
     // and DNATed to on arrival. Forwarding (host half): from eth0 to the DPU
@@ -425,17 +438,20 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
       want.set(conf(eth, 'forwarding'), '1');
       keep.push(conf(eth, 'forwarding'));
     }
-    const restore = o.resume ? new Map(Object.entries(o.resume.restoreSysctls)) : await readSysctls(o.netnsPath, keep);
-    await writeSysctls(o.netnsPath, want);
+    let restore: Map<string, string>;
+    if (o.resume) {
+      restore = new Map(Object.entries(o.resume.restoreSysctls));
+      await writeSysctls(o.netnsPath, want);
+    } else {
+      restore = await swapSysctls(o.netnsPath, keep, want);
+    }
     undo.push(() => writeSysctls(o.netnsPath, restore));
 
     const watcher = await ListenerWatcher.open(o.netnsPath);
     undo.push(() => watcher.close());
     const half = new NetnsHalf(side, o.podId, o.netnsPath, o.podIp, window, port, watcher, restore, o);
-    if (o.uplink) {
-      half.uplink = await DpuUplink.attach({ podId: o.podId, podIp: o.podIp!, halfNetns: o.netnsPath, rootNetns: o.uplink.rootNetns });
-      undo.push(() => half.uplink!.close());
-    }
+    if (!o.resume) half.reservedNow = restore.get('net.ipv4.ip_local_reserved_ports') ?? null;
+    half.uplink = uplink;
     watcher.refresh(); // one look now, so that the first rules know the listeners already there
     // Chains a previous half of this pod left (its owner crashed and no hook
     // ran) go first, so that jumps are never doubled.

@@ -18,7 +18,7 @@
 // addresses and permanent neighbour entries, so no ARP crosses it, and the DPU
 // end has no address (the half's gateway is a link-local name, 169.254.1.1).
 import * as net from 'node:net';
-import { inNetns } from './exec';
+import { OWN_NETNS, inNetns, ownDevices } from './exec';
 import { chainTag } from './rules';
 
 export const HALF_UPLINK_DEV = 'eth0';
@@ -113,6 +113,8 @@ export interface UplinkOptions {
   halfNetns: string;
   /** the DPU's own namespace, where the uplink is (the agent's: /proc/self/ns/net) */
   rootNetns: string;
+  /** `ip -batch` lines of the half's own, run in the same batch as the wire's half end (one process fewer) */
+  halfLines?: readonly string[];
 }
 
 export class DpuUplink {
@@ -128,13 +130,33 @@ export class DpuUplink {
   static async attach(o: UplinkOptions): Promise<DpuUplink> {
     const u = new DpuUplink(o);
     const dev = u.device;
+    const initial = uplinkRules([], []);
     try {
-      await removeUplink(o.rootNetns, o.podId, o.podIp); // what a crashed owner left
-      await inNetns(o.rootNetns, ['ip', 'link', 'add', dev, 'address', ROOT_MAC, 'type', 'veth', 'peer', 'name', HALF_UPLINK_DEV, 'address', HALF_MAC, 'netns', o.halfNetns]);
+      // What a crashed owner left goes in the same batch that wires the pod:
+      // its rules, and its end of the wire if there is one (a device that is
+      // not there would fail the batch; the DPU's own namespace is looked at
+      // directly, another is asked).
+      const stale = (await existingRules(o.rootNetns, o.podIp)).map((r) => `rule del ${r}`);
+      if (o.rootNetns !== OWN_NETNS) await inNetns(o.rootNetns, ['ip', 'link', 'del', dev]).catch(() => undefined);
+      else if (ownDevices().has(dev)) stale.push(`link del ${dev}`);
+      await inNetns(
+        o.rootNetns,
+        ['ip', '-batch', '-'],
+        [
+          ...stale,
+          `link add ${dev} address ${ROOT_MAC} type veth peer name ${HALF_UPLINK_DEV} address ${HALF_MAC} netns ${o.halfNetns}`,
+          `link set ${dev} up`,
+          `neigh replace ${o.podIp} lladdr ${HALF_MAC} dev ${dev} nud permanent`,
+          `route replace ${o.podIp}/32 dev ${dev} table ${HALVES_TABLE}`,
+          ...initial.map((r) => `rule add ${ruleArgs(o.podIp, r)}`),
+        ].join('\n') + '\n',
+      );
+      u.applied = new Map(initial.map((r) => [key(r), r]));
       await inNetns(
         o.halfNetns,
         ['ip', '-batch', '-'],
         [
+          ...(o.halfLines ?? []),
           `addr add ${o.podIp}/32 dev ${HALF_UPLINK_DEV}`,
           `link set ${HALF_UPLINK_DEV} up`,
           `neigh replace ${UPLINK_GATEWAY} lladdr ${ROOT_MAC} dev ${HALF_UPLINK_DEV} nud permanent`,
@@ -142,16 +164,6 @@ export class DpuUplink {
           `route replace default via ${UPLINK_GATEWAY} dev ${HALF_UPLINK_DEV} src ${o.podIp}`,
         ].join('\n') + '\n',
       );
-      await inNetns(
-        o.rootNetns,
-        ['ip', '-batch', '-'],
-        [
-          `link set ${dev} up`,
-          `neigh replace ${o.podIp} lladdr ${HALF_MAC} dev ${dev} nud permanent`,
-          `route replace ${o.podIp}/32 dev ${dev} table ${HALVES_TABLE}`,
-        ].join('\n') + '\n',
-      );
-      await u.setPorts([], []);
       return u;
     } catch (err) {
       await removeUplink(o.rootNetns, o.podId, o.podIp).catch(() => undefined);

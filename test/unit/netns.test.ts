@@ -14,6 +14,7 @@ import { LISTENER_BYTES } from '../../src/xpu/native';
 import { chainName, chainTag, halfRules, multiportChunks, removalRules } from '../../src/netns/rules';
 import { parseArgs, targetFromState } from '../../src/netns/hook';
 import { podWindowPath } from '../../src/netns/half';
+import { OWN_NETNS, inNetns, ownDevices, readSysctls, swapSysctls } from '../../src/netns/exec';
 import { addNetns, canMakeNetns, delNetns, listNetns } from '../lib/netns';
 import { skip } from '../lib/skip';
 
@@ -385,3 +386,28 @@ test('hook: the pod and its namespace from the OCI state and the bundle\'s confi
 });
 
 test.run();
+
+// ---- visits to a namespace (exec.ts)
+
+test('sysctls: swapSysctls reads the old values, then writes, in one visit; a quote is refused; own devices read without a process', async () => {
+  const why = canMakeNetns();
+  if (why) return skip('sysctl swap', why);
+  const p = addNetns('hpx-sysctl');
+  try {
+    const names = ['net.ipv4.ip_local_port_range', 'net.ipv4.ip_local_reserved_ports'];
+    const before = await readSysctls(p, names);
+    const old = await swapSysctls(p, names, new Map([['net.ipv4.ip_local_port_range', '47000 60999'], ['net.ipv4.ip_local_reserved_ports', '15006']]));
+    assert.equal(old, before, 'the values from before the write');
+    const now = await readSysctls(p, names);
+    assert.is(now.get('net.ipv4.ip_local_port_range')!.replace(/\s+/g, ' '), '47000 60999');
+    assert.is(now.get('net.ipv4.ip_local_reserved_ports'), '15006');
+    const err = await swapSysctls(p, names, new Map([["net.ipv4.conf.x'y.forwarding", '1']])).catch((e: Error) => e);
+    assert.instance(err, Error);
+    assert.match((err as Error).message, /holds a quote/);
+    // The caller's own namespace: inNetns runs the tool itself; ownDevices reads /proc.
+    assert.ok(ownDevices().has('lo'));
+    assert.match(await inNetns(OWN_NETNS, ['ip', '-o', 'link', 'show', 'dev', 'lo']), /lo:/);
+  } finally {
+    delNetns('hpx-sysctl');
+  }
+});
