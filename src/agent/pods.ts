@@ -177,6 +177,8 @@ class DpuPod {
   private logFifo: net.Socket | null = null;
   // The DPU half of the pod's split network, opening or open; null when closed.
   link: Promise<NetnsHalf> | null = null;
+  // This agent made the pod's network namespace and has opened no half in it since.
+  freshNetns = false;
   // Its listening ports as last reported (null: not yet), and who wants them.
   linkPorts: number[] | null = null;
   readonly portListeners = new Set<PortsListener>();
@@ -438,6 +440,7 @@ export class DpuPods {
       execFileSync('ip', ['netns', 'add', record.netns], { stdio: 'pipe' });
       undo.push(() => this.deleteNetns(record.netns));
       execFileSync('ip', ['-n', record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      pod.freshNetns = true;
       pod.openShimLog(this.log.with({ pod: record.id }));
       // runc's shim reads the pod's grouping annotation from here at start; the
       // first container's spec replaces it later for the record.
@@ -494,6 +497,7 @@ export class DpuPods {
         podIp: req.pod_ip,
         uplink,
         declaredDpuPorts: declared,
+        freshNetns: pod.freshNetns,
         onListeningPorts: (ports) => {
           // The first report comes while opening: pod.link is already this half.
           if (pod.link !== opening) return;
@@ -504,6 +508,7 @@ export class DpuPods {
       });
       pod.link = opening;
       pod.linkPorts = null;
+      pod.freshNetns = false; // an open, even one that fails, may leave rules behind
       if (uplink) {
         pod.record.uplink_pod_ip = req.pod_ip;
         pod.save();
@@ -951,6 +956,7 @@ export class DpuPods {
     try {
       execFileSync('ip', ['netns', 'add', pod.record.netns], { stdio: 'pipe' });
       execFileSync('ip', ['-n', pod.record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      pod.freshNetns = true;
       this.log.warn('network namespace of the pod made again', { pod: pod.record.id, netns: pod.record.netns });
     } catch (err) {
       throw asAgentError(err, `pod ${pod.record.id}: make its network namespace again`);

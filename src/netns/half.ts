@@ -60,6 +60,11 @@ export interface DpuHalfOptions extends HalfOptions {
    * network of the node) is reached through the host half. Needs podIp.
    */
   uplink?: { rootNetns: string; nodeCidr: string };
+  /**
+   * The caller made the namespace for this pod and opened no half in it before:
+   * there are no rules of an earlier half to look for (one iptables-save fewer).
+   */
+  freshNetns?: boolean;
 }
 
 /** The link's two ends (locally administered unicast addresses; each link is a wire of its own). */
@@ -363,7 +368,7 @@ function attachOrphanWindow(file: string): XpuWindow | null {
   return XpuWindow.attach(file);
 }
 
-async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplink?: DpuHalfOptions['uplink']; resume?: HostHalfOptions['resume'] }): Promise<NetnsHalf> {
+async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplink?: DpuHalfOptions['uplink']; freshNetns?: boolean; resume?: HostHalfOptions['resume'] }): Promise<NetnsHalf> {
   const what = `open the ${side} half of pod ${o.podId} in ${o.netnsPath}`;
   const file = podWindowPath(o.podId);
   if (!isNetns(o.netnsPath)) throw new Error(`${what}: ${o.netnsPath} is not a network namespace`);
@@ -455,7 +460,7 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     watcher.refresh(); // one look now, so that the first rules know the listeners already there
     // Chains a previous half of this pod left (its owner crashed and no hook
     // ran) go first, so that jumps are never doubled.
-    await removeRules(o.netnsPath, o.podId);
+    if (!o.freshNetns) await removeRules(o.netnsPath, o.podId);
     undo.push(() => removeRules(o.netnsPath, o.podId));
     await half.installRules();
     half.startWatching();
