@@ -9,7 +9,9 @@
 // and our proxy), plus, for an offloading pod, the node daemon's memory divided
 // by the pods it serves (RSS, and PSS, which shares the binaries' pages fairly
 // among the processes that map them; the daemon's node executable is counted
-// whole, see daemonPssKiB). Prints a markdown table and the ratios.
+// whole, see daemonPssKiB). Then, every pod up and idle, the CPU those processes
+// use (the node daemon's divided as its memory is; the DPU's agent reported on its
+// own: it is the DPU's CPU). Prints a markdown table and the ratios.
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 50] [--no-offload] [--json FILE]
 import * as fs from 'node:fs';
@@ -18,6 +20,7 @@ import type { CriObject } from '../src/cri/config';
 import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, sleep } from '../src/testbed/proc';
 import { down, nodeDaemonPids, up } from '../src/testbed/testbed';
+import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
 import { arg, stats } from './bench-lib';
@@ -36,6 +39,24 @@ interface PodSample {
   rssKiB: number;
   pssKiB: number;
   shims: number;
+  // CPU of its host processes while every pod is up and idle, ms per second
+  idleCpuMs: number;
+}
+
+// How long idle CPU is measured, every pod up.
+const IDLE_MS = 5000;
+// /proc/PID/stat counts CPU time in clock ticks: 100 a second on Linux.
+const TICK_MS = 10;
+
+/** user + system CPU of a process so far, ms (0 once it is gone). */
+function cpuMs(pid: number): number {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * TICK_MS;
+  } catch {
+    return 0;
+  }
 }
 
 
@@ -104,7 +125,7 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
       await sleep(20);
     }
   }
-  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0 };
+  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0 };
 }
 
 async function main(): Promise<void> {
@@ -114,7 +135,7 @@ async function main(): Promise<void> {
   await up(say);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);
   const samples: PodSample[] = [];
-  const node = { pods: 0, rssKiB: 0, pssKiB: 0, threads: 0 };
+  const node = { pods: 0, rssKiB: 0, pssKiB: 0, threads: 0, idleCpuMs: 0, agentIdleCpuMs: 0 };
   try {
     // Warm-up, one pod each, not counted: page cache, image unpack.
     for (const h of HANDLERS) {
@@ -139,8 +160,21 @@ async function main(): Promise<void> {
     node.rssKiB = kib(`/proc/${daemons[0]}/status`, 'VmRSS');
     node.pssKiB = daemonPssKiB(daemons[0]);
     node.threads = Number(/^Threads:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${daemons[0]}/status`, 'utf8'))?.[1] ?? 0);
+    // Idle CPU: each pod's shims, the node daemon and (on the DPU) the agent over IDLE_MS.
+    const agent = agentPid();
+    const shimPids = new Map(samples.map((s) => [s.podId, podShims(s.podId)]));
+    const all = [daemons[0], ...(agent ? [agent] : []), ...[...shimPids.values()].flat()];
+    const before = new Map(all.map((p) => [p, cpuMs(p)]));
+    await sleep(IDLE_MS);
+    const used = (p: number) => ((cpuMs(p) - before.get(p)!) * 1000) / IDLE_MS;
+    node.idleCpuMs = used(daemons[0]);
+    node.agentIdleCpuMs = agent ? used(agent) : 0;
     for (const s of samples) {
-      const pids = podShims(s.podId);
+      const pids = shimPids.get(s.podId)!;
+      s.idleCpuMs = pids.reduce((a, p) => a + used(p), 0) + (s.handler === 'heteropod-offload' ? node.idleCpuMs / node.pods : 0);
+    }
+    for (const s of samples) {
+      const pids = shimPids.get(s.podId)!;
       s.shims = pids.length;
       s.rssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/status`, 'VmRSS'), 0);
       s.pssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/smaps_rollup`, 'Pss'), 0);
@@ -164,7 +198,8 @@ async function main(): Promise<void> {
     const t = stats(by(h).map((s) => s.startMs));
     const rss = stats(by(h).map((s) => s.rssKiB / 1024));
     const pss = stats(by(h).map((s) => s.pssKiB / 1024));
-    return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} |`;
+    const idle = stats(by(h).map((s) => s.idleCpuMs));
+    return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} | ${idle.mean.toFixed(2)} |`;
   };
   const ratio = (h: Handler, f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by(h).map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
   const ratios = (h: Handler): string =>
@@ -173,10 +208,11 @@ async function main(): Promise<void> {
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
     '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-offload`: its container on the DPU, its XPU link up (runc shim behind the C proxy, and a share of the node daemon)',
     '',
-    '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB | idle host CPU per pod, ms/s |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...HANDLERS.map(row),
     '',
+    ...(node.pods ? [`idle, every pod up (${IDLE_MS / 1000} s): the node daemon ${node.idleCpuMs.toFixed(1)} ms of CPU a second (in the table, a share to each offloading pod); the DPU's agent ${node.agentIdleCpuMs.toFixed(1)} ms a second of the DPU's CPU, ${(node.agentIdleCpuMs / node.pods).toFixed(2)} per offloading pod`] : []),
     ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS (its node executable's pages counted whole), ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
     `${ratios('heteropod')} (target: within 1.1x)`,
     ...HANDLERS.filter((h) => h === 'heteropod-offload').map((h) => `${ratios(h)} (targets: PSS at most 1.2x, RSS at most 1.3x, start median at most 1.1x)`),

@@ -70,11 +70,48 @@ export interface WatchOptions {
   onChange?: (ports: number[]) => void;
 }
 
+/**
+ * One timer per interval for every watcher of the process: a node daemon or an
+ * agent serving 50 pods wakes 5 times a second, not 250 (idle CPU is what a
+ * waiting pod costs the node, and on the DPU the sidecars' CPU).
+ */
+class Ticker {
+  private static readonly byInterval = new Map<number, Ticker>();
+  private readonly watchers = new Map<ListenerWatcher, () => void>();
+  private readonly timer: NodeJS.Timeout;
+
+  private constructor(private readonly intervalMs: number) {
+    this.timer = setInterval(() => {
+      for (const look of [...this.watchers.values()]) look();
+    }, intervalMs);
+    this.timer.unref(); // the owners of the halves keep the process alive
+  }
+
+  static add(intervalMs: number, w: ListenerWatcher, look: () => void): void {
+    let t = Ticker.byInterval.get(intervalMs);
+    if (!t) {
+      t = new Ticker(intervalMs);
+      Ticker.byInterval.set(intervalMs, t);
+    }
+    t.watchers.set(w, look);
+  }
+
+  static remove(w: ListenerWatcher): void {
+    for (const t of Ticker.byInterval.values()) {
+      if (!t.watchers.delete(w) || t.watchers.size > 0) continue;
+      clearInterval(t.timer);
+      Ticker.byInterval.delete(t.intervalMs);
+    }
+  }
+}
+
 export class ListenerWatcher {
-  private timer: NodeJS.Timeout | null = null;
+  private watching = false;
   private last: number[] = [];
   /** Room for this many records; grown when the namespace has more listeners. */
   private buf = Buffer.alloc(64 * LISTENER_BYTES);
+  /** The records of the last look as the kernel gave them: the same bytes need no decoding. */
+  private lastRaw = Buffer.alloc(0);
 
   private constructor(readonly netnsPath: string, private fd: number) {}
 
@@ -104,12 +141,18 @@ export class ListenerWatcher {
 
   /** The namespace's listening TCP sockets now: IPv4, then IPv6. */
   listeners(): Listener[] {
+    const n = this.look(); // may grow this.buf
+    return decodeListeners(this.buf, n);
+  }
+
+  // Asks the kernel; the records are in this.buf; returns how many.
+  private look(): number {
     if (this.fd < 0) throw new Error(`listener watcher for ${this.netnsPath} is closed`);
     for (;;) {
       const room = this.buf.length / LISTENER_BYTES;
       const n = native().diagListeners(this.fd, this.buf, room);
       if (n < 0) throw new Error(`list listening sockets in ${this.netnsPath}: ${errnoText(-n)}`);
-      if (n <= room) return decodeListeners(this.buf, n);
+      if (n <= room) return n;
       // More than there was room for: ask again with room for them and a few that
       // may have appeared in between.
       this.buf = Buffer.alloc((n + 16) * LISTENER_BYTES);
@@ -128,19 +171,25 @@ export class ListenerWatcher {
 
   /** Look now; true when the ports differ from the last look. */
   refresh(): boolean {
-    const now = this.ports();
+    const n = this.look(); // may grow this.buf
+    const raw = this.buf.subarray(0, n * LISTENER_BYTES);
+    if (raw.equals(this.lastRaw)) return false; // nothing to decode: the same sockets
+    this.lastRaw = Buffer.from(raw);
+    const now = sortedPorts(decodeListeners(raw, raw.length / LISTENER_BYTES).map((l) => l.port));
     if (now.length === this.last.length && now.every((p, i) => p === this.last[i])) return false;
     this.last = now;
     return true;
   }
 
   /**
-   * Look every intervalMs; onChange gets each new set. The timer does not keep
-   * the process alive: the owner of the half does.
+   * Look every intervalMs (on the process's one timer for that interval);
+   * onChange gets each new set. The timer does not keep the process alive: the
+   * owner of the half does.
    */
   start(opts: WatchOptions = {}): void {
-    if (this.timer) return;
-    this.timer = setInterval(() => {
+    if (this.watching) return;
+    this.watching = true;
+    Ticker.add(opts.intervalMs ?? 200, this, () => {
       let changed: boolean;
       try {
         changed = this.refresh();
@@ -148,14 +197,13 @@ export class ListenerWatcher {
         return; // closed between ticks
       }
       if (changed) opts.onChange?.(this.last);
-    }, opts.intervalMs ?? 200);
-    this.timer.unref();
+    });
   }
 
   /** Stop looking and release the namespace. Idempotent. */
   close(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    if (this.watching) Ticker.remove(this);
+    this.watching = false;
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }

@@ -145,6 +145,41 @@ test('listener watcher: sees a listener appear and go in its namespace', async (
   assert.throws(() => w.listeners(), /listener watcher for \/proc\/self\/ns\/net is closed/);
 });
 
+test('listener watchers share one timer: each sees its change; one closed, the others go on', async () => {
+  if (process.getuid?.() !== 0) return skip('listener watchers, one timer', 'needs root (setns)');
+  const ws = await Promise.all([1, 2, 3].map(() => ListenerWatcher.open('/proc/self/ns/net')));
+  const seen = ws.map(() => [] as number[][]);
+  const servers: net.Server[] = [];
+  const listen = async () => {
+    const s = net.createServer();
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return (s.address() as net.AddressInfo).port;
+  };
+  const hold = setTimeout(() => undefined, 10_000); // the shared timer does not hold the process open
+  try {
+    ws.forEach((w, i) => {
+      w.refresh();
+      w.start({ intervalMs: 20, onChange: (ports) => seen[i].push(ports) });
+    });
+    const first = await listen();
+    assert.ok(await waitUntil(() => seen.every((s) => s.some((p) => p.includes(first)))), 'every watcher saw the first listener');
+    ws[1].close();
+    const second = await listen();
+    assert.ok(await waitUntil(() => [0, 2].every((i) => seen[i].some((p) => p.includes(second)))), 'the open watchers saw the second');
+    assert.not.ok(seen[1].some((p) => p.includes(second)), 'the closed one looks no more');
+  } finally {
+    clearTimeout(hold);
+    for (const s of servers) s.close();
+    for (const w of ws) w.close();
+  }
+});
+
+async function waitUntil(ok: () => boolean, ms = 3000): Promise<boolean> {
+  for (const t0 = Date.now(); Date.now() - t0 < ms; await new Promise((r) => setTimeout(r, 10))) if (ok()) return true;
+  return ok();
+}
+
 test('listener watcher: a path that is no network namespace is refused, naming it', async () => {
   if (process.getuid?.() !== 0) return skip('listener watcher paths', 'needs root (setns)');
   const refused = async (p: string, why: RegExp) => {
