@@ -45,18 +45,21 @@ interface PodSample {
 
 // How long idle CPU is measured, every pod up.
 const IDLE_MS = 5000;
-// /proc/PID/stat counts CPU time in clock ticks: 100 a second on Linux.
-const TICK_MS = 10;
-
-/** user + system CPU of a process so far, ms (0 once it is gone). */
+/** CPU time of a process's threads so far, ms (schedstat: nanoseconds, where /proc/PID/stat counts 10 ms ticks). */
 function cpuMs(pid: number): number {
+  let ns = 0;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) * TICK_MS;
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // the thread exited
+      }
+    }
   } catch {
-    return 0;
+    // the process is gone
   }
+  return ns / 1e6;
 }
 
 
