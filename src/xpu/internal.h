@@ -7,7 +7,10 @@
 
 /* A side whose heartbeat has not moved for this long is taken for dead. */
 #define XPU_PEER_TIMEOUT_MS 1000u
-#define XPU_TICK_MS 100
+/* The monitor's heartbeat period: five beats in a timeout, so a monitor held
+ * off its CPU for a while (the DPU's one core under load) is not taken for
+ * dead; each tick is a wake-up of every link end, idle or not. */
+#define XPU_TICK_MS 200
 
 struct xpu_window {
 	struct xpu_hdr *hdr;
