@@ -175,9 +175,6 @@ async function main(): Promise<void> {
     for (const s of samples) {
       const pids = shimPids.get(s.podId)!;
       s.idleCpuMs = pids.reduce((a, p) => a + used(p), 0) + (s.handler === 'heteropod-offload' ? node.idleCpuMs / node.pods : 0);
-    }
-    for (const s of samples) {
-      const pids = shimPids.get(s.podId)!;
       s.shims = pids.length;
       s.rssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/status`, 'VmRSS'), 0);
       s.pssKiB = pids.reduce((a, p) => a + kib(`/proc/${p}/smaps_rollup`, 'Pss'), 0);

@@ -23,6 +23,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Logger } from '../common/log';
+import { OneConnection } from '../common/sockets';
 
 /** What the pod's record says of its keeper. */
 export interface KeeperRecord {
@@ -179,8 +180,7 @@ function startKeeper(binary: string, socket: string, podId: string): Promise<Kee
 
 export class FifoKeeper {
   private readonly held = new Set<string>();
-  private conn: KeeperConnection | null = null;
-  private connecting: Promise<KeeperConnection> | null = null;
+  private readonly conn = new OneConnection<KeeperConnection>();
   private retry: NodeJS.Timeout | null = null;
   // stopped: the pod is going; detached: the keeper is left to a later agent
   private stopped = false;
@@ -209,7 +209,7 @@ export class FifoKeeper {
   /** The fifos' output has been read to the end and delivered, or their process is gone. */
   drop(paths: readonly string[]): void {
     for (const p of paths) this.held.delete(p);
-    const pending = this.conn && !this.conn.closed ? Promise.resolve(this.conn) : this.connecting;
+    const pending = this.conn.pending();
     if (!pending) return;
     void pending
       .then((conn) => Promise.all(paths.map((p) => conn.request(`drop ${p}`))))
@@ -220,9 +220,7 @@ export class FifoKeeper {
   async stop(): Promise<void> {
     this.stopped = true;
     this.cancelRetry();
-    await this.connecting?.catch(() => undefined);
-    this.conn?.close();
-    this.conn = null;
+    await this.conn.close();
     this.held.clear();
     try {
       if (this.record) await this.kill(this.record);
@@ -235,27 +233,11 @@ export class FifoKeeper {
   async detach(): Promise<void> {
     this.detached = true;
     this.cancelRetry();
-    await this.connecting?.catch(() => undefined);
-    this.conn?.close();
-    this.conn = null;
+    await this.conn.close();
   }
 
   private connected(): Promise<KeeperConnection> {
-    if (this.conn && !this.conn.closed) return Promise.resolve(this.conn);
-    if (!this.connecting) {
-      const attempt = this.findOrStart();
-      this.connecting = attempt;
-      attempt.then(
-        (conn) => {
-          this.conn = conn;
-          this.connecting = null;
-        },
-        () => {
-          this.connecting = null;
-        },
-      );
-    }
-    return this.connecting;
+    return this.conn.get(() => this.findOrStart());
   }
 
   private async findOrStart(): Promise<KeeperConnection> {
@@ -278,13 +260,13 @@ export class FifoKeeper {
   }
 
   private lost(conn: KeeperConnection, err: Error): void {
-    if (this.conn !== conn || this.stopped || this.detached) return;
-    this.conn = null;
+    if (this.conn.current !== conn || this.stopped || this.detached) return;
+    this.conn.forget();
     this.opts.log.warn('fifo keeper lost', { pid: this.record?.pid, error: err.message });
     if (this.held.size === 0 || this.retry) return; // the next hold finds or starts one
     this.retry = setTimeout(() => {
       this.retry = null;
-      if (this.stopped || this.detached || this.conn) return;
+      if (this.stopped || this.detached || this.conn.current) return;
       this.connected().catch((e: Error) => this.opts.log.warn('fifo keeper: start again', { error: e.message }));
     }, RESTART_DELAY_MS);
     this.retry.unref();

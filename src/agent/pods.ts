@@ -437,10 +437,8 @@ export class DpuPods {
     try {
       fs.mkdirSync(pod.shimDir, { recursive: true, mode: 0o711 });
       undo.push(() => fs.rmSync(pod.dir, { recursive: true, force: true }));
-      execFileSync('ip', ['netns', 'add', record.netns], { stdio: 'pipe' });
+      this.makeNetns(pod);
       undo.push(() => this.deleteNetns(record.netns));
-      execFileSync('ip', ['-n', record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
-      pod.freshNetns = true;
       pod.openShimLog(this.log.with({ pod: record.id }));
       // runc's shim reads the pod's grouping annotation from here at start; the
       // first container's spec replaces it later for the record.
@@ -954,13 +952,24 @@ export class DpuPods {
   private ensureNetns(pod: DpuPod): void {
     if (fs.existsSync(pod.netnsPath(this.paths.netnsDir))) return;
     try {
-      execFileSync('ip', ['netns', 'add', pod.record.netns], { stdio: 'pipe' });
-      execFileSync('ip', ['-n', pod.record.netns, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
-      pod.freshNetns = true;
+      this.makeNetns(pod);
       this.log.warn('network namespace of the pod made again', { pod: pod.record.id, netns: pod.record.netns });
     } catch (err) {
       throw asAgentError(err, `pod ${pod.record.id}: make its network namespace again`);
     }
+  }
+
+  // The pod's network namespace, its loopback up; none is left if that fails.
+  private makeNetns(pod: DpuPod): void {
+    const name = pod.record.netns;
+    execFileSync('ip', ['netns', 'add', name], { stdio: 'pipe' });
+    try {
+      execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+    } catch (err) {
+      this.deleteNetns(name);
+      throw err;
+    }
+    pod.freshNetns = true;
   }
 
   private deleteNetns(name: string): void {

@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
 import { TaskCall, encodeShutdownRequest, runcOptions } from '../taskapi/messages';
 import { formatFlags } from '../taskapi/flags';
-import { socketAnswers } from '../common/sockets';
+import { OneConnection, socketAnswers } from '../common/sockets';
 import type { Logger } from '../common/log';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
 
@@ -40,8 +40,7 @@ export interface RuncShimOptions {
 
 export class RuncShimRuntime implements Runtime {
   readonly name = 'runc';
-  private client: TtrpcClient | null = null;
-  private starting: Promise<TtrpcClient> | null = null;
+  private readonly client = new OneConnection<TtrpcClient>();
   private firstId = '';
   private stopping = false;
 
@@ -71,7 +70,7 @@ export class RuncShimRuntime implements Runtime {
 
   async shutdown(): Promise<void> {
     this.stopping = true;
-    const client = this.client ?? (await this.starting?.catch(() => null)) ?? null;
+    const client = await this.client.settled();
     if (!client || client.closed) return;
     const gone = new Promise<void>((resolve) => client.once('close', () => resolve()));
     try {
@@ -88,26 +87,11 @@ export class RuncShimRuntime implements Runtime {
   /** Lets go of runc's shim without asking it to exit (the pod's proxy does). */
   async detach(): Promise<void> {
     this.stopping = true;
-    const client = this.client ?? (await this.starting?.catch(() => null)) ?? null;
-    client?.close();
+    (await this.client.settled())?.close();
   }
 
   private connected(first: FirstTask | null): Promise<TtrpcClient> {
-    if (this.client && !this.client.closed) return Promise.resolve(this.client);
-    if (!this.starting) {
-      const attempt = this.attachOrStart(first);
-      this.starting = attempt;
-      attempt.then(
-        (client) => {
-          this.client = client;
-          this.starting = null;
-        },
-        () => {
-          this.starting = null;
-        },
-      );
-    }
-    return this.starting;
+    return this.client.get(() => this.attachOrStart(first));
   }
 
   // Re-attaches to a runc shim already running for the pod (it outlives a lost

@@ -1,13 +1,14 @@
 // End to end: XPU links between two network namespaces, their two ends in two
 // processes. TCP and UDP across the link (with content checks), statistics from
 // a third process, a peer that is killed or stopped, and a leak check.
-import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { XpuStats, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../../src/xpu/window';
 import { addAddress } from '../../src/xpu/link';
+import { writeSysctls } from '../../src/netns/exec';
 import { addNetns, canMakeNetns, delNetns, devices, listNetns, pidAlive, processesMatching } from '../lib/netns';
 import { skip } from '../lib/skip';
 
@@ -231,9 +232,7 @@ async function startEnds(name: string, cpu?: number): Promise<Ends> {
   const dpu = await start('dpu', B);
   // As the pod's halves do (netns/half.ts): no IPv6 on xpu0, so the kernel's
   // own router solicitations and reports do not cross an idle link.
-  for (const ns of [A, B]) {
-    execFileSync('nsenter', [`--net=/run/netns/${ns}`, 'sysctl', '-qw', 'net.ipv6.conf.xpu0.disable_ipv6=1']);
-  }
+  for (const ns of [A, B]) await writeSysctls(`/run/netns/${ns}`, new Map([['net.ipv6.conf.xpu0.disable_ipv6', '1']]));
   addAddress(`/run/netns/${A}`, 'xpu0', `${HOST_IP}/30`);
   addAddress(`/run/netns/${B}`, 'xpu0', `${DPU_IP}/30`);
   assert.ok(await waitFor(() => readStats(window).linkUp, 3000), 'link up');
