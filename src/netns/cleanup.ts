@@ -21,11 +21,13 @@ export async function cleanupPod(t: CleanupTarget): Promise<string[]> {
   const done: string[] = [];
   const file = podWindowPath(t.podId);
   const failed: string[] = [];
+  let rulesLeft = false;
   if (t.netnsPath && isNetns(t.netnsPath)) {
     try {
       const chains = await removeRules(t.netnsPath, t.podId);
       if (chains > 0) done.push(`removed ${chains} netfilter chains of pod ${t.podId} in ${t.netnsPath}`);
     } catch (err) {
+      rulesLeft = true;
       failed.push((err as Error).message);
     }
     const links = await inNetns(t.netnsPath, ['ip', '-o', 'link', 'show', 'dev', LINK_TAP]).catch(() => '');
@@ -38,7 +40,8 @@ export async function cleanupPod(t: CleanupTarget): Promise<string[]> {
       }
     }
   }
-  if (fs.existsSync(file)) {
+  // The window outlives the rules: the pod's next open looks for rules only when it finds one.
+  if (!rulesLeft && fs.existsSync(file)) {
     removeWindow(file);
     done.push(`removed XPU window ${file}`);
   }

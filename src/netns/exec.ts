@@ -1,9 +1,11 @@
-// Running the node's networking tools (ip, sysctl, iptables-restore) inside one
-// network namespace, named by path as CNI and the OCI spec name it. nsenter
-// enters only the network namespace: /proc/sys/net then shows that namespace,
-// while files and binaries stay the caller's.
+// Work inside one network namespace, named by path as CNI and the OCI spec name
+// it: the node's networking tools (ip, iptables-restore) under nsenter, which
+// enters only the network namespace (files and binaries stay the caller's), and
+// sysctls, addresses and the link's device through libxpu, without a process.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { ADDR4_BYTES, errnoText, native } from '../xpu/native';
 
 export const DEBUG = process.env.HETEROPOD_NETNS_DEBUG === '1';
 
@@ -49,34 +51,90 @@ export function isNetns(netnsPath: string): boolean {
   }
 }
 
-/** Reads sysctls (names like net.ipv4.conf.eth0.forwarding) in the namespace. */
-export async function readSysctls(netnsPath: string, names: string[]): Promise<Map<string, string>> {
-  return sysctlValues(netnsPath, names, await inNetns(netnsPath, ['sysctl', '-n', ...names]));
+// Sysctls, addresses and the link's device are libxpu's (xpu_netns_*): a thread
+// of the library enters the namespace, so no process is started for them.
+
+function nativeFailure(what: string, rc: number, detail: string): Error {
+  // Without a detail (what failed inside), the namespace itself could not be entered.
+  const { ENOENT, EINVAL } = os.constants.errno;
+  const why = detail ? errnoText(-rc) : -rc === ENOENT ? 'no such network namespace' : -rc === EINVAL ? 'not a network namespace' : errnoText(-rc);
+  return new Error(`${what}${detail ? ` (${detail})` : ''}: ${why}`);
 }
 
-function sysctlValues(netnsPath: string, names: string[], out: string): Map<string, string> {
-  // One line per name; a value may be empty (ip_local_reserved_ports), so only the last newline goes.
-  const values = out.replace(/\n$/, '').split('\n');
-  if (values.length !== names.length) throw new Error(`sysctl ${names.join(' ')} in ${netnsPath}: expected ${names.length} values, got "${out.trim()}"`);
-  return new Map(names.map((n, i) => [n, values[i].trim()]));
+function sysctlLine(netnsPath: string, text: string): string {
+  if (/[\n=]/.test(text) || text === '') throw new Error(`sysctl in ${netnsPath}: ${JSON.stringify(text)} is not a sysctl name`);
+  return text;
 }
 
 /**
- * Reads `names`, then writes `values`, in one visit to the namespace (one
- * process started instead of two): what the namespace had, to put back later.
+ * Reads `names`, then writes `values`, in one visit to the namespace: what the
+ * namespace had, to put back later. Names like net.ipv4.conf.eth0.forwarding,
+ * or with slashes (net/ipv4/conf/eth0.1/forwarding), as sysctl(8) takes them.
  */
 export async function swapSysctls(netnsPath: string, names: string[], values: Map<string, string>): Promise<Map<string, string>> {
-  if (values.size === 0) return readSysctls(netnsPath, names);
-  const q = (a: string) => {
-    if (a.includes("'")) throw new Error(`sysctl in ${netnsPath}: ${JSON.stringify(a)} holds a quote`);
-    return `'${a}'`;
-  };
-  const script = `sysctl -n ${names.map(q).join(' ')} && sysctl -q -w ${[...values].map(([k, v]) => q(`${k}=${v}`)).join(' ')}`;
-  const out = await inNetns(netnsPath, ['sh', '-c', script]);
-  return sysctlValues(netnsPath, names, out);
+  const reads = names.map((n) => sysctlLine(netnsPath, n) + '\n').join('');
+  const writes = [...values]
+    .map(([k, v]) => {
+      if (v.includes('\n')) throw new Error(`sysctl ${k} in ${netnsPath}: the value ${JSON.stringify(v)} holds a newline`);
+      return `${sysctlLine(netnsPath, k)}=${v}\n`;
+    })
+    .join('');
+  const out = Buffer.alloc(16384);
+  const rc = native().netnsSysctls(netnsPath, reads, writes, out, out.length);
+  const text = out.subarray(0, out.indexOf(0)).toString('utf8');
+  if (rc < 0) throw nativeFailure(`sysctl in ${netnsPath}`, rc, text);
+  const lines = text.split('\n').slice(0, names.length);
+  return new Map(names.map((n, i) => [n, lines[i].trim()]));
+}
+
+/** Reads sysctls in the namespace. */
+export function readSysctls(netnsPath: string, names: string[]): Promise<Map<string, string>> {
+  return swapSysctls(netnsPath, names, new Map());
 }
 
 export async function writeSysctls(netnsPath: string, values: Map<string, string>): Promise<void> {
-  if (values.size === 0) return;
-  await inNetns(netnsPath, ['sysctl', '-q', '-w', ...[...values].map(([k, v]) => `${k}=${v}`)]);
+  if (values.size > 0) await swapSysctls(netnsPath, [], values);
+}
+
+export interface Address4 {
+  dev: string;
+  ip: string;
+  prefixLength: number;
+}
+
+/** The namespace's IPv4 addresses (of devices with one). */
+export function addresses4(netnsPath: string): Address4[] {
+  let buf = Buffer.alloc(16 * ADDR4_BYTES);
+  for (;;) {
+    const room = buf.length / ADDR4_BYTES;
+    const n = native().netnsAddrs4(netnsPath, buf, room);
+    if (n < 0) throw nativeFailure(`list the IPv4 addresses in ${netnsPath}`, n, '');
+    if (n <= room) {
+      return Array.from({ length: n }, (_, i) => {
+        const r = buf.subarray(i * ADDR4_BYTES, (i + 1) * ADDR4_BYTES);
+        return { dev: r.subarray(0, r.indexOf(0)).toString('utf8'), ip: [...r.subarray(16, 20)].join('.'), prefixLength: r[20] };
+      });
+    }
+    buf = Buffer.alloc((n + 4) * ADDR4_BYTES);
+  }
+}
+
+export interface LinkSetup {
+  dev: string;
+  mac: string;
+  /** this end's address, "a.b.c.d/n" */
+  cidr: string;
+  peer: string;
+  peerMac: string;
+  /** "default" or "a.b.c.d/n", routed via the peer; none when absent */
+  route?: string;
+  /** set the namespace's loopback up */
+  loUp?: boolean;
+}
+
+/** The link's device: MAC address, address, a permanent neighbour entry for the peer, a route via it. */
+export function setUpLink(netnsPath: string, l: LinkSetup): void {
+  const why = Buffer.alloc(128);
+  const rc = native().netnsLink4(netnsPath, l.dev, l.mac, l.cidr, l.peer, l.peerMac, l.route ?? '', l.loUp ? 1 : 0, why, why.length);
+  if (rc < 0) throw nativeFailure(`set up ${l.dev} in ${netnsPath}`, rc, why.subarray(0, why.indexOf(0)).toString('utf8'));
 }

@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, removeWindow, windowPath } from '../xpu/window';
-import { inNetns, isNetns, swapSysctls, writeSysctls } from './exec';
+import { Address4, addresses4, isNetns, setUpLink, swapSysctls, writeSysctls } from './exec';
 import { ListenerWatcher } from './listeners';
 import { PortView, conflictingPorts, dpuOwnedPorts, hostOwnedPorts, sortedPorts } from './ports';
 import { DPU_LINK_IP, HOST_LINK_IP, HalfSide, LINK_PREFIX, LINK_TAP, applyRules, chainName, halfRules, removeRules } from './rules';
@@ -289,34 +289,37 @@ export class NetnsHalf {
 
   private async doClose(): Promise<void> {
     const failed: string[] = [];
-    const step = async (what: string, fn: () => unknown) => {
+    const step = async (what: string, fn: () => unknown): Promise<boolean> => {
       try {
         await fn();
+        return true;
       } catch (err) {
         failed.push(`${what}: ${(err as Error).message}`);
+        return false;
       }
     };
     this.watcher.close();
     await this.queue; // an update in flight finishes before its chains go
     // A namespace already deleted took its rules and sysctls with it.
     if (this.uplink) await step(`remove the wire to the DPU's uplink (${this.uplink.device})`, () => this.uplink!.close());
+    let rulesLeft = false;
     if (isNetns(this.netnsPath)) {
-      await step('remove netfilter rules', () => removeRules(this.netnsPath, this.podId));
+      rulesLeft = !(await step('remove netfilter rules', () => removeRules(this.netnsPath, this.podId)));
       await step('restore sysctls', () => writeSysctls(this.netnsPath, this.restoreSysctls));
     }
     await step(`close XPU port ${LINK_TAP}`, () => this.port.close());
     await step('close XPU window', () => this.window.close());
-    if (this.side === 'host') await step(`remove XPU window ${this.window.path}`, () => removeWindow(this.window.path));
+    // The window outlives the rules: an open finds them by it (removeStaleWindow).
+    if (this.side === 'host' && !rulesLeft) await step(`remove XPU window ${this.window.path}`, () => removeWindow(this.window.path));
     if (failed.length) throw new Error(`close the ${this.side} half of pod ${this.podId}: ${failed.join('; ')}`);
   }
 }
 
 /** The device in the namespace that carries address ip (eth0, as CNI names it). */
-async function deviceWithAddress(netnsPath: string, ip: string): Promise<string> {
-  const addrs = JSON.parse(await inNetns(netnsPath, ['ip', '-j', '-4', 'addr', 'show'])) as Array<{ ifname: string; addr_info?: Array<{ local?: string }> }>;
-  const dev = addrs.find((d) => d.addr_info?.some((a) => a.local === ip));
+function deviceWithAddress(netnsPath: string, ip: string): string {
+  const dev = addresses4(netnsPath).find((a) => a.ip === ip)?.dev;
   if (!dev) throw new Error(`no device in ${netnsPath} has the pod IP ${ip} (has CNI set the pod's network up?)`);
-  return dev.ifname;
+  return dev;
 }
 
 /**
@@ -331,24 +334,26 @@ export async function podIpv4(netnsPath: string, dev = 'eth0'): Promise<string> 
 export async function podAddress(netnsPath: string, dev = 'eth0'): Promise<{ ip: string; prefixLength: number }> {
   const what = `read the pod IP (IPv4 of ${dev}) in ${netnsPath}`;
   if (!isNetns(netnsPath)) throw new Error(`${what}: not a network namespace`);
-  let addrs: Array<{ addr_info?: Array<{ local?: string; prefixlen?: number; scope?: string }> }>;
+  let addr: Address4 | undefined;
   try {
-    addrs = JSON.parse(await inNetns(netnsPath, ['ip', '-j', '-4', 'addr', 'show', 'dev', dev])) as typeof addrs;
+    // Not 127.0.0.0/8: a loopback address is of the namespace, not the pod's network.
+    addr = addresses4(netnsPath).find((a) => a.dev === dev && !a.ip.startsWith('127.'));
   } catch (err) {
     throw new Error(`${what}: ${(err as Error).message}`);
   }
-  const addr = addrs.flatMap((d) => d.addr_info ?? []).find((a) => a.local && a.scope !== 'host');
-  if (!addr?.local) throw new Error(`${what}: ${dev} has no IPv4 address (has CNI set the pod's network up?)`);
-  return { ip: addr.local, prefixLength: addr.prefixlen ?? 32 };
+  if (!addr) throw new Error(`${what}: ${dev} has no IPv4 address (has CNI set the pod's network up?)`);
+  return { ip: addr.ip, prefixLength: addr.prefixLength };
 }
 
 /**
  * A window left by a host half whose shim died without its hook running: no
  * live end means nobody uses it. A live end means this pod already has a host
- * half (or the DPU half of a previous one is still attached).
+ * half (or the DPU half of a previous one is still attached). True when there
+ * was one: the host half's rules go only before its window does (close,
+ * cleanup.ts), so without a window there are no rules of the pod to remove.
  */
-function removeStaleWindow(file: string): void {
-  if (!fs.existsSync(file)) return;
+function removeStaleWindow(file: string): boolean {
+  if (!fs.existsSync(file)) return false;
   let live: string[];
   try {
     const s = readStats(file);
@@ -358,6 +363,7 @@ function removeStaleWindow(file: string): void {
   }
   if (live.length) throw new Error(`XPU window ${file} is in use by its ${live.join(' and ')}`);
   removeWindow(file);
+  return true;
 }
 
 /** The window of a host half being resumed: attached when no live process holds its host end. */
@@ -379,6 +385,11 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     if (!Number.isInteger(p) || p < 1 || p > 65535) throw new Error(`${what}: declared port ${p} is not a port number`);
   }
   const undo: Undo[] = [];
+  // No rules of the pod can be in the namespace: the agent has just made it,
+  // or (host half) the pod had no window, which outlives its rules.
+  let fresh = o.freshNetns === true;
+  // Rules that could not be removed keep the window, for the next open or clean-up to find.
+  let rulesLeft = false;
   try {
     let window: XpuWindow;
     const orphan = side === 'host' && o.resume ? attachOrphanWindow(file) : null;
@@ -386,9 +397,11 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
       window = orphan;
     } else if (side === 'host') {
       fs.mkdirSync(WINDOW_DIR, { recursive: true, mode: 0o700 });
-      removeStaleWindow(file);
+      fresh = !removeStaleWindow(file) && !o.resume;
       window = XpuWindow.create(file);
-      undo.push(() => removeWindow(file));
+      undo.push(() => {
+        if (!rulesLeft) removeWindow(file);
+      });
     } else {
       if (!fs.existsSync(file)) throw new Error(`XPU window ${file} does not exist (the host half is opened first)`);
       window = XpuWindow.attach(file);
@@ -397,29 +410,27 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     const port = window.openPort(side, o.netnsPath, LINK_TAP, o.mode ?? 'elastic');
     undo.push(() => port.close()); // the device goes, and its addresses and routes with it
 
-    const self = side === 'host' ? HOST_LINK_IP : DPU_LINK_IP;
     // The link is a point-to-point wire with fixed ends: fixed MAC addresses and
     // permanent neighbour entries, so no ARP crosses it (and nothing else but
-    // the pod's IPv4 traffic: IPv6 is off on xpu0, below).
-    const peerIp = side === 'host' ? DPU_LINK_IP : HOST_LINK_IP;
-    const ipBatch = [
-      `link set ${LINK_TAP} address ${LINK_MAC[side]}`,
-      `addr add ${self}/${LINK_PREFIX} dev ${LINK_TAP}`,
-      `neigh replace ${peerIp} lladdr ${LINK_MAC[side === 'host' ? 'dpu' : 'host']} dev ${LINK_TAP} nud permanent`,
-    ];
-    // Without an uplink the DPU half has no other way out: everything not on the
-    // link goes to the host half. With one, only the node's pod network does
-    // (its egress to the fabric leaves from the DPU's uplink, uplink.ts).
-    // Its loopback carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
-    if (side === 'dpu') ipBatch.push(`route add ${o.uplink ? o.uplink.nodeCidr : 'default'} via ${HOST_LINK_IP} dev ${LINK_TAP}`, 'link set lo up');
-    // The wire to the DPU's uplink, first: the half's end of it is set up in
-    // the same batch as xpu0.
+    // the pod's IPv4 traffic: IPv6 is off on xpu0, below). Without an uplink
+    // the DPU half has no other way out: everything not on the link goes to the
+    // host half. With one, only the node's pod network does (its egress to the
+    // fabric leaves from the DPU's uplink, uplink.ts). The DPU half's loopback
+    // carries the pod's localhost: up, as CNI's loopback plugin leaves the host half's.
+    const other = side === 'host' ? 'dpu' : 'host';
+    setUpLink(o.netnsPath, {
+      dev: LINK_TAP,
+      mac: LINK_MAC[side],
+      cidr: `${side === 'host' ? HOST_LINK_IP : DPU_LINK_IP}/${LINK_PREFIX}`,
+      peer: side === 'host' ? DPU_LINK_IP : HOST_LINK_IP,
+      peerMac: LINK_MAC[other],
+      route: side === 'dpu' ? (o.uplink ? o.uplink.nodeCidr : 'default') : undefined,
+      loUp: side === 'dpu',
+    });
     let uplink: DpuUplink | null = null;
     if (o.uplink) {
-      uplink = await DpuUplink.attach({ podId: o.podId, podIp: o.podIp!, halfNetns: o.netnsPath, rootNetns: o.uplink.rootNetns, halfLines: ipBatch });
+      uplink = await DpuUplink.attach({ podId: o.podId, podIp: o.podIp!, halfNetns: o.netnsPath, rootNetns: o.uplink.rootNetns });
       undo.push(() => uplink!.close());
-    } else {
-      await inNetns(o.netnsPath, ['ip', '-batch', '-'], ipBatch.join('\n') + '\n');
     }
 
     // route_localnet on xpu0: 127.0.0.1 may be routed out of it (before SNAT)
@@ -438,7 +449,7 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     ]);
     const keep = ['net.ipv4.ip_local_port_range', 'net.ipv4.ip_local_reserved_ports'];
     if (side === 'host') {
-      const eth = await deviceWithAddress(o.netnsPath, o.podIp!);
+      const eth = deviceWithAddress(o.netnsPath, o.podIp!);
       want.set(conf(LINK_TAP, 'forwarding'), '1');
       want.set(conf(eth, 'forwarding'), '1');
       keep.push(conf(eth, 'forwarding'));
@@ -460,8 +471,13 @@ async function openHalf(side: HalfSide, o: HalfOptions & { podIp?: string; uplin
     watcher.refresh(); // one look now, so that the first rules know the listeners already there
     // Chains a previous half of this pod left (its owner crashed and no hook
     // ran) go first, so that jumps are never doubled.
-    if (!o.freshNetns) await removeRules(o.netnsPath, o.podId);
-    undo.push(() => removeRules(o.netnsPath, o.podId));
+    if (!fresh) await removeRules(o.netnsPath, o.podId);
+    undo.push(() =>
+      removeRules(o.netnsPath, o.podId).catch((err: unknown) => {
+        rulesLeft = true;
+        throw err;
+      }),
+    );
     await half.installRules();
     half.startWatching();
     return half;

@@ -113,8 +113,6 @@ export interface UplinkOptions {
   halfNetns: string;
   /** the DPU's own namespace, where the uplink is (the agent's: /proc/self/ns/net) */
   rootNetns: string;
-  /** `ip -batch` lines of the half's own, run in the same batch as the wire's half end (one process fewer) */
-  halfLines?: readonly string[];
 }
 
 export class DpuUplink {
@@ -156,7 +154,6 @@ export class DpuUplink {
         o.halfNetns,
         ['ip', '-batch', '-'],
         [
-          ...(o.halfLines ?? []),
           `addr add ${o.podIp}/32 dev ${HALF_UPLINK_DEV}`,
           `link set ${HALF_UPLINK_DEV} up`,
           `neigh replace ${UPLINK_GATEWAY} lladdr ${ROOT_MAC} dev ${HALF_UPLINK_DEV} nud permanent`,

@@ -34,20 +34,25 @@ type Annotations = Record<string, string>;
 type SandboxSpec = ContainerSpec & { annotations?: Annotations; hooks?: { poststop?: OciHook[] } };
 
 /**
- * The sandbox task of a pod with a DPU half: runc's, and the pod's split network
- * around it. The network is joined while runc creates the sandbox (its namespace
- * exists and CNI has run: containerd runs CNI before it creates the sandbox);
- * if either fails, the other is undone and the Create fails. It
- * is separated before the sandbox's Delete goes to runc, whose poststop hook then
- * finds nothing left. runc's shim itself is the router's to shut down.
+ * The sandbox task of a pod that asks for a DPU half: runc's, and the pod's
+ * split network around it. While runc creates the sandbox, the agent is asked
+ * for the pod's DPU half (under require, the Create fails without one) and then
+ * the network is joined (its namespace exists and CNI has run: containerd runs
+ * CNI before it creates the sandbox). The Create waits for the DPU half, not for
+ * the network: the pod's containers do (PodRouter.runtimeFor), so the join
+ * overlaps the sandbox's start and the kubelet's next calls. If runc's Create
+ * fails, the network is separated again. It is separated before the sandbox's
+ * Delete goes to runc, whose poststop hook then finds nothing left. runc's shim
+ * itself is the router's to shut down.
  */
 class SandboxRuntime implements Runtime {
   readonly name: string;
 
   constructor(
     private readonly runc: Runtime,
-    private readonly afterCreate: () => Promise<void>,
-    private readonly beforeDelete: () => Promise<void>,
+    // Resolves once the DPU half is settled; the network is joined after it.
+    private readonly join: () => Promise<void>,
+    private readonly separate: () => Promise<void>,
   ) {
     this.name = runc.name;
   }
@@ -61,11 +66,9 @@ class SandboxRuntime implements Runtime {
   }
 
   async call(call: TaskCall, signal?: AbortSignal): Promise<Buffer> {
-    if (call.method === 'Delete' && !call.ref.execId) await this.beforeDelete();
+    if (call.method === 'Delete' && !call.ref.execId) await this.separate();
     if (call.method !== 'Create') return this.runc.call(call, signal);
-    // The network needs only the sandbox's namespace, which CNI has set up before
-    // this Create: it is joined while runc creates the sandbox, not after.
-    const joined = this.afterCreate().then(
+    const settled = this.join().then(
       () => null,
       (err: unknown) => ({ err }),
     );
@@ -73,10 +76,10 @@ class SandboxRuntime implements Runtime {
     try {
       res = await this.runc.call(call, signal);
     } catch (err) {
-      if ((await joined) === null) await this.beforeDelete().catch(() => undefined);
+      await this.separate().catch(() => undefined);
       throw err;
     }
-    const failed = await joined;
+    const failed = await settled;
     if (failed) {
       await this.runc.call(taskCall('Delete', encodeIdRequest(call.ref.id))).catch(() => undefined);
       throw failed.err;
@@ -100,6 +103,10 @@ export class PodRouter {
   private declaredDpuPorts: number[] = [];
   private netnsPath = '';
   private link: { podIp: string; podPrefixLength: number } | null = null;
+  // The agent asked for the pod's DPU half (from the sandbox's Create).
+  private connecting: Promise<void> | null = null;
+  // The split network being joined (from the sandbox's Create): containers wait for it.
+  private joining: Promise<void> | null = null;
   private readonly record: PodRecordFile;
   private readonly file: string;
 
@@ -131,17 +138,20 @@ export class PodRouter {
     const a = spec.annotations ?? {};
     const type = a['io.kubernetes.cri.container-type'];
     if (type !== 'container') {
-      if (type === 'sandbox') await this.sandbox(a, spec);
+      const split = type === 'sandbox' && this.sandbox(a, spec);
       this.note(req.id, a['io.kubernetes.cri.sandbox-name'] ? '(sandbox)' : req.id, { where: 'host', reason: '' });
-      if (type !== 'sandbox' || !this.dpu) return null;
+      if (!split) return null;
       // Only an offloading pod's spec is touched: the hook, for a shim that dies.
       try {
         writeSpec(req.bundle, withCleanupHook(spec));
       } catch (err) {
         throw RpcError.wrap(err, 'add the network clean-up hook');
       }
-      return new SandboxRuntime(this.runc, () => this.openLink(req.id), () => this.closeLink());
+      return new SandboxRuntime(this.runc, () => this.join(req.id), () => this.closeLink());
     }
+    // A container waits for the split network: where it may go depends on it
+    // (under require, a network that could not be joined fails it).
+    await this.joining;
     const name = a['io.kubernetes.cri.container-name'] ?? req.id;
     let placement: Placement;
     try {
@@ -155,7 +165,12 @@ export class PodRouter {
     return placement.where === 'dpu' && this.dpu ? this.dpu : null;
   }
 
-  private async sandbox(a: Annotations, spec: SandboxSpec): Promise<void> {
+  /**
+   * Reads the pod's offload from the sandbox's spec. True when the pod is to
+   * have a DPU half: the agent is then being asked for it (this.connecting,
+   * awaited by the sandbox's Create while runc creates the sandbox).
+   */
+  private sandbox(a: Annotations, spec: SandboxSpec): boolean {
     try {
       this.offload = parsePodOffload(a);
       if (this.offload.containers.length > 0) this.declaredDpuPorts = declaredPortList(parsePortsAnnotation(a[PORTS_ANNOTATION], this.offload.containers));
@@ -168,27 +183,42 @@ export class PodRouter {
     this.record.namespace = a['io.kubernetes.cri.sandbox-namespace'] ?? '';
     this.record.offload = this.offload.containers;
     this.record.policy = this.offload.policy;
-    if (this.offload.containers.length === 0) return;
+    if (this.offload.containers.length === 0) return false;
     // hostNetwork: there is no pod namespace to split, and the DPU has no way to the node's.
-    this.dpuProblem = this.netnsPath ? await this.connectDpu() : 'the pod uses the node\'s network namespace (hostNetwork), which cannot be split with the DPU';
-    this.record.dpu_problem = this.dpuProblem;
-    if (this.dpuProblem) {
-      if (this.offload.policy === 'require') throw failedPrecondition(`heteropod.io/offload-policy=require: ${this.dpuProblem}`);
-      this.log.warn('offload fallback: the pod runs on the host', { offload: this.offload.containers.join(','), reason: this.dpuProblem });
+    const client = this.netnsPath ? this.agentOrProblem() : 'the pod uses the node\'s network namespace (hostNetwork), which cannot be split with the DPU';
+    if (typeof client === 'string') {
+      this.settle(client);
+      return false;
+    }
+    this.connecting = this.connectDpu(client).then((problem) => this.settle(problem));
+    this.connecting.catch(() => undefined); // the sandbox's Create reports it
+    return true;
+  }
+
+  // Whether the pod has a DPU half: under require, none fails the sandbox.
+  private settle(problem: string): void {
+    this.dpuProblem = problem;
+    this.record.dpu_problem = problem;
+    if (problem) {
+      if (this.offload.policy === 'require') throw failedPrecondition(`heteropod.io/offload-policy=require: ${problem}`);
+      this.log.warn('offload fallback: the pod runs on the host', { offload: this.offload.containers.join(','), reason: problem });
     }
     this.save();
   }
 
-  // The DPU half of the pod, or why there is none.
-  private async connectDpu(): Promise<string> {
-    const d = this.config.dpu;
-    if (!d.address) return 'no DPU agent is configured ([dpu] address in the shim config)';
-    let client: DpuAgentClient;
+  // The node's connection to the agent, or why there is none (known at once).
+  private agentOrProblem(): DpuAgentClient | string {
+    if (!this.config.dpu.address) return 'no DPU agent is configured ([dpu] address in the shim config)';
     try {
-      client = this.agent();
+      return this.agent();
     } catch (err) {
       return (err as Error).message;
     }
+  }
+
+  // The DPU half of the pod, or why there is none.
+  private async connectDpu(client: DpuAgentClient): Promise<string> {
+    const d = this.config.dpu;
     const runtime = this.dpuRuntimeWith(client);
     try {
       const health = await runtime.health();
@@ -243,7 +273,18 @@ export class PodRouter {
   /** The sandbox task of a restored pod with a DPU half (null without one). */
   sandboxRuntime(sandboxId: string): Runtime | null {
     if (!this.dpu) return null;
-    return new SandboxRuntime(this.runc, () => this.openLink(sandboxId), () => this.closeLink());
+    return new SandboxRuntime(this.runc, () => this.join(sandboxId), () => this.closeLink());
+  }
+
+  /**
+   * The sandbox's Create: the DPU half (the Create waits for it) and, once
+   * there is one, the split network (the containers wait for it).
+   */
+  private join(sandboxId: string): Promise<void> {
+    const connected = this.connecting ?? Promise.resolve();
+    this.joining = connected.then(() => this.openLink(sandboxId));
+    this.joining.catch(() => undefined); // a failed connect is the Create's to report
+    return connected;
   }
 
   // After the sandbox's Create: CNI has set its namespace up. A pod that cannot
@@ -271,6 +312,7 @@ export class PodRouter {
   }
 
   private async closeLink(): Promise<void> {
+    await this.joining?.catch(() => undefined); // a join still under way is finished first
     try {
       await this.dpu?.closeLink();
     } catch (err) {

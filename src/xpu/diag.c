@@ -16,15 +16,13 @@
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <netinet/in.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "xpu.h"
+#include "internal.h"
 
 /* include/net/tcp_states.h; not in the UAPI headers. */
 #define DIAG_TCP_LISTEN 10
@@ -41,50 +39,27 @@ _Static_assert(sizeof(struct xpu_listener) == 20, "struct xpu_listener is part o
 
 /* ---- the socket, created from a thread inside the namespace ---- */
 
-struct diag_open_req {
-	int netns_fd;
-	int rc; /* the socket, or -errno */
-};
-
-static void *diag_open_thread(void *arg)
+static int diag_open_in_ns(void *arg)
 {
-	struct diag_open_req *req = arg;
 	struct timeval tv = { DIAG_RECV_TIMEOUT_MS / 1000, (DIAG_RECV_TIMEOUT_MS % 1000) * 1000 };
 	int fd;
 
-	/* setns changes this thread only, and the thread ends here: the caller's
-	 * thread (e.g. node's main thread) never changes namespace. */
-	if (setns(req->netns_fd, CLONE_NEWNET) < 0) {
-		req->rc = -errno; /* EINVAL: not a network namespace; EPERM: no CAP_SYS_ADMIN */
-		return NULL;
-	}
+	(void)arg;
 	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-	if (fd < 0) {
-		req->rc = -errno;
-		return NULL;
-	}
+	if (fd < 0)
+		return -errno;
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
-		req->rc = -errno;
+		int rc = -errno;
+
 		close(fd);
-		return NULL;
+		return rc;
 	}
-	req->rc = fd;
-	return NULL;
+	return fd;
 }
 
 int xpu_diag_open(int netns_fd)
 {
-	struct diag_open_req req = { netns_fd, -EIO };
-	pthread_t th;
-	int rc;
-
-	if (netns_fd < 0)
-		return -EBADF;
-	rc = pthread_create(&th, NULL, diag_open_thread, &req);
-	if (rc)
-		return -rc;
-	pthread_join(th, NULL);
-	return req.rc;
+	return xpu_in_netns(netns_fd, diag_open_in_ns, NULL);
 }
 
 /* ---- one dump ---- */

@@ -23,4 +23,12 @@ static inline uint8_t *xpu_ring_data(struct xpu_window *w, int ring)
 	return (uint8_t *)w->hdr + w->hdr->header_size + (uint64_t)ring * w->hdr->ring_bytes;
 }
 
+/* Runs fn(arg) on a short-lived thread of the library that has entered the
+ * network namespace netns_fd refers to, and returns its result (or -errno of
+ * setns: -EINVAL when netns_fd is not a network namespace). setns changes the
+ * calling thread only: the caller's thread never changes namespace. */
+int xpu_in_netns(int netns_fd, int (*fn)(void *), void *arg);
+/* The same for the namespace at path: -ENOENT when nothing is there. */
+int xpu_in_netns_path(const char *path, int (*fn)(void *), void *arg);
+
 #endif

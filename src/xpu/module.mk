@@ -1,5 +1,5 @@
 # libxpu and its C test programs. Included by the top-level Makefile.
-XPU_SRC := src/xpu/window.c src/xpu/port.c src/xpu/diag.c
+XPU_SRC := src/xpu/window.c src/xpu/port.c src/xpu/diag.c src/xpu/netns.c
 XPU_HDR := $(wildcard src/xpu/*.h)
 XPU_MAP := src/xpu/libxpu.map
 XPU_RING_TEST := test/unit/xpu-rings.c

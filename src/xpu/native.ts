@@ -41,6 +41,8 @@ export function errnoText(errno: number): string {
 
 /** sizeof(struct xpu_listener); xpu.h gives its layout. */
 export const LISTENER_BYTES = 20;
+/** sizeof(struct xpu_addr4): dev[16], addr[4], prefix, 3 reserved. */
+export const ADDR4_BYTES = 24;
 
 const DirStats = koffi.struct('xpu_dir_stats', {
   frames: 'uint64_t',
@@ -102,6 +104,12 @@ export interface Native {
   diagOpen(netnsFd: number): number;
   /** Fills out (max records of LISTENER_BYTES); returns how many there are, or -errno. */
   diagListeners(fd: number, out: Buffer, max: number): number;
+  /** Fills out (max records of ADDR4_BYTES): the namespace's IPv4 addresses; returns how many there are, or -errno. */
+  netnsAddrs4(netnsPath: string, out: Buffer, max: number): number;
+  /** Reads then writes sysctls in the namespace; out: the values read, or the name that failed. 0 or -errno. */
+  netnsSysctls(netnsPath: string, reads: string, writes: string, out: Buffer, outLen: number): number;
+  /** Sets the link's device up in the namespace; why: the step that failed. 0 or -errno. */
+  netnsLink4(netnsPath: string, dev: string, mac: string, cidr: string, peer: string, peerMac: string, route: string, loUp: number, why: Buffer, whyLen: number): number;
 }
 
 /** Where the library is: HETEROPOD_LIBXPU, else build/libxpu.so of this checkout. */
@@ -126,6 +134,8 @@ export function native(): Native {
   if (listenerBytes !== LISTENER_BYTES) {
     throw new Error(`libxpu at ${file}: struct xpu_listener is ${listenerBytes} bytes, binding expects ${LISTENER_BYTES}`);
   }
+  const addr4Bytes = lib.func('uint32_t xpu_addr4_size(void)')() as number;
+  if (addr4Bytes !== ADDR4_BYTES) throw new Error(`libxpu at ${file}: struct xpu_addr4 is ${addr4Bytes} bytes, binding expects ${ADDR4_BYTES}`);
   const n: Native = {
     windowCreate: lib.func('int xpu_window_create(const char *path, uint32_t ring_bytes, _Out_ xpu_window **out)'),
     windowAttach: lib.func('int xpu_window_attach(const char *path, _Out_ xpu_window **out)'),
@@ -139,6 +149,11 @@ export function native(): Native {
     diagOpen: lib.func('int xpu_diag_open(int netns_fd)'),
     // void *: koffi hands the C function the Buffer's own memory, no copy.
     diagListeners: lib.func('int xpu_diag_listeners(int fd, void *out, int max)'),
+    netnsAddrs4: lib.func('int xpu_netns_addrs4(const char *netns, void *out, int max)'),
+    netnsSysctls: lib.func('int xpu_netns_sysctls(const char *netns, const char *reads, const char *writes, void *out, uint32_t out_len)'),
+    netnsLink4: lib.func(
+      'int xpu_netns_link4(const char *netns, const char *dev, const char *mac, const char *cidr, const char *peer, const char *peer_mac, const char *route, int lo_up, void *why, uint32_t why_len)',
+    ),
   };
   loaded = n;
   return n;

@@ -69,10 +69,8 @@ struct xpu_port {
 /* ---- TAP device, created from a short-lived thread inside the namespace ---- */
 
 struct tap_req {
-	const char *netns_path;
 	const char *name;
 	int fd; /* result */
-	int rc;
 };
 
 static int tap_configure(int fd, const char *name)
@@ -111,56 +109,33 @@ static int tap_configure(int fd, const char *name)
 	return rc;
 }
 
-static void *tap_open_thread(void *arg)
+static int tap_open_in_ns(void *arg)
 {
 	struct tap_req *req = arg;
-	int nsfd, fd, rc;
+	int fd, rc;
 
-	nsfd = open(req->netns_path, O_RDONLY | O_CLOEXEC);
-	if (nsfd < 0) {
-		req->rc = errno == ENOENT || errno == ENOTDIR ? -ENOENT : -errno;
-		return NULL;
-	}
-	/* This thread exists only to enter the namespace: the caller's thread
-	 * (e.g. node's main thread) never changes namespace. */
-	rc = setns(nsfd, CLONE_NEWNET);
-	close(nsfd);
-	if (rc < 0) {
-		req->rc = -errno; /* EINVAL: not a network namespace */
-		return NULL;
-	}
-	if (if_nametoindex(req->name) != 0) {
-		req->rc = -EEXIST;
-		return NULL;
-	}
+	if (if_nametoindex(req->name) != 0)
+		return -EEXIST;
 	fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0) {
-		req->rc = -errno;
-		return NULL;
-	}
+	if (fd < 0)
+		return -errno;
 	rc = tap_configure(fd, req->name);
 	if (rc < 0) {
 		close(fd); /* a non-persistent TAP device goes with its fd */
-		req->rc = rc;
-		return NULL;
+		return rc;
 	}
 	req->fd = fd;
-	req->rc = 0;
-	return NULL;
+	return 0;
 }
 
+/* The caller's thread (e.g. node's main thread) never changes namespace. */
 static int tap_open(const char *netns_path, const char *name, int *out)
 {
-	struct tap_req req = { netns_path, name, -1, -EIO };
-	pthread_t th;
-	int rc;
+	struct tap_req req = { name, -1 };
+	int rc = xpu_in_netns_path(netns_path, tap_open_in_ns, &req);
 
-	rc = pthread_create(&th, NULL, tap_open_thread, &req);
-	if (rc)
-		return -rc;
-	pthread_join(th, NULL);
-	if (req.rc < 0)
-		return req.rc;
+	if (rc < 0)
+		return rc;
 	*out = req.fd;
 	return 0;
 }
@@ -436,11 +411,18 @@ static void *pump_ring_to_tap(void *arg)
 
 /* ---- liveness ---- */
 
+static void ring_doorbell(struct xpu_side_hdr *s)
+{
+	__atomic_add_fetch(&s->doorbell, 1, __ATOMIC_RELEASE);
+	xr_futex_wake(&s->doorbell);
+}
+
 static void *monitor(void *arg)
 {
 	struct xpu_port *p = arg;
 	uint64_t last_hb = __atomic_load_n(&p->peer->heartbeat, __ATOMIC_RELAXED);
 	uint64_t last_seen = 0; /* 0: never seen the peer's heartbeat move */
+	int first = 1, was_alive = 0;
 
 	while (!stopping(p)) {
 		uint32_t bell = __atomic_load_n(&p->me->doorbell, __ATOMIC_ACQUIRE);
@@ -473,16 +455,18 @@ static void *monitor(void *arg)
 			}
 		}
 		__atomic_store_n(&p->me->peer_up, (uint32_t)alive, __ATOMIC_RELAXED);
-		/* Sleep one tick, or less when the peer rings (it closed). */
+		/* The link comes up within a moment of the second side's open, not
+		 * ticks later: our first beat, and our seeing the peer, ring the
+		 * peer's monitor, which then beats and looks at once (each side rings
+		 * twice at most per link up, so the two never ring each other on). */
+		if (first || (alive && !was_alive))
+			ring_doorbell(p->peer);
+		first = 0;
+		was_alive = alive;
+		/* Sleep one tick, or less when the peer rings (it closed, or it has come up). */
 		xr_futex_wait(&p->me->doorbell, bell, XPU_TICK_MS);
 	}
 	return NULL;
-}
-
-static void ring_doorbell(struct xpu_side_hdr *s)
-{
-	__atomic_add_fetch(&s->doorbell, 1, __ATOMIC_RELEASE);
-	xr_futex_wake(&s->doorbell);
 }
 
 /* ---- open / close ---- */

@@ -9,7 +9,8 @@
  * namespace plus one pump thread per direction between the TAP device and a ring.
  *
  * The library also answers, for the namespace of either half, which TCP ports
- * are listened on (xpu_diag_*).
+ * are listened on (xpu_diag_*), and does the namespace work around a port
+ * without starting a process (xpu_netns_*).
  *
  * Contract for every function: a return value < 0 is a negative errno; nothing
  * is read from the global errno. Handles are opaque and owned by the caller until
@@ -150,6 +151,42 @@ XPU_API int xpu_diag_listeners(int fd, struct xpu_listener *out, int max);
 
 /* sizeof(struct xpu_listener), for bindings that check their layout. */
 XPU_API uint32_t xpu_listener_size(void);
+
+/* ---- Network namespace work without a process ---- */
+
+/* Each call runs on a short-lived thread of the library that enters the
+ * namespace at netns_path (setns changes that thread only); -ENOENT when
+ * nothing is at netns_path, -EINVAL when it is not a network namespace. */
+
+/* One IPv4 address of the namespace. */
+struct xpu_addr4 {
+	char dev[16];     /* the device (its label, e.g. "eth0") */
+	uint8_t addr[4];  /* network byte order */
+	uint8_t prefix;   /* prefix length */
+	uint8_t reserved[3];
+};
+
+/* The IPv4 addresses of the namespace (SIOCGIFCONF). Returns how many there
+ * are, which may exceed max: out holds the first max. */
+XPU_API int xpu_netns_addrs4(const char *netns_path, struct xpu_addr4 *out, int max);
+
+/* sizeof(struct xpu_addr4), for bindings that check their layout. */
+XPU_API uint32_t xpu_addr4_size(void);
+
+/* Reads the sysctls named in reads ("net.ipv4.ip_local_port_range\n…"; a
+ * name with a slash is a path below /proc/sys, as sysctl(8) takes it), then
+ * writes those in writes ("name=value\n…"). out receives one line per read
+ * value. On failure out holds the name that failed and nothing after it was
+ * done. -ENOSPC when the values do not fit in out. */
+XPU_API int xpu_netns_sysctls(const char *netns_path, const char *reads, const char *writes, char *out, uint32_t out_len);
+
+/* Sets up the link's device dev: its MAC address, its address cidr
+ * ("169.254.77.1/30"), a permanent neighbour entry for the peer (peer,
+ * peer_mac), a route to route ("default" or "a.b.c.d/n") via the peer unless
+ * route is NULL or "", and lo up when lo_up. On failure why names the step. */
+XPU_API int xpu_netns_link4(const char *netns_path, const char *dev, const char *mac, const char *cidr,
+			    const char *peer, const char *peer_mac, const char *route, int lo_up, char *why,
+			    uint32_t why_len);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { NetnsHalf, openDpuHalf, openHostHalf, podWindowPath } from '../../src/netns/half';
 import { chainTag } from '../../src/netns/rules';
+import { readStats } from '../../src/xpu/window';
+import { waitFor } from '../../src/testbed/proc';
 import { HostSnapshot, persistentLeaksSince, snapshotHost } from '../../src/testbed/leaks';
 import { addNetns, canMakeNetns, delNetns, listNetns, processesMatching } from '../lib/netns';
 import { skip } from '../lib/skip';
@@ -375,6 +377,27 @@ test('poststop hook after a killed host half: removes chains, device and window;
   assert.is(code, 0, stderr);
   assert.equal(chainsIn(DPU), []);
   assert.not.ok(hasDevice(DPU, 'xpu0'));
+});
+
+test('a host half opened again after a killed one: the window it left says to look, and its chains go first', async () => {
+  if (why) return skip('netns reopen', why);
+  const window = podWindowPath(POD_ID);
+  const jumps = () => chainsIn(POD).filter((l) => /^-A (PREROUTING|OUTPUT|POSTROUTING|FORWARD) /.test(l));
+  const first = await startHalfProcess('host', POD, () => undefined, ['--pod-ip', POD_IP]);
+  const installed = jumps();
+  assert.is(installed.length, 4, 'one jump from each built-in chain');
+  first.child.kill('SIGKILL');
+  await first.exit;
+  assert.ok(fs.existsSync(window), 'a killed host half leaves its window');
+  // Its end counts as live until its heartbeat is a second old.
+  await waitFor('the killed host end to go stale', 5000, () => !readStats(window).host.alive || undefined, 50);
+  const second = await startHalfProcess('host', POD, () => undefined, ['--pod-ip', POD_IP]);
+  assert.equal(jumps(), installed, 'the old jumps went before the new ones: none doubled');
+  second.child.kill('SIGTERM');
+  const { code, stderr } = await second.exit;
+  assert.is(code, 0, stderr);
+  assert.equal(chainsIn(POD), []);
+  assert.not.ok(fs.existsSync(window));
 });
 
 test('a failed open says why and leaves nothing behind', async () => {

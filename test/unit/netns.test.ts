@@ -14,7 +14,7 @@ import { LISTENER_BYTES } from '../../src/xpu/native';
 import { chainName, chainTag, halfRules, multiportChunks, removalRules } from '../../src/netns/rules';
 import { parseArgs, targetFromState } from '../../src/netns/hook';
 import { podWindowPath } from '../../src/netns/half';
-import { OWN_NETNS, inNetns, ownDevices, readSysctls, swapSysctls } from '../../src/netns/exec';
+import { OWN_NETNS, addresses4, inNetns, ownDevices, readSysctls, setUpLink, swapSysctls, writeSysctls } from '../../src/netns/exec';
 import { addNetns, canMakeNetns, delNetns, listNetns } from '../lib/netns';
 import { skip } from '../lib/skip';
 
@@ -420,25 +420,33 @@ test('hook: the pod and its namespace from the OCI state and the bundle\'s confi
   assert.throws(() => parseArgs(['--pod']), /unexpected argument "--pod"/);
 });
 
-test.run();
-
 // ---- visits to a namespace (exec.ts)
 
-test('sysctls: swapSysctls reads the old values, then writes, in one visit; a quote is refused; own devices read without a process', async () => {
+test('sysctls: swapSysctls reads the old values, then writes, in one visit without a process; the caller\'s namespace is untouched; a bad name is named', async () => {
   const why = canMakeNetns();
   if (why) return skip('sysctl swap', why);
   const p = addNetns('hpx-sysctl');
   try {
     const names = ['net.ipv4.ip_local_port_range', 'net.ipv4.ip_local_reserved_ports'];
+    const own = await readSysctls(OWN_NETNS, names);
     const before = await readSysctls(p, names);
     const old = await swapSysctls(p, names, new Map([['net.ipv4.ip_local_port_range', '47000 60999'], ['net.ipv4.ip_local_reserved_ports', '15006']]));
     assert.equal(old, before, 'the values from before the write');
     const now = await readSysctls(p, names);
     assert.is(now.get('net.ipv4.ip_local_port_range')!.replace(/\s+/g, ' '), '47000 60999');
     assert.is(now.get('net.ipv4.ip_local_reserved_ports'), '15006');
-    const err = await swapSysctls(p, names, new Map([["net.ipv4.conf.x'y.forwarding", '1']])).catch((e: Error) => e);
-    assert.instance(err, Error);
-    assert.match((err as Error).message, /holds a quote/);
+    // The same read by sysctl(8) in the namespace: the library wrote that namespace's value.
+    assert.is((await inNetns(p, ['sysctl', '-n', 'net.ipv4.ip_local_reserved_ports'])).trim(), '15006');
+    assert.equal(await readSysctls(OWN_NETNS, names), own, "the caller's own namespace keeps its values");
+    // Emptied again: an empty value is written as such.
+    await writeSysctls(p, new Map([['net.ipv4.ip_local_reserved_ports', '']]));
+    assert.is((await readSysctls(p, ['net.ipv4.ip_local_reserved_ports'])).get('net.ipv4.ip_local_reserved_ports'), '');
+    const missing = await swapSysctls(p, names, new Map([['net.ipv4.conf.nosuchdev.forwarding', '1']])).catch((e: Error) => e);
+    assert.instance(missing, Error);
+    assert.match((missing as Error).message, /net\.ipv4\.conf\.nosuchdev\.forwarding.*ENOENT/);
+    const bad = await swapSysctls(p, ['net.ipv4.ip_forward\nnet.ipv4.ip_forward'], new Map()).catch((e: Error) => e);
+    assert.match((bad as Error).message, /is not a sysctl name/);
+    assert.match((await readSysctls('/nonexistent/netns', names).catch((e: Error) => e) as Error).message, /no such network namespace/);
     // The caller's own namespace: inNetns runs the tool itself; ownDevices reads /proc.
     assert.ok(ownDevices().has('lo'));
     assert.match(await inNetns(OWN_NETNS, ['ip', '-o', 'link', 'show', 'dev', 'lo']), /lo:/);
@@ -446,3 +454,35 @@ test('sysctls: swapSysctls reads the old values, then writes, in one visit; a qu
     delNetns('hpx-sysctl');
   }
 });
+
+test('link: setUpLink gives the device its MAC, address, permanent neighbour and route, and lo up; addresses4 lists them', async () => {
+  const why = canMakeNetns();
+  if (why) return skip('link set-up', why);
+  const p = addNetns('hpx-link');
+  try {
+    await inNetns(p, ['ip', 'link', 'add', 'xpu0', 'type', 'veth', 'peer', 'name', 'xpu0p']);
+    await inNetns(p, ['ip', 'link', 'set', 'xpu0', 'up']);
+    setUpLink(p, { dev: 'xpu0', mac: '02:68:70:77:00:02', cidr: '169.254.77.2/30', peer: '169.254.77.1', peerMac: '02:68:70:77:00:01', route: 'default', loUp: true });
+    const link = JSON.parse(await inNetns(p, ['ip', '-j', 'addr', 'show', 'dev', 'xpu0'])) as Array<{ address: string; addr_info: Array<{ family: string; local: string; prefixlen: number }> }>;
+    assert.is(link[0].address, '02:68:70:77:00:02');
+    assert.equal(link[0].addr_info.filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`), ['169.254.77.2/30']);
+    assert.match(await inNetns(p, ['ip', 'neigh', 'show', 'dev', 'xpu0']), /169\.254\.77\.1 lladdr 02:68:70:77:00:01 PERMANENT/);
+    assert.match(await inNetns(p, ['ip', 'route', 'show', 'default']), /default via 169\.254\.77\.1 dev xpu0/);
+    assert.match(await inNetns(p, ['ip', '-o', 'link', 'show', 'dev', 'lo']), /[<,]UP[,>]/);
+    assert.equal(
+      addresses4(p).filter((a) => a.dev !== 'lo'),
+      [{ dev: 'xpu0', ip: '169.254.77.2', prefixLength: 30 }],
+    );
+    assert.ok(addresses4(OWN_NETNS).every((a) => a.ip !== '169.254.77.2'), "not in the caller's namespace");
+    // A step that fails is named: the device is not there.
+    assert.throws(
+      () => setUpLink(p, { dev: 'nosuch0', mac: '02:00:00:00:00:01', cidr: '10.9.9.1/30', peer: '10.9.9.2', peerMac: '02:00:00:00:00:02' }),
+      /set up nosuch0 in .*\(set the MAC address\): ENODEV/,
+    );
+    assert.throws(() => setUpLink(p, { dev: 'xpu0', mac: 'zz', cidr: '10.9.9.1/30', peer: '10.9.9.2', peerMac: '02:00:00:00:00:02' }), /\(MAC address\): EINVAL/);
+  } finally {
+    delNetns('hpx-link');
+  }
+});
+
+test.run();
