@@ -32,7 +32,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { NetnsHalf, OWN_NETNS, networkOf, openDpuHalf, ownDevices, removeUplink } from '../netns';
+import { NetnsHalf, OWN_NETNS, inNetns, networkOf, openDpuHalf, ownDevices, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, forwardedEvent, taskExit, taskRef } from '../taskapi/messages';
@@ -253,6 +253,7 @@ class DpuPod {
 
 export class DpuPods {
   private readonly pods = new Map<string, DpuPod>();
+  private readonly making = new Map<string, Promise<PodInfo>>();
   private readonly containerPod = new Map<string, string>();
   private readonly removals = new Map<string, Promise<void>>();
 
@@ -421,6 +422,16 @@ export class DpuPods {
     checkId('pod id', req.pod_id);
     const existing = this.pods.get(req.pod_id);
     if (existing) return this.info(existing);
+    // The same pod asked for again while it is being made: one making, one answer.
+    let making = this.making.get(req.pod_id);
+    if (!making) {
+      making = this.makePod(req).finally(() => this.making.delete(req.pod_id));
+      this.making.set(req.pod_id, making);
+    }
+    return making;
+  }
+
+  private async makePod(req: CreatePodRequest): Promise<PodInfo> {
     const short = req.pod_id.slice(0, 12);
     const record: PodRecord = {
       id: req.pod_id,
@@ -437,8 +448,8 @@ export class DpuPods {
     try {
       fs.mkdirSync(pod.shimDir, { recursive: true, mode: 0o711 });
       undo.push(() => fs.rmSync(pod.dir, { recursive: true, force: true }));
-      this.makeNetns(pod);
-      undo.push(() => this.deleteNetns(record.netns));
+      await this.makeNetns(pod);
+      undo.push(() => void this.deleteNetns(record.netns).catch(() => undefined));
       pod.openShimLog(this.log.with({ pod: record.id }));
       // runc's shim reads the pod's grouping annotation from here at start; the
       // first container's spec replaces it later for the record.
@@ -615,7 +626,7 @@ export class DpuPods {
     this.events.forget(id);
     for (const [c, p] of this.containerPod) if (p === id) this.containerPod.delete(c);
     for (const bundle of Object.values(pod.record.containers).map((c) => c.bundle)) this.unmountRootfs(bundle);
-    this.deleteNetns(pod.record.netns);
+    await this.deleteNetns(pod.record.netns);
     fs.rmSync(pod.dir, { recursive: true, force: true });
     this.removeCgroups(pod.record.cgroup);
     this.pods.delete(id);
@@ -655,7 +666,7 @@ export class DpuPods {
       throw asAgentError(err, `create container ${host.id}: look up its layers`);
     }
     if (missing.length) return { response: Buffer.alloc(0), missing_layers: missing };
-    this.ensureNetns(pod);
+    await this.ensureNetns(pod);
     const bundle = path.join(pod.dir, 'containers', host.id);
     const key = processKey(host.id, '');
     const undo: Array<() => void> = [];
@@ -949,10 +960,10 @@ export class DpuPods {
   }
 
   /** The pod's network namespace, made again if a reboot of the DPU took it. */
-  private ensureNetns(pod: DpuPod): void {
+  private async ensureNetns(pod: DpuPod): Promise<void> {
     if (fs.existsSync(pod.netnsPath(this.paths.netnsDir))) return;
     try {
-      this.makeNetns(pod);
+      await this.makeNetns(pod);
       this.log.warn('network namespace of the pod made again', { pod: pod.record.id, netns: pod.record.netns });
     } catch (err) {
       throw asAgentError(err, `pod ${pod.record.id}: make its network namespace again`);
@@ -960,20 +971,21 @@ export class DpuPods {
   }
 
   // The pod's network namespace, its loopback up; none is left if that fails.
-  private makeNetns(pod: DpuPod): void {
+  // (ip, started by libxpu without forking the agent: inNetns.)
+  private async makeNetns(pod: DpuPod): Promise<void> {
     const name = pod.record.netns;
-    execFileSync('ip', ['netns', 'add', name], { stdio: 'pipe' });
+    await inNetns(OWN_NETNS, ['ip', 'netns', 'add', name]);
     try {
-      execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up'], { stdio: 'pipe' });
+      await inNetns(path.join(this.paths.netnsDir, name), ['ip', 'link', 'set', 'lo', 'up']);
     } catch (err) {
-      this.deleteNetns(name);
+      await this.deleteNetns(name).catch(() => undefined);
       throw err;
     }
     pod.freshNetns = true;
   }
 
-  private deleteNetns(name: string): void {
-    if (fs.existsSync(path.join(this.paths.netnsDir, name))) execFileSync('ip', ['netns', 'del', name], { stdio: 'pipe' });
+  private async deleteNetns(name: string): Promise<void> {
+    if (fs.existsSync(path.join(this.paths.netnsDir, name))) await inNetns(OWN_NETNS, ['ip', 'netns', 'del', name]);
   }
 
   private removeCgroups(relative: string): void {

@@ -16,15 +16,49 @@ function trace(msg: string): void {
 /** The caller's own network namespace, as callers name it. */
 export const OWN_NETNS = '/proc/self/ns/net';
 
-/** Runs argv in the namespace; rejects with the command and its stderr. The
- * caller's own namespace needs no nsenter (one exec less). */
+// What a tool may print and still come back through libxpu's buffers; more
+// (iptables-save of a node with very many rules) is read again through nsenter.
+const RUN_OUT_BYTES = 1 << 20;
+const RUN_ERR_BYTES = 64 << 10;
+
+/**
+ * Runs argv in the namespace; rejects with the command and its stderr. libxpu
+ * starts it (xpu_run, on a worker thread: posix_spawn from a thread inside the
+ * namespace), so the event loop neither forks this process nor waits, and no
+ * nsenter runs.
+ */
 export function inNetns(netnsPath: string, argv: string[], input?: string): Promise<string> {
   const shown = `${argv.join(' ')} (in ${netnsPath})`;
   trace(input ? `${shown} <<\n${input}` : shown);
+  const args = Buffer.from(argv.map((a) => `${a}\0`).join(''), 'utf8');
+  const stdin = Buffer.from(input ?? '', 'utf8');
+  const out = Buffer.allocUnsafe(RUN_OUT_BYTES);
+  const err = Buffer.allocUnsafe(RUN_ERR_BYTES);
+  const outUsed = [0];
+  const errUsed = [0];
+  return new Promise((resolve, reject) => {
+    native().run.async(netnsPath, args, args.length, stdin, stdin.length, out, out.length, outUsed, err, err.length, errUsed, (callErr, status) => {
+      if (callErr) return reject(new Error(`${shown}: ${(callErr as Error).message}`));
+      if (status < 0) {
+        const why = -status === os.constants.errno.ENOENT ? `${argv[0]}: not found (or no such network namespace)` : errnoText(-status);
+        return reject(new Error(`${shown}: ${why}`));
+      }
+      const stderr = err.subarray(0, Math.min(errUsed[0], err.length)).toString('utf8').trim();
+      const code = (status & 0x7f) === 0 ? (status >> 8) & 0xff : -1;
+      if (code !== 0) return reject(new Error(`${shown}: ${stderr || (code < 0 ? `killed by signal ${status & 0x7f}` : `exit code ${code}`)}`));
+      if (outUsed[0] > out.length) return resolve(viaNsenter(netnsPath, argv, input));
+      resolve(out.subarray(0, outUsed[0]).toString('utf8'));
+    });
+  });
+}
+
+// The same through nsenter and node's own child process: for output larger than libxpu's buffer.
+function viaNsenter(netnsPath: string, argv: string[], input?: string): Promise<string> {
+  const shown = `${argv.join(' ')} (in ${netnsPath})`;
   const [file, args] = netnsPath === OWN_NETNS ? [argv[0], argv.slice(1)] : ['nsenter', [`--net=${netnsPath}`, '--', ...argv]];
   return new Promise((resolve, reject) => {
-    const child = execFile(file, args, { encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${shown}: ${String(stderr).trim() || err.message}`));
+    const child = execFile(file, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (e, stdout, stderr) => {
+      if (e) reject(new Error(`${shown}: ${String(stderr).trim() || e.message}`));
       else resolve(String(stdout));
     });
     if (input !== undefined) child.stdin!.end(input);

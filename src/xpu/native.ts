@@ -110,6 +110,14 @@ export interface Native {
   netnsSysctls(netnsPath: string, reads: string, writes: string, out: Buffer, outLen: number): number;
   /** Sets the link's device up in the namespace; why: the step that failed. 0 or -errno. */
   netnsLink4(netnsPath: string, dev: string, mac: string, cidr: string, peer: string, peerMac: string, route: string, loUp: number, why: Buffer, whyLen: number): number;
+  /** xpu_run, on a worker thread: a program in the namespace; the callback gets its wait status or -errno. */
+  run: {
+    async(
+      netnsPath: string, args: Buffer, argsLen: number, input: Buffer, inputLen: number,
+      out: Buffer, outLen: number, outUsed: number[], err: Buffer, errLen: number, errUsed: number[],
+      done: (error: unknown, status: number) => void,
+    ): void;
+  };
 }
 
 /** Where the library is: HETEROPOD_LIBXPU, else build/libxpu.so of this checkout. */
@@ -153,6 +161,9 @@ export function native(): Native {
     netnsSysctls: lib.func('int xpu_netns_sysctls(const char *netns, const char *reads, const char *writes, void *out, uint32_t out_len)'),
     netnsLink4: lib.func(
       'int xpu_netns_link4(const char *netns, const char *dev, const char *mac, const char *cidr, const char *peer, const char *peer_mac, const char *route, int lo_up, void *why, uint32_t why_len)',
+    ),
+    run: lib.func(
+      'int xpu_run(const char *netns, void *args, uint32_t args_len, void *input, uint32_t input_len, void *out, uint32_t out_len, _Out_ uint32_t *out_used, void *err, uint32_t err_len, _Out_ uint32_t *err_used)',
     ),
   };
   loaded = n;

@@ -6,7 +6,9 @@
  * the namespace. setns(2) changes only the calling thread, and /proc/sys/net
  * and sockets answer for the namespace of the thread that opens them, so the
  * caller's thread (node's main thread) never changes namespace and no process
- * is forked from a large one.
+ * is forked from a large one. What still needs a tool (iptables-restore, ip's
+ * batches) is run by xpu_run: started with posix_spawn from such a thread,
+ * without nsenter, and without copying the caller's memory map as fork(2) does.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,12 +17,16 @@
 #include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -422,4 +428,158 @@ int xpu_netns_link4(const char *netns_path, const char *dev, const char *mac, co
 		return -EINVAL;
 	why[0] = 0;
 	return xpu_in_netns_path(netns_path, link_in_ns, &r);
+}
+
+/* ---- a program run in the namespace ---- */
+
+struct run_req {
+	char **argv;
+	const char *input;
+	uint32_t input_len;
+	char *out, *err;
+	uint32_t out_len, err_len;
+	uint32_t *out_used, *err_used;
+};
+
+/* Keeps what fits of a stream, counts all of it. */
+static int drain(int fd, char *buf, uint32_t len, uint32_t *used)
+{
+	char scratch[4096];
+	ssize_t n;
+
+	for (;;) {
+		char *to = *used < len ? buf + *used : scratch;
+		size_t room = *used < len ? len - *used : sizeof(scratch);
+
+		n = read(fd, to, room);
+		if (n > 0) {
+			*used += (uint32_t)n; /* past len: counted, not kept */
+			continue;
+		}
+		if (n == 0)
+			return 1; /* end of stream */
+		if (errno == EINTR)
+			continue;
+		return errno == EAGAIN ? 0 : -errno;
+	}
+}
+
+static int run_in_ns(void *p)
+{
+	struct run_req *r = p;
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none, all;
+	uint32_t written = 0;
+	int status = 0, rc, open_out = 1, open_err = 1;
+
+	pid_t pid;
+
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+		rc = -errno;
+		goto close_pipes;
+	}
+	/* Our ends only: the tool's stay blocking, as a tool expects. */
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+	fcntl(err[0], F_SETFL, O_NONBLOCK);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+	/* The child starts as from a shell: no signal blocked, every handler the
+	 * default (node's handlers and masks are not the tool's). */
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	/* posix_spawn: clone(CLONE_VM | CLONE_VFORK), so nothing of a large
+	 * caller's memory is copied; the child is in this thread's namespace. */
+	rc = -posix_spawnp(&pid, r->argv[0], &fa, &attr, r->argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	in[0] = out[1] = err[1] = -1;
+	if (rc < 0)
+		goto close_pipes;
+
+	/* Input and output together: a tool may write before it has read all of it. */
+	if (r->input_len == 0) {
+		close(in[1]);
+		in[1] = -1;
+	} else {
+		fcntl(in[1], F_SETFL, O_NONBLOCK);
+	}
+	while (open_out || open_err || in[1] >= 0) {
+		struct pollfd fds[3] = {
+			{ open_out ? out[0] : -1, POLLIN, 0 },
+			{ open_err ? err[0] : -1, POLLIN, 0 },
+			{ in[1], POLLOUT, 0 },
+		};
+
+		if (poll(fds, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (open_out && fds[0].revents && drain(out[0], r->out, r->out_len, r->out_used) != 0)
+			open_out = 0;
+		if (open_err && fds[1].revents && drain(err[0], r->err, r->err_len, r->err_used) != 0)
+			open_err = 0;
+		if (in[1] >= 0 && fds[2].revents) {
+			ssize_t n = write(in[1], r->input + written, r->input_len - written);
+
+			if (n > 0)
+				written += (uint32_t)n;
+			/* EPIPE (POLLERR): the tool did not read it all; its status says why. */
+			if (written == r->input_len || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+				close(in[1]);
+				in[1] = -1;
+			}
+		}
+	}
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			rc = -errno;
+			goto close_pipes;
+		}
+	}
+	rc = status;
+close_pipes:
+	for (int i = 0; i < 2; i++) {
+		if (in[i] >= 0)
+			close(in[i]);
+		if (out[i] >= 0)
+			close(out[i]);
+		if (err[i] >= 0)
+			close(err[i]);
+	}
+	return rc;
+}
+
+#define RUN_ARGS_MAX 256
+
+int xpu_run(const char *netns_path, const char *args, uint32_t args_len, const char *input, uint32_t input_len,
+	    char *out, uint32_t out_len, uint32_t *out_used, char *err, uint32_t err_len, uint32_t *err_used)
+{
+	char *argv[RUN_ARGS_MAX + 1];
+	struct run_req r = { argv, input, input_len, out, err, out_len, err_len, out_used, err_used };
+	uint32_t i = 0;
+	int argc = 0;
+
+	if (!args || args_len == 0 || args[args_len - 1] != 0 || !out_used || !err_used || (input_len && !input))
+		return -EINVAL;
+	*out_used = *err_used = 0;
+	while (i < args_len) {
+		if (argc == RUN_ARGS_MAX)
+			return -E2BIG;
+		argv[argc++] = (char *)args + i;
+		i += (uint32_t)strlen(args + i) + 1;
+	}
+	argv[argc] = NULL;
+	return xpu_in_netns_path(netns_path, run_in_ns, &r);
 }

@@ -188,6 +188,18 @@ XPU_API int xpu_netns_link4(const char *netns_path, const char *dev, const char 
 			    const char *peer, const char *peer_mac, const char *route, int lo_up, char *why,
 			    uint32_t why_len);
 
+/* Runs a program in the namespace at netns_path: args holds its argv, each
+ * string ending in NUL (args_len bytes in all; the program is looked up in
+ * PATH), input goes to its stdin, its stdout and stderr come back in out and
+ * err (*out_used and *err_used count every byte; more than fits is dropped).
+ * The program is started with posix_spawn from a thread of the library inside
+ * the namespace: nothing of the caller's memory is copied, no nsenter runs.
+ * Returns its wait status (waitpid's, >= 0) or -errno: -ENOENT when the
+ * program is not found. Blocks until it exits: call it off the event loop. */
+XPU_API int xpu_run(const char *netns_path, const char *args, uint32_t args_len, const char *input,
+		    uint32_t input_len, char *out, uint32_t out_len, uint32_t *out_used, char *err, uint32_t err_len,
+		    uint32_t *err_used);
+
 #ifdef __cplusplus
 }
 #endif

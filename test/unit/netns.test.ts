@@ -455,6 +455,36 @@ test('sysctls: swapSysctls reads the old values, then writes, in one visit witho
   }
 });
 
+test('inNetns: runs the tool inside the namespace (no nsenter), with its input, and says why it failed', async () => {
+  const why = canMakeNetns();
+  if (why) return skip('inNetns', why);
+  const p = addNetns('hpx-run');
+  try {
+    await inNetns(p, ['ip', 'link', 'add', 'hpxdummy0', 'type', 'veth', 'peer', 'name', 'hpxdummy1']);
+    assert.match(await inNetns(p, ['ip', '-o', 'link', 'show']), /hpxdummy0/);
+    assert.not.match(await inNetns(OWN_NETNS, ['ip', '-o', 'link', 'show']), /hpxdummy0/, "not in the caller's namespace");
+    assert.is(await inNetns(p, ['cat'], 'line one\nline two\n'), 'line one\nline two\n');
+    // Output and input both larger than a pipe: neither side waits for the other.
+    const big = 'x'.repeat(300_000) + '\n';
+    assert.is((await inNetns(p, ['cat'], big)).length, big.length);
+    // More than libxpu's buffer: read again, whole.
+    assert.is((await inNetns(p, ['sh', '-c', 'head -c 1500000 /dev/zero | tr "\\0" x'])).length, 1_500_000);
+    const failed = await inNetns(p, ['sh', '-c', 'echo oops >&2; exit 3']).catch((e: Error) => e);
+    assert.match((failed as Error).message, /^sh -c echo oops >&2; exit 3 \(in .*hpx-run\): oops$/);
+    const quiet = await inNetns(p, ['sh', '-c', 'exit 4']).catch((e: Error) => e);
+    assert.match((quiet as Error).message, /exit code 4$/);
+    const missing = await inNetns(p, ['no-such-tool-hpx']).catch((e: Error) => e);
+    assert.match((missing as Error).message, /no-such-tool-hpx: not found/);
+    const nons = await inNetns('/nonexistent/netns', ['true']).catch((e: Error) => e);
+    assert.match((nons as Error).message, /not found \(or no such network namespace\)/);
+    // Many at once, each its own answer.
+    const many = await Promise.all(Array.from({ length: 16 }, (_, i) => inNetns(p, ['sh', '-c', `echo ${i}`])));
+    assert.equal(many.map((o) => o.trim()), Array.from({ length: 16 }, (_, i) => String(i)));
+  } finally {
+    delNetns('hpx-run');
+  }
+});
+
 test('link: setUpLink gives the device its MAC, address, permanent neighbour and route, and lo up; addresses4 lists them', async () => {
   const why = canMakeNetns();
   if (why) return skip('link set-up', why);
