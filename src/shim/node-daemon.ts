@@ -167,6 +167,7 @@ export class NodeDaemon {
   async close(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
     await this.server.close();
+    for (const pod of this.pods.values()) pod.flushRecord();
     fs.rmSync(this.socket, { force: true });
     await Promise.all([...this.forwarders.values()].map((f) => f.flush(2000)));
     for (const f of this.forwarders.values()) f.close();

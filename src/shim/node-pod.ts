@@ -184,6 +184,11 @@ export class NodePod {
     }
   }
 
+  /** The record as it is now, on disk (the daemon stops). */
+  flushRecord(): void {
+    if (!this.disposed) this.router.flush();
+  }
+
   /** The pod is gone: its DPU half and split network, and its record. */
   async dispose(): Promise<void> {
     if (this.disposed) return;

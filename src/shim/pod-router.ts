@@ -103,6 +103,7 @@ export class PodRouter {
   private declaredDpuPorts: number[] = [];
   private netnsPath = '';
   private link: { podIp: string; podPrefixLength: number } | null = null;
+  private saving: NodeJS.Immediate | null = null;
   // The agent asked for the pod's DPU half (from the sandbox's Create).
   private connecting: Promise<void> | null = null;
   // The split network being joined (from the sandbox's Create): containers wait for it.
@@ -337,7 +338,27 @@ export class PodRouter {
     this.save();
   }
 
+  /**
+   * Writes the record once this turn of the event loop is done: a pod's start
+   * changes it about ten times, most of them in bursts. A reply goes out in the
+   * same turn; it reaches containerd later than the record reaches the disk.
+   */
   save(): void {
+    this.saving ??= setImmediate(() => {
+      this.saving = null;
+      this.write();
+    });
+  }
+
+  /** A pending write, now (the daemon stops). */
+  flush(): void {
+    if (!this.saving) return;
+    clearImmediate(this.saving);
+    this.saving = null;
+    this.write();
+  }
+
+  private write(): void {
     const node = this.nodeRecord();
     const dpu = this.dpu;
     if (this.link) {
@@ -359,6 +380,8 @@ export class PodRouter {
   }
 
   remove(): void {
+    if (this.saving) clearImmediate(this.saving);
+    this.saving = null;
     fs.rmSync(this.file, { force: true });
     try {
       fs.rmdirSync(path.dirname(this.file));

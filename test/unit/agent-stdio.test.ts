@@ -118,17 +118,25 @@ function keeperOf(dir: string, binary: string, lines: string[] = []): { keeper: 
 }
 
 /** The fifos (by path) a process has open. */
-function fifosOpenIn(pid: number): string[] {
-  const out: string[] = [];
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+/** The named fifos pid holds open: each as its /proc/PID/fd link and the path it names. */
+function fifoFdsIn(pid: number): Array<{ fd: string; target: string }> {
+  const out: Array<{ fd: string; target: string }> = [];
+  for (const n of fs.readdirSync(`/proc/${pid}/fd`)) {
+    const fd = `/proc/${pid}/fd/${n}`;
     try {
-      const target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (target.startsWith('/') && fs.statSync(`/proc/${pid}/fd/${fd}`).isFIFO()) out.push(target); // an anonymous pipe (the sanitizers') reads pipe:[…]
+      const target = fs.readlinkSync(fd);
+      if (target.startsWith('/') && fs.statSync(fd).isFIFO()) out.push({ fd, target }); // an anonymous pipe (the sanitizers') reads pipe:[…]
     } catch {
-      // closed meanwhile
+      // closed meanwhile (the connection of a request just answered)
     }
   }
-  return out.sort();
+  return out;
+}
+
+function fifosOpenIn(pid: number): string[] {
+  return fifoFdsIn(pid)
+    .map((f) => f.target)
+    .sort();
 }
 
 // As runc's shim runs a process: a read end of its own (so writes never fail),
@@ -367,9 +375,9 @@ test('keeper requests: only fifos, by absolute path, each held once; a fifo made
     assert.equal(fifosOpenIn(pid), [a], 'held once');
     makeFifo(a); // the same path, another fifo
     assert.equal(await ask(options.socket, `hold ${a}\n`), ['ok']);
-    const held = fs.readdirSync(`/proc/${pid}/fd`).map((fd) => `/proc/${pid}/fd/${fd}`).filter((f) => fs.readlinkSync(f).startsWith('/') && fs.statSync(f).isFIFO());
+    const held = fifoFdsIn(pid);
     assert.is(held.length, 1);
-    assert.is(fs.statSync(held[0]).ino, fs.statSync(a).ino, 'the new fifo in place of the old');
+    assert.is(fs.statSync(held[0].fd).ino, fs.statSync(a).ino, 'the new fifo in place of the old');
     fs.rmSync(a);
     assert.equal(await ask(options.socket, `hold ${b}\n`), ['ok']);
     assert.equal(fifosOpenIn(pid), [b], 'the fifo whose path has gone let go');
