@@ -11,7 +11,10 @@
 // among the processes that map them; the daemon's node executable is counted
 // whole, see daemonPssKiB). Then, every pod up and idle, the CPU those processes
 // use (the node daemon's divided as its memory is; the DPU's agent reported on its
-// own: it is the DPU's CPU). Prints a markdown table and the ratios.
+// own: it is the DPU's CPU). Each pod's start also counts the CPU the whole
+// machine (host and emulated DPU, every process: containerd, runc, the shims,
+// the daemon, the agent, this benchmark) spent while it started, from
+// /proc/stat: the pods start one at a time. Prints a markdown table and the ratios.
 //
 //   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 50] [--no-offload] [--json FILE]
 import * as fs from 'node:fs';
@@ -23,7 +26,7 @@ import { down, nodeDaemonPids, up } from '../src/testbed/testbed';
 import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
-import { arg, stats } from './bench-lib';
+import { arg, cpuSecondsBetween, cpuTicks, stats } from './bench-lib';
 
 const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];
@@ -41,6 +44,8 @@ interface PodSample {
   shims: number;
   // CPU of its host processes while every pod is up and idle, ms per second
   idleCpuMs: number;
+  // CPU of the whole machine (host and DPU, every process) while it started, ms
+  startCpuMs: number;
 }
 
 // How long idle CPU is measured, every pod up.
@@ -111,6 +116,7 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     ...(handler === 'heteropod-offload' ? { annotations: { 'heteropod.io/offload': OFFLOADED, 'heteropod.io/offload-policy': 'require' } } : {}),
   };
   const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: OWN_PID_NAMESPACE };
+  const cpu0 = cpuTicks();
   const t0 = process.hrtime.bigint();
   const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
   const id = await cri.createContainer(podId, container, pod);
@@ -128,7 +134,9 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
       await sleep(20);
     }
   }
-  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0 };
+  const cpus = [...cpu0.keys()];
+  const startCpuMs = cpuSecondsBetween(cpu0, cpuTicks(), cpus, 'busy') * 1000;
+  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0, startCpuMs };
 }
 
 async function main(): Promise<void> {
@@ -199,17 +207,18 @@ async function main(): Promise<void> {
     const rss = stats(by(h).map((s) => s.rssKiB / 1024));
     const pss = stats(by(h).map((s) => s.pssKiB / 1024));
     const idle = stats(by(h).map((s) => s.idleCpuMs));
-    return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} | ${idle.mean.toFixed(2)} |`;
+    const cpu = stats(by(h).map((s) => s.startCpuMs));
+    return `| ${h} | ${by(h).length} | ${t.median.toFixed(0)} | ${t.mean.toFixed(0)} | ${t.p90.toFixed(0)} | ${cpu.median.toFixed(0)} | ${by(h)[0]?.shims ?? 0} | ${rss.mean.toFixed(1)} | ${pss.mean.toFixed(1)} | ${idle.mean.toFixed(2)} |`;
   };
   const ratio = (h: Handler, f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by(h).map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
   const ratios = (h: Handler): string =>
-    `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
+    `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, CPU per start (median) ${ratio(h, (s) => s.startCpuMs, 'median')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
     '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-offload`: its container on the DPU, its XPU link up (runc shim behind the C proxy, and a share of the node daemon)',
     '',
-    '| handler | pods | start median ms | start mean ms | start p90 ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB | idle host CPU per pod, ms/s |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| handler | pods | start median ms | start mean ms | start p90 ms | CPU per start median ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB | idle host CPU per pod, ms/s |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...HANDLERS.map(row),
     '',
     ...(node.pods ? [`idle, every pod up (${IDLE_MS / 1000} s): the node daemon ${node.idleCpuMs.toFixed(1)} ms of CPU a second (in the table, a share to each offloading pod); the DPU's agent ${node.agentIdleCpuMs.toFixed(1)} ms a second of the DPU's CPU, ${(node.agentIdleCpuMs / node.pods).toFixed(2)} per offloading pod`] : []),
