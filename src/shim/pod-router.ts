@@ -340,7 +340,7 @@ export class PodRouter {
 
   /**
    * Writes the record once this turn of the event loop is done: a pod's start
-   * changes it about ten times, most of them in bursts. A reply goes out in the
+   * changes it many times, most of them in bursts. A reply goes out in the
    * same turn; it reaches containerd later than the record reaches the disk.
    */
   save(): void {
