@@ -90,6 +90,8 @@ class SandboxRuntime implements Runtime {
   async shutdown(): Promise<void> {}
 }
 
+type DpuState = { unavailable: string; memoryFreeBytes: number };
+
 /**
  * One pod as the node daemon sees it: where each new task goes (null: to runc's
  * shim, through the pod's proxy), the pod's DPU half and split network, and the
@@ -150,13 +152,17 @@ export class PodRouter {
       }
       return new SandboxRuntime(this.runc, () => this.join(req.id), () => this.closeLink());
     }
-    // A container waits for the split network: where it may go depends on it
-    // (under require, a network that could not be joined fails it).
-    await this.joining;
     const name = a['io.kubernetes.cri.container-name'] ?? req.id;
+    // The DPU's free memory is asked for (dpuState never rejects) while the
+    // container waits for the split network: where it may go depends on it
+    // (under require, a network that could not be joined fails it; under
+    // prefer, it takes the DPU half away, and dpuState, asked again, says so).
+    const asked = this.dpuState(name);
+    await this.joining;
+    const state = this.dpu ? await asked : await this.dpuState(name);
     let placement: Placement;
     try {
-      placement = placeContainer(this.offload, name, spec, await this.dpuState(name));
+      placement = placeContainer(this.offload, name, spec, state);
     } catch (err) {
       if (err instanceof PlacementError) throw failedPrecondition(err.message);
       throw err;
@@ -322,7 +328,7 @@ export class PodRouter {
     }
   }
 
-  private async dpuState(name: string): Promise<{ unavailable: string; memoryFreeBytes: number }> {
+  private async dpuState(name: string): Promise<DpuState> {
     if (!this.offload.containers.includes(name)) return { unavailable: '', memoryFreeBytes: 0 };
     if (!this.dpu) return { unavailable: this.dpuProblem || 'the pod has no DPU half', memoryFreeBytes: 0 };
     try {
