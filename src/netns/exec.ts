@@ -1,7 +1,8 @@
 // Work inside one network namespace, named by path as CNI and the OCI spec name
-// it: the node's networking tools (ip, iptables-restore) under nsenter, which
-// enters only the network namespace (files and binaries stay the caller's), and
-// sysctls, addresses and the link's device through libxpu, without a process.
+// it, all through libxpu: the node's networking tools (ip, iptables-restore)
+// started from a thread inside the namespace, which enters only the network
+// namespace (files and binaries stay the caller's), and sysctls, addresses and
+// the link's device without a process at all.
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -46,15 +47,14 @@ export function inNetns(netnsPath: string, argv: string[], input?: string): Prom
       const stderr = err.subarray(0, Math.min(errUsed[0], err.length)).toString('utf8').trim();
       const code = (status & 0x7f) === 0 ? (status >> 8) & 0xff : -1;
       if (code !== 0) return reject(new Error(`${shown}: ${stderr || (code < 0 ? `killed by signal ${status & 0x7f}` : `exit code ${code}`)}`));
-      if (outUsed[0] > out.length) return resolve(viaNsenter(netnsPath, argv, input));
+      if (outUsed[0] > out.length) return resolve(viaNsenter(shown, netnsPath, argv, input));
       resolve(out.subarray(0, outUsed[0]).toString('utf8'));
     });
   });
 }
 
 // The same through nsenter and node's own child process: for output larger than libxpu's buffer.
-function viaNsenter(netnsPath: string, argv: string[], input?: string): Promise<string> {
-  const shown = `${argv.join(' ')} (in ${netnsPath})`;
+function viaNsenter(shown: string, netnsPath: string, argv: string[], input?: string): Promise<string> {
   const [file, args] = netnsPath === OWN_NETNS ? [argv[0], argv.slice(1)] : ['nsenter', [`--net=${netnsPath}`, '--', ...argv]];
   return new Promise((resolve, reject) => {
     const child = execFile(file, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 }, (e, stdout, stderr) => {

@@ -98,11 +98,6 @@ struct addrs_req {
 	int max;
 };
 
-static int prefix_of(uint32_t mask_be)
-{
-	return __builtin_popcount(mask_be);
-}
-
 static int addrs_in_ns(void *p)
 {
 	struct addrs_req *r = p;
@@ -136,7 +131,7 @@ static int addrs_in_ns(void *p)
 			memset(o, 0, sizeof(*o));
 			memcpy(o->dev, reqs[i].ifr_name, sizeof(o->dev) - 1);
 			memcpy(o->addr, &a->sin_addr, 4);
-			o->prefix = (uint8_t)prefix_of(((struct sockaddr_in *)&mask.ifr_netmask)->sin_addr.s_addr);
+			o->prefix = (uint8_t)__builtin_popcount(((struct sockaddr_in *)&mask.ifr_netmask)->sin_addr.s_addr);
 		}
 		rc++;
 	}
