@@ -14,8 +14,11 @@
  *
  * Contract (the agent's side is src/agent/fifo-keeper.ts):
  * - run as `heteropod-fifo-keeper SOCKET POD`: it listens on SOCKET (made anew,
- *   mode 0600; an old file there is a dead keeper's), prints "ready" on stdout,
- *   then lets go of its stdio. POD names the pod for ps and the leak checks;
+ *   mode 0600; an old file there is a dead keeper's), then goes on in a child of
+ *   its own session, and the process started exits 0 once it has printed
+ *   "ready PID" on stdout, PID the keeper's. The keeper lets go of its stdio. So
+ *   the agent waits for a program's end, as for any tool, and the keeper is
+ *   nobody's child (init reaps it). POD names the pod for ps and the leak checks;
  * - requests are lines on a connection, answered in order, one line each:
  *     hold PATH  "ok" once a read end of the fifo at PATH is open (O_NONBLOCK:
  *                the open never waits for a writer); a fifo held already is held
@@ -253,15 +256,26 @@ fail:
 }
 
 /* Says "ready" to the agent, then lets go of stdio: nothing is printed after it. */
+/* The keeper goes on in a child; the process started says "ready PID" and exits. */
 static int ready(void)
 {
-	static const char line[] = "ready\n";
-	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	char line[32];
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC), len;
+	pid_t pid;
 
 	if (null < 0)
 		return -errno;
-	if (write(STDOUT_FILENO, line, sizeof(line) - 1) != (ssize_t)(sizeof(line) - 1) || dup2(null, STDIN_FILENO) < 0 ||
-	    dup2(null, STDOUT_FILENO) < 0 || dup2(null, STDERR_FILENO) < 0) {
+	pid = fork();
+	if (pid < 0) {
+		close(null);
+		return -errno;
+	}
+	if (pid > 0) {
+		len = snprintf(line, sizeof(line), "ready %d\n", (int)pid);
+		_exit(write(STDOUT_FILENO, line, (size_t)len) == len ? 0 : 1);
+	}
+	/* Stdio let go first: whoever reads the started process's output sees its end. */
+	if (dup2(null, STDIN_FILENO) < 0 || dup2(null, STDOUT_FILENO) < 0 || dup2(null, STDERR_FILENO) < 0 || setsid() < 0) {
 		int err = -errno;
 
 		close(null);

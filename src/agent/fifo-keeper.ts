@@ -4,7 +4,7 @@
 // next agent (stdio.ts says why the pipe would lose it otherwise).
 //
 // Contract:
-// - one keeper per pod, started detached (a session of its own: it outlives the
+// - one keeper per pod, in a session of its own and nobody's child (it outlives the
 //   agent) when the pod is made, or by the first hold that finds none; the pod's
 //   record names it (pid and socket), and a restarted agent reconnects to it;
 // - it holds a process's output fifos while the agent has that process's output
@@ -18,12 +18,12 @@
 //   (read to end-of-file) or its process deleted, and the keeper lets a fifo go
 //   by itself once its path has gone;
 // - it ends with the pod (stop): killed, its socket removed, nothing left.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { Logger } from '../common/log';
 import { OneConnection } from '../common/sockets';
+import { runProgram } from '../xpu/run-program';
 
 /** What the pod's record says of its keeper. */
 export interface KeeperRecord {
@@ -42,7 +42,6 @@ export interface FifoKeeperOptions {
 }
 
 export const FIFO_KEEPER_NAME = 'heteropod-fifo-keeper';
-const START_TIMEOUT_MS = 5000;
 const RESTART_DELAY_MS = 1000;
 const EXIT_TIMEOUT_MS = 2000;
 
@@ -143,39 +142,15 @@ class KeeperConnection {
   }
 }
 
-/** Starts a keeper detached; resolved once it listens ("ready"). */
-function startKeeper(binary: string, socket: string, podId: string): Promise<KeeperRecord> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(binary, [socket, podId], { detached: true, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    let settled = false;
-    const settle = (why: Error | null): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      child.stdout.destroy();
-      child.stderr.destroy();
-      child.unref();
-      if (why) reject(why);
-      else resolve({ pid: child.pid!, socket });
-    };
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      settle(new Error(`start ${binary}: not ready in ${START_TIMEOUT_MS} ms`));
-    }, START_TIMEOUT_MS);
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      if (!out.includes('\n')) return;
-      if (out === 'ready\n') return settle(null);
-      child.kill('SIGKILL');
-      settle(new Error(`start ${binary}: said ${JSON.stringify(out.trim())}, not "ready"`));
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-    child.once('error', (e) => settle(new Error(`start ${binary}: ${e.message}`)));
-    // 'close': its stderr has been read to the end
-    child.once('close', (code, signal) => settle(new Error(`start ${binary}: exit ${code ?? signal}: ${err.trim() || 'no output'}`)));
-  });
+/** Starts a keeper (in a session of its own, nobody's child); resolved once it listens ("ready PID"). */
+async function startKeeper(binary: string, socket: string, podId: string): Promise<KeeperRecord> {
+  // libxpu starts it, not node's child_process: no fork of the agent on a pod's start.
+  const said = (await runProgram([binary, socket, podId], { cwd: '/' }).catch((err: Error) => {
+    throw new Error(`start ${binary}: ${err.message}`);
+  })).stdout;
+  const ready = /^ready (\d+)\n$/.exec(said);
+  if (!ready) throw new Error(`start ${binary}: said ${JSON.stringify(said.trim())}, not "ready PID"`);
+  return { pid: Number(ready[1]), socket };
 }
 
 export class FifoKeeper {

@@ -32,7 +32,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { NetnsHalf, OWN_NETNS, inNetns, networkOf, openDpuHalf, ownDevices, removeUplink } from '../netns';
+import { NetnsHalf, OWN_NETNS, inNetns, networkOf, hasOwnDevice, openDpuHalf, removeUplink } from '../netns';
 import { decode, encode } from '../proto';
 import { Code, RpcError } from '../ttrpc';
 import { encodeDeleteResponse, encodeIdRequest, encodeKillRequest, encodeStoppedState, encodeTaskExitForward, encodeWaitResponse, forwardedEvent, taskExit, taskRef } from '../taskapi/messages';
@@ -544,7 +544,7 @@ export class DpuPods {
   /** The DPU's uplink device is there (looked up each time: a DPU's ports may come and go). */
   private hasUplink(): boolean {
     const dev = this.paths.uplinkDev;
-    return !!dev && ownDevices().has(dev);
+    return !!dev && hasOwnDevice(dev);
   }
 
   /** Closes the pod's DPU half; a pod without one (or unknown) has nothing to close. Its port watchers' streams end. */

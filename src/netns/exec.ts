@@ -6,7 +6,8 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { ADDR4_BYTES, errnoText, native } from '../xpu/native';
+import { ADDR4_BYTES, errnoText, libc, native } from '../xpu/native';
+import { runProgram } from '../xpu/run-program';
 
 export const DEBUG = process.env.HETEROPOD_NETNS_DEBUG === '1';
 
@@ -17,40 +18,17 @@ function trace(msg: string): void {
 /** The caller's own network namespace, as callers name it. */
 export const OWN_NETNS = '/proc/self/ns/net';
 
-// What a tool may print and still come back through libxpu's buffers; more
-// (iptables-save of a node with very many rules) is read again through nsenter.
-const RUN_OUT_BYTES = 1 << 20;
-const RUN_ERR_BYTES = 64 << 10;
-
 /**
  * Runs argv in the namespace; rejects with the command and its stderr. libxpu
- * starts it (xpu_run, on a worker thread: posix_spawn from a thread inside the
- * namespace), so the event loop neither forks this process nor waits, and no
- * nsenter runs.
+ * starts it (runProgram: posix_spawn from a thread inside the namespace), so
+ * the event loop neither forks this process nor waits, and no nsenter runs.
  */
-export function inNetns(netnsPath: string, argv: string[], input?: string): Promise<string> {
+export async function inNetns(netnsPath: string, argv: string[], input?: string): Promise<string> {
   const shown = `${argv.join(' ')} (in ${netnsPath})`;
   trace(input ? `${shown} <<\n${input}` : shown);
-  const args = Buffer.from(argv.map((a) => `${a}\0`).join(''), 'utf8');
-  const stdin = Buffer.from(input ?? '', 'utf8');
-  const out = Buffer.allocUnsafe(RUN_OUT_BYTES);
-  const err = Buffer.allocUnsafe(RUN_ERR_BYTES);
-  const outUsed = [0];
-  const errUsed = [0];
-  return new Promise((resolve, reject) => {
-    native().run.async(netnsPath, args, args.length, stdin, stdin.length, out, out.length, outUsed, err, err.length, errUsed, (callErr, status) => {
-      if (callErr) return reject(new Error(`${shown}: ${(callErr as Error).message}`));
-      if (status < 0) {
-        const why = -status === os.constants.errno.ENOENT ? `${argv[0]}: not found (or no such network namespace)` : errnoText(-status);
-        return reject(new Error(`${shown}: ${why}`));
-      }
-      const stderr = err.subarray(0, Math.min(errUsed[0], err.length)).toString('utf8').trim();
-      const code = (status & 0x7f) === 0 ? (status >> 8) & 0xff : -1;
-      if (code !== 0) return reject(new Error(`${shown}: ${stderr || (code < 0 ? `killed by signal ${status & 0x7f}` : `exit code ${code}`)}`));
-      if (outUsed[0] > out.length) return resolve(viaNsenter(shown, netnsPath, argv, input));
-      resolve(out.subarray(0, outUsed[0]).toString('utf8'));
-    });
-  });
+  const { stdout, cut } = await runProgram(argv, { netns: netnsPath, input });
+  // Output past libxpu's buffer (iptables-save of a node with very many rules) is read again.
+  return cut ? viaNsenter(shown, netnsPath, argv, input) : stdout;
 }
 
 // The same through nsenter and node's own child process: for output larger than libxpu's buffer.
@@ -65,10 +43,9 @@ function viaNsenter(shown: string, netnsPath: string, argv: string[], input?: st
   });
 }
 
-/** The network devices of the caller's own namespace (/proc/self/net/dev: no process started). */
-export function ownDevices(): Set<string> {
-  const lines = fs.readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2);
-  return new Set(lines.map((l) => l.split(':')[0].trim()).filter(Boolean));
+/** Whether the caller's own namespace has a network device of that name (if_nametoindex: no file read, no process). */
+export function hasOwnDevice(name: string): boolean {
+  return libc().ifNameToIndex(name) !== 0;
 }
 
 /** A path that exists and is a network namespace (an nsfs mount or /proc/PID/ns/net). */

@@ -1,7 +1,7 @@
 // The split network namespace: what the shim (host half) and the DPU agent
 // (DPU half) call. See README "The split network namespace".
 export { isIPv4Cidr, networkOf, removeUplink } from './uplink';
-export { OWN_NETNS, inNetns, ownDevices } from './exec';
+export { OWN_NETNS, hasOwnDevice, inNetns } from './exec';
 export { openHostHalf, openDpuHalf, podAddress, podIpv4, podWindowPath, NetnsHalf } from './half';
 export type { HalfOptions, HostHalfOptions, DpuHalfOptions, HalfStatus, LogLevel } from './half';
 export { cleanupPod } from './cleanup';

@@ -18,7 +18,7 @@
 // addresses and permanent neighbour entries, so no ARP crosses it, and the DPU
 // end has no address (the half's gateway is a link-local name, 169.254.1.1).
 import * as net from 'node:net';
-import { OWN_NETNS, inNetns, ownDevices } from './exec';
+import { OWN_NETNS, hasOwnDevice, inNetns } from './exec';
 import { chainTag } from './rules';
 
 export const HALF_UPLINK_DEV = 'eth0';
@@ -87,7 +87,8 @@ interface ShownRule {
 
 /** The rules for `podIp` in the root namespace now, as `ip rule del` arguments (a crashed owner's included). */
 async function existingRules(rootNetns: string, podIp: string): Promise<string[]> {
-  const shown = JSON.parse(await inNetns(rootNetns, ['ip', '-j', 'rule', 'show'])) as ShownRule[];
+  // The kernel's list filtered by ip to the pod's address: not every pod's rules each time.
+  const shown = JSON.parse(await inNetns(rootNetns, ['ip', '-j', 'rule', 'show', 'to', `${podIp}/32`])) as ShownRule[];
   const prefs = Object.values(RULE_PREF) as number[];
   return shown
     .filter((r) => r.dst === podIp && prefs.includes(r.priority))
@@ -136,7 +137,7 @@ export class DpuUplink {
       // directly, another is asked).
       const stale = (await existingRules(o.rootNetns, o.podIp)).map((r) => `rule del ${r}`);
       if (o.rootNetns !== OWN_NETNS) await inNetns(o.rootNetns, ['ip', 'link', 'del', dev]).catch(() => undefined);
-      else if (ownDevices().has(dev)) stale.push(`link del ${dev}`);
+      else if (hasOwnDevice(dev)) stale.push(`link del ${dev}`);
       await inNetns(
         o.rootNetns,
         ['ip', '-batch', '-'],

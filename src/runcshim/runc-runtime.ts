@@ -13,7 +13,6 @@
 // - it refuses runtime options of another type: Create carries its own
 //   containerd.runc.v1.Options, made from our [runc] config, in place of ours
 //   (taskOptions, used by task-service.ts), or none.
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { TtrpcClient, RpcError, Code } from '../ttrpc';
@@ -21,6 +20,7 @@ import { TaskCall, encodeShutdownRequest, runcOptions } from '../taskapi/message
 import { formatFlags } from '../taskapi/flags';
 import { OneConnection, socketAnswers } from '../common/sockets';
 import type { Logger } from '../common/log';
+import { runProgram } from '../xpu/run-program';
 import { FirstTask, Runtime, TASK_SERVICE } from './runtime';
 
 export interface RuncShimOptions {
@@ -139,22 +139,17 @@ export class RuncShimRuntime implements Runtime {
       'start',
     ];
     this.log.debug('start runc shim', { binary: this.opts.binary, args: args.join(' ') });
-    const child = spawn(this.opts.binary, args, {
-      cwd: workDir,
-      env: { ...process.env, TTRPC_ADDRESS: this.opts.eventsAddress },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-    const code = await new Promise<number | null>((resolve, reject) => {
-      child.once('error', (err) => reject(RpcError.wrap(err, `start runc shim ${this.opts.binary}`)));
-      child.once('close', (c) => resolve(c));
-    });
-    const address = output.trim();
-    if (code !== 0 || !address.startsWith('unix://')) {
-      throw new Error(`start runc shim: exit ${code}: ${address || 'no output'}`);
+    // Started by libxpu, not node's child_process: no fork of this process (the
+    // node daemon's or the agent's heap) on the way to a pod's start.
+    let output: string;
+    try {
+      const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+      output = (await runProgram([this.opts.binary, ...args], { cwd: workDir, env: { ...env, TTRPC_ADDRESS: this.opts.eventsAddress } })).stdout;
+    } catch (err) {
+      throw RpcError.wrap(err, 'start runc shim');
     }
+    const address = output.trim();
+    if (!address.startsWith('unix://')) throw new Error(`start runc shim ${this.opts.binary}: said ${JSON.stringify(address)}, not an address`);
     this.log.info('runc shim started', { address });
     return address;
   }

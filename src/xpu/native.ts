@@ -110,10 +110,10 @@ export interface Native {
   netnsSysctls(netnsPath: string, reads: string, writes: string, out: Buffer, outLen: number): number;
   /** Sets the link's device up in the namespace; why: the step that failed. 0 or -errno. */
   netnsLink4(netnsPath: string, dev: string, mac: string, cidr: string, peer: string, peerMac: string, route: string, loUp: number, why: Buffer, whyLen: number): number;
-  /** xpu_run, on a worker thread: a program in the namespace; the callback gets its wait status or -errno. */
-  run: {
+  /** xpu_run_in, on a worker thread: a program run to its end; the callback gets its wait status or -errno. */
+  runIn: {
     async(
-      netnsPath: string, args: Buffer, argsLen: number, input: Buffer, inputLen: number,
+      netnsPath: string | null, cwd: string | null, env: Buffer | null, envLen: number, args: Buffer, argsLen: number, input: Buffer, inputLen: number,
       out: Buffer, outLen: number, outUsed: number[], err: Buffer, errLen: number, errUsed: number[],
       done: (error: unknown, status: number) => void,
     ): void;
@@ -162,10 +162,25 @@ export function native(): Native {
     netnsLink4: lib.func(
       'int xpu_netns_link4(const char *netns, const char *dev, const char *mac, const char *cidr, const char *peer, const char *peer_mac, const char *route, int lo_up, void *why, uint32_t why_len)',
     ),
-    run: lib.func(
-      'int xpu_run(const char *netns, void *args, uint32_t args_len, void *input, uint32_t input_len, void *out, uint32_t out_len, _Out_ uint32_t *out_used, void *err, uint32_t err_len, _Out_ uint32_t *err_used)',
+    runIn: lib.func(
+      'int xpu_run_in(const char *netns, const char *cwd, void *env, uint32_t env_len, void *args, uint32_t args_len, void *input, uint32_t input_len, void *out, uint32_t out_len, _Out_ uint32_t *out_used, void *err, uint32_t err_len, _Out_ uint32_t *err_used)',
     ),
   };
   loaded = n;
   return n;
+}
+
+/** The few C library calls made beside libxpu's. */
+export interface Libc {
+  /** The interface index of a device of the calling thread's namespace; 0: none of that name. */
+  ifNameToIndex(name: string): number;
+}
+
+let libcLoaded: Libc | undefined;
+
+export function libc(): Libc {
+  if (libcLoaded) return libcLoaded;
+  const lib = koffi.load('libc.so.6');
+  libcLoaded = { ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *ifname)') };
+  return libcLoaded;
 }

@@ -429,6 +429,8 @@ int xpu_netns_link4(const char *netns_path, const char *dev, const char *mac, co
 
 struct run_req {
 	char **argv;
+	char **envp; /* NULL: the caller's environment */
+	const char *cwd; /* NULL: the caller's directory */
 	const char *input;
 	uint32_t input_len;
 	char *out, *err;
@@ -482,6 +484,8 @@ static int run_in_ns(void *p)
 	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
 	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+	if (r->cwd)
+		posix_spawn_file_actions_addchdir_np(&fa, r->cwd);
 	/* The child starts as from a shell: no signal blocked, every handler the
 	 * default (node's handlers and masks are not the tool's). */
 	posix_spawnattr_init(&attr);
@@ -492,7 +496,7 @@ static int run_in_ns(void *p)
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 	/* posix_spawn: clone(CLONE_VM | CLONE_VFORK), so nothing of a large
 	 * caller's memory is copied; the child is in this thread's namespace. */
-	rc = -posix_spawnp(&pid, r->argv[0], &fa, &attr, r->argv, environ);
+	rc = -posix_spawnp(&pid, r->argv[0], &fa, &attr, r->argv, r->envp ? r->envp : environ);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	close(in[0]);
@@ -557,24 +561,55 @@ close_pipes:
 }
 
 #define RUN_ARGS_MAX 256
+#define RUN_ENV_MAX 256
+
+/* Splits len bytes of NUL-ended strings into vec (max entries, then NULL). */
+static int split_strings(const char *buf, uint32_t len, char **vec, int max)
+{
+	uint32_t i = 0;
+	int n = 0;
+
+	if (len == 0 || buf[len - 1] != 0)
+		return -EINVAL;
+	while (i < len) {
+		if (n == max)
+			return -E2BIG;
+		vec[n++] = (char *)buf + i;
+		i += (uint32_t)strlen(buf + i) + 1;
+	}
+	vec[n] = NULL;
+	return n;
+}
+
+int xpu_run_in(const char *netns_path, const char *cwd, const char *env, uint32_t env_len, const char *args,
+	       uint32_t args_len, const char *input, uint32_t input_len, char *out, uint32_t out_len,
+	       uint32_t *out_used, char *err, uint32_t err_len, uint32_t *err_used)
+{
+	char *argv[RUN_ARGS_MAX + 1], *envp[RUN_ENV_MAX + 1];
+	struct run_req r = { argv, NULL, cwd, input, input_len, out, err, out_len, err_len, out_used, err_used };
+	int rc;
+
+	if (!args || !out_used || !err_used || (input_len && !input) || (env_len && !env))
+		return -EINVAL;
+	*out_used = *err_used = 0;
+	rc = split_strings(args, args_len, argv, RUN_ARGS_MAX);
+	if (rc < 0)
+		return rc;
+	if (env) {
+		/* An empty environment is one empty string: env_len 1. */
+		rc = env_len == 1 ? (envp[0] = NULL, 0) : split_strings(env, env_len, envp, RUN_ENV_MAX);
+		if (rc < 0)
+			return rc;
+		r.envp = envp;
+	}
+	return netns_path ? xpu_in_netns_path(netns_path, run_in_ns, &r) : run_in_ns(&r);
+}
 
 int xpu_run(const char *netns_path, const char *args, uint32_t args_len, const char *input, uint32_t input_len,
 	    char *out, uint32_t out_len, uint32_t *out_used, char *err, uint32_t err_len, uint32_t *err_used)
 {
-	char *argv[RUN_ARGS_MAX + 1];
-	struct run_req r = { argv, input, input_len, out, err, out_len, err_len, out_used, err_used };
-	uint32_t i = 0;
-	int argc = 0;
-
-	if (!args || args_len == 0 || args[args_len - 1] != 0 || !out_used || !err_used || (input_len && !input))
+	if (!netns_path)
 		return -EINVAL;
-	*out_used = *err_used = 0;
-	while (i < args_len) {
-		if (argc == RUN_ARGS_MAX)
-			return -E2BIG;
-		argv[argc++] = (char *)args + i;
-		i += (uint32_t)strlen(args + i) + 1;
-	}
-	argv[argc] = NULL;
-	return xpu_in_netns_path(netns_path, run_in_ns, &r);
+	return xpu_run_in(netns_path, NULL, NULL, 0, args, args_len, input, input_len, out, out_len, out_used, err,
+			  err_len, err_used);
 }

@@ -200,6 +200,14 @@ XPU_API int xpu_run(const char *netns_path, const char *args, uint32_t args_len,
 		    uint32_t input_len, char *out, uint32_t out_len, uint32_t *out_used, char *err, uint32_t err_len,
 		    uint32_t *err_used);
 
+/* xpu_run, also in the caller's own namespace (netns_path NULL: no thread
+ * enters one), with the program's working directory cwd (NULL: the caller's)
+ * and its environment env, NUL-ended "NAME=value" strings, env_len bytes in all
+ * (NULL: the caller's; a lone NUL, env_len 1: an empty one). */
+XPU_API int xpu_run_in(const char *netns_path, const char *cwd, const char *env, uint32_t env_len, const char *args,
+		       uint32_t args_len, const char *input, uint32_t input_len, char *out, uint32_t out_len,
+		       uint32_t *out_used, char *err, uint32_t err_len, uint32_t *err_used);
+
 #ifdef __cplusplus
 }
 #endif

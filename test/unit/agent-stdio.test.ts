@@ -170,6 +170,11 @@ test('a process that exits while no agent reads: its output waits in the keeper\
     assert.ok(isFifoKeeper(pid, options.socket));
     const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
     assert.ok(cmdline[0].endsWith(`/${FIFO_KEEPER_NAME}`) && cmdline.includes('pod-1'), `a recognisable command line: ${cmdline.join(' ')}`);
+    // Started by libxpu and gone on in a child of its own session: not the agent's child (no zombie for the agent to reap).
+    const statLine = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = statLine.slice(statLine.lastIndexOf(')') + 2).split(' ');
+    assert.is.not(Number(stat[1]), process.pid, 'its parent is not the agent');
+    assert.is(Number(stat[3]), pid, 'it leads a session of its own');
     assert.equal(fifosOpenIn(pid), [paths.stderr, paths.stdout]);
     // The agent dies before reading anything; the keeper stays.
     first.close();
