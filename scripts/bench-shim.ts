@@ -16,13 +16,23 @@
 // the daemon, the agent, this benchmark) spent while it started, from
 // /proc/stat: the pods start one at a time. Prints a markdown table and the ratios.
 //
-//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 50] [--no-offload] [--json FILE]
+// The host's processes are kept to the host's CPUs (every online CPU but the
+// emulated DPU's), as on a real node, where the DPU's cores run nothing of the
+// host's: containerd and all it starts (CNI plugins, the shims, runc), the pods'
+// host containers (their parent cgroup k8s.io, which the test bed made), the node
+// daemon and this benchmark. Without that, a runc pod's start would use the DPU's
+// CPU too, and the host's work would delay the DPU's. --no-pin measures without it.
+//
+//   flock /run/heteropod-testbed.lock node dist/scripts/bench-shim.js [--pods 50] [--no-offload] [--no-pin] [--json FILE]
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import { TESTBED } from '../src/testbed/paths';
-import { listProcesses, sleep } from '../src/testbed/proc';
-import { down, nodeDaemonPids, up } from '../src/testbed/testbed';
+import { listProcesses, run, sleep } from '../src/testbed/proc';
+import { formatCpuList, parseCpuList } from '../src/common/cpulist';
+import { cgroupDir } from '../src/dpu/paths';
+import { down, nodeDaemonPids, ownsPodCgroups, up } from '../src/testbed/testbed';
 import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
@@ -139,11 +149,35 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
   return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0, startCpuMs };
 }
 
+const PODS_CPUSET = '/sys/fs/cgroup/cpuset/k8s.io/cpuset.cpus';
+
+/** Keeps the host's processes to the host's CPUs (see the top); returns what it did, for the report, and how to undo it. */
+async function pinHost(): Promise<{ said: string; undo: () => void }> {
+  const online = parseCpuList(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8'));
+  const dpuCpus = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8'));
+  const host = formatCpuList(online.filter((c) => !dpuCpus.includes(c)));
+  if (!host) throw new Error(`no host CPU left: online ${formatCpuList(online)}, DPU ${formatCpuList(dpuCpus)}`);
+  // k8s.io is the test bed's own only when it made it; a system containerd's is not touched.
+  if (!ownsPodCgroups()) throw new Error("the cgroup k8s.io was not made by the test bed: another containerd's pods are not pinned (--no-pin measures without pinning)");
+  const before = fs.readFileSync(PODS_CPUSET, 'utf8').trim();
+  fs.writeFileSync(PODS_CPUSET, host);
+  const daemons = nodeDaemonPids();
+  const containerd = Number(fs.readFileSync(TESTBED.pidFile, 'utf8').trim());
+  for (const pid of [containerd, ...daemons, process.pid]) await run('taskset', ['-a', '-p', '-c', host, String(pid)]);
+  return {
+    said: `host CPUs ${host} (containerd and what it starts, the pods' host containers, the node daemon, this benchmark), DPU CPUs ${formatCpuList(dpuCpus)}`,
+    undo: () => fs.writeFileSync(PODS_CPUSET, before),
+  };
+}
+
 async function main(): Promise<void> {
   const pods = Number(arg('pods', '50'));
   if (!(pods >= 1)) throw new Error('--pods must be a positive number');
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
   await up(say);
+  const pinned = process.argv.includes('--no-pin') ? null : await pinHost();
+  const cpusSaid = pinned ? pinned.said : 'not pinned (--no-pin): the host\'s processes may run on every CPU';
+  say(cpusSaid);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);
   const samples: PodSample[] = [];
   const node = { pods: 0, rssKiB: 0, pssKiB: 0, threads: 0, idleCpuMs: 0, agentIdleCpuMs: 0 };
@@ -197,6 +231,7 @@ async function main(): Promise<void> {
       await cri.removePodSandbox(s.podId).catch(() => {});
     }
     cri.close();
+    pinned?.undo();
     await down(() => {});
     fs.rmSync(`/tmp/hp-bench-${process.pid}`, { recursive: true, force: true });
   }
@@ -215,6 +250,7 @@ async function main(): Promise<void> {
     `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, CPU per start (median) ${ratio(h, (s) => s.startCpuMs, 'median')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
+    cpusSaid,
     '`heteropod`: no heteropod.io/offload annotation (runc shim behind the C proxy); `heteropod-offload`: its container on the DPU, its XPU link up (runc shim behind the C proxy, and a share of the node daemon)',
     '',
     '| handler | pods | start median ms | start mean ms | start p90 ms | CPU per start median ms | shim processes per pod | RSS per pod MiB | PSS per pod MiB | idle host CPU per pod, ms/s |',

@@ -44,6 +44,11 @@ function listDirs(dir: string): string[] {
 
 const createdMark = (name: string) => `${TESTBED.runDir}/created-${name}`;
 
+/** Whether the pods' parent cgroup k8s.io is the test bed's own (it made it at up), not another containerd's. */
+export function ownsPodCgroups(): boolean {
+  return fs.existsSync(createdMark('k8s-cgroups'));
+}
+
 const REQUIRED = [
   ['containerd', 'containerd'],
   ['ctr', 'containerd'],
