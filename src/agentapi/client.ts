@@ -116,7 +116,12 @@ function probeTls(address: string, m: TlsMaterial, timeoutMs: number): Promise<{
   });
 }
 
+/** How long a healthy answer of the agent stands. */
+export const HEALTH_FRESH_MS = 5000;
+
 export class DpuAgentClient {
+  private healthy: { at: number; answer: Promise<HealthResponse> } | null = null;
+
   private constructor(
     private readonly client: grpc.Client,
     readonly address: string,
@@ -197,8 +202,22 @@ export class DpuAgentClient {
     return fn((err, res) => done(err ? classify(this.address, err) : null, res));
   }
 
+  /**
+   * The agent's health. A healthy answer stands for HEALTH_FRESH_MS, so pods
+   * starting together ask once (an agent gone since is found by the next call
+   * itself); an unhealthy answer or a failure is not kept.
+   */
   health(): Promise<HealthResponse> {
-    return this.call('Health');
+    const now = Date.now();
+    if (this.healthy && now - this.healthy.at < HEALTH_FRESH_MS) return this.healthy.answer;
+    const answer = this.call<HealthResponse>('Health');
+    const entry = { at: now, answer };
+    this.healthy = entry;
+    const forget = (): void => {
+      if (this.healthy === entry) this.healthy = null;
+    };
+    answer.then((h) => h.ok || forget(), forget);
+    return answer;
   }
 
   capacity(): Promise<CapacityResponse> {

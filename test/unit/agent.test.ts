@@ -59,6 +59,49 @@ test('the shim certificate gets Health and Capacity', async () => {
   }
 });
 
+test('a healthy answer stands a while, so pods starting together ask once; an unhealthy one is asked again', async () => {
+  let asked = 0;
+  let broken = false;
+  const api = new DpuAgentService({
+    version: 'test',
+    listenAddress: '127.0.0.1:0',
+    resources: () => {
+      asked++;
+      if (broken) throw new Error('cgroup gone');
+      return { cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: 0 };
+    },
+  });
+  const own = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
+  const c = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  try {
+    const answers = await Promise.all([c.health(), c.health(), c.health()]);
+    assert.ok(answers.every((h) => h.ok));
+    assert.is(asked, 1, 'three pods at once: one Health');
+    await c.health();
+    assert.is(asked, 1, 'still fresh');
+    // A new connection (another daemon) asks for itself.
+    const other = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+    await other.health().finally(() => other.close());
+    assert.is(asked, 2);
+  } finally {
+    c.close();
+  }
+  // Unhealthy: not kept, the next call asks again (and sees it healthy once it is).
+  const d = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  try {
+    broken = true;
+    const bad = await d.health();
+    assert.is(bad.ok, false);
+    assert.match(bad.problem, /cgroup gone/);
+    broken = false;
+    assert.is((await d.health()).ok, true);
+    assert.is(asked, 4);
+  } finally {
+    d.close();
+    await own.stop();
+  }
+});
+
 async function refusal(c: DpuAgentClient): Promise<DpuAgentError> {
   try {
     await c.health();
