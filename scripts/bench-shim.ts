@@ -149,7 +149,7 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
   return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0, startCpuMs };
 }
 
-const PODS_CPUSET = '/sys/fs/cgroup/cpuset/k8s.io/cpuset.cpus';
+const PODS_CPUSET_DIR = '/sys/fs/cgroup/cpuset/k8s.io';
 
 /** Keeps the host's processes to the host's CPUs (see the top); returns what it did, for the report, and how to undo it. */
 async function pinHost(): Promise<{ said: string; undo: () => void }> {
@@ -159,14 +159,21 @@ async function pinHost(): Promise<{ said: string; undo: () => void }> {
   if (!host) throw new Error(`no host CPU left: online ${formatCpuList(online)}, DPU ${formatCpuList(dpuCpus)}`);
   // k8s.io is the test bed's own only when it made it; a system containerd's is not touched.
   if (!ownsPodCgroups()) throw new Error("the cgroup k8s.io was not made by the test bed: another containerd's pods are not pinned (--no-pin measures without pinning)");
-  const before = fs.readFileSync(PODS_CPUSET, 'utf8').trim();
-  fs.writeFileSync(PODS_CPUSET, host);
+  // containerd makes it at the first pod; made now, it needs its memory nodes
+  // before CPUs (runc copies both into each pod's cgroup below); `down` removes it.
+  if (!fs.existsSync(PODS_CPUSET_DIR)) {
+    fs.mkdirSync(PODS_CPUSET_DIR);
+    fs.writeFileSync(path.join(PODS_CPUSET_DIR, 'cpuset.mems'), fs.readFileSync('/sys/fs/cgroup/cpuset/cpuset.mems', 'utf8').trim());
+  }
+  const cpusFile = path.join(PODS_CPUSET_DIR, 'cpuset.cpus');
+  const before = fs.readFileSync(cpusFile, 'utf8').trim();
+  fs.writeFileSync(cpusFile, host);
   const daemons = nodeDaemonPids();
   const containerd = Number(fs.readFileSync(TESTBED.pidFile, 'utf8').trim());
   for (const pid of [containerd, ...daemons, process.pid]) await run('taskset', ['-a', '-p', '-c', host, String(pid)]);
   return {
     said: `host CPUs ${host} (containerd and what it starts, the pods' host containers, the node daemon, this benchmark), DPU CPUs ${formatCpuList(dpuCpus)}`,
-    undo: () => fs.writeFileSync(PODS_CPUSET, before),
+    undo: () => fs.writeFileSync(cpusFile, before || host),
   };
 }
 
