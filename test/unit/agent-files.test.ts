@@ -156,7 +156,8 @@ test('real bind mounts (a private mount namespace): a directory\'s and a file\'s
     partial = parts.pop() ?? '';
     lines.push(...parts);
   });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  // 'close', not 'exit': its stdout is read to the end by then (the last line may come after the exit).
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
   const deadline = Date.now() + 5000;
   while (lines.length < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   assert.equal(lines, ['v1 hosts v1'], 'mounted before the update');
