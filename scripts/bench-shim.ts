@@ -30,13 +30,12 @@ import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import { TESTBED } from '../src/testbed/paths';
 import { listProcesses, run, sleep } from '../src/testbed/proc';
-import { formatCpuList, parseCpuList } from '../src/common/cpulist';
-import { cgroupDir } from '../src/dpu/paths';
+import { formatCpuList } from '../src/common/cpulist';
 import { down, nodeDaemonPids, ownsPodCgroups, up } from '../src/testbed/testbed';
 import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
-import { arg, cpuSecondsBetween, cpuTicks, stats } from './bench-lib';
+import { arg, cpuSecondsBetween, cpuTicks, hostAndDpuCpus, stats } from './bench-lib';
 
 const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];
@@ -153,10 +152,8 @@ const PODS_CPUSET_DIR = '/sys/fs/cgroup/cpuset/k8s.io';
 
 /** Keeps the host's processes to the host's CPUs (see the top); returns what it did, for the report, and how to undo it. */
 async function pinHost(): Promise<{ said: string; undo: () => void }> {
-  const online = parseCpuList(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8'));
-  const dpuCpus = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8'));
-  const host = formatCpuList(online.filter((c) => !dpuCpus.includes(c)));
-  if (!host) throw new Error(`no host CPU left: online ${formatCpuList(online)}, DPU ${formatCpuList(dpuCpus)}`);
+  const cpus = hostAndDpuCpus();
+  const host = formatCpuList(cpus.host);
   // k8s.io is the test bed's own only when it made it; a system containerd's is not touched.
   if (!ownsPodCgroups()) throw new Error("the cgroup k8s.io was not made by the test bed: another containerd's pods are not pinned (--no-pin measures without pinning)");
   // containerd makes it at the first pod; made now, it needs its memory nodes
@@ -172,7 +169,7 @@ async function pinHost(): Promise<{ said: string; undo: () => void }> {
   const containerd = Number(fs.readFileSync(TESTBED.pidFile, 'utf8').trim());
   for (const pid of [containerd, ...daemons, process.pid]) await run('taskset', ['-a', '-p', '-c', host, String(pid)]);
   return {
-    said: `host CPUs ${host} (containerd and what it starts, the pods' host containers, the node daemon, this benchmark), DPU CPUs ${formatCpuList(dpuCpus)}`,
+    said: `host CPUs ${host} (containerd and what it starts, the pods' host containers, the node daemon, this benchmark), DPU CPUs ${formatCpuList(cpus.dpu)}`,
     undo: () => fs.writeFileSync(cpusFile, before || host),
   };
 }

@@ -118,6 +118,7 @@ import {
   cpuacctSeconds,
   cpuSecondsBetween,
   cpuTicks,
+  hostAndDpuCpus,
   median,
   processSeconds,
   reapedChildrenSeconds,
@@ -133,7 +134,6 @@ const PROXY_PORT = 15006;
 const NO_SUCH_CONTAINER = 'no-such-container';
 const POD_NAMESPACE = 'bench-sidecar';
 const PAGE = '<html><body><p>hello from app</p></body></html>';
-const CPUSET_ONLINE = '/sys/devices/system/cpu/online';
 const PF_STATS = `/sys/class/net/${DPU.pf.hostDev}/statistics`;
 
 type Where = 'host' | 'dpu';
@@ -792,10 +792,7 @@ async function main(): Promise<void> {
   let tsoFound: Record<string, boolean> = {};
   const leftovers: string[] = [];
   try {
-    const online = parseCpuList(fs.readFileSync(CPUSET_ONLINE, 'utf8'));
-    const dpuCpus = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8'));
-    const hostCpus = online.filter((c) => !dpuCpus.includes(c));
-    if (hostCpus.length === 0) throw new Error(`no host CPU left: online ${online.join(',')}, DPU ${dpuCpus.join(',')}`);
+    const { host: hostCpus, dpu: dpuCpus } = hostAndDpuCpus();
     cpus = { host: hostCpus, dpu: dpuCpus, pinned: hostCpus[0] };
     threads = receiveThreads();
     for (const s of ['fabric', 'host', 'dpu'] as const) {

@@ -464,7 +464,8 @@ export class DpuPods {
     this.log.info('pod created', { pod: record.id, name: `${req.pod_namespace}/${req.pod_name}`, netns: record.netns });
     // The pod's runc shim starts now, while the host starts the sandbox, rather
     // than in the first container's Create (which awaits the same start): once
-    // this reply has gone (each start forks the agent, which would hold it up).
+    // this reply has gone, so their set-up (the shim's directory, the keeper's
+    // start) does not hold it up.
     setImmediate(() => {
       pod.runc.prepare({ id: record.id, bundle: pod.shimDir }).catch((err: Error) => this.log.warn('start the pod\'s runc shim early', { pod: record.id, error: err.message }));
       pod.keeper.ready().catch((err: Error) => this.log.warn('start the pod\'s fifo keeper', { pod: record.id, error: err.message }));

@@ -143,8 +143,9 @@ export class RuncShimRuntime implements Runtime {
     // node daemon's or the agent's heap) on the way to a pod's start.
     let output: string;
     try {
-      const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
-      output = (await runProgram([this.opts.binary, ...args], { cwd: workDir, env: { ...env, TTRPC_ADDRESS: this.opts.eventsAddress } })).stdout;
+      // process.env holds strings only; its type allows undefined.
+      const env = { ...(process.env as Record<string, string>), TTRPC_ADDRESS: this.opts.eventsAddress };
+      output = (await runProgram([this.opts.binary, ...args], { cwd: workDir, env })).stdout;
     } catch (err) {
       throw RpcError.wrap(err, 'start runc shim');
     }
