@@ -19,16 +19,19 @@ export interface ShimConfig {
   // mutual-TLS files (CA that signed the agent, the shim's certificate and key).
   // No address: no DPU; offload falls back (prefer) or fails (require).
   dpu: { address: string; ca: string; cert: string; key: string; timeoutMs: number };
-  // The XPU link of an offloading pod ([xpu] table): how the pump threads of its
-  // host end wait for frames. "sleep" (the default) never spins, so the link
-  // costs the host CPU only for the frames it moves; "elastic" spins briefly
-  // before sleeping (lower latency per burst, paid in host CPU); "poll" spins.
+  // The XPU link of an offloading pod ([xpu] table): who moves the frames of its
+  // host end. "served" (the default): the DPU end serves the host's TAP device,
+  // as a DPU serves a device it emulates for the host, so the host runs no pump
+  // and its CPU does only its network stack's work for each frame. Otherwise
+  // the node daemon's pump threads do, and the mode says how they wait:
+  // "sleep" never spins (the host pays a wake-up per burst); "elastic" spins
+  // briefly before sleeping (lower latency, paid in host CPU); "poll" spins.
   xpu: { hostMode: HostMode };
 }
 
 // Modes of src/xpu/native's MODES, the default first; named here, not imported,
 // so that reading the config does not load libxpu's binding (koffi) in every shim.
-export const HOST_MODES = ['sleep', 'elastic', 'poll'] as const;
+export const HOST_MODES = ['served', 'sleep', 'elastic', 'poll'] as const;
 export type HostMode = (typeof HOST_MODES)[number];
 
 export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
@@ -36,7 +39,7 @@ export const DEFAULT_CONFIG_PATH = '/etc/heteropod/shim.toml';
 export const LOCAL_CONFIG_PATH = '/run/heteropod/shim.toml';
 
 export function defaultConfig(): ShimConfig {
-  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 }, xpu: { hostMode: 'sleep' } };
+  return { debug: false, stateDir: '/run/heteropod-shim', runcShim: 'containerd-shim-runc-v2', runc: { root: '', binaryName: '', systemdCgroup: false }, dpu: { address: '', ca: '', cert: '', key: '', timeoutMs: 5000 }, xpu: { hostMode: 'served' } };
 }
 
 // The one reader of the file is C (src/shim/shim-config.c), the launcher's; this

@@ -68,7 +68,7 @@ static const char *const sections[] = { "runc", "dpu", "xpu" };
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 /* Modes of src/xpu/native's MODES, as config.ts's HOST_MODES. */
-static const char *const host_modes[] = { "sleep", "elastic", "poll" };
+static const char *const host_modes[] = { "served", "sleep", "elastic", "poll" };
 
 struct parser {
 	const char *file;
@@ -443,7 +443,7 @@ static int check_host_mode(const struct value *v, char *what, size_t cap)
 	for (i = 0; i < sizeof(host_modes) / sizeof(host_modes[0]); i++)
 		if (!strcmp(v->s, host_modes[i]))
 			return 0;
-	snprintf(what, cap, "must be one of sleep, elastic, poll, not %s", quote(q, sizeof(q), v->s));
+	snprintf(what, cap, "must be one of served, sleep, elastic, poll, not %s", quote(q, sizeof(q), v->s));
 	return -1;
 }
 

@@ -25,7 +25,7 @@
 #define DEFAULT_STATE_DIR "/run/heteropod-shim"
 #define DEFAULT_RUNC_SHIM "containerd-shim-runc-v2"
 #define DEFAULT_DPU_TIMEOUT_MS 5000
-#define DEFAULT_XPU_HOST_MODE "sleep"
+#define DEFAULT_XPU_HOST_MODE "served"
 
 /* Room for any message of the reader: a path, a key, a quoted value. */
 #define SHIM_CONFIG_ERROR_MAX (PATH_MAX + 1024)

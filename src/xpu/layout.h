@@ -37,7 +37,10 @@ struct xpu_side_hdr {
 	uint64_t heartbeat_ns; /* CLOCK_MONOTONIC of the last tick (same-machine readers) */
 	uint64_t link_downs;
 	uint32_t doorbell;  /* futex word the owner's monitor sleeps on */
-	uint32_t reserved0;
+	/* A served link (the host side's mode XPU_MODE_SERVED): 1 + the number of
+	 * the owner's descriptor of the host half's TAP device, which the other
+	 * side copies with pidfd_getfd(2); 0: none. */
+	int32_t tap_handle;
 	char tap[16];
 	char netns[112];
 	uint64_t reserved[8];

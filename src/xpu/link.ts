@@ -112,7 +112,9 @@ export async function startLink(nsA: string, nsB: string, opts: LinkOptions = {}
     const hostPort = window.openPort('host', hostNs, tap, mode);
     undo.push(() => hostPort.close());
 
-    const child = spawn(process.execPath, [path.join(__dirname, 'port-process.js'), file, 'dpu', dpuNs, tap, mode], {
+    // A served host end is served by the DPU end, which waits as elastic does.
+    const dpuMode = mode === 'served' ? 'elastic' : mode;
+    const child = spawn(process.execPath, [path.join(__dirname, 'port-process.js'), file, 'dpu', dpuNs, tap, dpuMode], {
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     undo.push(async () => {

@@ -10,7 +10,7 @@ import * as koffi from 'koffi';
 export const SIDES = ['host', 'dpu'] as const;
 export type XpuSide = (typeof SIDES)[number];
 /** Index = enum xpu_mode. */
-export const MODES = ['elastic', 'poll', 'sleep'] as const;
+export const MODES = ['elastic', 'poll', 'sleep', 'served'] as const;
 export type XpuMode = (typeof MODES)[number];
 
 /** Opaque C handle (a pointer value owned by libxpu). */

@@ -9,6 +9,13 @@
  *   ring->tap  writes frames from the ring this side consumes into the TAP device.
  *   monitor    every tick: heartbeat, peer liveness, carrier on/off.
  * The data path never leaves these threads.
+ *
+ * A served link (the host side in XPU_MODE_SERVED, see xpu.h): the host side
+ * has its monitor only. The DPU side's monitor takes a copy of the host's TAP
+ * descriptor once the host publishes it, and from then on
+ *   tap->ring  writes what it reads from the DPU's TAP into the host's TAP,
+ *   served     reads the host's TAP and writes into the DPU's TAP,
+ * and the rings carry nothing. Both count into the rings' statistics.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,11 +25,14 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -62,9 +72,17 @@ struct xpu_port {
 	uint32_t link_up; /* the monitor's verdict, read by the pumps */
 	uint32_t corrupt; /* the consumer met a record no honest peer writes */
 	uint64_t spin_max_ns;
-	pthread_t th_tx, th_rx, th_mon;
-	int threads;
+	/* The DPU side of a served link: its copy of the host's TAP descriptor,
+	 * -1 until the monitor takes it; kept until the port closes. */
+	int host_tap;
+	pthread_t th_tx, th_rx, th_mon, th_srv;
+	unsigned threads; /* THREAD_* bits: which of them run */
 };
+
+#define THREAD_TX 1u
+#define THREAD_RX 2u
+#define THREAD_MON 4u
+#define THREAD_SRV 8u
 
 /* ---- TAP device, created from a short-lived thread inside the namespace ---- */
 
@@ -269,7 +287,8 @@ static void *pump_tap_to_ring(void *arg)
 	xr_spin_init(&sp, spin_max_now(p));
 	tap_set_blocking(p, &blocking, tap_should_block(p, &sp));
 	while (!stopping(p)) {
-		int up = link_is_up(p);
+		int host_tap = __atomic_load_n(&p->host_tap, __ATOMIC_ACQUIRE);
+		int up = host_tap < 0 && link_is_up(p);
 		void *buf = scratch;
 		ssize_t n;
 
@@ -297,6 +316,17 @@ static void *pump_tap_to_ring(void *arg)
 			if (spin_t0) {
 				xr_spin_paid(&sp);
 				spin_t0 = 0;
+			}
+			if (host_tap >= 0) {
+				/* Served: into the host's TAP, whether or not the
+				 * host side's process is there. */
+				if (write(host_tap, buf, (size_t)n) < 0) {
+					xr_stat_add(&c->prod.drops, 1);
+				} else {
+					xr_stat_add(&c->prod.frames, 1);
+					xr_stat_add(&c->prod.bytes, (uint64_t)n);
+				}
+				continue;
 			}
 			if (!up) {
 				/* No peer: the frame cannot cross. */
@@ -409,6 +439,174 @@ static void *pump_ring_to_tap(void *arg)
 	return NULL;
 }
 
+/* The DPU side of a served link: the host's TAP into the DPU's. Reads block
+ * (stopping the port interrupts them, as the tap->ring pump's); without our
+ * stop signal the descriptor stays non-blocking and the pump polls it. */
+static void *pump_served(void *arg)
+{
+	struct xpu_port *p = arg;
+	struct xpu_ring_ctrl *c = p->rx.c; /* ring 0: host -> DPU */
+	uint8_t *scratch = malloc(XPU_FRAME_MAX);
+	sigset_t stop_set;
+	int fl;
+
+	if (!scratch)
+		return NULL;
+	sigemptyset(&stop_set);
+	sigaddset(&stop_set, STOP_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
+	/* The flag belongs to the open file, which the host's copy shares; the
+	 * host side never reads it. */
+	fl = fcntl(p->host_tap, F_GETFL);
+	if (stop_signal_ok && fl >= 0)
+		(void)fcntl(p->host_tap, F_SETFL, fl & ~O_NONBLOCK);
+	while (!stopping(p)) {
+		ssize_t n = read(p->host_tap, scratch, XPU_FRAME_MAX);
+
+		if (n > 0) {
+			xr_stat_add(&c->prod.frames, 1);
+			xr_stat_add(&c->prod.bytes, (uint64_t)n);
+			if (write(p->tapfd, scratch, (size_t)n) < 0)
+				xr_stat_add(&c->cons.tap_errors, 1);
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		/* EAGAIN, or the device went with its namespace (EBADFD): wait
+		 * for a frame or the stop, at most a second. */
+		struct pollfd fds[2] = {
+			{ .fd = p->host_tap, .events = POLLIN },
+			{ .fd = p->evfd, .events = POLLIN },
+		};
+		(void)poll(fds, 2, n < 0 && errno == EAGAIN ? -1 : 1000);
+	}
+	free(scratch);
+	return NULL;
+}
+
+/* ---- taking the host's TAP device across ---- */
+
+/* A copy of the descriptor of the host's TAP device that the owner of side s
+ * publishes, checked to be TAP device name. */
+static int tap_take(const struct xpu_side_hdr *s, const char *name, int *out)
+{
+	/* The pid first: an owner clears the handle before it writes its pid. */
+	int32_t pid = __atomic_load_n(&s->pid, __ATOMIC_ACQUIRE);
+	int32_t handle = __atomic_load_n(&s->tap_handle, __ATOMIC_ACQUIRE);
+	struct ifreq ifr;
+	int pidfd, fd;
+
+	if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != XPU_SIDE_ATTACHED || handle <= 0 || pid <= 0)
+		return -ENOENT;
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pidfd < 0)
+		return -errno;
+	fd = (int)syscall(SYS_pidfd_getfd, pidfd, handle - 1, 0); /* close-on-exec */
+	close(pidfd);
+	if (fd < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	if (ioctl(fd, TUNGETIFF, &ifr) < 0 || strncmp(ifr.ifr_name, name, IFNAMSIZ) != 0) {
+		close(fd);
+		return -ESTALE;
+	}
+	*out = fd;
+	return 0;
+}
+
+struct rps_req {
+	char dev[IFNAMSIZ];
+	char mask[160];
+};
+
+/* Inside the device's namespace, on a thread of its own: a mount namespace of
+ * the thread's own with a sysfs of this network namespace, for the device's
+ * receive queue's CPU mask (sysfs is the only interface to it). */
+static int rps_in_ns(void *arg)
+{
+	struct rps_req *r = arg;
+	char path[96];
+	int fd, rc = 0;
+	ssize_t len = (ssize_t)strlen(r->mask);
+
+	if (unshare(CLONE_NEWNS) < 0)
+		return -errno;
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0 ||
+	    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "/sys/class/net/%s/queues/rx-0/rps_cpus", r->dev);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, r->mask, (size_t)len) != len)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/* Steers the receive work of what the DPU end writes into the host's TAP to
+ * the CPUs this thread may not run on (the host's, when the DPU end runs in
+ * the DPU's cpuset), as a device's interrupt lands on the host's CPUs. Without
+ * such CPUs (an end that may run anywhere) nothing is changed. */
+static int tap_steer_to_host(int fd, const char *name)
+{
+	struct rps_req r;
+	cpu_set_t own;
+	uint32_t words[CPU_SETSIZE / 32] = { 0 };
+	long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+	int nsfd, rc, top = -1;
+	size_t off = 0;
+
+	if (ncpu <= 0 || ncpu > CPU_SETSIZE || sched_getaffinity(0, sizeof(own), &own) < 0)
+		return -EINVAL;
+	for (long cpu = 0; cpu < ncpu; cpu++) {
+		if (CPU_ISSET(cpu, &own))
+			continue;
+		words[cpu / 32] |= 1u << (cpu % 32);
+		top = (int)(cpu / 32);
+	}
+	if (top < 0)
+		return 0;
+	/* sysfs's cpumask format: 32-bit hex words, the highest first, commas between. */
+	for (int i = top; i >= 0 && off < sizeof(r.mask); i--)
+		off += (size_t)snprintf(r.mask + off, sizeof(r.mask) - off, i == top ? "%x" : ",%08x", words[i]);
+	if (off >= sizeof(r.mask))
+		return -ENOSPC;
+	snprintf(r.dev, sizeof(r.dev), "%.*s", IFNAMSIZ - 1, name);
+	nsfd = ioctl(fd, TUNGETDEVNETNS);
+	if (nsfd < 0)
+		return -errno;
+	rc = xpu_in_netns(nsfd, rps_in_ns, &r);
+	close(nsfd);
+	return rc;
+}
+
+/* The DPU side's monitor: once the host side serves its TAP device through us,
+ * take it and start serving. Failures are tried again at the next tick. */
+static void serve_host_tap(struct xpu_port *p)
+{
+	sigset_t all, old;
+	int fd;
+
+	if (__atomic_load_n(&p->peer->mode, __ATOMIC_ACQUIRE) != XPU_MODE_SERVED ||
+	    tap_take(p->peer, p->peer->tap, &fd) < 0)
+		return;
+	(void)tap_steer_to_host(fd, p->peer->tap); /* accounting only: the frames cross either way */
+	__atomic_store_n(&p->host_tap, fd, __ATOMIC_RELEASE);
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (pthread_create(&p->th_srv, NULL, pump_served, p) == 0) {
+		pthread_setname_np(p->th_srv, "xpu-served");
+		p->threads |= THREAD_SRV;
+		/* Published for a new owner of the host side to take back. */
+		__atomic_store_n(&p->me->tap_handle, fd + 1, __ATOMIC_RELEASE);
+	} else {
+		__atomic_store_n(&p->host_tap, -1, __ATOMIC_RELEASE);
+		close(fd);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 /* ---- liveness ---- */
 
 static void ring_doorbell(struct xpu_side_hdr *s)
@@ -441,9 +639,14 @@ static void *monitor(void *arg)
 			last_hb = hb;
 			last_seen = now;
 		}
-		alive = state == XPU_SIDE_ATTACHED && last_seen != 0 &&
-			now - last_seen < (uint64_t)XPU_PEER_TIMEOUT_MS * 1000000ull &&
-			!__atomic_load_n(&p->corrupt, __ATOMIC_ACQUIRE);
+		if (p->side == XPU_SIDE_DPU && __atomic_load_n(&p->host_tap, __ATOMIC_RELAXED) < 0)
+			serve_host_tap(p);
+		/* Serving the host's device, the DPU side's link is up whatever
+		 * becomes of the host side's process. */
+		alive = __atomic_load_n(&p->host_tap, __ATOMIC_RELAXED) >= 0 ||
+			(state == XPU_SIDE_ATTACHED && last_seen != 0 &&
+			 now - last_seen < (uint64_t)XPU_PEER_TIMEOUT_MS * 1000000ull &&
+			 !__atomic_load_n(&p->corrupt, __ATOMIC_ACQUIRE));
 		if (alive != link_is_up(p)) {
 			__atomic_store_n(&p->link_up, (uint32_t)alive, __ATOMIC_RELEASE);
 			tap_set_carrier(p->tapfd, alive);
@@ -489,6 +692,8 @@ static int claim_side(struct xpu_side_hdr *s)
 	if (!__atomic_compare_exchange_n(&s->state, &st, XPU_SIDE_ATTACHED, 0, __ATOMIC_ACQ_REL,
 					 __ATOMIC_ACQUIRE))
 		return -EBUSY;
+	/* A dead owner's handle means nothing in this process. */
+	__atomic_store_n(&s->tap_handle, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&s->pid, (int32_t)getpid(), __ATOMIC_RELEASE);
 	return 0;
 }
@@ -496,6 +701,7 @@ static int claim_side(struct xpu_side_hdr *s)
 static void release_side(struct xpu_side_hdr *s)
 {
 	__atomic_store_n(&s->peer_up, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->tap_handle, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&s->pid, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&s->state, XPU_SIDE_CLOSED, __ATOMIC_RELEASE);
 }
@@ -524,6 +730,27 @@ static uint64_t spin_max_from_env(void)
 	return (uint64_t)us * 1000u;
 }
 
+/* Joins a pump that may be blocked in read(2): the signal makes the read
+ * return. One sent before the pump entered read is consumed by the handler and
+ * the read still blocks, so send again until it ends. */
+static void join_reader(pthread_t th)
+{
+	for (;;) {
+		struct timespec deadline;
+
+		if (stop_signal_ok)
+			pthread_kill(th, STOP_SIGNAL);
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_nsec += 20 * 1000000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
+		if (pthread_timedjoin_np(th, NULL, &deadline) == 0)
+			return;
+	}
+}
+
 static void stop_threads(struct xpu_port *p)
 {
 	uint64_t one = 1;
@@ -535,29 +762,15 @@ static void stop_threads(struct xpu_port *p)
 		/* eventfd counter cannot overflow here; the poll timeout covers it */
 	}
 	ring_doorbell(p->me);
-	if (p->threads > 0) {
-		/* A tap->ring pump may be blocked in read(2): the signal makes it
-		 * return. One sent before the pump entered read is consumed by the
-		 * handler and the read still blocks, so send again until it ends. */
-		for (;;) {
-			struct timespec deadline;
-
-			if (stop_signal_ok)
-				pthread_kill(p->th_tx, STOP_SIGNAL);
-			clock_gettime(CLOCK_REALTIME, &deadline);
-			deadline.tv_nsec += 20 * 1000000L;
-			if (deadline.tv_nsec >= 1000000000L) {
-				deadline.tv_sec++;
-				deadline.tv_nsec -= 1000000000L;
-			}
-			if (pthread_timedjoin_np(p->th_tx, NULL, &deadline) == 0)
-				break;
-		}
-	}
-	if (p->threads > 1)
+	if (p->threads & THREAD_TX)
+		join_reader(p->th_tx);
+	if (p->threads & THREAD_RX)
 		pthread_join(p->th_rx, NULL);
-	if (p->threads > 2)
+	if (p->threads & THREAD_MON)
 		pthread_join(p->th_mon, NULL);
+	/* Only the monitor starts it: read once the monitor has ended. */
+	if (p->threads & THREAD_SRV)
+		join_reader(p->th_srv);
 	p->threads = 0;
 }
 
@@ -569,7 +782,9 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	int rc;
 
 	if (!w || !out || !netns_path || (side != XPU_SIDE_HOST && side != XPU_SIDE_DPU) ||
-	    (mode != XPU_MODE_ELASTIC && mode != XPU_MODE_POLL && mode != XPU_MODE_SLEEP) || !valid_tap_name(tap_name))
+	    (mode != XPU_MODE_ELASTIC && mode != XPU_MODE_POLL && mode != XPU_MODE_SLEEP &&
+	     !(mode == XPU_MODE_SERVED && side == XPU_SIDE_HOST)) ||
+	    !valid_tap_name(tap_name))
 		return -EINVAL;
 	*out = NULL;
 	p = calloc(1, sizeof(*p));
@@ -579,6 +794,7 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	p->side = side;
 	p->mode = mode;
 	p->tapfd = -1;
+	p->host_tap = -1;
 	p->me = &w->hdr->side[side];
 	p->peer = &w->hdr->side[1 - side];
 	p->spin_max_ns = spin_max_from_env();
@@ -594,6 +810,9 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	if (rc < 0)
 		goto fail_free;
 	rc = tap_open(netns_path, tap_name, &p->tapfd);
+	/* The device outlived the side's last owner because the DPU end serves it. */
+	if (rc == -EEXIST && mode == XPU_MODE_SERVED && tap_take(p->peer, tap_name, &p->tapfd) == 0)
+		rc = 0;
 	if (rc < 0)
 		goto fail_release;
 
@@ -607,24 +826,32 @@ int xpu_port_open(xpu_window *w, int side, const char *netns_path, const char *t
 	xr_init(&p->tx, &w->hdr->ring[side], xpu_ring_data(w, side), w->hdr->ring_bytes);
 	xr_init(&p->rx, &w->hdr->ring[1 - side], xpu_ring_data(w, 1 - side), w->hdr->ring_bytes);
 
-	/* Pump threads take no signals: the embedding process (node) handles them. */
+	if (mode == XPU_MODE_SERVED) /* after the mode: the DPU end looks at both */
+		__atomic_store_n(&p->me->tap_handle, p->tapfd + 1, __ATOMIC_RELEASE);
+
+	/* Pump threads take no signals: the embedding process (node) handles them.
+	 * Named so that tools (and the benchmark) can tell transport CPU time. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	rc = -pthread_create(&p->th_tx, NULL, pump_tap_to_ring, p);
-	if (rc == 0) {
-		p->threads = 1;
-		rc = -pthread_create(&p->th_rx, NULL, pump_ring_to_tap, p);
+	rc = 0;
+	if (mode != XPU_MODE_SERVED) {
+		rc = -pthread_create(&p->th_tx, NULL, pump_tap_to_ring, p);
+		if (rc == 0) {
+			p->threads |= THREAD_TX;
+			pthread_setname_np(p->th_tx, "xpu-tap2ring");
+			rc = -pthread_create(&p->th_rx, NULL, pump_ring_to_tap, p);
+		}
+		if (rc == 0) {
+			p->threads |= THREAD_RX;
+			pthread_setname_np(p->th_rx, "xpu-ring2tap");
+		}
 	}
 	if (rc == 0) {
-		p->threads = 2;
 		rc = -pthread_create(&p->th_mon, NULL, monitor, p);
-	}
-	if (rc == 0) {
-		p->threads = 3;
-		/* Named so that tools (and the benchmark) can tell transport CPU time. */
-		pthread_setname_np(p->th_tx, "xpu-tap2ring");
-		pthread_setname_np(p->th_rx, "xpu-ring2tap");
-		pthread_setname_np(p->th_mon, "xpu-monitor");
+		if (rc == 0) {
+			p->threads |= THREAD_MON;
+			pthread_setname_np(p->th_mon, "xpu-monitor");
+		}
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc < 0)
@@ -654,6 +881,8 @@ int xpu_port_close(xpu_port *p)
 	release_side(p->me);
 	ring_doorbell(p->peer); /* the peer's monitor sees the link go down now */
 	close(p->tapfd);
+	if (p->host_tap >= 0)
+		close(p->host_tap);
 	close(p->evfd);
 	p->w->ports--;
 	free(p);

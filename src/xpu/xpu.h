@@ -39,8 +39,17 @@ enum xpu_side { XPU_SIDE_HOST = 0, XPU_SIDE_DPU = 1 };
  * for needs the CPU it would spin on. POLL: never sleeps (kernel-bypass baseline). SLEEP:
  * ELASTIC without the spin: every wait sleeps at once, so the end costs CPU
  * per frame moved and none while waiting, at a wake-up's latency per burst
- * (the host's end of an offloaded pod: the host's CPU is what offload saves). */
-enum xpu_mode { XPU_MODE_ELASTIC = 0, XPU_MODE_POLL = 1, XPU_MODE_SLEEP = 2 };
+ * (the host's end of an offloaded pod: the host's CPU is what offload saves).
+ * SERVED (the host side only): this process runs no pump; the DPU end serves
+ * the host's TAP device, as a DPU serves the queues of a device it emulates for
+ * the host (BlueField's virtio-net emulation). The DPU end takes a copy of the
+ * device's descriptor (pidfd_getfd(2): both ends run on this machine), reads
+ * what the host half sends and writes what it receives, and steers the host's
+ * receive work to the CPUs that are not its own (RPS), so for each frame the
+ * host's CPU does its network stack's work and nothing else. The link no
+ * longer depends on the host end's process: the frames cross while it is
+ * down, and a new owner of the side takes the device back from the DPU end. */
+enum xpu_mode { XPU_MODE_ELASTIC = 0, XPU_MODE_POLL = 1, XPU_MODE_SLEEP = 2, XPU_MODE_SERVED = 3 };
 
 /* Largest frame a ring carries: a 64 KiB GSO segment, its Ethernet header and
  * the virtio_net_hdr in front of it, with room to spare. */
@@ -105,7 +114,10 @@ XPU_API int xpu_window_close(xpu_window *w);
 /* Open one end of the link: claim the side in the window (-EBUSY when a live
  * process owns it), create TAP device tap_name inside the network namespace at
  * netns_path (-EINVAL: not a network namespace; -EEXIST: the name is in use
- * there), bring it up, and start its pump threads and liveness monitor. */
+ * there), bring it up, and start its pump threads and liveness monitor. The
+ * host side in XPU_MODE_SERVED starts no pump, and when the device is still
+ * there because the DPU end serves it (the side's last owner died), takes it
+ * back from the DPU end. */
 XPU_API int xpu_port_open(xpu_window *w, int side, const char *netns_path,
 			  const char *tap_name, int mode, xpu_port **out);
 

@@ -3,6 +3,7 @@
 // a third process, a peer that is killed or stopped, and a leak check.
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -210,26 +211,28 @@ interface Ends {
   dpu: ChildProcess;
 }
 
+/** One port process on window, as shim or agent would; with `cpu`, confined to that CPU. */
+async function startEnd(window: string, side: 'host' | 'dpu', mode: string, cpu?: number): Promise<ChildProcess> {
+  const argv = [portProcess, window, side, `/run/netns/${side === 'host' ? A : B}`, 'xpu0', mode];
+  const c = track(
+    cpu === undefined
+      ? spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'inherit'] })
+      : spawn('taskset', ['-c', String(cpu), process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] }),
+  );
+  await new Promise<void>((resolve, reject) => {
+    c.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+    c.on('exit', (code) => reject(new Error(`${side} port exited ${code}`)));
+  });
+  return c;
+}
+
 /** Two port processes on a window this test made, as shim and agent would;
  * with `cpu`, both confined to that one CPU (as the emulated DPU's agent is). */
-async function startEnds(name: string, cpu?: number): Promise<Ends> {
+async function startEnds(name: string, cpu?: number, opts: { hostMode?: string; dpuCpu?: number } = {}): Promise<Ends> {
   const window = windowPath(`${tag}-${name}`);
   XpuWindow.create(window).close();
-  const start = async (side: string, ns: string) => {
-    const argv = [portProcess, window, side, `/run/netns/${ns}`, 'xpu0', 'elastic'];
-    const c = track(
-      cpu === undefined
-        ? spawn(process.execPath, argv, { stdio: ['pipe', 'pipe', 'inherit'] })
-        : spawn('taskset', ['-c', String(cpu), process.execPath, ...argv], { stdio: ['pipe', 'pipe', 'inherit'] }),
-    );
-    await new Promise<void>((resolve, reject) => {
-      c.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
-      c.on('exit', (code) => reject(new Error(`${side} port exited ${code}`)));
-    });
-    return c;
-  };
-  const host = await start('host', A);
-  const dpu = await start('dpu', B);
+  const host = await startEnd(window, 'host', opts.hostMode ?? 'elastic', cpu);
+  const dpu = await startEnd(window, 'dpu', 'elastic', opts.dpuCpu ?? cpu);
   // As the pod's halves do (netns/half.ts): no IPv6 on xpu0, so the kernel's
   // own router solicitations and reports do not cross an idle link.
   for (const ns of [A, B]) await writeSysctls(`/run/netns/${ns}`, new Map([['net.ipv6.conf.xpu0.disable_ipv6', '1']]));
@@ -239,8 +242,8 @@ async function startEnds(name: string, cpu?: number): Promise<Ends> {
   return { window, host, dpu };
 }
 
-async function withEnds(name: string, body: (e: Ends) => Promise<void>, cpu?: number): Promise<void> {
-  const e = await startEnds(name, cpu);
+async function withEnds(name: string, body: (e: Ends) => Promise<void>, cpu?: number, opts: { hostMode?: string; dpuCpu?: number } = {}): Promise<void> {
+  const e = await startEnds(name, cpu, opts);
   try {
     await body(e);
   } finally {
@@ -301,6 +304,75 @@ test('a peer that stops: the link goes down, and up again when it continues', as
     assert.is(await exitOf(e.dpu, 3000), 0);
     assert.is(await exitOf(e.host, 3000), 0);
   });
+});
+
+/** The names of the libxpu threads (xpu-*) of pid. */
+function xpuThreads(pid: number): string[] {
+  const names: string[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      if (comm.startsWith('xpu-')) names.push(comm);
+    } catch {
+      // thread gone
+    }
+  }
+  return names.sort();
+}
+
+/** The CPU mask of xpu0's receive queue in ns, as sysfs gives it (hex words, commas). */
+function rpsCpus(ns: string): bigint {
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/xpu0/queues/rx-0/rps_cpus'], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  return BigInt(`0x${r.stdout.trim().replace(/,/g, '')}`);
+}
+
+test('a served host end: no pump on the host, frames cross while the host end is dead, each end restarts', async () => {
+  if (why) return skip('xpu served host end', why);
+  const cpus = os.cpus().length;
+  // The DPU end on the last CPU, as the emulated DPU's cpuset puts the agent.
+  const dpuCpu = cpus > 1 ? cpus - 1 : undefined;
+  await withEnds('served', async (e) => {
+    assert.equal(xpuThreads(e.host.pid!), ['xpu-monitor'], 'the host end runs no pump');
+    assert.equal(xpuThreads(e.dpu.pid!), ['xpu-monitor', 'xpu-ring2tap', 'xpu-served', 'xpu-tap2ring']);
+    if (dpuCpu !== undefined) {
+      // What the DPU end writes into the host's device is received on the other CPUs.
+      const others = ((1n << BigInt(cpus)) - 1n) & ~(1n << BigInt(dpuCpu));
+      assert.is(rpsCpus(A), others, "the host's receive work steered off the DPU end's CPU");
+    }
+    await tcpIntegrity(4 * 1024 * 1024, 15041);
+    await udpIntegrity(200, 15042);
+    const s = readStats(e.window);
+    assert.equal([s.host.mode, s.dpu.mode], ['served', 'elastic']);
+    assert.ok(s.hostToDpu.frames > 0 && s.dpuToHost.frames > 0, 'the DPU end counts both directions');
+    // GSO frames cross the device as they do a ring.
+    assert.ok(s.hostToDpu.bytes / s.hostToDpu.frames > 8000, `average frame ${s.hostToDpu.bytes / s.hostToDpu.frames} bytes`);
+
+    // The host end's process dies: the DPU end keeps the device and serves it.
+    e.host.kill('SIGKILL');
+    await exitOf(e.host, 3000);
+    assert.ok(await waitFor(() => !readStats(e.window).host.alive, 2500), 'host end seen dead');
+    assert.ok(readStats(e.window).dpu.peerUp, 'the DPU end still serves the link');
+    await tcpIntegrity(1024 * 1024, 15043);
+    // A new host end takes the device back (it still exists) instead of failing on its name.
+    e.host = await startEnd(e.window, 'host', 'served');
+    assert.ok(await waitFor(() => readStats(e.window).linkUp, 3000), 'link up with the new host end');
+    await tcpIntegrity(1024 * 1024, 15044);
+
+    // The DPU end dies: the host's device loses its carrier; a new DPU end serves it again.
+    e.dpu.kill('SIGKILL');
+    await exitOf(e.dpu, 3000);
+    assert.ok(await waitFor(() => !readStats(e.window).host.peerUp, 2500), 'host end saw the DPU end die');
+    const probe = await trafficIn(A, ['tcp-probe', DPU_IP, '15045', '1500'], 10_000).result;
+    assert.is(probe.connected, false, 'nothing crosses without a DPU end');
+    e.dpu = await startEnd(e.window, 'dpu', 'elastic', dpuCpu);
+    addAddress(`/run/netns/${B}`, 'xpu0', `${DPU_IP}/30`); // its device is a new one
+    assert.ok(await waitFor(() => readStats(e.window).linkUp, 3000), 'link up with the new DPU end');
+    const lost = (t: XpuStats) => t.hostToDpu.drops + t.dpuToHost.drops + t.hostToDpu.tapErrors + t.dpuToHost.tapErrors;
+    const before = lost(readStats(e.window));
+    await tcpIntegrity(1024 * 1024, 15046);
+    assert.is(lost(readStats(e.window)), before, 'no frame lost on a served link that is up');
+  }, undefined, { hostMode: 'served', dpuCpu });
 });
 
 /** ns on a CPU so far of the libxpu threads (xpu-*) of pid, from their schedstat. */

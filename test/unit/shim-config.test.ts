@@ -168,7 +168,7 @@ test('values out of range', () => {
     '2: state_dir: 40 bytes, more than 39: <state_dir>/s/<64 hex digits> must fit a unix socket path (106 bytes)',
   );
   expectError('runc_shim = ""\n', '1: runc_shim: must not be empty');
-  expectError('[xpu]\nhost_mode = "spin"\n', '2: xpu.host_mode: must be one of sleep, elastic, poll, not "spin"');
+  expectError('[xpu]\nhost_mode = "spin"\n', '2: xpu.host_mode: must be one of served, sleep, elastic, poll, not "spin"');
 });
 
 test('[dpu] address needs its TLS files: the error names the address line', () => {

@@ -210,11 +210,11 @@ test('config: defaults when the file is absent, HETEROPOD_DEBUG on top', () => {
   fs.writeFileSync(file, 'state_dir = "/run/y"\n[runc]\nroot = "/run/yr"\n');
   const c = loadConfig(file);
   assert.equal([c.stateDir, c.runc.root], ['/run/y', '/run/yr']);
-  assert.is(c.xpu.hostMode, 'sleep', 'the host end of a link never spins unless asked to');
+  assert.is(c.xpu.hostMode, 'served', 'the DPU end serves the host end of a link unless told otherwise');
   fs.writeFileSync(file, '[xpu]\nhost_mode = "elastic"\n');
   assert.is(loadConfig(file).xpu.hostMode, 'elastic');
   fs.writeFileSync(file, '[xpu]\nhost_mode = "spin"\n');
-  assert.throws(() => loadConfig(file), (err: Error) => err.message === `${file}:2: xpu.host_mode: must be one of sleep, elastic, poll, not "spin"`);
+  assert.throws(() => loadConfig(file), (err: Error) => err.message === `${file}:2: xpu.host_mode: must be one of served, sleep, elastic, poll, not "spin"`);
 });
 
 test('runtime options: ConfigPath out of runtimeoptions.v1.Options in an Any', () => {
