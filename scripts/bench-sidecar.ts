@@ -29,12 +29,13 @@
 // the apps, the host proxies, the shims and the packet work, as on a busy node.
 //
 // Fairness: both pods use the handler heteropod and an offload annotation with
-// policy require, so both get a DPU half, its wire to the DPU, an XPU link (its
-// host end pumped by the pod's shim in the shim's default [xpu] host_mode,
-// sleep), the same netfilter rules in the host half and the same port watcher.
-// In the host case the annotation names a container the pod does not have, so
-// the link idles; idle, its pumps sleep on a futex and cost nothing. A pod
-// without the annotation would differ in more than placement.
+// policy require, so both get a DPU half, its wire to the DPU, an XPU link (in
+// the shim's default [xpu] host_mode, served: the agent's threads serve the
+// host end's TAP device, and the host runs no pump), the same netfilter rules
+// in the host half and the same port watcher. In the host case the annotation
+// names a container the pod does not have, so the link idles; idle, its pumps
+// sleep and cost nothing. A pod without the annotation would differ in more
+// than placement.
 //
 // CPUs. On one kernel a packet's receive work runs on whichever CPU it is
 // scheduled on, and by default that is the sender's: the DPU's forwarding would
@@ -42,7 +43,9 @@
 // when the DPU sends. The emulation pins each wire's receive work (a threaded
 // NAPI kernel thread per receiving end, src/dpu/napi.ts) to the CPUs of the side
 // that does it on real hardware, so each side's packet work is counted on its
-// own CPUs. That needs TSO off on the wires' sending ends (veth hands a TCP
+// own CPUs; the XPU link's host device steers what the DPU end writes into it
+// to the host's CPUs (RPS, set by libxpu's served DPU end). That needs TSO off
+// on the wires' sending ends (veth hands a TCP
 // packet to the receiver's NAPI only when the sender has no TSO; `dpu up` turns
 // it off, napi.ts), which the benchmark checks before it starts (see
 // WIRE_SENDERS). The host's pods, the node daemon (the host ends of the XPU
