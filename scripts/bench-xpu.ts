@@ -10,7 +10,7 @@
 // between namespaces this script made.
 //
 //   node dist/scripts/bench-xpu.js --cpu-per-frame [--base CHECKOUT] [--quick]
-//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode sleep] [--dpu-mode elastic]
+//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode sleep,served] [--dpu-mode elastic]
 // measures instead what each end's pump threads cost per frame (see cpuPerFrame).
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -367,10 +367,16 @@ function targets(res: Record<Transport, Result>): Array<{ target: string; value:
 // ---- --cpu-per-frame: what each end's pump threads cost per frame moved ----
 //
 // One link per libxpu build under test (this checkout's, and with --base FILE an
-// older build to compare with in the same run), its two ends in two port
-// processes as in production: the host end (mode --host-mode, default sleep, the
-// shim's default) pinned to cpu0 and the DPU end (--dpu-mode, default elastic, the
-// agent's) pinned to cpu1, when the machine has two CPUs. Request/response load:
+// older build to compare with in the same run) and host end mode (--host-mode, a
+// comma-separated list, default sleep,served: the host end's pumps against the
+// shim's default, served by the DPU end), its two ends in two port processes as
+// in production: the host end pinned to cpu0 and the DPU end (--dpu-mode,
+// default elastic, the agent's) pinned to cpu1, when the machine has two CPUs.
+// Beside the pump threads, the busy time of each of the two CPUs per frame
+// (/proc/stat), which counts everything: the clients and the server, the pumps,
+// and the kernel's work wherever it ran (a served host end has no pump; its
+// frames cost the host's CPU in the clients' own system calls and in the
+// receive work steered to it). Request/response load:
 // sockperf ping-pong over TCP, the server in the DPU half on cpu1 (where haproxy
 // runs), 1 and 4 clients at once in the host half on cpu0. For each end: CPU of
 // its pump threads per frame crossing the link (both directions; from each
@@ -388,6 +394,7 @@ interface CpfSample {
   cpuNs: Record<string, number>; // "host/xpu-tap2ring" -> ns
   syscalls: Record<string, number>; // same keys, from the perf phase
   syscallFrames: number;
+  busyNs: Record<'host' | 'dpu', number>; // the host end's CPU and the DPU end's, all of it (/proc/stat)
 }
 
 /** A built checkout: its port process (dist/) and its libxpu (build/). */
@@ -402,11 +409,14 @@ class CpfLink {
   readonly a: string;
   readonly b: string;
   readonly file: string;
+  /** The variant and the host end's mode, as the tables name them. */
+  readonly name: string;
 
   constructor(readonly variant: CpfVariant, readonly hostMode: XpuMode, readonly dpuMode: XpuMode) {
-    this.a = `${PREFIX}-cpf-${variant.name}-a`;
-    this.b = `${PREFIX}-cpf-${variant.name}-b`;
-    this.file = windowPath(`${PREFIX}-cpf-${variant.name}`);
+    this.name = `${variant.name}-${hostMode}`;
+    this.a = `${PREFIX}-cpf-${this.name}-a`;
+    this.b = `${PREFIX}-cpf-${this.name}-b`;
+    this.file = windowPath(`${PREFIX}-cpf-${this.name}`);
   }
 
   pids(): Record<'host' | 'dpu', number> {
@@ -467,6 +477,18 @@ function pin(side: 'host' | 'dpu'): string[] {
   const n = os.cpus().length;
   if (n < 2) return [];
   return ['taskset', '-c', side === 'host' ? '0' : String(n - 1)];
+}
+
+/** Busy time so far of the CPU each end is pinned to (cpu0, the last CPU), ns: user, nice, system, irq, softirq. */
+function endCpusBusyNs(): Record<'host' | 'dpu', number> {
+  const n = os.cpus().length;
+  const busy = (cpu: number) => {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `));
+    if (!line) return NaN;
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) * (1e9 / 100); // USER_HZ
+  };
+  return n < 2 ? { host: NaN, dpu: NaN } : { host: busy(0), dpu: busy(n - 1) };
 }
 
 /** The libxpu threads (xpu-*) of pid: tid -> name. */
@@ -577,14 +599,18 @@ async function writeShares(threads: Map<number, string>, seconds: number): Promi
 
 async function cpfSample(link: CpfLink, clients: number, seconds: number): Promise<CpfSample> {
   let cpu: Record<string, number> = {};
+  let busyNs = { host: NaN, dpu: NaN };
   let frames = 0;
   let t = 0;
   await rrLoad(link, clients, seconds, async () => {
     const c0 = pumpCpuNs(link);
+    const b0 = endCpusBusyNs();
     const f0 = link.frames();
     const t0 = process.hrtime.bigint();
     await sleep(seconds * 1000);
     cpu = diff(c0, pumpCpuNs(link));
+    const b1 = endCpusBusyNs();
+    busyNs = { host: b1.host - b0.host, dpu: b1.dpu - b0.dpu };
     frames = link.frames() - f0;
     t = Number(process.hrtime.bigint() - t0) / 1e9;
   });
@@ -604,7 +630,7 @@ async function cpfSample(link: CpfLink, clients: number, seconds: number): Promi
     if (counts) for (const [tid, n] of counts) syscalls[names.get(tid)!] = (syscalls[names.get(tid)!] ?? 0) + n;
     if (shares) Object.assign(writeShare, shares);
   });
-  return { frames, writeShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames };
+  return { frames, writeShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames, busyNs };
 }
 
 async function cpfIdle(link: CpfLink, seconds: number): Promise<Record<string, number>> {
@@ -620,7 +646,7 @@ const sumEnd = (r: Record<string, number>, end: string) =>
 async function cpuPerFrame(): Promise<void> {
   const baseIdx = args.indexOf('--base');
   const opt = (name: string, dflt: string) => (args.indexOf(name) >= 0 ? args[args.indexOf(name) + 1] : dflt);
-  const hostMode = opt('--host-mode', 'sleep') as XpuMode;
+  const hostModes = opt('--host-mode', 'sleep,served').split(',') as XpuMode[];
   const dpuMode = opt('--dpu-mode', 'elastic') as XpuMode;
   const seconds = Number(opt('--seconds', quick ? '3' : '5'));
   const rounds = Number(opt('--rounds', quick ? '1' : '3'));
@@ -642,9 +668,11 @@ async function cpuPerFrame(): Promise<void> {
   const idle = new Map<string, Record<string, number>>();
   try {
     for (const v of variants) {
-      const l = new CpfLink(v, hostMode, dpuMode);
-      links.push(l);
-      await l.setUp();
+      for (const m of hostModes) {
+        const l = new CpfLink(v, m, dpuMode);
+        links.push(l);
+        await l.setUp();
+      }
     }
     // Variants alternate within each round, so a change in the machine's load
     // during the run does not favour one of them.
@@ -652,18 +680,19 @@ async function cpuPerFrame(): Promise<void> {
       for (const clients of loads) {
         for (const l of links) {
           const s = await cpfSample(l, clients, seconds);
-          const key = `${l.variant.name}/${clients}`;
+          const key = `${l.name}/${clients}`;
           samples.set(key, [...(samples.get(key) ?? []), s]);
           const us = (end: 'host' | 'dpu') =>
             `${(sumEnd(s.cpuNs, end) / 1000 / s.frames).toFixed(2)} (own ${((sumEnd(s.cpuNs, end) * (1 - s.writeShare[end])) / 1000 / s.frames).toFixed(2)})`;
           const sc = (end: string) => (sumEnd(s.syscalls, end) / s.syscallFrames).toFixed(2);
-          log(`round ${r + 1} ${key}: ${(s.frames / s.seconds / 1000).toFixed(1)}K frames/s; host end ${us('host')} us/frame, ${sc('host')} syscalls/frame; DPU end ${us('dpu')} us/frame, ${sc('dpu')} syscalls/frame`);
+          const busy = (end: 'host' | 'dpu') => (s.busyNs[end] / 1000 / s.frames).toFixed(2);
+          log(`round ${r + 1} ${key}: ${(s.frames / s.seconds / 1000).toFixed(1)}K frames/s; host end ${us('host')} us/frame, ${sc('host')} syscalls/frame; DPU end ${us('dpu')} us/frame, ${sc('dpu')} syscalls/frame; host CPU ${busy('host')}, DPU CPU ${busy('dpu')} us/frame`);
         }
       }
     }
     for (const l of links) {
-      idle.set(l.variant.name, await cpfIdle(l, idleS));
-      log(`${l.variant.name}: idle ${((sumEnd(idle.get(l.variant.name)!, 'host') + sumEnd(idle.get(l.variant.name)!, 'dpu')) / 1e6 / idleS).toFixed(3)} ms of CPU per second`);
+      idle.set(l.name, await cpfIdle(l, idleS));
+      log(`${l.name}: idle ${((sumEnd(idle.get(l.name)!, 'host') + sumEnd(idle.get(l.name)!, 'dpu')) / 1e6 / idleS).toFixed(3)} ms of CPU per second`);
     }
   } finally {
     for (const l of links) await l.tearDown();
@@ -673,16 +702,17 @@ async function cpuPerFrame(): Promise<void> {
   const command = `node dist/scripts/bench-xpu.js --cpu-per-frame ${args.filter((a) => a !== '--cpu-per-frame').join(' ')}`.trim();
   const lines: string[] = [
     `XPU link: pump CPU per frame (${command}), ${started}, ${os.cpus().length} CPUs, kernel ${os.release()}`,
-    `host end mode ${hostMode}${pin('host').length ? ' on cpu0' : ''}, DPU end mode ${dpuMode}${pin('dpu').length ? ` on cpu${os.cpus().length - 1}` : ''}; ` +
+    `host end (mode per row)${pin('host').length ? ' on cpu0' : ''}, DPU end mode ${dpuMode}${pin('dpu').length ? ` on cpu${os.cpus().length - 1}` : ''}; ` +
       `sockperf TCP ping-pong, server in the DPU half; median of ${rounds} round(s) of ${seconds} s; frames counted in both directions`,
     '',
-    '| clients | libxpu | K frames/s | host end us/frame: all (tap2ring + ring2tap) | host: own | host syscalls/frame | DPU end us/frame: all (tap2ring + ring2tap) | DPU: own | DPU syscalls/frame |',
-    '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| clients | libxpu | host end | K frames/s | host end us/frame: all (tap2ring + ring2tap) | host: own | host syscalls/frame | DPU end us/frame: all (tap2ring + ring2tap) | DPU: own | DPU syscalls/frame | host CPU us/frame (all of it) | DPU CPU us/frame (all of it) |',
+    '| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const json: Record<string, unknown> = {};
   for (const clients of loads) {
-    for (const v of variants) {
-      const ss = samples.get(`${v.name}/${clients}`) ?? [];
+    for (const l of links) {
+      const v = l.variant;
+      const ss = samples.get(`${l.name}/${clients}`) ?? [];
       const med = (f: (s: CpfSample) => number) => median(ss.map(f));
       const perFrame = (end: string, thread?: string) =>
         med((s) => (thread ? s.cpuNs[`${end}/${thread}`] ?? 0 : sumEnd(s.cpuNs, end)) / 1000 / s.frames);
@@ -693,25 +723,28 @@ async function cpuPerFrame(): Promise<void> {
       const row = {
         kFramesPerS: med((s) => s.frames / s.seconds / 1000),
         host: { us: perFrame('host'), tap2ring: perFrame('host', 'xpu-tap2ring'), ring2tap: perFrame('host', 'xpu-ring2tap'), own: own('host'), syscalls: sys('host') },
-        dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), own: own('dpu'), syscalls: sys('dpu') },
+        dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), served: perFrame('dpu', 'xpu-served'), own: own('dpu'), syscalls: sys('dpu') },
+        hostCpu: med((s) => s.busyNs.host / 1000 / s.frames),
+        dpuCpu: med((s) => s.busyNs.dpu / 1000 / s.frames),
       };
-      json[`${v.name}/${clients}`] = row;
+      json[`${l.name}/${clients}`] = row;
+      // A served DPU end's third pump (host TAP -> DPU TAP) is added to its ring->tap column.
       lines.push(
-        `| ${clients} | ${v.name} (${v.root}) | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.own, 2)} | ${fmt(row.host.syscalls, 2)} | ` +
-          `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap, 2)}) | ${fmt(row.dpu.own, 2)} | ${fmt(row.dpu.syscalls, 2)} |`,
+        `| ${clients} | ${v.name} (${v.root}) | ${l.hostMode} | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.own, 2)} | ${fmt(row.host.syscalls, 2)} | ` +
+          `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap + row.dpu.served, 2)}) | ${fmt(row.dpu.own, 2)} | ${fmt(row.dpu.syscalls, 2)} | ${fmt(row.hostCpu, 2)} | ${fmt(row.dpuCpu, 2)} |`,
       );
     }
   }
   lines.push('', `idle, ${idleS} s without traffic (ms of CPU per second, all pump and monitor threads):`);
-  for (const v of variants) {
-    const i = idle.get(v.name)!;
-    json[`${v.name}/idle`] = i;
-    lines.push(`  ${v.name}: host end ${fmt(sumEnd(i, 'host') / 1e6 / idleS, 3)}, DPU end ${fmt(sumEnd(i, 'dpu') / 1e6 / idleS, 3)}`);
+  for (const l of links) {
+    const i = idle.get(l.name)!;
+    json[`${l.name}/idle`] = i;
+    lines.push(`  ${l.name}: host end ${fmt(sumEnd(i, 'host') / 1e6 / idleS, 3)}, DPU end ${fmt(sumEnd(i, 'dpu') / 1e6 / idleS, 3)}`);
   }
   process.stdout.write(lines.join('\n') + '\n');
   const out = outIdx >= 0 ? outFile : path.resolve(__dirname, '..', '..', 'build', 'bench-xpu-cpf.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, JSON.stringify({ command, started, hostMode, dpuMode, seconds, rounds, results: json }, null, 2) + '\n');
+  fs.writeFileSync(out, JSON.stringify({ command, started, hostModes, dpuMode, seconds, rounds, results: json }, null, 2) + '\n');
   log(`figures written to ${out}`);
 }
 
