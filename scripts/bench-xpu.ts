@@ -10,7 +10,7 @@
 // between namespaces this script made.
 //
 //   node dist/scripts/bench-xpu.js --cpu-per-frame [--base CHECKOUT] [--quick]
-//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode sleep,served] [--dpu-mode elastic]
+//       [--rounds 3] [--seconds 5] [--idle 5] [--host-mode veth,sleep,served] [--dpu-mode elastic]
 // measures instead what each end's pump threads cost per frame (see cpuPerFrame).
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -18,7 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { addAddress } from '../src/xpu/link';
 import { threadNames } from './bench-lib';
-import { XpuMode, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../src/xpu/window';
+import { MODES, XpuMode, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../src/xpu/window';
 
 type Transport = 'veth' | XpuMode;
 const TRANSPORTS: Transport[] = ['veth', 'elastic', 'poll'];
@@ -368,15 +368,18 @@ function targets(res: Record<Transport, Result>): Array<{ target: string; value:
 //
 // One link per libxpu build under test (this checkout's, and with --base FILE an
 // older build to compare with in the same run) and host end mode (--host-mode, a
-// comma-separated list, default sleep,served: the host end's pumps against the
-// shim's default, served by the DPU end), its two ends in two port processes as
+// comma-separated list, default veth,sleep,served: a veth pair instead of a link
+// as the baseline, the host end's pumps, and the shim's default, served by the
+// DPU end), its two ends in two port processes as
 // in production: the host end pinned to cpu0 and the DPU end (--dpu-mode,
 // default elastic, the agent's) pinned to cpu1, when the machine has two CPUs.
 // Beside the pump threads, the busy time of each of the two CPUs per frame
 // (/proc/stat), which counts everything: the clients and the server, the pumps,
 // and the kernel's work wherever it ran (a served host end has no pump; its
 // frames cost the host's CPU in the clients' own system calls and in the
-// receive work steered to it). Request/response load:
+// receive work steered to it); less the same figure over the veth pair (each
+// side's receive work steered to its own CPU with RPS), it is what the end
+// costs its CPU beyond a wire the kernel serves. Request/response load:
 // sockperf ping-pong over TCP, the server in the DPU half on cpu1 (where haproxy
 // runs), 1 and 4 clients at once in the host half on cpu0. For each end: CPU of
 // its pump threads per frame crossing the link (both directions; from each
@@ -390,6 +393,7 @@ function targets(res: Record<Transport, Result>): Array<{ target: string; value:
 interface CpfSample {
   frames: number;
   writeShare: Record<'host' | 'dpu', number>; // share of the end's pump CPU inside write(2) into the TAP (perf samples), NaN without perf
+  hostWorkShare: number; // share of the DPU end's pump CPU that a host's driver would spend (served; perf samples), NaN without perf
   seconds: number;
   cpuNs: Record<string, number>; // "host/xpu-tap2ring" -> ns
   syscalls: Record<string, number>; // same keys, from the perf phase
@@ -403,6 +407,13 @@ interface CpfVariant {
   root: string;
 }
 
+/** A host end's mode, or a veth pair in place of the link (the baseline: a wire the kernel serves). */
+type CpfMode = XpuMode | 'veth';
+const CPF_VETH = ['cpfv0', 'cpfv1'] as const;
+
+/** A device's CPU mask for sysfs (rps_cpus): one CPU. */
+const cpuMask = (cpu: number) => (1n << BigInt(cpu)).toString(16);
+
 class CpfLink {
   private host: ChildProcess | null = null;
   private dpu: ChildProcess | null = null;
@@ -412,7 +423,7 @@ class CpfLink {
   /** The variant and the host end's mode, as the tables name them. */
   readonly name: string;
 
-  constructor(readonly variant: CpfVariant, readonly hostMode: XpuMode, readonly dpuMode: XpuMode) {
+  constructor(readonly variant: CpfVariant, readonly hostMode: CpfMode, readonly dpuMode: XpuMode) {
     this.name = `${variant.name}-${hostMode}`;
     this.a = `${PREFIX}-cpf-${this.name}-a`;
     this.b = `${PREFIX}-cpf-${this.name}-b`;
@@ -427,6 +438,18 @@ class CpfLink {
     for (const n of [this.a, this.b]) {
       sh('ip', ['netns', 'add', n]);
       sh('ip', ['-n', n, 'link', 'set', 'lo', 'up']);
+    }
+    if (this.hostMode === 'veth') {
+      // Each side's receive work on its own CPU (RPS), as the served link's host
+      // device and its DPU end's writes have it.
+      sh('ip', ['link', 'add', CPF_VETH[0], 'netns', this.a, 'type', 'veth', 'peer', 'name', CPF_VETH[1], 'netns', this.b]);
+      const n = os.cpus().length;
+      for (const [ns, dev, ip, cpu] of [[this.a, CPF_VETH[0], A_IP, 0], [this.b, CPF_VETH[1], B_IP, n - 1]] as const) {
+        sh('ip', ['-n', ns, 'addr', 'add', `${ip}/30`, 'dev', dev]);
+        sh('ip', ['-n', ns, 'link', 'set', dev, 'up']);
+        if (n > 1) sh('ip', ['netns', 'exec', ns, 'sh', '-c', `echo ${cpuMask(cpu)} > /sys/class/net/${dev}/queues/rx-0/rps_cpus`]);
+      }
+      return;
     }
     removeWindow(this.file);
     XpuWindow.create(this.file).close();
@@ -455,6 +478,10 @@ class CpfLink {
   }
 
   frames(): number {
+    if (this.hostMode === 'veth') {
+      const [dev] = JSON.parse(sh('ip', ['-n', this.a, '-s', '-j', 'link', 'show', CPF_VETH[0]])) as Array<{ stats64: Record<'rx' | 'tx', { packets: number }> }>;
+      return dev.stats64.rx.packets + dev.stats64.tx.packets;
+    }
     const s = readStats(this.file);
     return s.hostToDpu.frames + s.dpuToHost.frames;
   }
@@ -500,6 +527,7 @@ function pumpThreads(pid: number): Map<number, string> {
 function pumpCpuNs(link: CpfLink): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [end, pid] of Object.entries(link.pids())) {
+    if (!pid) continue; // veth: no process
     for (const [tid, comm] of pumpThreads(pid)) {
       try {
         const ns = Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
@@ -571,7 +599,17 @@ async function countSyscalls(threads: Map<number, string>, seconds: number): Pro
 /** Share of each end's pump CPU spent inside write(2) into the TAP device,
  * from perf's CPU-clock samples of the threads (a sample counts when its call
  * chain holds ksys_write). null without perf. */
-async function writeShares(threads: Map<number, string>, seconds: number): Promise<Record<'host' | 'dpu', number> | null> {
+// A served DPU end does two things a host's driver would do on its own CPU on
+// real hardware: it allocates the buffer of each frame it writes into the host's
+// device (tap->ring's write(2)), and frees each one it reads from it (the served
+// pump's read(2)). Samples inside these, by call chain:
+const HOST_ALLOC = /\b(__alloc_skb|alloc_skb_with_frags|sock_alloc_send_pskb|tun_alloc_skb|build_skb)\b/;
+const HOST_FREE = /\b(consume_skb|kfree_skb\w*|__kfree_skb|skb_release_\w+|sk_skb_reason_drop|napi_consume_skb)\b/;
+
+async function writeShares(
+  threads: Map<number, string>,
+  seconds: number,
+): Promise<(Record<'host' | 'dpu', number> & { hostWork: number }) | null> {
   if (threads.size === 0 || spawnSync('sh', ['-c', 'command -v perf']).status !== 0) return null;
   const file = path.join(os.tmpdir(), `bench-xpu-perf-${process.pid}.data`);
   try {
@@ -583,15 +621,19 @@ async function writeShares(threads: Map<number, string>, seconds: number): Promi
     const out = spawnSync('perf', ['script', '-i', file, '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 }).stdout ?? '';
     const all = { host: 0, dpu: 0 };
     const inWrite = { host: 0, dpu: 0 };
+    let hostWork = 0;
     for (const sample of out.split(/\n\s*\n/)) {
       const m = sample.match(/^\s*(\d+)/);
       const name = m ? threads.get(Number(m[1])) : undefined;
       if (!name) continue;
       const end = name.startsWith('host/') ? 'host' : 'dpu';
       all[end]++;
-      if (/\bksys_write\b/.test(sample)) inWrite[end]++;
+      const writes = /\bksys_write\b/.test(sample);
+      if (writes) inWrite[end]++;
+      if (name === 'dpu/xpu-tap2ring' && writes && HOST_ALLOC.test(sample)) hostWork++;
+      if (name === 'dpu/xpu-served' && /\bksys_read\b/.test(sample) && HOST_FREE.test(sample)) hostWork++;
     }
-    return { host: all.host ? inWrite.host / all.host : NaN, dpu: all.dpu ? inWrite.dpu / all.dpu : NaN };
+    return { host: all.host ? inWrite.host / all.host : NaN, dpu: all.dpu ? inWrite.dpu / all.dpu : NaN, hostWork: all.dpu ? hostWork / all.dpu : NaN };
   } finally {
     fs.rmSync(file, { force: true });
   }
@@ -617,6 +659,7 @@ async function cpfSample(link: CpfLink, clients: number, seconds: number): Promi
   // Second phase, counted by perf: system calls per frame, and where the CPU goes.
   const syscalls: Record<string, number> = {};
   const writeShare = { host: NaN, dpu: NaN };
+  let hostWorkShare = NaN;
   let syscallFrames = 0;
   const perfS = Math.max(2, Math.round(seconds / 2));
   await rrLoad(link, clients, 2 * perfS, async () => {
@@ -628,9 +671,13 @@ async function cpfSample(link: CpfLink, clients: number, seconds: number): Promi
     syscallFrames = link.frames() - f0;
     const shares = await writeShares(names, perfS);
     if (counts) for (const [tid, n] of counts) syscalls[names.get(tid)!] = (syscalls[names.get(tid)!] ?? 0) + n;
-    if (shares) Object.assign(writeShare, shares);
+    if (shares) {
+      writeShare.host = shares.host;
+      writeShare.dpu = shares.dpu;
+      hostWorkShare = shares.hostWork;
+    }
   });
-  return { frames, writeShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames, busyNs };
+  return { frames, writeShare, hostWorkShare, seconds: t, cpuNs: cpu, syscalls, syscallFrames, busyNs };
 }
 
 async function cpfIdle(link: CpfLink, seconds: number): Promise<Record<string, number>> {
@@ -646,7 +693,8 @@ const sumEnd = (r: Record<string, number>, end: string) =>
 async function cpuPerFrame(): Promise<void> {
   const baseIdx = args.indexOf('--base');
   const opt = (name: string, dflt: string) => (args.indexOf(name) >= 0 ? args[args.indexOf(name) + 1] : dflt);
-  const hostModes = opt('--host-mode', 'sleep,served').split(',') as XpuMode[];
+  const hostModes = opt('--host-mode', 'veth,sleep,served').split(',') as CpfMode[];
+  for (const m of hostModes) if (m !== 'veth' && !MODES.includes(m)) throw new Error(`--host-mode: ${m} is not veth or one of ${MODES.join(', ')}`);
   const dpuMode = opt('--dpu-mode', 'elastic') as XpuMode;
   const seconds = Number(opt('--seconds', quick ? '3' : '5'));
   const rounds = Number(opt('--rounds', quick ? '1' : '3'));
@@ -669,6 +717,7 @@ async function cpuPerFrame(): Promise<void> {
   try {
     for (const v of variants) {
       for (const m of hostModes) {
+        if (m === 'veth' && v.name === 'base') continue; // the kernel's: once
         const l = new CpfLink(v, m, dpuMode);
         links.push(l);
         await l.setUp();
@@ -725,6 +774,7 @@ async function cpuPerFrame(): Promise<void> {
         host: { us: perFrame('host'), tap2ring: perFrame('host', 'xpu-tap2ring'), ring2tap: perFrame('host', 'xpu-ring2tap'), own: own('host'), syscalls: sys('host') },
         dpu: { us: perFrame('dpu'), tap2ring: perFrame('dpu', 'xpu-tap2ring'), ring2tap: perFrame('dpu', 'xpu-ring2tap'), served: perFrame('dpu', 'xpu-served'), own: own('dpu'), syscalls: sys('dpu') },
         hostCpu: med((s) => s.busyNs.host / 1000 / s.frames),
+        hostWorkOnDpu: med((s) => (sumEnd(s.cpuNs, 'dpu') * s.hostWorkShare) / 1000 / s.frames),
         dpuCpu: med((s) => s.busyNs.dpu / 1000 / s.frames),
       };
       json[`${l.name}/${clients}`] = row;
@@ -733,6 +783,30 @@ async function cpuPerFrame(): Promise<void> {
         `| ${clients} | ${v.name} (${v.root}) | ${l.hostMode} | ${fmt(row.kFramesPerS)} | ${fmt(row.host.us, 2)} (${fmt(row.host.tap2ring, 2)} + ${fmt(row.host.ring2tap, 2)}) | ${fmt(row.host.own, 2)} | ${fmt(row.host.syscalls, 2)} | ` +
           `${fmt(row.dpu.us, 2)} (${fmt(row.dpu.tap2ring, 2)} + ${fmt(row.dpu.ring2tap + row.dpu.served, 2)}) | ${fmt(row.dpu.own, 2)} | ${fmt(row.dpu.syscalls, 2)} | ${fmt(row.hostCpu, 2)} | ${fmt(row.dpuCpu, 2)} |`,
       );
+    }
+  }
+  // What each end costs beyond a wire the kernel serves: the CPU's busy time per
+  // frame over the veth pair's, the same load and pinning in the same run.
+  const veth = links.find((l) => l.hostMode === 'veth');
+  if (veth) {
+    lines.push('', 'each end over the veth pair (µs of that end\'s CPU per frame, all of it, less the veth case\'s):');
+    for (const clients of loads) {
+      const base = json[`${veth.name}/${clients}`] as { hostCpu: number; dpuCpu: number };
+      const parts = links
+        .filter((l) => l !== veth)
+        .map((l) => {
+          const r = json[`${l.name}/${clients}`] as { hostCpu: number; dpuCpu: number };
+          json[`${l.name}/${clients}/overVeth`] = { host: r.hostCpu - base.hostCpu, dpu: r.dpuCpu - base.dpuCpu };
+          return `${l.name}: host ${fmt(r.hostCpu - base.hostCpu, 2)}, DPU ${fmt(r.dpuCpu - base.dpuCpu, 2)}`;
+        });
+      lines.push(`  ${clients} client(s): ${parts.join('; ')}`);
+    }
+  }
+  const served = links.filter((l) => l.hostMode === 'served');
+  if (served.length) {
+    lines.push('', "the host driver's work a served DPU end does (µs of its CPU per frame: the buffers of the frames it writes into the host's device, and the freeing of those it reads; perf samples):");
+    for (const l of served) {
+      lines.push(`  ${l.name}: ${loads.map((c) => `${c} client(s) ${fmt((json[`${l.name}/${c}`] as { hostWorkOnDpu: number }).hostWorkOnDpu, 2)}`).join(', ')}`);
     }
   }
   lines.push('', `idle, ${idleS} s without traffic (ms of CPU per second, all pump and monitor threads):`);
