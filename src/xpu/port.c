@@ -262,6 +262,17 @@ static void tap_set_blocking(struct xpu_port *p, int *blocking, int want)
 	*blocking = want;
 }
 
+/* A pump that may block in read(2) lets the stop signal in (pump threads start
+ * with every signal blocked). */
+static void accept_stop_signal(void)
+{
+	sigset_t stop_set;
+
+	sigemptyset(&stop_set);
+	sigaddset(&stop_set, STOP_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
+}
+
 static int tap_should_block(const struct xpu_port *p, const struct xpu_spin *sp)
 {
 	return stop_signal_ok && p->mode != XPU_MODE_POLL && sp->max_ns == 0;
@@ -277,13 +288,10 @@ static void *pump_tap_to_ring(void *arg)
 	uint64_t spin_t0 = 0, cpus_checked = xr_now_ns();
 	unsigned batch = 0;
 	int blocking = 0;
-	sigset_t stop_set;
 
 	if (!scratch)
 		return NULL;
-	sigemptyset(&stop_set);
-	sigaddset(&stop_set, STOP_SIGNAL);
-	pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
+	accept_stop_signal();
 	xr_spin_init(&sp, spin_max_now(p));
 	tap_set_blocking(p, &blocking, tap_should_block(p, &sp));
 	while (!stopping(p)) {
@@ -447,14 +455,11 @@ static void *pump_served(void *arg)
 	struct xpu_port *p = arg;
 	struct xpu_ring_ctrl *c = p->rx.c; /* ring 0: host -> DPU */
 	uint8_t *scratch = malloc(XPU_FRAME_MAX);
-	sigset_t stop_set;
 	int fl;
 
 	if (!scratch)
 		return NULL;
-	sigemptyset(&stop_set);
-	sigaddset(&stop_set, STOP_SIGNAL);
-	pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
+	accept_stop_signal();
 	/* The flag belongs to the open file, which the host's copy shares; the
 	 * host side never reads it. */
 	fl = fcntl(p->host_tap, F_GETFL);
