@@ -325,6 +325,10 @@ static void *pump_tap_to_ring(void *arg)
 				xr_spin_paid(&sp);
 				spin_t0 = 0;
 			}
+			/* The read may have waited since the look above: a host's
+			 * device taken meanwhile is the frame's way out. */
+			if (host_tap < 0 && !up)
+				host_tap = __atomic_load_n(&p->host_tap, __ATOMIC_ACQUIRE);
 			if (host_tap >= 0) {
 				/* Served: into the host's TAP, whether or not the
 				 * host side's process is there. */
