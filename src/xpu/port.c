@@ -528,28 +528,44 @@ struct rps_req {
 	char mask[160];
 };
 
+#define SYSFS_FLAGS (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
 /* Inside the device's namespace, on a thread of its own: a mount namespace of
  * the thread's own with a sysfs of this network namespace, for the device's
- * receive queue's CPU mask (sysfs is the only interface to it). */
+ * receive queue's CPU mask (sysfs is the only interface to it). A namespace has
+ * one sysfs superblock, and a pod's containers mount it read-only (runc does),
+ * which makes every mount of it read-only: then the superblock is made writable
+ * for the write and read-only again after it. The containers' own mounts are
+ * read-only by themselves throughout. */
 static int rps_in_ns(void *arg)
 {
 	struct rps_req *r = arg;
 	char path[96];
-	int fd, rc = 0;
+	int fd, rc = 0, was_ro = 0;
 	ssize_t len = (ssize_t)strlen(r->mask);
 
 	if (unshare(CLONE_NEWNS) < 0)
 		return -errno;
 	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0 ||
-	    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+	    mount("sysfs", "/sys", "sysfs", SYSFS_FLAGS, NULL) < 0)
 		return -errno;
 	snprintf(path, sizeof(path), "/sys/class/net/%s/queues/rx-0/rps_cpus", r->dev);
 	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (write(fd, r->mask, (size_t)len) != len)
+	if (fd < 0 && errno == EROFS) {
+		if (mount(NULL, "/sys", NULL, MS_REMOUNT | SYSFS_FLAGS, NULL) < 0)
+			return -errno;
+		was_ro = 1;
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+	}
+	if (fd < 0) {
 		rc = -errno;
-	close(fd);
+	} else {
+		if (write(fd, r->mask, (size_t)len) != len)
+			rc = -errno;
+		close(fd);
+	}
+	if (was_ro && mount(NULL, "/sys", NULL, MS_REMOUNT | MS_RDONLY | SYSFS_FLAGS, NULL) < 0 && rc == 0)
+		rc = -errno;
 	return rc;
 }
 
