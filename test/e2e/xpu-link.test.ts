@@ -59,9 +59,19 @@ function trafficIn(ns: string, args: string[], timeoutMs = 20_000): { child: Chi
   return { child, result, ready };
 }
 
+/** Until the sink listens; a sink that ends first fails the test (not the process, with its namespaces left behind). */
+async function listening(sink: ReturnType<typeof trafficIn>): Promise<void> {
+  await Promise.race([
+    sink.ready,
+    sink.result.then((r) => {
+      throw new Error(`the sink ended before it listened: ${JSON.stringify(r)}`);
+    }),
+  ]);
+}
+
 async function tcpIntegrity(bytes: number, port: number): Promise<void> {
   const sink = trafficIn(B, ['tcp-sink', DPU_IP, String(port)]);
-  await sink.ready;
+  await listening(sink);
   const send = await trafficIn(A, ['tcp-send', DPU_IP, String(port), String(bytes)]).result;
   assert.ok(send.ok, `TCP content hash matches across the link: ${JSON.stringify(send)}`);
   const got = await sink.result;
@@ -70,7 +80,7 @@ async function tcpIntegrity(bytes: number, port: number): Promise<void> {
 
 async function udpIntegrity(count: number, port: number): Promise<void> {
   const sink = trafficIn(A, ['udp-sink', HOST_IP, String(port), String(count)]);
-  await sink.ready;
+  await listening(sink);
   await trafficIn(B, ['udp-send', HOST_IP, String(port), String(count)]).result;
   const got = await sink.result;
   assert.is(got.bad, 0, 'no corrupt datagram');
