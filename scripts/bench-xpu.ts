@@ -17,7 +17,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { addAddress } from '../src/xpu/link';
-import { threadNames } from './bench-lib';
+import { cpuSecondsBetween, cpuTicks, threadNames } from './bench-lib';
 import { MODES, XpuMode, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../src/xpu/window';
 
 type Transport = 'veth' | XpuMode;
@@ -506,18 +506,6 @@ function pin(side: 'host' | 'dpu'): string[] {
   return ['taskset', '-c', side === 'host' ? '0' : String(n - 1)];
 }
 
-/** Busy time so far of the CPU each end is pinned to (cpu0, the last CPU), ns: user, nice, system, irq, softirq. */
-function endCpusBusyNs(): Record<'host' | 'dpu', number> {
-  const n = os.cpus().length;
-  const busy = (cpu: number) => {
-    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n').find((l) => l.startsWith(`cpu${cpu} `));
-    if (!line) return NaN;
-    const f = line.trim().split(/\s+/).slice(1).map(Number);
-    return (f[0] + f[1] + f[2] + f[5] + f[6]) * (1e9 / 100); // USER_HZ
-  };
-  return n < 2 ? { host: NaN, dpu: NaN } : { host: busy(0), dpu: busy(n - 1) };
-}
-
 /** The libxpu threads (xpu-*) of pid: tid -> name. */
 function pumpThreads(pid: number): Map<number, string> {
   return new Map([...threadNames(pid)].filter(([, comm]) => comm.startsWith('xpu-')));
@@ -596,9 +584,6 @@ async function countSyscalls(threads: Map<number, string>, seconds: number): Pro
   return out;
 }
 
-/** Share of each end's pump CPU spent inside write(2) into the TAP device,
- * from perf's CPU-clock samples of the threads (a sample counts when its call
- * chain holds ksys_write). null without perf. */
 // A served DPU end does two things a host's driver would do on its own CPU on
 // real hardware: it allocates the buffer of each frame it writes into the host's
 // device (tap->ring's write(2)), and frees each one it reads from it (the served
@@ -606,6 +591,10 @@ async function countSyscalls(threads: Map<number, string>, seconds: number): Pro
 const HOST_ALLOC = /\b(__alloc_skb|alloc_skb_with_frags|sock_alloc_send_pskb|tun_alloc_skb|build_skb)\b/;
 const HOST_FREE = /\b(consume_skb|kfree_skb\w*|__kfree_skb|skb_release_\w+|sk_skb_reason_drop|napi_consume_skb)\b/;
 
+/** Share of each end's pump CPU spent inside write(2) into the TAP device,
+ * from perf's CPU-clock samples of the threads (a sample counts when its call
+ * chain holds ksys_write), and (hostWork) the share of the DPU end's inside the
+ * host driver's work above. null without perf. */
 async function writeShares(
   threads: Map<number, string>,
   seconds: number,
@@ -646,13 +635,15 @@ async function cpfSample(link: CpfLink, clients: number, seconds: number): Promi
   let t = 0;
   await rrLoad(link, clients, seconds, async () => {
     const c0 = pumpCpuNs(link);
-    const b0 = endCpusBusyNs();
+    const b0 = cpuTicks();
     const f0 = link.frames();
     const t0 = process.hrtime.bigint();
     await sleep(seconds * 1000);
     cpu = diff(c0, pumpCpuNs(link));
-    const b1 = endCpusBusyNs();
-    busyNs = { host: b1.host - b0.host, dpu: b1.dpu - b0.dpu };
+    // Busy time of the CPU each end is pinned to (cpu0, the last CPU).
+    const b1 = cpuTicks();
+    const n = os.cpus().length;
+    if (n > 1) busyNs = { host: cpuSecondsBetween(b0, b1, [0], 'busy') * 1e9, dpu: cpuSecondsBetween(b0, b1, [n - 1], 'busy') * 1e9 };
     frames = link.frames() - f0;
     t = Number(process.hrtime.bigint() - t0) / 1e9;
   });

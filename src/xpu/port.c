@@ -202,14 +202,20 @@ static void stop_signal_install(void)
 		stop_signal_ok = 1;
 }
 
-/* Block until the TAP fd is readable or the port stops (the eventfd). */
-static void wait_tap_readable(struct xpu_port *p)
+/* Block until fd is readable, the port stops (the eventfd) or timeout_ms
+ * passes (-1: no timeout). */
+static void wait_readable(struct xpu_port *p, int fd, int timeout_ms)
 {
 	struct pollfd fds[2] = {
-		{ .fd = p->tapfd, .events = POLLIN },
+		{ .fd = fd, .events = POLLIN },
 		{ .fd = p->evfd, .events = POLLIN },
 	};
-	(void)poll(fds, 2, -1);
+	(void)poll(fds, 2, timeout_ms);
+}
+
+static void wait_tap_readable(struct xpu_port *p)
+{
+	wait_readable(p, p->tapfd, -1);
 }
 
 /* How long a pump of this port may spin before it sleeps, as of now. SLEEP
@@ -483,11 +489,7 @@ static void *pump_served(void *arg)
 			continue;
 		/* EAGAIN, or the device went with its namespace (EBADFD): wait
 		 * for a frame or the stop, at most a second. */
-		struct pollfd fds[2] = {
-			{ .fd = p->host_tap, .events = POLLIN },
-			{ .fd = p->evfd, .events = POLLIN },
-		};
-		(void)poll(fds, 2, n < 0 && errno == EAGAIN ? -1 : 1000);
+		wait_readable(p, p->host_tap, n < 0 && errno == EAGAIN ? -1 : 1000);
 	}
 	free(scratch);
 	return NULL;

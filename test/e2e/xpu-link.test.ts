@@ -316,19 +316,22 @@ test('a peer that stops: the link goes down, and up again when it continues', as
   });
 });
 
-/** The names of the libxpu threads (xpu-*) of pid. */
-function xpuThreads(pid: number): string[] {
-  const names: string[] = [];
+/** The libxpu threads (xpu-*) of pid: tid -> name. */
+function xpuTasks(pid: number): Map<string, string> {
+  const out = new Map<string, string>();
   for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
     try {
       const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      if (comm.startsWith('xpu-')) names.push(comm);
+      if (comm.startsWith('xpu-')) out.set(tid, comm);
     } catch {
       // thread gone
     }
   }
-  return names.sort();
+  return out;
 }
+
+/** The names of the libxpu threads of pid. */
+const xpuThreads = (pid: number): string[] => [...xpuTasks(pid).values()].sort();
 
 /** The CPU mask of xpu0's receive queue in ns, as sysfs gives it (hex words, commas). */
 function rpsCpus(ns: string): bigint {
@@ -388,9 +391,8 @@ test('a served host end: no pump on the host, frames cross while the host end is
 /** ns on a CPU so far of the libxpu threads (xpu-*) of pid, from their schedstat. */
 function pumpCpuNs(pid: number): number {
   let ns = 0;
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+  for (const tid of xpuTasks(pid).keys()) {
     try {
-      if (!fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').startsWith('xpu-')) continue;
       ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
     } catch {
       // thread gone
