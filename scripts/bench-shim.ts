@@ -9,7 +9,7 @@
 // and our proxy), plus, for an offloading pod, the node daemon's memory divided
 // by the pods it serves (RSS, and PSS, which shares the binaries' pages fairly
 // among the processes that map them; the daemon's node executable is counted
-// whole, see daemonPssKiB). Then, every pod up and idle, the CPU those processes
+// whole, see daemonMemory). Then, every pod up and idle, the CPU those processes
 // use (the node daemon's divided as its memory is; the DPU's agent reported on its
 // own: it is the DPU's CPU). Each pod's start also counts the CPU the whole
 // machine (host and emulated DPU, every process: containerd, runc, the shims,
@@ -86,26 +86,43 @@ function kib(file: string, field: string): number {
   }
 }
 
+/** The node daemon's memory by kind of mapping, in KiB. */
+interface DaemonMemory {
+  /** every mapping's PSS, its node executable's pages counted whole (RSS) */
+  pssKiB: number;
+  /** its node executable's resident pages */
+  executableKiB: number;
+  /** anonymous memory: V8's heap, malloc's arenas, the threads' stacks */
+  anonymousKiB: number;
+  /** the rest: shared libraries (PSS), the links' windows, other files */
+  otherKiB: number;
+}
+
 /**
- * The node daemon's PSS with the pages of its own executable (node) counted whole.
- * On the test bed the DPU's agent and this benchmark are Node.js processes too and
- * would take shares of those pages; on a real node the agent runs on the DPU's own
- * memory and no benchmark runs, so the daemon alone maps them.
+ * The node daemon's PSS with the pages of its own executable (node) counted whole,
+ * and what it is made of. On the test bed the DPU's agent and this benchmark are
+ * Node.js processes too and would take shares of the executable's pages; on a
+ * real node the agent runs on the DPU's own memory and no benchmark runs, so the
+ * daemon alone maps them.
  */
-function daemonPssKiB(pid: number): number {
+function daemonMemory(pid: number): DaemonMemory {
   const exe = fs.readlinkSync(`/proc/${pid}/exe`);
-  let pss = 0;
-  let own = false;
+  const m: DaemonMemory = { pssKiB: 0, executableKiB: 0, anonymousKiB: 0, otherKiB: 0 };
+  let kind: 'executable' | 'anonymous' | 'other' = 'other';
   for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
     const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
     if (head) {
-      own = head[1] === exe;
+      const name = head[1];
+      kind = name === exe ? 'executable' : name === '' || /^\[(heap|stack|anon)/.test(name) ? 'anonymous' : 'other';
       continue;
     }
-    const m = /^(Rss|Pss):\s+(\d+) kB/.exec(line);
-    if (m && m[1] === (own ? 'Rss' : 'Pss')) pss += Number(m[2]);
+    const f = /^(Rss|Pss):\s+(\d+) kB/.exec(line);
+    if (!f || f[1] !== (kind === 'executable' ? 'Rss' : 'Pss')) continue;
+    const kib = Number(f[2]);
+    m.pssKiB += kib;
+    m[`${kind}KiB`] += kib;
   }
-  return pss;
+  return m;
 }
 
 // Every shim process of the pod: runc's own, or ours plus the runc shim behind it.
@@ -184,7 +201,7 @@ async function main(): Promise<void> {
   say(cpusSaid);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);
   const samples: PodSample[] = [];
-  const node = { pods: 0, rssKiB: 0, pssKiB: 0, threads: 0, idleCpuMs: 0, agentIdleCpuMs: 0 };
+  const node = { pods: 0, rssKiB: 0, pssKiB: 0, memory: null as DaemonMemory | null, threads: 0, idleCpuMs: 0, agentIdleCpuMs: 0 };
   try {
     // Warm-up, one pod each, not counted: page cache, image unpack.
     for (const h of HANDLERS) {
@@ -207,7 +224,8 @@ async function main(): Promise<void> {
     if (daemons.length !== 1) throw new Error(`want one node daemon, found ${daemons.length}`);
     node.pods = samples.filter((s) => s.handler === 'heteropod-offload').length;
     node.rssKiB = kib(`/proc/${daemons[0]}/status`, 'VmRSS');
-    node.pssKiB = daemonPssKiB(daemons[0]);
+    node.memory = daemonMemory(daemons[0]);
+    node.pssKiB = node.memory.pssKiB;
     node.threads = Number(/^Threads:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${daemons[0]}/status`, 'utf8'))?.[1] ?? 0);
     // Idle CPU: each pod's shims, the node daemon and (on the DPU) the agent over IDLE_MS.
     const agent = agentPid();
@@ -252,6 +270,14 @@ async function main(): Promise<void> {
   const ratio = (h: Handler, f: (s: PodSample) => number, pick: 'median' | 'mean'): string => (stats(by(h).map(f))[pick] / stats(by('runc').map(f))[pick]).toFixed(2);
   const ratios = (h: Handler): string =>
     `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, CPU per start (median) ${ratio(h, (s) => s.startCpuMs, 'median')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
+  // What the daemon's PSS is made of, and the least an offloading pod's PSS could
+  // be with this daemon: its share of the node executable's pages alone.
+  const memoryLine = (m: DaemonMemory, pods: number): string => {
+    const mib = (k: number) => (k / 1024).toFixed(1);
+    const offload = stats(by('heteropod-offload').map((s) => s.pssKiB - m.pssKiB / pods + m.executableKiB / pods)).mean;
+    const floor = (offload / stats(by('runc').map((s) => s.pssKiB)).mean).toFixed(2);
+    return `the node daemon's PSS: its node executable ${mib(m.executableKiB)} MiB, anonymous memory (V8's heap, malloc, stacks) ${mib(m.anonymousKiB)} MiB, libraries and other files ${mib(m.otherKiB)} MiB; with its executable's pages alone in their share, an offloading pod would be at ${floor}x runc's PSS`;
+  };
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
     cpusSaid,
@@ -263,6 +289,7 @@ async function main(): Promise<void> {
     '',
     ...(node.pods ? [`idle, every pod up (${IDLE_MS / 1000} s): the node daemon ${node.idleCpuMs.toFixed(1)} ms of CPU a second (in the table, a share to each offloading pod); the DPU's agent ${node.agentIdleCpuMs.toFixed(1)} ms a second of the DPU's CPU, ${(node.agentIdleCpuMs / node.pods).toFixed(2)} per offloading pod`] : []),
     ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS (its node executable's pages counted whole), ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
+    ...(node.pods && node.memory ? [memoryLine(node.memory, node.pods)] : []),
     `${ratios('heteropod')} (target: within 1.1x)`,
     ...HANDLERS.filter((h) => h === 'heteropod-offload').map((h) => `${ratios(h)} (targets: PSS at most 1.2x, RSS at most 1.3x, start median at most 1.1x)`),
   ];
