@@ -1,4 +1,5 @@
 // Processes as the daemons and the test bed look at them.
+import * as fs from 'node:fs';
 
 /** Whether a process with this pid exists (one of another user's counts too). */
 export function pidAlive(pid: number): boolean {
@@ -8,5 +9,22 @@ export function pidAlive(pid: number): boolean {
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Whether a process with this pid runs: exists and has not exited. An exited
+ * process its parent has not yet reaped (a zombie) holds no file, device or
+ * mapping any more, so it holds nothing a successor must wait for.
+ */
+export function processRunning(pid: number): boolean {
+  if (!pidAlive(pid)) return false;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The state follows the command name, which is in parentheses and may hold any character.
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false; // gone meanwhile
   }
 }

@@ -12,6 +12,7 @@
 // other half's setPeerListeningPorts. Rule updates are serialised and coalesced.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { processRunning } from '../common/processes';
 import { WINDOW_DIR, XpuMode, XpuPort, XpuWindow, readStats, removeWindow, windowPath } from '../xpu/window';
 import { Address4, addresses4, isNetns, setUpLink, swapSysctls, writeSysctls } from './exec';
 import { ListenerWatcher } from './listeners';
@@ -366,11 +367,17 @@ function removeStaleWindow(file: string): boolean {
   return true;
 }
 
-/** The window of a host half being resumed: attached when no live process holds its host end. */
+/**
+ * The window of a host half being resumed: attached when no running process
+ * holds its host end. The host end's owner ran on this machine, so whether it
+ * still runs is asked of the kernel: its heartbeat stays fresh for a second
+ * after it died, and a restart of the node daemon inside that second (an
+ * upgrade: stop the old, start the new) must take the pod over all the same.
+ */
 function attachOrphanWindow(file: string): XpuWindow | null {
   if (!fs.existsSync(file)) return null;
   const s = readStats(file);
-  if (s.host.alive) throw new Error(`XPU window ${file}: its host end is held by live process ${s.host.pid}`);
+  if (s.host.state === 'attached' && processRunning(s.host.pid)) throw new Error(`XPU window ${file}: its host end is held by live process ${s.host.pid}`);
   return XpuWindow.attach(file);
 }
 

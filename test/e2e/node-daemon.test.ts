@@ -13,7 +13,8 @@ import { DPU } from '../../src/dpu/paths';
 import { podWindowPath } from '../../src/netns/half';
 import { httpGet } from '../../src/testbed/http';
 import { waitFor } from '../../src/testbed/proc';
-import { nodeDaemonPids, startNodeDaemon } from '../../src/testbed/testbed';
+import { TESTBED } from '../../src/testbed/paths';
+import { nodeDaemonPids, startNodeDaemon, stopNodeDaemon } from '../../src/testbed/testbed';
 import { readStats } from '../../src/xpu/window';
 import { agentPods, containerPids, memoryCgroup } from '../lib/dpu';
 import { testbedShims } from '../lib/shim';
@@ -186,6 +187,65 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
   assert.ok(lines.length - unique.length <= 1, `at most one line twice: ${lines.length - unique.length}`);
   await removeOwnPods(bed);
   await noLeaks('the outage');
+});
+
+/** The names of the libxpu threads in a process (each link's host end has its own). */
+function xpuThreadNames(pid: number): string[] {
+  const names: string[] = [];
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      if (comm.startsWith('xpu-')) names.push(comm);
+    } catch {
+      // the thread is gone
+    }
+  }
+  return names.sort();
+}
+
+test('an upgrade: the old node daemon stopped and the new one started at once (inside the second a dead host end\'s heartbeat stays fresh), from host ends its threads pump (host_mode "sleep", the earlier default) to host ends the DPU serves; the TCP connection across the XPU link carries data on, exec works', async () => {
+  const ECHO = 9000;
+  const config = fs.readFileSync(TESTBED.shimConfig, 'utf8');
+  let conn: Awaited<ReturnType<typeof echoClient>> | undefined;
+  try {
+    await stopNodeDaemon();
+    fs.writeFileSync(TESTBED.shimConfig, `${config}\n[xpu]\n  host_mode = "sleep"\n`);
+    await startNodeDaemon();
+    const pod = offloadPod('upgrade', { 'heteropod.io/offload': 'echo', 'heteropod.io/ports': `echo=${ECHO}` });
+    const podId = await cri.runPodSandbox(pod, 'heteropod');
+    const echo = await start(podId, pod, 'echo', ['nc', '-l', '-p', String(ECHO), '-e', 'cat']);
+    await waitForContainerState(cri, echo, 'CONTAINER_RUNNING');
+    assert.ok(onDpu(echo), 'echo on the DPU');
+    const [old] = nodeDaemonPids();
+    assert.equal(xpuThreadNames(old), ['xpu-monitor', 'xpu-ring2tap', 'xpu-tap2ring'], 'the old daemon pumps the link\'s host end');
+    const c = await waitFor('the echo server to accept', 10_000, async () => echoClient(await podIp(podId), ECHO).catch(() => undefined));
+    conn = c;
+    c.send('before\n');
+    await waitFor('the echo before the upgrade', 5000, () => c.received().includes('before\n') || undefined);
+
+    // The upgrade: the old daemon stopped as systemd stops it, the new one started with the new default.
+    await stopNodeDaemon();
+    fs.writeFileSync(TESTBED.shimConfig, config);
+    c.send('during\n');
+    await startNodeDaemon();
+    const [now] = nodeDaemonPids();
+    await waitFor('the echo of what was sent during the upgrade', 60_000, () => c.received().includes('during\n') || undefined);
+    c.send('after\n');
+    await waitFor('the echo after the upgrade', 10_000, () => c.received().includes('after\n') || undefined);
+    assert.is(c.received(), 'before\nduring\nafter\n');
+    assert.equal(xpuThreadNames(now), ['xpu-monitor'], 'the new daemon\'s host end is served: no pump thread');
+    assert.ok(readStats(podWindowPath(podId)).linkUp, 'the link is up');
+    const r = await cri.execSync(echo, ['sh', '-c', 'echo exec-ok']);
+    assert.equal([r.exitCode, r.stdout.toString()], [0, 'exec-ok\n']);
+    await removeOwnPods(bed);
+    await noLeaks('the upgrade');
+  } finally {
+    conn?.close(); // an open connection would keep the test's process alive
+    if (fs.readFileSync(TESTBED.shimConfig, 'utf8') !== config) {
+      await stopNodeDaemon();
+      fs.writeFileSync(TESTBED.shimConfig, config);
+    }
+  }
 });
 
 test.run();
