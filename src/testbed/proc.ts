@@ -2,7 +2,7 @@
 // an error that says what failed, wait for a condition, find processes.
 import { execFile, ExecFileOptions } from 'node:child_process';
 import * as fs from 'node:fs';
-import { pidAlive } from '../common/processes';
+import { pidAlive, processRunning } from '../common/processes';
 
 export interface RunResult {
   stdout: string;
@@ -78,16 +78,18 @@ export async function killAndWait(pids: number[], graceMs: number): Promise<void
       // already gone
     }
   }
+  // An exited process that its parent has not reaped yet (this machine's init
+  // may reap late) has exited all the same.
   const deadline = Date.now() + graceMs;
-  while (pids.some(pidAlive) && Date.now() < deadline) await sleep(50);
-  for (const pid of pids.filter(pidAlive)) {
+  while (pids.some(processRunning) && Date.now() < deadline) await sleep(50);
+  for (const pid of pids.filter(processRunning)) {
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
       // already gone
     }
   }
-  await waitFor('killed processes to exit', 5000, () => !pids.some(pidAlive));
+  await waitFor('killed processes to exit', 5000, () => !pids.some(processRunning));
 }
 
 export function mountsUnder(prefixes: string[]): string[] {

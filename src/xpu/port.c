@@ -701,12 +701,39 @@ static void *monitor(void *arg)
 
 /* ---- open / close ---- */
 
+/* Whether the process runs: it exists and has not exited. An exited process
+ * its parent has not reaped yet (a zombie; an init may reap late) holds no
+ * descriptor or mapping any more, so its side of a window is free. */
+static int pid_running(pid_t pid)
+{
+	char path[32], buf[512], *paren;
+	ssize_t n;
+	int fd;
+
+	if (kill(pid, 0) != 0 && errno != EPERM)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno != ENOENT;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 1;
+	buf[n] = '\0';
+	/* The state follows the command name, in parentheses, which may hold ')'. */
+	paren = strrchr(buf, ')');
+	if (!paren || paren[1] != ' ')
+		return 1;
+	return paren[2] != 'Z' && paren[2] != 'X';
+}
+
 static int side_owner_alive(const struct xpu_side_hdr *s)
 {
 	int32_t pid = __atomic_load_n(&s->pid, __ATOMIC_RELAXED);
 	if (pid <= 0)
 		return 0;
-	return kill(pid, 0) == 0 || errno == EPERM;
+	return pid_running(pid);
 }
 
 /* Claim a side of the window for this process. A side left attached by a

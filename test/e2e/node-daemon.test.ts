@@ -6,6 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import { ChildProcess, spawn } from 'node:child_process';
 import type { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
 import { readCriLog } from '../../src/cri/logs';
@@ -13,7 +14,9 @@ import { DPU } from '../../src/dpu/paths';
 import { podWindowPath } from '../../src/netns/half';
 import { httpGet } from '../../src/testbed/http';
 import { waitFor } from '../../src/testbed/proc';
-import { TESTBED } from '../../src/testbed/paths';
+import { socketAnswers } from '../../src/common/sockets';
+import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../../src/shim/install';
+import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { nodeDaemonPids, startNodeDaemon, stopNodeDaemon } from '../../src/testbed/testbed';
 import { readStats } from '../../src/xpu/window';
 import { agentPods, containerPids, memoryCgroup } from '../lib/dpu';
@@ -189,6 +192,26 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
   await noLeaks('the outage');
 });
 
+/**
+ * The node daemon started as startNodeDaemon starts it, but under a parent that
+ * never reaps it, as an init that reaps late (this machine's does): once
+ * stopped, it stays a zombie while its successor takes its pods over. The
+ * parent is the caller's to kill.
+ */
+async function startUnreapedNodeDaemon(): Promise<{ parent: ChildProcess; pid: number }> {
+  const argv = [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
+  const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const parent = spawn('sh', ['-c', `${quoted} >>'${TESTBED.nodeLogFile}' 2>&1 & echo $!; exec sleep 600`], { cwd: TESTBED.runDir, stdio: ['ignore', 'pipe', 'inherit'] });
+  const pid = await new Promise<number>((resolve) => parent.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  await waitFor('the node daemon to answer', 15_000, () => socketAnswers(TESTBED.nodeSocket).then((ok) => ok || undefined));
+  return { parent, pid };
+}
+
+const processState = (pid: number): string => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+};
+
 /** The names of the libxpu threads in a process (each link's host end has its own). */
 function xpuThreadNames(pid: number): string[] {
   const names: string[] = [];
@@ -203,20 +226,23 @@ function xpuThreadNames(pid: number): string[] {
   return names.sort();
 }
 
-test('an upgrade: the old node daemon stopped and the new one started at once (inside the second a dead host end\'s heartbeat stays fresh), from host ends its threads pump (host_mode "sleep", the earlier default) to host ends the DPU serves; the TCP connection across the XPU link carries data on, exec works', async () => {
+test('an upgrade: the old node daemon stopped and the new one started at once (inside the second a dead host end\'s heartbeat stays fresh, the old one not yet reaped), from host ends its threads pump (host_mode "sleep", the earlier default) to host ends the DPU serves; the TCP connection across the XPU link carries data on, exec works', async () => {
   const ECHO = 9000;
   const config = fs.readFileSync(TESTBED.shimConfig, 'utf8');
   let conn: Awaited<ReturnType<typeof echoClient>> | undefined;
+  let unreaped: ChildProcess | undefined;
   try {
     await stopNodeDaemon();
     fs.writeFileSync(TESTBED.shimConfig, `${config}\n[xpu]\n  host_mode = "sleep"\n`);
-    await startNodeDaemon();
+    const started = await startUnreapedNodeDaemon();
+    unreaped = started.parent;
     const pod = offloadPod('upgrade', { 'heteropod.io/offload': 'echo', 'heteropod.io/ports': `echo=${ECHO}` });
     const podId = await cri.runPodSandbox(pod, 'heteropod');
     const echo = await start(podId, pod, 'echo', ['nc', '-l', '-p', String(ECHO), '-e', 'cat']);
     await waitForContainerState(cri, echo, 'CONTAINER_RUNNING');
     assert.ok(onDpu(echo), 'echo on the DPU');
-    const [old] = nodeDaemonPids();
+    const old = started.pid;
+    assert.equal(nodeDaemonPids(), [old]);
     assert.equal(xpuThreadNames(old), ['xpu-monitor', 'xpu-ring2tap', 'xpu-tap2ring'], 'the old daemon pumps the link\'s host end');
     const c = await waitFor('the echo server to accept', 10_000, async () => echoClient(await podIp(podId), ECHO).catch(() => undefined));
     conn = c;
@@ -225,6 +251,7 @@ test('an upgrade: the old node daemon stopped and the new one started at once (i
 
     // The upgrade: the old daemon stopped as systemd stops it, the new one started with the new default.
     await stopNodeDaemon();
+    assert.is(processState(old), 'Z', 'the old daemon has exited, not yet reaped');
     fs.writeFileSync(TESTBED.shimConfig, config);
     c.send('during\n');
     await startNodeDaemon();
@@ -241,6 +268,7 @@ test('an upgrade: the old node daemon stopped and the new one started at once (i
     await noLeaks('the upgrade');
   } finally {
     conn?.close(); // an open connection would keep the test's process alive
+    unreaped?.kill('SIGKILL'); // the old daemon is reaped with it
     if (fs.readFileSync(TESTBED.shimConfig, 'utf8') !== config) {
       await stopNodeDaemon();
       fs.writeFileSync(TESTBED.shimConfig, config);
