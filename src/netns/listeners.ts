@@ -64,11 +64,24 @@ export function decodeListeners(buf: Buffer, count: number): Listener[] {
 }
 
 export interface WatchOptions {
-  /** How often to look; a new listener is seen within this (default 200 ms). */
+  /** How often to look while the ports change; a new listener is seen within this then (default 200 ms). */
   intervalMs?: number;
+  /**
+   * How often to look once the ports have not changed for settleMs since the
+   * watcher started or last saw a change (default 800 ms): a new listener is
+   * seen within this then, and the first change brings the watcher back to
+   * intervalMs.
+   */
+  idleIntervalMs?: number;
+  /** How long the ports must stay the same before the watcher looks less often (default 10 s). */
+  settleMs?: number;
   /** Called with the sorted listening ports whenever the set changes. */
   onChange?: (ports: number[]) => void;
 }
+
+const INTERVAL_MS = 200;
+const IDLE_INTERVAL_MS = 800;
+const SETTLE_MS = 10_000;
 
 /**
  * One timer per interval for every watcher of the process: a node daemon or an
@@ -107,6 +120,8 @@ class Ticker {
 
 export class ListenerWatcher {
   private watching = false;
+  /** Looks at the kernel so far (diagnostics, tests). */
+  looks = 0;
   private last: number[] = [];
   /** Room for this many records; grown when the namespace has more listeners. */
   private buf = Buffer.alloc(64 * LISTENER_BYTES);
@@ -148,6 +163,7 @@ export class ListenerWatcher {
   // Asks the kernel; the records are in this.buf; returns how many.
   private look(): number {
     if (this.fd < 0) throw new Error(`listener watcher for ${this.netnsPath} is closed`);
+    this.looks++;
     for (;;) {
       const room = this.buf.length / LISTENER_BYTES;
       const n = native().diagListeners(this.fd, this.buf, room);
@@ -182,20 +198,36 @@ export class ListenerWatcher {
   }
 
   /**
-   * Look every intervalMs (on the process's one timer for that interval);
-   * onChange gets each new set. The timer does not keep the process alive: the
-   * owner of the half does.
+   * Look every intervalMs (on the process's one timer for that interval), and
+   * every idleIntervalMs once the ports have settled; onChange gets each new
+   * set. The timer does not keep the process alive: the owner of the half does.
+   *
+   * Why settle: each look makes the kernel walk its whole table of listening
+   * sockets (every namespace's: inet_diag filters by namespace as it walks), so
+   * a node daemon or an agent serving 50 pods, 5 looks a second each, spent
+   * most of its idle CPU there. A pod's ports change as its containers start;
+   * a pod that has run a while looks 4 times less often.
    */
   start(opts: WatchOptions = {}): void {
     if (this.watching) return;
     this.watching = true;
-    Ticker.add(opts.intervalMs ?? 200, this, () => {
+    const interval = opts.intervalMs ?? INTERVAL_MS;
+    const idle = Math.max(interval, opts.idleIntervalMs ?? IDLE_INTERVAL_MS);
+    const settle = opts.settleMs ?? SETTLE_MS;
+    let changedAt = Date.now();
+    let next = 0;
+    Ticker.add(interval, this, () => {
+      const now = Date.now();
+      if (now < next) return;
       let changed: boolean;
       try {
         changed = this.refresh();
       } catch {
         return; // closed between ticks
       }
+      if (changed) changedAt = now;
+      // Half a tick early, so that a late tick does not skip a look.
+      next = now - changedAt < settle ? 0 : now + idle - interval / 2;
       if (changed) opts.onChange?.(this.last);
     });
   }

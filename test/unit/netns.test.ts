@@ -175,6 +175,38 @@ test('listener watchers share one timer: each sees its change; one closed, the o
   }
 });
 
+test('listener watcher settles: every tick while its ports change, less often once they have not changed for a while, every tick again after a change', async () => {
+  if (process.getuid?.() !== 0) return skip('listener watcher settling', 'needs root (setns)');
+  const w = await ListenerWatcher.open('/proc/self/ns/net');
+  const seen: number[][] = [];
+  const server = net.createServer();
+  const hold = setTimeout(() => undefined, 10_000); // the shared timer does not hold the process open
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const looksIn = async (ms: number) => {
+    const before = w.looks;
+    await sleep(ms);
+    return w.looks - before;
+  };
+  try {
+    w.refresh();
+    w.start({ intervalMs: 20, idleIntervalMs: 200, settleMs: 300, onChange: (ports) => seen.push(ports) });
+    const starting = await looksIn(250);
+    assert.ok(starting >= 5, `every 20 ms tick while starting: ${starting} looks in 250 ms`);
+    await sleep(200); // settled: no change for 300 ms
+    const settled = await looksIn(1000);
+    assert.ok(settled >= 2 && settled <= 10, `every 200 ms once settled: ${settled} looks in 1000 ms`);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    assert.ok(await waitUntil(() => seen.some((p) => p.includes(port)), 1000), 'a new listener is seen while settled');
+    const changed = await looksIn(200);
+    assert.ok(changed >= 4, `every tick again after a change: ${changed} looks in 200 ms`);
+  } finally {
+    clearTimeout(hold);
+    server.close();
+    w.close();
+  }
+});
+
 async function waitUntil(ok: () => boolean, ms = 3000): Promise<boolean> {
   for (const t0 = Date.now(); Date.now() - t0 < ms; await new Promise((r) => setTimeout(r, 10))) if (ok()) return true;
   return ok();
