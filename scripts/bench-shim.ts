@@ -196,7 +196,13 @@ async function main(): Promise<void> {
   if (!(pods >= 1)) throw new Error('--pods must be a positive number');
   const say = (l: string): void => void process.stderr.write(`${l}\n`);
   await up(say);
-  const pinned = process.argv.includes('--no-pin') ? null : await pinHost();
+  // A bed that cannot be pinned is taken down again, as at the end.
+  const pinned = process.argv.includes('--no-pin')
+    ? null
+    : await pinHost().catch(async (err: Error) => {
+        await down(() => {});
+        throw err;
+      });
   const cpusSaid = pinned ? pinned.said : 'not pinned (--no-pin): the host\'s processes may run on every CPU';
   say(cpusSaid);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);

@@ -340,10 +340,17 @@ export async function down(log: Log = () => {}): Promise<void> {
   for (const parent of SHARED_PARENTS) {
     if (!fs.existsSync(createdMark(parent.name))) continue;
     for (const dir of parent.remove()) {
-      try {
-        fs.rmdirSync(dir); // only when empty (a cgroup: when it has no children)
-      } catch {
-        // not empty, or gone
+      // Only when empty (a cgroup: when it has no children). A cgroup whose last
+      // process has exited stays busy until that process is reaped, which this
+      // machine's init may do a moment later.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          fs.rmdirSync(dir);
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || attempt >= 20) break; // not empty, gone, or still busy
+          await sleep(100);
+        }
       }
     }
   }
