@@ -14,6 +14,7 @@ import { DPU } from '../../src/dpu/paths';
 import { podWindowPath } from '../../src/netns/half';
 import { httpGet } from '../../src/testbed/http';
 import { waitFor } from '../../src/testbed/proc';
+import { processState } from '../../src/common/processes';
 import { socketAnswers } from '../../src/common/sockets';
 import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../../src/shim/install';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
@@ -206,11 +207,6 @@ async function startUnreapedNodeDaemon(): Promise<{ parent: ChildProcess; pid: n
   await waitFor('the node daemon to answer', 15_000, () => socketAnswers(TESTBED.nodeSocket).then((ok) => ok || undefined));
   return { parent, pid };
 }
-
-const processState = (pid: number): string => {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-};
 
 /** The names of the libxpu threads in a process (each link's host end has its own). */
 function xpuThreadNames(pid: number): string[] {

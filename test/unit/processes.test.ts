@@ -4,7 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
-import { pidAlive, processRunning } from '../../src/common/processes';
+import { pidAlive, processRunning, processState } from '../../src/common/processes';
 
 test('a running process runs; an exited, unreaped one (a zombie) exists but does not run; a reaped one neither', async () => {
   // sh starts a child that exits at once, then becomes `sleep`, which never reaps it.
@@ -15,6 +15,7 @@ test('a running process runs; an exited, unreaped one (a zombie) exists but does
     while (processRunning(zombie) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.ok(pidAlive(zombie), 'the zombie exists for kill(2)');
     assert.not.ok(processRunning(zombie), 'the zombie does not run');
+    assert.is(processState(zombie), 'Z');
     assert.ok(processRunning(parent.pid!), 'its parent runs');
   } finally {
     parent.kill('SIGKILL');
@@ -24,6 +25,7 @@ test('a running process runs; an exited, unreaped one (a zombie) exists but does
   assert.not.ok(pidAlive(parent.pid!), 'a reaped process does not exist');
   assert.not.ok(processRunning(parent.pid!), 'nor run');
   assert.not.ok(processRunning(0), 'pid 0 is no process');
+  assert.is(processState(parent.pid!), null);
 });
 
 test.run();
