@@ -120,8 +120,7 @@ class Ticker {
 
 export class ListenerWatcher {
   private watching = false;
-  /** Looks at the kernel so far (diagnostics, tests). */
-  looks = 0;
+  private lookCount = 0;
   private last: number[] = [];
   /** Room for this many records; grown when the namespace has more listeners. */
   private buf = Buffer.alloc(64 * LISTENER_BYTES);
@@ -163,7 +162,7 @@ export class ListenerWatcher {
   // Asks the kernel; the records are in this.buf; returns how many.
   private look(): number {
     if (this.fd < 0) throw new Error(`listener watcher for ${this.netnsPath} is closed`);
-    this.looks++;
+    this.lookCount++;
     for (;;) {
       const room = this.buf.length / LISTENER_BYTES;
       const n = native().diagListeners(this.fd, this.buf, room);
@@ -178,6 +177,11 @@ export class ListenerWatcher {
   /** The namespace's listening TCP ports now, sorted. */
   ports(): number[] {
     return sortedPorts(this.listeners().map((l) => l.port));
+  }
+
+  /** How often this watcher has asked the kernel so far (diagnostics, tests). */
+  get looks(): number {
+    return this.lookCount;
   }
 
   /** The ports as of the last look. */
