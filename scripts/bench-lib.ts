@@ -3,8 +3,6 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { parseCpuList } from '../src/common/cpulist';
-import { cgroupDir } from '../src/dpu/paths';
 
 /** `--name VALUE` from the command line, else `fallback`. */
 export function arg(name: string, fallback: string): string {
@@ -199,13 +197,4 @@ export function threadRunSeconds(pid: number): number {
   } catch {
     return 0;
   }
-}
-
-/** The emulated DPU's CPUs (its cpuset) and the host's: every other online CPU; throws when none is left to the host. */
-export function hostAndDpuCpus(): { host: number[]; dpu: number[] } {
-  const online = parseCpuList(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8'));
-  const dpu = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8'));
-  const host = online.filter((c) => !dpu.includes(c));
-  if (host.length === 0) throw new Error(`no host CPU left: online ${online.join(',')}, DPU ${dpu.join(',')}`);
-  return { host, dpu };
 }

@@ -35,7 +35,8 @@ import { down, nodeDaemonPids, ownsPodCgroups, up } from '../src/testbed/testbed
 import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
-import { arg, cpuSecondsBetween, cpuTicks, hostAndDpuCpus, stats } from './bench-lib';
+import { hostAndDpuCpus } from '../src/dpu/cgroup';
+import { arg, cpuSecondsBetween, cpuTicks, stats } from './bench-lib';
 
 const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];

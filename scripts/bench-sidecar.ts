@@ -103,6 +103,7 @@ import * as path from 'node:path';
 import { CriClient } from '../src/cri/client';
 import type { CriObject } from '../src/cri/config';
 import * as dpu from '../src/dpu/dpu';
+import { hostAndDpuCpus } from '../src/dpu/cgroup';
 import { parseCpuList } from '../src/common/cpulist';
 import { receiveThreads, ReceiveThread } from '../src/dpu/napi';
 import { cgroupDir, DPU } from '../src/dpu/paths';
@@ -121,7 +122,6 @@ import {
   cpuacctSeconds,
   cpuSecondsBetween,
   cpuTicks,
-  hostAndDpuCpus,
   median,
   processSeconds,
   reapedChildrenSeconds,

@@ -4,12 +4,22 @@
 // its cgroup.procs are exactly the processes `dpu down` must stop.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parseCpuList } from '../common/cpulist';
 import { waitFor } from '../testbed/proc';
 import { CgroupValues } from './config';
 import { cgroupDir, DPU } from './paths';
 
 export function hostCpuList(): string {
   return fs.readFileSync(path.join(DPU.cgroupRoot, 'cpuset', 'cpuset.cpus'), 'utf8').trim();
+}
+
+/** The emulated DPU's CPUs (its cpuset) and the host's: every other online CPU; throws when none is left to the host. */
+export function hostAndDpuCpus(): { host: number[]; dpu: number[] } {
+  const online = parseCpuList(fs.readFileSync('/sys/devices/system/cpu/online', 'utf8'));
+  const dpu = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8'));
+  const host = online.filter((c) => !dpu.includes(c));
+  if (host.length === 0) throw new Error(`no host CPU left: online ${online.join(',')}, DPU ${dpu.join(',')}`);
+  return { host, dpu };
 }
 
 export function cgroupsPresent(): string[] {

@@ -185,7 +185,8 @@ export function nodeDaemonPids(): number[] {
  */
 export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
   const logFd = fs.openSync(TESTBED.nodeLogFile, 'a');
-  const child = spawn(process.execPath, [...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig], {
+  const [file, ...args] = nodeDaemonArgv();
+  const child = spawn(file, args, {
     detached: true,
     stdio: ['ignore', logFd, logFd],
     cwd: TESTBED.runDir,
@@ -201,6 +202,11 @@ export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
   }, 100);
   log(`node daemon started (pid ${pid}), log ${TESTBED.nodeLogFile}`);
   return pid;
+}
+
+/** The test bed's node daemon's command line, as startNodeDaemon runs it. */
+export function nodeDaemonArgv(): string[] {
+  return [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
 }
 
 /** Stops the node daemon: SIGTERM (as systemd does), SIGKILL after 5 s. */

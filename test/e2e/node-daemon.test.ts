@@ -16,11 +16,11 @@ import { httpGet } from '../../src/testbed/http';
 import { waitFor } from '../../src/testbed/proc';
 import { processState } from '../../src/common/processes';
 import { socketAnswers } from '../../src/common/sockets';
-import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../../src/shim/install';
-import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
-import { nodeDaemonPids, startNodeDaemon, stopNodeDaemon } from '../../src/testbed/testbed';
+import { TESTBED } from '../../src/testbed/paths';
+import { nodeDaemonArgv, nodeDaemonPids, startNodeDaemon, stopNodeDaemon } from '../../src/testbed/testbed';
 import { readStats } from '../../src/xpu/window';
 import { agentPods, containerPids, memoryCgroup } from '../lib/dpu';
+import { xpuThreadNames } from '../lib/netns';
 import { testbedShims } from '../lib/shim';
 import { httpd, OWN_PID_NAMESPACE } from '../lib/split';
 import { Bed, podLeaks, containerConfig, podConfig, removeOwnPods, startBed, stopBed, waitForContainerState } from '../lib/testbed';
@@ -200,26 +200,11 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
  * parent is the caller's to kill.
  */
 async function startUnreapedNodeDaemon(): Promise<{ parent: ChildProcess; pid: number }> {
-  const argv = [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
-  const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const quoted = nodeDaemonArgv().map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
   const parent = spawn('sh', ['-c', `${quoted} >>'${TESTBED.nodeLogFile}' 2>&1 & echo $!; exec sleep 600`], { cwd: TESTBED.runDir, stdio: ['ignore', 'pipe', 'inherit'] });
   const pid = await new Promise<number>((resolve) => parent.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
   await waitFor('the node daemon to answer', 15_000, () => socketAnswers(TESTBED.nodeSocket).then((ok) => ok || undefined));
   return { parent, pid };
-}
-
-/** The names of the libxpu threads in a process (each link's host end has its own). */
-function xpuThreadNames(pid: number): string[] {
-  const names: string[] = [];
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      if (comm.startsWith('xpu-')) names.push(comm);
-    } catch {
-      // the thread is gone
-    }
-  }
-  return names.sort();
 }
 
 test('an upgrade: the old node daemon stopped and the new one started at once (inside the second a dead host end\'s heartbeat stays fresh, the old one not yet reaped), from host ends its threads pump (host_mode "sleep", the earlier default) to host ends the DPU serves; the TCP connection across the XPU link carries data on, exec works', async () => {

@@ -10,7 +10,6 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { test } from 'uvu';
@@ -18,8 +17,7 @@ import * as assert from 'uvu/assert';
 import type { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
 import { dialPortForward } from '../../src/cri/portforward';
-import { parseCpuList } from '../../src/common/cpulist';
-import { cgroupDir } from '../../src/dpu/paths';
+import { hostAndDpuCpus } from '../../src/dpu/cgroup';
 import { CLEANUP_HOOK, podWindowPath } from '../../src/netns';
 import { REPO_ROOT, TESTBED } from '../../src/testbed/paths';
 import { httpGet } from '../../src/testbed/http';
@@ -27,6 +25,7 @@ import { listProcesses, waitFor } from '../../src/testbed/proc';
 import { readStats } from '../../src/xpu/window';
 import { agentPods } from '../lib/dpu';
 import { fetchIn as fetchInContainer, httpd, OWN_PID_NAMESPACE, runContainer } from '../lib/split';
+import { parseCpuMask } from '../lib/netns';
 import { Bed, podLeaks, ownPods, podConfig, useTestBed, waitForContainerState } from '../lib/testbed';
 
 // The test bed's bridge (hp-cni0) address in the node's namespace.
@@ -98,11 +97,10 @@ test('app on the host, proxy on the DPU: one network namespace', async () => {
   // hands what it writes into the host half's xpu0 to the host's CPUs (RPS): every
   // CPU outside the DPU's cpuset.
   assert.is(readStats(podWindowPath(podId)).host.mode, 'served');
-  const dpuCpus = parseCpuList(fs.readFileSync(path.join(cgroupDir('cpuset'), 'cpuset.cpus'), 'utf8').trim());
-  const hostMask = os.cpus().reduce((m, _, cpu) => (dpuCpus.includes(cpu) ? m : m | (1n << BigInt(cpu))), 0n);
+  const hostMask = hostAndDpuCpus().host.reduce((m, cpu) => m | (1n << BigInt(cpu)), 0n);
   const rps = await cri.execSync(app, ['cat', '/sys/class/net/xpu0/queues/rx-0/rps_cpus']);
   assert.is(rps.exitCode, 0, rps.stderr.toString());
-  assert.is(BigInt(`0x${rps.stdout.toString().trim().replace(/,/g, '')}`), hostMask, `the host half's xpu0 receives on the host's CPUs (rps_cpus ${rps.stdout.toString().trim()})`);
+  assert.is(parseCpuMask(rps.stdout.toString()), hostMask, `the host half's xpu0 receives on the host's CPUs (rps_cpus ${rps.stdout.toString().trim()})`);
   // Setting it made the namespace's sysfs writable for a moment only: the container's stays read-only.
   const write = await cri.execSync(app, ['sh', '-c', 'echo 0 > /sys/class/net/xpu0/queues/rx-0/rps_cpus']);
   assert.is.not(write.exitCode, 0, "the app container's /sys is still read-only");

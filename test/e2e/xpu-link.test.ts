@@ -10,7 +10,8 @@ import * as assert from 'uvu/assert';
 import { XpuStats, XpuWindow, listWindows, readStats, removeWindow, windowPath } from '../../src/xpu/window';
 import { addAddress } from '../../src/xpu/link';
 import { writeSysctls } from '../../src/netns/exec';
-import { addNetns, canMakeNetns, delNetns, devices, listNetns, pidAlive, processesMatching } from '../lib/netns';
+import { processRunning } from '../../src/common/processes';
+import { addNetns, canMakeNetns, delNetns, devices, listNetns, parseCpuMask, processesMatching, xpuThreadNames, xpuThreads } from '../lib/netns';
 import { skip } from '../lib/skip';
 
 const root = path.resolve(__dirname, '..', '..', '..');
@@ -174,7 +175,7 @@ test('heteropod xpu link: TCP and UDP cross, stats from another process, SIGINT 
   }
   const { code } = await link.exit;
   assert.is(code, 0);
-  assert.not.ok(pidAlive(link.dpuPid), 'DPU end process gone');
+  assert.not.ok(processRunning(link.dpuPid), 'DPU end process gone');
   assertClean(link.window);
 });
 
@@ -316,28 +317,11 @@ test('a peer that stops: the link goes down, and up again when it continues', as
   });
 });
 
-/** The libxpu threads (xpu-*) of pid: tid -> name. */
-function xpuTasks(pid: number): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      if (comm.startsWith('xpu-')) out.set(tid, comm);
-    } catch {
-      // thread gone
-    }
-  }
-  return out;
-}
-
-/** The names of the libxpu threads of pid. */
-const xpuThreads = (pid: number): string[] => [...xpuTasks(pid).values()].sort();
-
 /** The CPU mask of xpu0's receive queue in ns, as sysfs gives it (hex words, commas). */
 function rpsCpus(ns: string): bigint {
   const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/sys/class/net/xpu0/queues/rx-0/rps_cpus'], { encoding: 'utf8' });
   assert.is(r.status, 0, r.stderr);
-  return BigInt(`0x${r.stdout.trim().replace(/,/g, '')}`);
+  return parseCpuMask(r.stdout);
 }
 
 test('a served host end: no pump on the host, frames cross while the host end is dead, each end restarts', async () => {
@@ -346,8 +330,8 @@ test('a served host end: no pump on the host, frames cross while the host end is
   // The DPU end on the last CPU, as the emulated DPU's cpuset puts the agent.
   const dpuCpu = cpus > 1 ? cpus - 1 : undefined;
   await withEnds('served', async (e) => {
-    assert.equal(xpuThreads(e.host.pid!), ['xpu-monitor'], 'the host end runs no pump');
-    assert.equal(xpuThreads(e.dpu.pid!), ['xpu-monitor', 'xpu-ring2tap', 'xpu-served', 'xpu-tap2ring']);
+    assert.equal(xpuThreadNames(e.host.pid!), ['xpu-monitor'], 'the host end runs no pump');
+    assert.equal(xpuThreadNames(e.dpu.pid!), ['xpu-monitor', 'xpu-ring2tap', 'xpu-served', 'xpu-tap2ring']);
     if (dpuCpu !== undefined) {
       // What the DPU end writes into the host's device is received on the other CPUs.
       const others = ((1n << BigInt(cpus)) - 1n) & ~(1n << BigInt(dpuCpu));
@@ -391,7 +375,7 @@ test('a served host end: no pump on the host, frames cross while the host end is
 /** ns on a CPU so far of the libxpu threads (xpu-*) of pid, from their schedstat. */
 function pumpCpuNs(pid: number): number {
   let ns = 0;
-  for (const tid of xpuTasks(pid).keys()) {
+  for (const tid of xpuThreads(pid).keys()) {
     try {
       ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
     } catch {

@@ -54,12 +54,22 @@ export function processesMatching(needle: string): number[] {
   return pids;
 }
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/\) Z /.test(stat);
-  } catch {
-    return false;
+/** The libxpu threads (xpu-*) of a process: tid -> name. */
+export function xpuThreads(pid: number): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const comm = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      if (comm.startsWith('xpu-')) out.set(tid, comm);
+    } catch {
+      // the thread is gone
+    }
   }
+  return out;
 }
+
+/** The names of a process's libxpu threads, sorted (each link's end has its own). */
+export const xpuThreadNames = (pid: number): string[] => [...xpuThreads(pid).values()].sort();
+
+/** A CPU mask as sysfs prints it (hex words, the highest first, commas between). */
+export const parseCpuMask = (text: string): bigint => BigInt(`0x${text.trim().replace(/,/g, '')}`);
