@@ -1,5 +1,5 @@
 // heteropod-dpu-agent: runs on the DPU (emulated or real) and serves the shim's
-// calls over gRPC with mutual TLS. Stops cleanly on SIGTERM / SIGINT.
+// calls over ttrpc with mutual TLS. Stops cleanly on SIGTERM / SIGINT.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
@@ -40,7 +40,7 @@ function cgroupParent(): string {
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('heteropod-dpu-agent')
-    .description('HeteroPod DPU agent: the shim\'s API on the DPU, gRPC over mutual TLS')
+    .description('HeteroPod DPU agent: the shim\'s API on the DPU, ttrpc over mutual TLS')
     .version(AGENT_VERSION)
     .option('--listen <host:port>', 'address to serve on', `${AGENT_DEFAULTS.address}:${AGENT_DEFAULTS.port}`)
     .option('--tls-dir <dir>', 'directory with ca.crt, agent.crt and agent.key', AGENT_DEFAULTS.tlsDir)

@@ -1,4 +1,4 @@
-// The DPU agent's API as a plain interface, apart from gRPC: the server (server.ts)
+// The DPU agent's API as a plain interface, apart from the wire: the server (server.ts)
 // adapts it to the wire, tests can call it directly, and later groups (layer cache,
 // pod halves, task calls) become further interfaces the server registers the same way.
 import type { CapacityResponse, HealthResponse } from '../agentapi/proto';

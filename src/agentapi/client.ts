@@ -1,14 +1,17 @@
-// The shim's side of the management link: a DpuAgent client over mutual TLS.
+// The shim's side of the management link: a DpuAgent client, ttrpc over mutual
+// TLS. One connection, made on first use and again on the first call after it
+// breaks; every call and stream of the node daemon shares it.
 // Every failure leaves as a DpuAgentError saying which of three things went wrong:
 //   unreachable - nothing answers at the address (agent down, link down, timeout)
 //   tls         - the TLS handshake failed: our certificate was refused, or the
 //                 agent's certificate is not from our CA / not for that address
 //   call        - the agent answered with an error status
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as tls from 'node:tls';
-import * as grpc from '@grpc/grpc-js';
 import { Code, RpcError } from '../common/status';
-import { CapacityResponse, dpuAgentService, HealthResponse } from './proto';
+import { TtrpcClient, StreamHandle } from '../ttrpc/client';
+import { AGENT_SERVICE, agentMethod, CapacityResponse, HealthResponse } from './proto';
 
 export interface DpuAgentClientOptions {
   /** host:port of the agent, e.g. 192.168.100.2:7443 */
@@ -17,7 +20,7 @@ export interface DpuAgentClientOptions {
   /** the client certificate and key; both or neither (neither is refused by a real agent) */
   certFile?: string;
   keyFile?: string;
-  /** per-call deadline; default 5 s */
+  /** per-call deadline, and the connection's; default 5 s */
   timeoutMs?: number;
   /**
    * the name the agent's certificate must carry (a DNS SAN); default
@@ -32,9 +35,9 @@ export const AGENT_SERVER_NAME = 'heteropod-dpu-agent';
 export type DpuAgentErrorKind = 'unreachable' | 'tls' | 'call';
 
 /**
- * A failed call to the agent, as the one status type (common/status.ts), with
- * gRPC's code (gRPC's codes are its canonical codes): the agent's answer, or
- * UNAVAILABLE or DEADLINE_EXCEEDED for an agent that cannot be reached.
+ * A failed call to the agent, as the one status type (common/status.ts): the
+ * agent's answer, or UNAVAILABLE or DEADLINE_EXCEEDED for an agent that cannot be
+ * reached.
  */
 export class DpuAgentError extends RpcError {
   constructor(readonly kind: DpuAgentErrorKind, message: string, code: Code = Code.UNAVAILABLE) {
@@ -43,19 +46,16 @@ export class DpuAgentError extends RpcError {
   }
 }
 
-/** The one translation of a gRPC status into the status type: the same canonical numbers. */
-export const fromGrpc = (code: grpc.status): Code => code as unknown as Code;
+// What a TLS failure looks like in Node's errors: OpenSSL's codes (ERR_SSL_*),
+// Node's own (ERR_TLS_*), and certificate checks (their codes name the certificate).
+const TLS_FAILURE = /certificate|ssl|tls|alert|handshake|self.signed|unable to (verify|get)|altname|hostname/i;
+const NETWORK_CODES = /^(ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ECONNRESET|EADDRNOTAVAIL|EPIPE)$/;
 
-const TLS_FAILURE = /certificate|ssl|tls|alert|handshake|self.signed|unable to (verify|get)|ERR_SSL|altname|hostname/i;
-
-/** Which kind a failed call is; exported for tests. */
-export function classify(address: string, err: grpc.ServiceError): DpuAgentError {
-  const details = err.details || err.message;
-  if (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) {
-    if (TLS_FAILURE.test(details)) return new DpuAgentError('tls', `TLS with the DPU agent at ${address} failed (certificate refused or not trusted): ${details}`, fromGrpc(err.code));
-    return new DpuAgentError('unreachable', `DPU agent at ${address} unreachable: ${details}`, fromGrpc(err.code));
-  }
-  return new DpuAgentError('call', `DPU agent at ${address}: ${grpc.status[err.code] ?? err.code}: ${details}`, fromGrpc(err.code));
+/** Whether a socket's error is TLS's (a refused or untrusted certificate), not the network's; exported for tests. */
+export function isTlsFailure(err: NodeJS.ErrnoException): boolean {
+  const code = err.code ?? '';
+  if (NETWORK_CODES.test(code)) return false;
+  return /^ERR_(SSL|TLS)_/.test(code) || /CERT|SIGNATURE|ISSUER/.test(code) || TLS_FAILURE.test(err.message);
 }
 
 /**
@@ -72,8 +72,6 @@ export function assertManagementLink(address: string, sysClassNet = '/sys/class/
   }
 }
 
-type Unary<Res> = (req: object, meta: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => void;
-
 interface TlsMaterial {
   ca: Buffer;
   cert?: Buffer;
@@ -81,49 +79,138 @@ interface TlsMaterial {
   serverName: string;
 }
 
-/**
- * grpc-js reports a refused handshake as a bare "failed to connect" (with TLS 1.3
- * the server's refusal of our certificate even arrives after the client thinks
- * the handshake is done). When a call fails UNAVAILABLE, one plain TLS handshake
- * with the same material tells the two apart: the error it gets, if any.
- */
-function probeTls(address: string, m: TlsMaterial, timeoutMs: number): Promise<{ kind: 'tls' | 'unreachable'; why: string } | undefined> {
-  const idx = address.lastIndexOf(':');
-  const host = address.slice(0, idx).replace(/^\[|\]$/g, '');
-  const port = Number(address.slice(idx + 1));
-  return new Promise((resolve) => {
-    let settled = false;
-    const done = (v: { kind: 'tls' | 'unreachable'; why: string } | undefined) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(v);
-    };
-    const socket = tls.connect({ host, port, ca: m.ca, cert: m.cert, key: m.key, servername: m.serverName, ALPNProtocols: ['h2'] });
-    let secure = false;
-    socket.on('secureConnect', () => {
-      secure = true;
-      // The server's verdict on our certificate comes as an alert after this point (TLS 1.3).
-      setTimeout(() => done(undefined), Math.min(1000, timeoutMs));
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      const network = !secure && /^(ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ECONNRESET|EADDRNOTAVAIL)$/.test(err.code ?? '');
-      done({ kind: network ? 'unreachable' : 'tls', why: err.message });
-    });
-    socket.on('close', () => done(secure ? { kind: 'tls', why: 'the agent closed the connection after the handshake' } : undefined));
-    const timer = setTimeout(() => done({ kind: 'unreachable', why: `no answer within ${timeoutMs} ms` }), timeoutMs);
-  });
-}
-
 /** How long a healthy answer of the agent stands. */
 export const HEALTH_FRESH_MS = 5000;
 
+// After a connection attempt fails, calls within this long fail with its error
+// instead of each trying again (pods' streams retry every 500 ms).
+const RECONNECT_MS = 200;
+
+/**
+ * A server stream (Output, Events, WatchPorts) as its users read it: 'data' with
+ * each message; at the end 'status' ({ code, details }), preceded by 'error' (a
+ * DpuAgentError) when not OK and followed by 'end' when OK, once every message
+ * held back by pause() is out. Nothing is emitted after cancel().
+ */
+export class AgentReadStream<T> extends EventEmitter {
+  private held: T[] = [];
+  private paused = false;
+  private ended: { err: DpuAgentError | null } | null = null;
+  private cancelled = false;
+  private handle: StreamHandle | null = null;
+
+  /** @internal the client's: where the stream went once the connection was there */
+  attach(handle: StreamHandle): void {
+    if (this.cancelled) handle.cancel();
+    else this.handle = handle;
+  }
+
+  /** @internal */
+  push(message: T): void {
+    if (this.cancelled) return;
+    if (this.paused || this.held.length) this.held.push(message);
+    else this.emit('data', message);
+  }
+
+  /** @internal */
+  finish(err: DpuAgentError | null): void {
+    if (this.cancelled || this.ended) return;
+    this.ended = { err };
+    this.flush();
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.flush();
+  }
+
+  /** Ends the call on the agent too; nothing more is emitted. */
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.held = [];
+    this.handle?.cancel();
+  }
+
+  private flush(): void {
+    while (!this.paused && this.held.length && !this.cancelled) this.emit('data', this.held.shift()!);
+    if (this.paused || this.held.length || !this.ended || this.cancelled) return;
+    const { err } = this.ended;
+    this.cancelled = true; // ended: once
+    if (err) {
+      this.emit('error', err);
+      this.emit('status', { code: err.code, details: err.message });
+    } else {
+      this.emit('status', { code: Code.OK, details: '' });
+      this.emit('end');
+    }
+  }
+}
+
+/** A client stream (PutLayer, Input): write() and end(), 'drain' when a full connection has room again. */
+export class AgentWriteStream<T> extends EventEmitter {
+  private queue: T[] = [];
+  private handle: StreamHandle | null = null;
+  private ending = false;
+  private cancelled = false;
+
+  constructor(private readonly encode: (m: T) => Uint8Array) {
+    super();
+  }
+
+  /** @internal */
+  attach(handle: StreamHandle): void {
+    if (this.cancelled) return handle.cancel();
+    this.handle = handle;
+    const queued = this.queue;
+    this.queue = [];
+    for (const m of queued) handle.send(this.encode(m));
+    if (this.ending) handle.close();
+  }
+
+  /** false: wait for 'drain' before the next. */
+  write(message: T): boolean {
+    if (this.cancelled || this.ending) return false;
+    if (!this.handle) {
+      this.queue.push(message);
+      return true;
+    }
+    return this.handle.send(this.encode(message));
+  }
+
+  end(): void {
+    if (this.ending || this.cancelled) return;
+    this.ending = true;
+    this.handle?.close();
+  }
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.queue = [];
+    this.handle?.cancel();
+  }
+}
+
 export class DpuAgentClient {
   private healthy: { at: number; answer: Promise<HealthResponse> } | null = null;
+  private connection: Promise<TtrpcClient> | null = null;
+  private failed: { at: number; err: DpuAgentError } | null = null;
+  // The last error of the current connection's socket: a TLS alert after the handshake
+  // (the agent refusing our certificate, TLS 1.3) arrives as one, failing the calls in flight.
+  private socketError: NodeJS.ErrnoException | null = null;
+  // Whether the current connection has carried any answer. An agent that refuses
+  // our certificate closes the connection after the handshake without a word
+  // (Node's TLS server checks the certificate once the handshake is done).
+  private answered = false;
+  private closed = false;
+  private readonly drains = new Set<() => void>();
 
   private constructor(
-    private readonly client: grpc.Client,
     readonly address: string,
     private readonly timeoutMs: number,
     private readonly material: TlsMaterial,
@@ -145,61 +232,81 @@ export class DpuAgentClient {
       cert: opts.certFile ? read('client certificate', opts.certFile) : undefined,
       serverName: opts.serverName ?? AGENT_SERVER_NAME,
     };
-    const creds = grpc.credentials.createSsl(material.ca, material.key ?? null, material.cert ?? null);
-    const Ctor = dpuAgentService();
-    const client = new Ctor(opts.address, creds, {
-      // The management link is direct: never through an HTTP proxy from the environment.
-      'grpc.enable_http_proxy': 0,
-      // Fail fast and retry per call rather than back off for minutes.
-      'grpc.initial_reconnect_backoff_ms': 200,
-      'grpc.max_reconnect_backoff_ms': 2000,
-      'grpc.ssl_target_name_override': material.serverName,
-      'grpc.default_authority': material.serverName,
-    });
-    return new DpuAgentClient(client, opts.address, opts.timeoutMs ?? 5000, material);
+    return new DpuAgentClient(opts.address, opts.timeoutMs ?? 5000, material);
   }
 
   /**
    * One unary call. `timeoutMs` null: no deadline (Wait lasts as long as the
    * process); `signal` cancels the call.
    */
-  call<Res>(method: string, request: object = {}, opts: { timeoutMs?: number | null; signal?: AbortSignal } = {}): Promise<Res> {
-    const fn = (this.client as unknown as Record<string, Unary<Res>>)[method].bind(this.client);
+  async call<Res>(method: string, request: object = {}, opts: { timeoutMs?: number | null; signal?: AbortSignal } = {}): Promise<Res> {
+    const m = agentMethod(method);
     const timeoutMs = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
-    return new Promise((resolve, reject) => {
-      const callOpts: grpc.CallOptions = timeoutMs === null ? {} : { deadline: Date.now() + timeoutMs };
-      const call = (fn as unknown as (req: object, meta: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientUnaryCall)(
-        request,
-        new grpc.Metadata(),
-        callOpts,
-        (err, res) => {
-          opts.signal?.removeEventListener('abort', cancel);
-          if (!err) return resolve(res as Res);
-          const first = classify(this.address, err);
-          if (first.kind === 'call') return reject(first);
-          probeTls(this.address, this.material, Math.min(this.timeoutMs, 3000)).then((probe) => {
-            if (!probe) return reject(first);
-            reject(probe.kind === 'tls'
-              ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${probe.why}`, fromGrpc(err.code))
-              : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${probe.why}`, fromGrpc(err.code)));
-          });
-        },
-      );
-      const cancel = () => call.cancel();
-      opts.signal?.addEventListener('abort', cancel, { once: true });
-    });
+    const payload = m.encodeRequest(request);
+    const started = Date.now();
+    const client = await this.client(timeoutMs === null ? this.timeoutMs : Math.min(timeoutMs, this.timeoutMs));
+    const left = timeoutMs === null ? undefined : Math.max(1, timeoutMs - (Date.now() - started));
+    try {
+      return m.decodeResponse(await client.call(AGENT_SERVICE, method, payload, { timeoutMs: left, signal: opts.signal })) as Res;
+    } catch (err) {
+      throw this.classify(err as Error, method);
+    }
   }
 
-  /** A server-streamed call (Output, Events); no deadline. */
-  serverStream<Res>(method: string, request: object): grpc.ClientReadableStream<Res> {
-    const fn = (this.client as unknown as Record<string, (req: object) => grpc.ClientReadableStream<Res>>)[method].bind(this.client);
-    return fn(request);
+  /** A server-streamed call (Output, Events, WatchPorts); no deadline. */
+  serverStream<Res>(method: string, request: object): AgentReadStream<Res> {
+    const m = agentMethod(method);
+    const stream = new AgentReadStream<Res>();
+    const payload = m.encodeRequest(request);
+    this.client(this.timeoutMs).then(
+      (client) => {
+        stream.attach(client.openStream(AGENT_SERVICE, method, payload, {
+          data: (p) => {
+            let message: Res;
+            try {
+              message = m.decodeResponse(p) as Res;
+            } catch (err) {
+              return stream.finish(new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: malformed message: ${(err as Error).message}`, Code.INTERNAL));
+            }
+            stream.push(message);
+          },
+          end: (err) => stream.finish(err ? this.classify(err, method) : null),
+        }));
+      },
+      (err: DpuAgentError) => stream.finish(err),
+    );
+    return stream;
   }
 
   /** A client-streamed call (Input, PutLayer); the callback gets the one answer, errors classified. */
-  clientStream<Req, Res>(method: string, done: (err: DpuAgentError | null, res?: Res) => void): grpc.ClientWritableStream<Req> {
-    const fn = (this.client as unknown as Record<string, (cb: (err: grpc.ServiceError | null, res?: Res) => void) => grpc.ClientWritableStream<Req>>)[method].bind(this.client);
-    return fn((err, res) => done(err ? classify(this.address, err) : null, res));
+  clientStream<Req, Res>(method: string, done: (err: DpuAgentError | null, res?: Res) => void): AgentWriteStream<Req> {
+    const m = agentMethod(method);
+    const stream = new AgentWriteStream<Req>((msg) => m.encodeRequest(msg as object));
+    const drain = () => stream.emit('drain');
+    this.drains.add(drain);
+    const finish = (err: DpuAgentError | null, res?: Res) => {
+      this.drains.delete(drain);
+      done(err, res);
+    };
+    this.client(this.timeoutMs).then(
+      (client) => {
+        stream.attach(client.openStream(AGENT_SERVICE, method, new Uint8Array(0), {
+          data: () => undefined,
+          end: (err, p) => {
+            if (err) return finish(this.classify(err, method));
+            let res: Res;
+            try {
+              res = m.decodeResponse(p) as Res;
+            } catch (e) {
+              return finish(new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: malformed answer: ${(e as Error).message}`, Code.INTERNAL));
+            }
+            finish(null, res);
+          },
+        }));
+      },
+      (err: DpuAgentError) => finish(err),
+    );
+    return stream;
   }
 
   /**
@@ -225,6 +332,79 @@ export class DpuAgentClient {
   }
 
   close(): void {
-    this.client.close();
+    this.closed = true;
+    const connection = this.connection;
+    this.connection = null;
+    connection?.then((c) => c.close(), () => undefined);
+  }
+
+  // The connection, made if there is none (or the last one broke).
+  private client(timeoutMs: number): Promise<TtrpcClient> {
+    if (this.closed) return Promise.reject(new DpuAgentError('unreachable', `DPU agent at ${this.address}: the client is closed`));
+    if (this.connection) return this.connection;
+    if (this.failed && Date.now() - this.failed.at < RECONNECT_MS) return Promise.reject(this.failed.err);
+    const connection = this.dial(timeoutMs);
+    this.connection = connection;
+    connection.then(
+      (c) => {
+        this.failed = null;
+        c.on('drain', () => this.drains.forEach((fn) => fn()));
+        c.once('close', () => {
+          if (this.connection === connection) this.connection = null;
+        });
+      },
+      (err: DpuAgentError) => {
+        if (this.connection === connection) this.connection = null;
+        this.failed = { at: Date.now(), err };
+      },
+    );
+    return connection;
+  }
+
+  private dial(timeoutMs: number): Promise<TtrpcClient> {
+    const idx = this.address.lastIndexOf(':');
+    const host = this.address.slice(0, idx).replace(/^\[|\]$/g, '');
+    const port = Number(this.address.slice(idx + 1));
+    const m = this.material;
+    return new Promise((resolve, reject) => {
+      const socket = tls.connect({ host, port, ca: m.ca, cert: m.cert, key: m.key, servername: m.serverName });
+      socket.setNoDelay(true);
+      // A DPU that stops answering (power, PCIe) is found by TCP, not by a call that waits for ever.
+      socket.setKeepAlive(true, 5000);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: no answer within ${timeoutMs} ms`, Code.DEADLINE_EXCEEDED));
+      }, timeoutMs);
+      socket.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(isTlsFailure(err)
+          ? new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} failed (certificate refused or not trusted): ${err.message}`)
+          : new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${err.message}`));
+      });
+      socket.once('secureConnect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        this.socketError = null;
+        this.answered = false;
+        socket.on('error', (err: NodeJS.ErrnoException) => (this.socketError = err));
+        socket.once('data', () => (this.answered = true));
+        resolve(TtrpcClient.over(socket));
+      });
+    });
+  }
+
+  // A call's failure as one of the three kinds.
+  private classify(err: Error, method: string): DpuAgentError {
+    if (err instanceof DpuAgentError) return err;
+    if (err instanceof RpcError) {
+      if (err.code === Code.DEADLINE_EXCEEDED) return new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${method}: ${err.message}`, err.code);
+      // The agent's answer, or a local cancel; not the connection closing under the call.
+      const connectionLost = err.code === Code.UNAVAILABLE && err.message.startsWith('ttrpc: ');
+      if (!connectionLost) return new DpuAgentError('call', `DPU agent at ${this.address}: ${Code[err.code] ?? err.code}: ${err.message}`, err.code);
+    }
+    const cause = this.socketError;
+    if (cause && isTlsFailure(cause)) return new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${cause.message}`);
+    if (!this.answered) return new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: it closed the connection after the handshake, before any answer (our certificate not accepted)`);
+    return new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${method}: ${(cause ?? err).message}`);
   }
 }

@@ -1,16 +1,70 @@
 // Loads the agent API (cri-proto/heteropod/agent/v1/agent.proto) at run time, for
 // both the agent and its client; no generated code. The TypeScript shapes below
-// mirror the .proto and are the one place to change when it grows.
+// mirror the .proto and are the one place to change when it grows. The calls go
+// over ttrpc (src/ttrpc) on a mutually authenticated TLS connection: each method's
+// messages are encoded here, the envelope and frames there.
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import * as protobuf from 'protobufjs';
 
 export const AGENT_PROTO = path.resolve(__dirname, '../../../cri-proto/heteropod/agent/v1/agent.proto');
 export const AGENT_SERVICE = 'heteropod.agent.v1.DpuAgent';
 
-// keepCase: fields keep the .proto's snake_case names on the wire and in code.
-// longs: Number is exact for memory sizes below 2^53 bytes.
-const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+// Fields keep the .proto's snake_case names in code; longs are Numbers (exact for
+// memory sizes below 2^53 bytes); enums are their names; unset fields read as
+// their defaults.
+const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true, oneofs: true };
+
+/** One method of the agent: its kind and its messages' codecs. */
+export interface AgentMethod {
+  name: string;
+  /** unary, server-streaming (Output, Events, WatchPorts), client-streaming (PutLayer, Input) */
+  kind: 'unary' | 'server' | 'client';
+  encodeRequest(message: object): Uint8Array;
+  decodeRequest(bytes: Uint8Array): any;
+  encodeResponse(message: object): Uint8Array;
+  decodeResponse(bytes: Uint8Array): any;
+}
+
+function codec(type: protobuf.Type): { encode(m: object): Uint8Array; decode(b: Uint8Array): unknown } {
+  return {
+    encode: (m) => type.encode(type.fromObject(m)).finish(),
+    decode: (b) => type.toObject(type.decode(b), TO_OBJECT),
+  };
+}
+
+let methods: Map<string, AgentMethod> | undefined;
+
+/** The agent's methods by name, read from the .proto once. */
+export function agentMethods(): Map<string, AgentMethod> {
+  if (!methods) {
+    const root = new protobuf.Root();
+    root.loadSync(AGENT_PROTO, { keepCase: true });
+    root.resolveAll();
+    const service = root.lookupService(AGENT_SERVICE);
+    methods = new Map();
+    for (const m of service.methodsArray) {
+      if (m.requestStream && m.responseStream) throw new Error(`${AGENT_SERVICE}.${m.name}: a stream both ways is not supported`);
+      const req = codec(m.resolvedRequestType!);
+      const res = codec(m.resolvedResponseType!);
+      methods.set(m.name, {
+        name: m.name,
+        kind: m.requestStream ? 'client' : m.responseStream ? 'server' : 'unary',
+        encodeRequest: req.encode,
+        decodeRequest: req.decode,
+        encodeResponse: res.encode,
+        decodeResponse: res.decode,
+      });
+    }
+  }
+  return methods;
+}
+
+/** One method of the agent, or an error naming it. */
+export function agentMethod(name: string): AgentMethod {
+  const m = agentMethods().get(name);
+  if (!m) throw new Error(`${AGENT_SERVICE} has no method ${name}`);
+  return m;
+}
 
 export interface HealthResponse {
   ok: boolean;
@@ -26,18 +80,6 @@ export interface CapacityResponse {
   memory_total_bytes: number;
   memory_free_bytes: number;
   running_containers: number;
-}
-
-let service: grpc.ServiceClientConstructor | undefined;
-
-export function dpuAgentService(): grpc.ServiceClientConstructor {
-  if (!service) {
-    const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(AGENT_PROTO, LOADER_OPTIONS)) as unknown as {
-      heteropod: { agent: { v1: { DpuAgent: grpc.ServiceClientConstructor } } };
-    };
-    service = pkg.heteropod.agent.v1.DpuAgent;
-  }
-  return service;
 }
 
 export interface CreatePodRequest {

@@ -1,7 +1,7 @@
 // Keys and certificates for the management link, made with openssl at `dpu up`:
 // a CA, the agent's server certificate (SAN = the DPU's address) and the shim's
 // client certificate. The agent trusts only this CA for clients, and the shim
-// only this CA for the agent. P-256 keys: small, fast and what grpc-js accepts.
+// only this CA for the agent. P-256 keys: small and fast.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';

@@ -37,7 +37,7 @@ export async function deleteOnDpu(config: ShimConfig, group: string, taskId: str
   }
   if (!onDpu && !isSandbox) return null;
   const d = config.dpu;
-  // Loaded only here: every other pod's `delete` is spared gRPC's start-up.
+  // Loaded only here: every other pod's `delete` is spared loading the agent API (protobufjs and the .proto).
   const { DpuAgentClient } = require('../agentapi/client') as typeof import('../agentapi/client');
   // containerd allows a `delete` 5 s in all.
   const client = DpuAgentClient.connect({ address: d.address, caFile: d.ca, certFile: d.cert, keyFile: d.key, timeoutMs: 1500 });

@@ -1,5 +1,5 @@
 // Offloaded containers: the Runtime that runs a pod's containers on the DPU
-// through the DPU agent (gRPC, mutual TLS, over the management link).
+// through the DPU agent (ttrpc, mutual TLS, over the management link).
 //
 // What crosses for each call:
 //   Create  - the spec, copies of the bind-mounted files, the rootfs layers by
@@ -25,8 +25,7 @@
 // The pod's split network (SplitLink below): the host half in this process, the
 // DPU half in the agent, and their listening ports exchanged both ways.
 import { Readable } from 'node:stream';
-import type * as grpc from '@grpc/grpc-js';
-import { DpuAgentClient, DpuAgentError } from '../agentapi/client';
+import { AgentReadStream, DpuAgentClient, DpuAgentError } from '../agentapi/client';
 import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage, TaskReply } from '../agentapi/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
 import { MessageWriter, readFields, replaceField, str, bool, uint } from '../proto/wire';
@@ -107,7 +106,7 @@ class SplitLink {
   private dpuOpen = false;
   // The DPU half's listening ports, as its open reported them.
   private dpuPorts: number[] = [];
-  private watch: grpc.ClientReadableStream<ListeningPorts> | null = null;
+  private watch: AgentReadStream<ListeningPorts> | null = null;
   private outage = false;
   private closed = false;
 
@@ -291,7 +290,7 @@ export class DpuAgentRuntime implements Runtime {
   // its termination message goes to (the spec's termination-log mount's source).
   private readonly mountWatches = new Map<string, MountWatch>();
   private readonly terminationLogs = new Map<string, string>();
-  private events: grpc.ClientReadableStream<TaskEventMessage> | null = null;
+  private events: AgentReadStream<TaskEventMessage> | null = null;
   private lastEvent = 0;
   private stopped = false;
   private link: SplitLink | null = null;

@@ -13,8 +13,7 @@
 // CloseIO ends input: what was read goes first, then the agent closes the DPU side.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import type * as grpc from '@grpc/grpc-js';
-import { DpuAgentClient, fromGrpc } from '../agentapi/client';
+import type { AgentReadStream, AgentWriteStream, DpuAgentClient, DpuAgentError } from '../agentapi/client';
 import { Code } from '../common/status';
 import type { InputChunk, OutputChunkMessage } from '../agentapi/proto';
 import type { Logger } from '../common/log';
@@ -42,9 +41,9 @@ export class HostStdio {
   // `ended`: the DPU side ended; `flushed`: everything is in containerd's fifo.
   private readonly writers: Partial<Record<'STDOUT' | 'STDERR', { socket: net.Socket; keep: number; ended: boolean; flushed: boolean }>> = {};
   private stdin: net.Socket | null = null;
-  private input: grpc.ClientWritableStream<InputChunk> | null = null;
+  private input: AgentWriteStream<InputChunk> | null = null;
   private inputDone: Promise<void> = Promise.resolve();
-  private output: grpc.ClientReadableStream<OutputChunkMessage> | null = null;
+  private output: AgentReadStream<OutputChunkMessage> | null = null;
   private closed = false;
   // Output chunks: the last received, the last acknowledged to the agent, the last to acknowledge.
   private generation = 0;
@@ -107,22 +106,20 @@ export class HostStdio {
       if (chunk.eof) this.endWriter(w, () => this.written(seq));
       else if (!chunk.data.length) this.written(seq);
     });
-    // A stream ends well only with status OK; after an error grpc-js may still
-    // emit 'end', which must not end containerd's fifos. grpc-js emits 'status' as
-    // soon as the call ends, while chunks held back by a pause (containerd reading
-    // slowly) are still buffered: containerd's fifos end only after 'end', which
-    // comes once those are delivered.
+    // A stream ends well only with status OK: containerd's fifos end only after
+    // 'end', which comes once chunks held back by a pause (containerd reading
+    // slowly) are delivered. A stream that fails must not end them.
     let ok = false;
-    stream.on('status', (status: grpc.StatusObject) => {
-      ok = fromGrpc(status.code) === Code.OK;
+    stream.on('status', (status: { code: Code }) => {
+      ok = status.code === Code.OK;
     });
     stream.on('end', () => {
       if (ok && this.output === stream) this.endAll();
     });
-    stream.on('error', (err: grpc.ServiceError) => {
+    stream.on('error', (err: DpuAgentError) => {
       if (this.closed) return;
       // NOT_FOUND: the agent has no such process (any more); nothing more will come.
-      if (fromGrpc(err.code) === Code.NOT_FOUND) {
+      if (err.code === Code.NOT_FOUND) {
         this.endAll();
         return;
       }

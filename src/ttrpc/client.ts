@@ -1,8 +1,11 @@
-// A ttrpc client on a unix socket: one connection, calls multiplexed on odd stream
-// ids increasing by two; responses may come back in any order.
+// A ttrpc client on a unix socket, or on a connected socket handed to over() (the
+// DPU agent's, over mutual TLS): one connection, calls multiplexed on odd stream
+// ids increasing by two; responses may come back in any order. Streams (ttrpc
+// 1.2) are opened `remote open`: the client may send data, and closing its side
+// is how it ends a client stream or cancels a server stream (server.ts).
 import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
-import { FrameDecoder, FrameType, encodeFrame } from './frame';
+import { FrameDecoder, FrameFlags, FrameType, encodeFrame } from './frame';
 import { decodeResponse, encodeRequest, KeyValue, NAMESPACE_KEY } from './messages';
 import { Code, RpcError, fromStatus } from '../common/status';
 
@@ -15,6 +18,24 @@ export interface CallOptions {
 interface Pending {
   resolve: (payload: Buffer) => void;
   reject: (err: Error) => void;
+  // A stream's messages (data frames) before its end.
+  data?: (payload: Buffer) => void;
+}
+
+/** What a stream's opener gets: sending on it, and its end. */
+export interface StreamHandlers {
+  data(payload: Buffer): void;
+  /** Once: null for OK (the server's response, or its data frame `remote closed`); else an RpcError with the server's status, or the connection's error. */
+  end(err: Error | null, payload: Buffer): void;
+}
+
+export interface StreamHandle {
+  /** One message as a data frame; false: the socket is full (the client emits 'drain'). */
+  send(payload: Uint8Array): boolean;
+  /** Closes the client's side: the end of a client stream, the cancel of a server stream. */
+  close(): void;
+  /** Closes the client's side and drops whatever still comes. */
+  cancel(): void;
 }
 
 export class TtrpcClient extends EventEmitter {
@@ -26,6 +47,7 @@ export class TtrpcClient extends EventEmitter {
   private constructor(private readonly socket: net.Socket, private readonly namespace?: string) {
     super();
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.emit('drain'));
     socket.on('error', (err) => this.fail(RpcError.wrap(err, 'ttrpc connection')));
     socket.on('close', () => this.fail(new RpcError(Code.UNAVAILABLE, 'ttrpc: connection closed')));
   }
@@ -45,6 +67,11 @@ export class TtrpcClient extends EventEmitter {
         resolve(new TtrpcClient(socket, opts.namespace));
       });
     });
+  }
+
+  /** A client on a socket already connected (and, for TLS, past its handshake). */
+  static over(socket: net.Socket, opts: { namespace?: string } = {}): TtrpcClient {
+    return new TtrpcClient(socket, opts.namespace);
   }
 
   get closed(): boolean {
@@ -89,6 +116,54 @@ export class TtrpcClient extends EventEmitter {
     });
   }
 
+  /**
+   * Opens a stream: `payload` is the request's (a server stream's argument; empty
+   * for a client stream). No deadline: streams last until ended or cancelled.
+   */
+  openStream(service: string, method: string, payload: Uint8Array, handlers: StreamHandlers, opts: { metadata?: KeyValue[] } = {}): StreamHandle {
+    const streamId = this.nextStreamId;
+    this.nextStreamId = (this.nextStreamId + 2) >>> 0 || 1;
+    let localClosed = false;
+    let dropped = false;
+    const end = (err: Error | null, p: Buffer): void => {
+      if (!this.pending.delete(streamId) || dropped) return;
+      handlers.end(err, p);
+    };
+    const closeLocal = (): void => {
+      if (localClosed || this.closedError) return;
+      localClosed = true;
+      this.socket.write(encodeFrame(streamId, FrameType.Data, Buffer.alloc(0), FrameFlags.RemoteClosed | FrameFlags.NoData));
+    };
+    const handle: StreamHandle = {
+      send: (p) => {
+        if (localClosed || this.closedError) return false;
+        return this.socket.write(encodeFrame(streamId, FrameType.Data, p));
+      },
+      close: closeLocal,
+      cancel: () => {
+        closeLocal();
+        dropped = true;
+        this.pending.delete(streamId);
+      },
+    };
+    if (this.closedError) {
+      const err = this.closedError;
+      queueMicrotask(() => handlers.end(RpcError.wrap(err, `${service}.${method}`), Buffer.alloc(0)));
+      localClosed = true;
+      return handle;
+    }
+    this.pending.set(streamId, {
+      resolve: (p) => end(null, p),
+      reject: (e) => end(e, Buffer.alloc(0)),
+      data: (p) => {
+        if (!dropped) handlers.data(p);
+      },
+    });
+    const request = encodeRequest({ service, method, payload: Buffer.from(payload), timeout_nano: 0, metadata: [...(opts.metadata ?? [])] });
+    this.socket.write(encodeFrame(streamId, FrameType.Request, request, FrameFlags.RemoteOpen));
+    return handle;
+  }
+
   close(): void {
     this.socket.destroy();
   }
@@ -108,7 +183,13 @@ export class TtrpcClient extends EventEmitter {
         continue;
       }
       const p = this.pending.get(d.frame.streamId);
-      if (!p || d.frame.type !== FrameType.Response) continue;
+      if (!p) continue;
+      if (d.frame.type === FrameType.Data) {
+        if (!(d.frame.flags & FrameFlags.NoData)) p.data?.(d.frame.data);
+        if (d.frame.flags & FrameFlags.RemoteClosed) p.resolve(Buffer.alloc(0));
+        continue;
+      }
+      if (d.frame.type !== FrameType.Response) continue;
       try {
         const response = decodeResponse(d.frame.data);
         if (response.status && response.status.code !== Code.OK) p.reject(fromStatus(response.status));

@@ -2,7 +2,8 @@
 //
 // A frame is a 10-byte big-endian header — uint32 data length, uint32 stream id,
 // uint8 type, uint8 flags — followed by the data. ttrpc 1.1 (what containerd 1.6
-// speaks) uses type 1 for a request and 2 for a response, flags 0. Data longer than
+// speaks) uses type 1 for a request and 2 for a response, flags 0; ttrpc 1.2 adds
+// type 3, data on a stream, and the flags below. Data longer than
 // MAX_DATA is refused: the decoder skips it and reports the frame as oversized so
 // the connection can answer that stream with RESOURCE_EXHAUSTED and go on.
 
@@ -12,6 +13,18 @@ export const MAX_DATA = 4 << 20;
 export const enum FrameType {
   Request = 1,
   Response = 2,
+  Data = 3,
+}
+
+/**
+ * ttrpc 1.2's flags: a sender's side of a stream closed, still open, and a data
+ * frame that carries no message (only with RemoteClosed, to close; a data frame
+ * of no bytes without it is a message, an empty protobuf one).
+ */
+export const enum FrameFlags {
+  RemoteClosed = 0x1,
+  RemoteOpen = 0x2,
+  NoData = 0x4,
 }
 
 export interface Frame {

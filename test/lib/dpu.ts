@@ -22,9 +22,19 @@ export async function agentPods(): Promise<PodInfo[]> {
   }
 }
 
-/** The cgroup path (memory hierarchy) of a process, e.g. /heteropod-dpu/hp-…/<id>. */
+/**
+ * The cgroup path (memory hierarchy) of a process, e.g. /heteropod-dpu/hp-…/<id>;
+ * '' for one that has exited since it was listed (a container's short-lived children).
+ */
 export function memoryCgroup(pid: number): string {
-  const line = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l));
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  }
+  const line = text.split('\n').find((l) => /^\d+:memory:/.test(l));
   return line ? line.split(':')[2] : '';
 }
 

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { dpuAgentService, MountedFile } from '../../src/agentapi/proto';
+import { agentMethod, MountedFile } from '../../src/agentapi/proto';
 import { AgentError } from '../../src/agent/errors';
 import { EventHub } from '../../src/agent/events';
 import { readTerminationMessage, updateCopy, writeCopy } from '../../src/agent/mounted-files';
@@ -320,17 +320,20 @@ test('a pod removed while a process still runs in its runc shim\'s directory (a 
 });
 
 test('the API: UpdateFiles, and the termination message on Wait\'s answer and on the event, as the wire carries them', () => {
-  const service = dpuAgentService().service;
-  assert.ok(service.UpdateFiles, 'UpdateFiles is served');
+  const updateFiles = agentMethod('UpdateFiles');
+  assert.is(updateFiles.kind, 'unary', 'UpdateFiles is served');
   const request = { pod_id: 'pod-1', container_id: 'c1', files: [{ destination: '/etc/config', content: Buffer.from('tar'), directory: true, mode: 0o755, termination_log: false }] };
-  const update = service.UpdateFiles.requestDeserialize(service.UpdateFiles.requestSerialize(request)) as typeof request;
+  const update = updateFiles.decodeRequest(updateFiles.encodeRequest(request)) as typeof request;
   assert.equal(update, request);
-  const reply = service.Wait.responseDeserialize(service.Wait.responseSerialize({ response: Buffer.from([8, 1]), termination_message: Buffer.from('bye') })) as { termination_message: Buffer };
+  const wait = agentMethod('Wait');
+  const reply = wait.decodeResponse(wait.encodeResponse({ response: Buffer.from([8, 1]), termination_message: Buffer.from('bye') })) as { termination_message: Buffer };
   assert.is(reply.termination_message.toString(), 'bye');
   // An earlier agent's answer (no field 2) reads as an empty message.
-  const old = service.Wait.responseDeserialize(Buffer.from([0x0a, 0x02, 8, 1])) as { termination_message: Buffer };
+  const old = wait.decodeResponse(Buffer.from([0x0a, 0x02, 8, 1])) as { termination_message: Buffer };
   assert.is(old.termination_message.length, 0);
-  const event = service.Events.responseDeserialize(service.Events.responseSerialize({ sequence: 7, topic: '/tasks/exit', forward: Buffer.from('f'), termination_message: Buffer.from('msg') })) as { termination_message: Buffer };
+  const events = agentMethod('Events');
+  assert.is(events.kind, 'server');
+  const event = events.decodeResponse(events.encodeResponse({ sequence: 7, topic: '/tasks/exit', forward: Buffer.from('f'), termination_message: Buffer.from('msg') })) as { termination_message: Buffer };
   assert.is(event.termination_message.toString(), 'msg');
 });
 

@@ -1,9 +1,9 @@
 // The Runtime of offloaded containers (src/shim/dpu-runtime.ts) at its interface,
 // with a fake DPU agent standing in at the agent client's boundary: no agent, no
-// DPU, no gRPC. The fake answers unary calls from per-method handlers, keeps a
+// DPU, no connection. The fake answers unary calls from per-method handlers, keeps a
 // layer cache as the agent does (Create names the layers it lacks), and hands
 // out streams the test drives by emitting 'data', 'error' and 'status' as
-// grpc-js would. containerd's side of stdio is real fifos in a temporary directory.
+// the agent client's streams do. containerd's side of stdio is real fifos in a temporary directory.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
@@ -503,7 +503,7 @@ test('Events: CreatePod opens the stream after 0; each event is forwarded; a bro
   assert.is(seen.changes, changes + 2, 'onChange for each');
   assert.is(runtime.lastEventSequence, 2);
 
-  // The agent restarts: grpc-js emits an error and then the status.
+  // The agent restarts: the stream emits an error and then the status.
   first.emit('error', Object.assign(new Error('14 UNAVAILABLE: Connection dropped'), { code: 14 }));
   first.emit('status', { code: 14, details: 'Connection dropped', metadata: null });
   assert.is(agent.streamsOf('Events').length, 1, 'not at once');
@@ -618,7 +618,7 @@ test('shutdown: streams cancelled, RemovePod once, the shared client left open; 
   assert.equal(agent.callsOf('RemovePod').map((c) => c.request), [{ pod_id: 'pod-1' }]);
   assert.is(agent.closed, false, 'the node\'s client is not the pod\'s to close');
 
-  // A cancelled call fails CANCELLED in grpc-js: that must not reopen anything.
+  // A cancelled stream that still reports CANCELLED must not reopen anything.
   events.emit('error', Object.assign(new Error('1 CANCELLED'), { code: Code.CANCELLED }));
   output.emit('error', Object.assign(new Error('1 CANCELLED'), { code: Code.CANCELLED }));
   await sleep(RETRY_MS + 100);

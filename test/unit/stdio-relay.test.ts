@@ -1,6 +1,6 @@
 // The host end of an offloaded process's output (src/shim/stdio-relay.ts) against
 // a stand-in for the agent's Output stream, into real fifos that a slow reader
-// drains. The stand-in behaves as grpc-js does at the end of a server stream: the
+// drains. The stand-in ends a server stream the least kind way: the
 // end is pushed and 'status' emitted at once, while chunks held back by a pause
 // are still buffered. Everything must reach the fifo before its end-of-file.
 import { execFileSync } from 'node:child_process';
@@ -17,7 +17,7 @@ import { HostStdio } from '../../src/shim/stdio-relay';
 
 const log = new Logger(new StderrSink(), false, { test: 'stdio-relay' });
 
-/** A server stream that delivers `chunks`, then ends with `code` the way grpc-js does. */
+/** A server stream that delivers `chunks`, then ends with `code`, 'status' before what a pause holds back. */
 function outputStream(chunks: OutputChunkMessage[], code: number): Readable {
   const stream = new Readable({ objectMode: true, read() {} });
   setImmediate(() => {

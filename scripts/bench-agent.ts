@@ -1,0 +1,127 @@
+// What one call to the DPU agent costs the host: the node daemon's client (ttrpc
+// over mutual TLS, src/agentapi) against a gRPC baseline (grpc-js over the same
+// mutual TLS, the agent API's Health message), both served by one server process
+// as the agent serves, each client in a process with the node daemon's flags.
+// Sequential Health calls; rounds alternate between the two; medians of rounds.
+//
+//   node dist/scripts/bench-agent.js [--calls 1000] [--rounds 4]
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { arg, median } from './bench-lib';
+import { ensurePki, PkiFiles } from '../src/dpu/pki';
+import { NODE_DAEMON_FLAGS } from '../src/shim/install';
+
+type Result = { transport: string; medianMs: number; p90Ms: number; cpuMsPerCall: number };
+
+const role = process.argv[2];
+
+async function serve(pkiDir: string): Promise<void> {
+  const { startAgentServer } = await import('../src/agent/server');
+  const { DpuAgentService } = await import('../src/agent/service');
+  const grpc = await import('@grpc/grpc-js');
+  const protoLoader = await import('@grpc/proto-loader');
+  const { AGENT_PROTO } = await import('../src/agentapi/proto');
+  const api = new DpuAgentService({ version: 'bench', listenAddress: '127.0.0.1:0', resources: () => ({ cpus: [0], memoryTotalBytes: 1 << 30, memoryUsedBytes: 0 }) });
+  const files = { caFile: `${pkiDir}/ca.crt`, certFile: `${pkiDir}/agent.crt`, keyFile: `${pkiDir}/agent.key` };
+  const ttrpc = await startAgentServer('127.0.0.1:0', files, api);
+  // The baseline: the same message over gRPC.
+  const def = protoLoader.loadSync(AGENT_PROTO, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+  const svc = (grpc.loadPackageDefinition(def) as any).heteropod.agent.v1.DpuAgent.service;
+  const server = new grpc.Server();
+  server.addService(svc, { Health: (_call: unknown, cb: (e: null, r: object) => void) => void api.health().then((h) => cb(null, h)) });
+  const read = (f: string) => fs.readFileSync(f);
+  const creds = grpc.ServerCredentials.createSsl(read(files.caFile), [{ cert_chain: read(files.certFile), private_key: read(files.keyFile) }], true);
+  const grpcPort = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds, (e, p) => (e ? reject(e) : resolve(p))));
+  process.stdout.write(`${JSON.stringify({ ttrpc: ttrpc.port, grpc: grpcPort })}\n`);
+  process.stdin.resume();
+  process.stdin.on('end', () => process.exit(0));
+}
+
+async function client(pkiDir: string, transport: string, port: number, calls: number): Promise<void> {
+  let call: () => Promise<unknown>;
+  let close: () => void;
+  if (transport === 'ttrpc') {
+    const { DpuAgentClient } = await import('../src/agentapi/client');
+    const c = DpuAgentClient.connect({ address: `127.0.0.1:${port}`, caFile: `${pkiDir}/ca.crt`, certFile: `${pkiDir}/shim.crt`, keyFile: `${pkiDir}/shim.key` });
+    call = () => c.call('Health');
+    close = () => c.close();
+  } else {
+    const grpc = await import('@grpc/grpc-js');
+    const protoLoader = await import('@grpc/proto-loader');
+    const { AGENT_PROTO } = await import('../src/agentapi/proto');
+    const def = protoLoader.loadSync(AGENT_PROTO, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+    const Ctor = (grpc.loadPackageDefinition(def) as any).heteropod.agent.v1.DpuAgent;
+    const read = (f: string) => fs.readFileSync(`${pkiDir}/${f}`);
+    const c = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createSsl(read('ca.crt'), read('shim.key'), read('shim.crt')), { 'grpc.ssl_target_name_override': 'heteropod-dpu-agent', 'grpc.default_authority': 'heteropod-dpu-agent' });
+    call = () => new Promise((resolve, reject) => c.Health({}, (e: Error | null, r: unknown) => (e ? reject(e) : resolve(r))));
+    close = () => c.close();
+  }
+  for (let i = 0; i < 100; i++) await call();
+  const times: number[] = [];
+  const cpu0 = process.cpuUsage();
+  for (let i = 0; i < calls; i++) {
+    const t0 = process.hrtime.bigint();
+    await call();
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  const cpu = process.cpuUsage(cpu0);
+  close();
+  times.sort((a, b) => a - b);
+  const result: Result = { transport, medianMs: median(times), p90Ms: times[Math.floor(0.9 * times.length)], cpuMsPerCall: (cpu.user + cpu.system) / 1000 / calls };
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+function runClient(pkiDir: string, transport: string, port: number, calls: number): Result {
+  const out = execFileSync(process.execPath, [...NODE_DAEMON_FLAGS, __filename, 'client', pkiDir, transport, String(port), String(calls)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  return JSON.parse(out.trim().split('\n').pop()!) as Result;
+}
+
+async function main(): Promise<void> {
+  const calls = Number(arg('calls', '1000'));
+  const rounds = Number(arg('rounds', '4'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-bench-agent-'));
+  const p = path.join(dir, 'pki');
+  const pki: PkiFiles = { dir: p, caKey: `${p}/ca.key`, caCert: `${p}/ca.crt`, agentKey: `${p}/agent.key`, agentCert: `${p}/agent.crt`, shimKey: `${p}/shim.key`, shimCert: `${p}/shim.crt` };
+  await ensurePki(pki, '127.0.0.1');
+  const server = spawn(process.execPath, [__filename, 'serve', p], { stdio: ['pipe', 'pipe', 'inherit'] });
+  try {
+    const ports = await new Promise<{ ttrpc: number; grpc: number }>((resolve, reject) => {
+      let buf = '';
+      server.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        if (buf.includes('\n')) resolve(JSON.parse(buf.split('\n')[0]));
+      });
+      server.once('exit', (code) => reject(new Error(`the server exited (${code})`)));
+    });
+    const results: Record<string, Result[]> = { ttrpc: [], grpc: [] };
+    for (let r = 0; r < rounds; r++) {
+      for (const t of r % 2 ? ['grpc', 'ttrpc'] : ['ttrpc', 'grpc']) results[t].push(runClient(p, t, ports[t as 'ttrpc' | 'grpc'], calls));
+    }
+    const sum = (t: string) => ({
+      medianMs: median(results[t].map((x) => x.medianMs)),
+      p90Ms: median(results[t].map((x) => x.p90Ms)),
+      cpuMsPerCall: median(results[t].map((x) => x.cpuMsPerCall)),
+    });
+    const a = sum('ttrpc');
+    const b = sum('grpc');
+    console.log(`one Health call to the agent's server over mutual TLS on loopback, ${calls} calls a round, ${rounds} rounds alternating; ${new Date().toISOString().slice(0, 16)}Z`);
+    console.log('| client | latency median ms | latency p90 ms | client CPU per call ms |');
+    console.log('| --- | ---: | ---: | ---: |');
+    console.log(`| ttrpc (the node daemon's) | ${a.medianMs.toFixed(3)} | ${a.p90Ms.toFixed(3)} | ${a.cpuMsPerCall.toFixed(3)} |`);
+    console.log(`| gRPC, grpc-js (baseline) | ${b.medianMs.toFixed(3)} | ${b.p90Ms.toFixed(3)} | ${b.cpuMsPerCall.toFixed(3)} |`);
+    console.log(`ratio ttrpc/gRPC: latency ${(a.medianMs / b.medianMs).toFixed(2)}x, client CPU per call ${(a.cpuMsPerCall / b.cpuMsPerCall).toFixed(2)}x`);
+  } finally {
+    server.stdin!.end();
+    server.kill();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (role === 'serve') void serve(process.argv[3]);
+else if (role === 'client') void client(process.argv[3], process.argv[4], Number(process.argv[5]), Number(process.argv[6]));
+else main().catch((err) => {
+  console.error(`bench-agent: ${(err as Error).message}`);
+  process.exit(1);
+});
