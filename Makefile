@@ -63,10 +63,15 @@ demo: deps build
 # The offload benchmark (not a test): host vs DPU start time with the layer cache
 # warm, the cold-cache layer transfer, bytes sent for a second pod. It brings the
 # test bed up if needed (and down again), so it takes the test bed's lock.
-.PHONY: bench-offload
+.PHONY: bench-offload bench-agent
 bench: bench-offload
 bench-offload: deps build
 	flock $(TESTBED_LOCK) node dist/scripts/bench-offload.js
+
+# What one call to the DPU agent costs the node daemon: ttrpc over mutual TLS
+# against grpc-js over the same TLS (not a test; needs no test bed).
+bench-agent: deps build
+	node dist/scripts/bench-agent.js
 
 # The sidecar benchmark (not a test): HTTP load through a pod's haproxy sidecar on
 # the host and offloaded to the DPU; host CPU per request, p50/p99, DPU CPU. Same
