@@ -1,7 +1,9 @@
-// The agent's gRPC server and client on loopback, with certificates made the way
-// `dpu up` makes them: the right client is served, a client from another CA or
-// without a certificate is refused, a dead address is "unreachable", and the
-// resource parsers read cgroup files right.
+// The agent's server and client (ttrpc over mutual TLS) on loopback, with
+// certificates made the way `dpu up` makes them: the right client is served, a
+// client from another CA or without a certificate is refused, a dead address is
+// "unreachable", streams both ways carry agent.proto's messages (a server stream's
+// pause holds them back, its cancel reaches the agent), an agent that restarts is
+// dialled again, and the resource parsers read cgroup files right.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,6 +11,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
+import { AgentError, aborted, clientStream, serverStream } from '../../src/agent/errors';
+import { Code } from '../../src/common/status';
+import type { LayerChunk, TaskEventMessage } from '../../src/agentapi/proto';
 import { DpuAgentService } from '../../src/agent/service';
 import { capacityOf, effectiveMemoryLimit, parseMemTotal, parseProcCgroup } from '../../src/agent/resources';
 import { ensurePki, makeCa, makeLeaf, PkiFiles } from '../../src/dpu/pki';
@@ -137,6 +142,100 @@ test('nothing listening is unreachable', async () => {
   const err = await refusal(DpuAgentClient.connect({ address: '127.0.0.1:1', caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey, timeoutMs: 1500 }));
   assert.is(err.kind, 'unreachable', err.message);
   assert.match(err.message, 'DPU agent at 127.0.0.1:1 unreachable');
+});
+
+test('streams both ways: messages in order, pause holds them back, cancel reaches the agent, an error ends one with its code', async () => {
+  let cancelled!: () => void;
+  const agentSawCancel = new Promise<void>((resolve) => (cancelled = resolve));
+  const api = new DpuAgentService({ version: 'test', listenAddress: '127.0.0.1:0', resources: () => ({ cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: 0 }) });
+  const own = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api, {
+    Events: serverStream('Events', async (req: { pod_id: string; after: number }, out, signal) => {
+      if (req.pod_id === 'missing') throw new AgentError(Code.NOT_FOUND, 'pod missing: not found');
+      for (let i = 1; i <= 3; i++) out.write({ sequence: req.after + i, topic: '/tasks/start', forward: Buffer.from([i]) });
+      if (req.pod_id === 'ends') return;
+      await aborted(signal);
+      cancelled();
+    }),
+    PutLayer: clientStream('PutLayer', async (messages: AsyncIterable<LayerChunk>) => {
+      let digest = '';
+      let bytes = 0;
+      for await (const m of messages) {
+        digest ||= m.digest;
+        bytes += m.data.length;
+      }
+      return { digest, bytes_received: bytes, already_present: false };
+    }),
+  });
+  const c = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  try {
+    // Ends by itself: three messages, held back by a pause, then 'status' OK and 'end'.
+    const ends = c.serverStream<TaskEventMessage>('Events', { pod_id: 'ends', after: 10 });
+    ends.pause();
+    const got: number[] = [];
+    const order: string[] = [];
+    ends.on('data', (e: TaskEventMessage) => got.push(e.sequence));
+    ends.on('status', (s: { code: number }) => order.push(`status ${s.code}`));
+    const ended = new Promise<void>((resolve) => ends.on('end', () => resolve()));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(got, [], 'held back while paused');
+    ends.resume();
+    await ended;
+    assert.equal(got, [11, 12, 13]);
+    assert.equal(order, ['status 0']);
+    // Cancelled by the host: the agent's handler sees it.
+    const open = c.serverStream<TaskEventMessage>('Events', { pod_id: 'open', after: 0 });
+    const first = new Promise<void>((resolve) => open.once('data', () => resolve()));
+    await first;
+    open.cancel();
+    await agentSawCancel;
+    // An error: 'error' with the agent's code, then 'status'.
+    const missing = c.serverStream<TaskEventMessage>('Events', { pod_id: 'missing', after: 0 });
+    const err = await new Promise<DpuAgentError>((resolve) => missing.on('error', resolve));
+    assert.is(err.kind, 'call');
+    assert.is(err.code, Code.NOT_FOUND);
+    // A client stream: every chunk, then the one answer.
+    const answer = await new Promise<{ digest: string; bytes_received: number }>((resolve, reject) => {
+      const up = c.clientStream<LayerChunk, { digest: string; bytes_received: number }>('PutLayer', (e, res) => (e ? reject(e) : resolve(res!)));
+      up.write({ digest: 'sha256:abc', size: 6, data: Buffer.alloc(0) });
+      up.write({ digest: '', size: 0, data: Buffer.from('abc') });
+      up.write({ digest: '', size: 0, data: Buffer.from('def') });
+      up.end();
+    });
+    assert.equal(answer, { digest: 'sha256:abc', bytes_received: 6, already_present: false });
+  } finally {
+    c.close();
+    await own.stop();
+  }
+});
+
+test('an agent that restarts: calls in flight fail unreachable, the next call dials again', async () => {
+  const api = new DpuAgentService({ version: 'test', listenAddress: '127.0.0.1:0', resources: () => ({ cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: 0 }) });
+  const files = { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey };
+  const first = await startAgentServer('127.0.0.1:0', files, api, {
+    Events: serverStream('Events', async (_req: unknown, _out, signal) => aborted(signal)),
+  });
+  const port = first.port;
+  const c = DpuAgentClient.connect({ address: `127.0.0.1:${port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey, timeoutMs: 2000 });
+  try {
+    assert.is((await c.capacity()).cpus, 1);
+    const stream = c.serverStream<TaskEventMessage>('Events', { pod_id: 'p', after: 0 });
+    const broken = new Promise<DpuAgentError>((resolve) => stream.on('error', resolve));
+    await new Promise((r) => setTimeout(r, 50));
+    await first.stop();
+    const err = await broken;
+    assert.is(err.kind, 'unreachable', err.message);
+    const second = await startAgentServer(`127.0.0.1:${port}`, files, api);
+    try {
+      // The failed dial just now may stand for a moment (RECONNECT_MS); then it dials again.
+      let cap;
+      for (let i = 0; i < 20 && !cap; i++) cap = await c.capacity().catch(() => new Promise((r) => setTimeout(r, 50)).then(() => undefined));
+      assert.ok(cap, 'the client dialled the new agent');
+    } finally {
+      await second.stop();
+    }
+  } finally {
+    c.close();
+  }
 });
 
 test('a missing certificate file is named', () => {
