@@ -158,7 +158,11 @@ export class AgentWriteStream<T> extends EventEmitter {
   private ending = false;
   private cancelled = false;
 
-  constructor(private readonly encode: (m: T) => Uint8Array) {
+  constructor(
+    private readonly encode: (m: T) => Uint8Array,
+    // A message that cannot be sent (larger than a frame holds): the stream is cancelled and its answer is this error.
+    private readonly failed: (err: Error) => void,
+  ) {
     super();
   }
 
@@ -168,8 +172,8 @@ export class AgentWriteStream<T> extends EventEmitter {
     this.handle = handle;
     const queued = this.queue;
     this.queue = [];
-    for (const m of queued) handle.send(this.encode(m));
-    if (this.ending) handle.close();
+    for (const m of queued) if (!this.cancelled) this.send(handle, m);
+    if (this.ending && !this.cancelled) handle.close();
   }
 
   /** false: wait for 'drain' before the next. */
@@ -179,7 +183,17 @@ export class AgentWriteStream<T> extends EventEmitter {
       this.queue.push(message);
       return true;
     }
-    return this.handle.send(this.encode(message));
+    return this.send(this.handle, message);
+  }
+
+  private send(handle: StreamHandle, message: T): boolean {
+    try {
+      return handle.send(this.encode(message));
+    } catch (err) {
+      this.cancel();
+      this.failed(err as Error);
+      return false;
+    }
   }
 
   end(): void {
@@ -281,13 +295,19 @@ export class DpuAgentClient {
   /** A client-streamed call (Input, PutLayer); the callback gets the one answer, errors classified. */
   clientStream<Req, Res>(method: string, done: (err: DpuAgentError | null, res?: Res) => void): AgentWriteStream<Req> {
     const m = agentMethod(method);
-    const stream = new AgentWriteStream<Req>((msg) => m.encodeRequest(msg as object));
-    const drain = () => stream.emit('drain');
-    this.drains.add(drain);
+    let finished = false;
     const finish = (err: DpuAgentError | null, res?: Res) => {
+      if (finished) return;
+      finished = true;
       this.drains.delete(drain);
       done(err, res);
     };
+    const stream = new AgentWriteStream<Req>(
+      (msg) => m.encodeRequest(msg as object),
+      (err) => finish(new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: ${err.message}`, Code.INVALID_ARGUMENT)),
+    );
+    const drain = () => stream.emit('drain');
+    this.drains.add(drain);
     this.client(this.timeoutMs).then(
       (client) => {
         stream.attach(client.openStream(AGENT_SERVICE, method, new Uint8Array(0), {

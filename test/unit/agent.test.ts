@@ -202,6 +202,15 @@ test('streams both ways: messages in order, pause holds them back, cancel reache
       up.end();
     });
     assert.equal(answer, { digest: 'sha256:abc', bytes_received: 6, already_present: false });
+    // A message larger than a frame holds (4 MiB) fails its stream, and only it.
+    const tooBig = await new Promise<DpuAgentError>((resolve) => {
+      const up = c.clientStream<LayerChunk, object>('PutLayer', (e) => resolve(e!));
+      up.write({ digest: 'sha256:big', size: 5 << 20, data: Buffer.alloc(0) });
+      up.write({ digest: '', size: 0, data: Buffer.alloc(5 << 20) });
+    });
+    assert.is(tooBig.code, Code.INVALID_ARGUMENT);
+    assert.match(tooBig.message, /PutLayer: ttrpc frame of \d+ bytes exceeds/);
+    assert.is((await c.capacity()).cpus, 1, 'the connection still serves');
   } finally {
     c.close();
     await own.stop();
