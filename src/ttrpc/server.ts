@@ -169,6 +169,9 @@ export class TtrpcServer {
     // Open streams: their inbox (client streams) or their cancel (server streams).
     const streams = new Map<number, { inbox?: Inbox; cancel?: AbortController }>();
     const full = new Set<number>();
+    // The server streams waiting for room: one 'drain' listener for all of them.
+    const drainWaiters = new Set<() => void>();
+    socket.on('drain', () => drainWaiters.forEach((fn) => fn()));
     const send = (streamId: number, status: RpcStatus | null, payload: Uint8Array, trailer?: Uint8Array): void => {
       if (socket.destroyed) return;
       let data = encodeResponse({ status, payload: Buffer.from(payload) });
@@ -230,7 +233,7 @@ export class TtrpcServer {
           cancel = new AbortController();
           const drains: (() => void)[] = [];
           const onDrain = () => drains.forEach((fn) => fn());
-          socket.on('drain', onDrain);
+          drainWaiters.add(onDrain);
           const sink: StreamSink = {
             send: (payload) => {
               if (socket.destroyed || !streams.has(streamId)) return false;
@@ -239,7 +242,7 @@ export class TtrpcServer {
             onDrain: (fn) => drains.push(fn),
           };
           streams.set(streamId, { cancel });
-          run = (call) => registered.fn(request.payload, sink, call).then(() => new Uint8Array(0)).finally(() => socket.off('drain', onDrain));
+          run = (call) => registered.fn(request.payload, sink, call).then(() => new Uint8Array(0)).finally(() => drainWaiters.delete(onDrain));
         } else if (registered?.kind === 'client') {
           const inbox = new Inbox((isFull) => backpressure(streamId, isFull));
           if (remoteClosed) inbox.end();

@@ -346,8 +346,21 @@ static void *pump_tap_to_ring(void *arg)
 				}
 				continue;
 			}
+			if (!up && link_is_up(p)) {
+				/* The read waited since the look above, and the link
+				 * came up meanwhile: the frame crosses. (A blocking
+				 * reader, on one CPU, waits there from before the peer
+				 * opens: the first frame after link-up, a SYN or its
+				 * answer, was dropped and cost a retransmission.) */
+				void *room = xr_reserve(r, XPU_FRAME_MAX);
+
+				if (room) {
+					memcpy(room, buf, (size_t)n);
+					up = 1;
+				}
+			}
 			if (!up) {
-				/* No peer: the frame cannot cross. */
+				/* No peer, or no room: the frame cannot cross. */
 				xr_stat_add(&c->prod.drops, 1);
 				continue;
 			}

@@ -242,11 +242,13 @@ async function startEnd(window: string, side: 'host' | 'dpu', mode: string, cpu?
 async function startEnds(name: string, cpu?: number, opts: { hostMode?: string; dpuCpu?: number } = {}): Promise<Ends> {
   const window = windowPath(`${tag}-${name}`);
   XpuWindow.create(window).close();
+  // As the pod's halves do (netns/half.ts): no IPv6 on xpu0, so the kernel's
+  // own router solicitations and reports do not cross an idle link. Set for the
+  // devices to come, so that none is sent when the link comes up: the first
+  // frame to cross is the test's own.
+  for (const ns of [A, B]) await writeSysctls(`/run/netns/${ns}`, new Map([['net.ipv6.conf.default.disable_ipv6', '1']]));
   const host = await startEnd(window, 'host', opts.hostMode ?? 'elastic', cpu);
   const dpu = await startEnd(window, 'dpu', 'elastic', opts.dpuCpu ?? cpu);
-  // As the pod's halves do (netns/half.ts): no IPv6 on xpu0, so the kernel's
-  // own router solicitations and reports do not cross an idle link.
-  for (const ns of [A, B]) await writeSysctls(`/run/netns/${ns}`, new Map([['net.ipv6.conf.xpu0.disable_ipv6', '1']]));
   addAddress(`/run/netns/${A}`, 'xpu0', `${HOST_IP}/30`);
   addAddress(`/run/netns/${B}`, 'xpu0', `${DPU_IP}/30`);
   assert.ok(await waitFor(() => readStats(window).linkUp, 3000), 'link up');
@@ -385,9 +387,16 @@ function pumpCpuNs(pid: number): number {
   return ns;
 }
 
-test('elastic ends confined to one CPU never spin, and an idle link costs no CPU', async () => {
+test('elastic ends confined to one CPU never spin, the first frames after link-up cross, and an idle link costs no CPU', async () => {
   if (why) return skip('xpu one CPU', why);
   await withEnds('onecpu', async (e) => {
+    // The pumps have waited in read(2) since before the link came up: the first
+    // frames after it (the ARP request, its answer, the refusal) cross at once,
+    // not after a retransmission a second later.
+    const first = await trafficIn(A, ['tcp-probe', DPU_IP, '15030', '900'], 10_000).result;
+    const crossed = readStats(e.window);
+    assert.match(String(first.error), 'ECONNREFUSED', `the first exchange after link-up: ${JSON.stringify(first)}; drops ${crossed.hostToDpu.drops} and ${crossed.dpuToHost.drops}`);
+    assert.equal([crossed.hostToDpu.drops, crossed.dpuToHost.drops], [0, 0], 'no frame dropped');
     await tcpIntegrity(4 * 1024 * 1024, 15031);
     await udpIntegrity(200, 15032);
     const s = readStats(e.window);

@@ -175,4 +175,27 @@ test('a client stream read slowly pauses the connection: the server holds a boun
   }
 });
 
+test('many server streams on one connection (a node of pods) add no listener per stream', async () => {
+  const server = new TtrpcServer();
+  server.registerServerStream(S, 'Hold', async (_p, sink, call) => {
+    sink.send(Buffer.from('open'));
+    await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+  });
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  const { client, serverSide, close } = await pair(server);
+  try {
+    const streams = Array.from({ length: 150 }, () => collect(client, 'Hold', Buffer.alloc(0)));
+    while (streams.some((s) => s.messages.length === 0)) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(serverSide.listenerCount('drain') <= 1, `drain listeners: ${serverSide.listenerCount('drain')}`);
+    for (const s of streams) s.handle.cancel();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(warnings, []);
+  } finally {
+    process.off('warning', onWarning);
+    close();
+  }
+});
+
 test.run();
