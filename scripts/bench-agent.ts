@@ -9,7 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { arg, median } from './bench-lib';
+import { arg, median, stats } from './bench-lib';
 import { ensurePki, PkiFiles } from '../src/dpu/pki';
 import { NODE_DAEMON_FLAGS } from '../src/shim/install';
 
@@ -17,20 +17,25 @@ type Result = { transport: string; medianMs: number; p90Ms: number; cpuMsPerCall
 
 const role = process.argv[2];
 
+// agent.proto's service as grpc-js loads it (the baseline's both ends).
+async function grpcAgentService(): Promise<any> {
+  const grpc = await import('@grpc/grpc-js');
+  const protoLoader = await import('@grpc/proto-loader');
+  const { AGENT_PROTO } = await import('../src/agentapi/proto');
+  const def = protoLoader.loadSync(AGENT_PROTO, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
+  return (grpc.loadPackageDefinition(def) as any).heteropod.agent.v1.DpuAgent;
+}
+
 async function serve(pkiDir: string): Promise<void> {
   const { startAgentServer } = await import('../src/agent/server');
   const { DpuAgentService } = await import('../src/agent/service');
   const grpc = await import('@grpc/grpc-js');
-  const protoLoader = await import('@grpc/proto-loader');
-  const { AGENT_PROTO } = await import('../src/agentapi/proto');
   const api = new DpuAgentService({ version: 'bench', listenAddress: '127.0.0.1:0', resources: () => ({ cpus: [0], memoryTotalBytes: 1 << 30, memoryUsedBytes: 0 }) });
   const files = { caFile: `${pkiDir}/ca.crt`, certFile: `${pkiDir}/agent.crt`, keyFile: `${pkiDir}/agent.key` };
   const ttrpc = await startAgentServer('127.0.0.1:0', files, api);
   // The baseline: the same message over gRPC.
-  const def = protoLoader.loadSync(AGENT_PROTO, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
-  const svc = (grpc.loadPackageDefinition(def) as any).heteropod.agent.v1.DpuAgent.service;
   const server = new grpc.Server();
-  server.addService(svc, { Health: (_call: unknown, cb: (e: null, r: object) => void) => void api.health().then((h) => cb(null, h)) });
+  server.addService((await grpcAgentService()).service, { Health: (_call: unknown, cb: (e: null, r: object) => void) => void api.health().then((h) => cb(null, h)) });
   const read = (f: string) => fs.readFileSync(f);
   const creds = grpc.ServerCredentials.createSsl(read(files.caFile), [{ cert_chain: read(files.certFile), private_key: read(files.keyFile) }], true);
   const grpcPort = await new Promise<number>((resolve, reject) => server.bindAsync('127.0.0.1:0', creds, (e, p) => (e ? reject(e) : resolve(p))));
@@ -49,10 +54,7 @@ async function client(pkiDir: string, transport: string, port: number, calls: nu
     close = () => c.close();
   } else {
     const grpc = await import('@grpc/grpc-js');
-    const protoLoader = await import('@grpc/proto-loader');
-    const { AGENT_PROTO } = await import('../src/agentapi/proto');
-    const def = protoLoader.loadSync(AGENT_PROTO, { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true });
-    const Ctor = (grpc.loadPackageDefinition(def) as any).heteropod.agent.v1.DpuAgent;
+    const Ctor = await grpcAgentService();
     const read = (f: string) => fs.readFileSync(`${pkiDir}/${f}`);
     const c = new Ctor(`127.0.0.1:${port}`, grpc.credentials.createSsl(read('ca.crt'), read('shim.key'), read('shim.crt')), { 'grpc.ssl_target_name_override': 'heteropod-dpu-agent', 'grpc.default_authority': 'heteropod-dpu-agent' });
     call = () => new Promise((resolve, reject) => c.Health({}, (e: Error | null, r: unknown) => (e ? reject(e) : resolve(r))));
@@ -68,8 +70,7 @@ async function client(pkiDir: string, transport: string, port: number, calls: nu
   }
   const cpu = process.cpuUsage(cpu0);
   close();
-  times.sort((a, b) => a - b);
-  const result: Result = { transport, medianMs: median(times), p90Ms: times[Math.floor(0.9 * times.length)], cpuMsPerCall: (cpu.user + cpu.system) / 1000 / calls };
+  const result: Result = { transport, medianMs: median(times), p90Ms: stats(times).p90, cpuMsPerCall: (cpu.user + cpu.system) / 1000 / calls };
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as tls from 'node:tls';
 import { AgentHandlers, trace, unary } from './errors';
 import { AGENT_SERVICE, agentMethod } from '../agentapi/proto';
+import { splitHostPort } from '../agentapi/client';
 import { TtrpcServer } from '../ttrpc/server';
 import type { DpuAgentApi } from './service';
 
@@ -82,10 +83,8 @@ export function startAgentServer(listen: string, files: TlsFiles, api: DpuAgentA
     ttrpc.serve(socket);
   });
   server.on('tlsClientError', (err) => trace(`TLS handshake refused: ${err.message}`));
-  const idx = listen.lastIndexOf(':');
-  const host = listen.slice(0, idx).replace(/^\[|\]$/g, '');
-  const port = Number(listen.slice(idx + 1));
-  if (idx < 0 || !Number.isInteger(port) || port < 0 || port > 65535) return Promise.reject(new Error(`listen on ${listen}: not a host:port`));
+  const { host, port } = splitHostPort(listen);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) return Promise.reject(new Error(`listen on ${listen}: not a host:port`));
   return new Promise((resolve, reject) => {
     server.once('error', (err) => reject(new Error(`listen on ${listen}: ${err.message}`)));
     server.listen(port, host, () => {

@@ -10,8 +10,9 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as tls from 'node:tls';
 import { Code, RpcError } from '../common/status';
+import { OneConnection } from '../common/sockets';
 import { TtrpcClient, StreamHandle } from '../ttrpc/client';
-import { AGENT_SERVICE, agentMethod, CapacityResponse, HealthResponse } from './proto';
+import { AGENT_SERVICE, AgentMethod, agentMethod, CapacityResponse, HealthResponse } from './proto';
 
 export interface DpuAgentClientOptions {
   /** host:port of the agent, e.g. 192.168.100.2:7443 */
@@ -51,8 +52,8 @@ export class DpuAgentError extends RpcError {
 const TLS_FAILURE = /certificate|ssl|tls|alert|handshake|self.signed|unable to (verify|get)|altname|hostname/i;
 const NETWORK_CODES = /^(ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ECONNRESET|EADDRNOTAVAIL|EPIPE)$/;
 
-/** Whether a socket's error is TLS's (a refused or untrusted certificate), not the network's; exported for tests. */
-export function isTlsFailure(err: NodeJS.ErrnoException): boolean {
+/** Whether a socket's error is TLS's (a refused or untrusted certificate), not the network's. */
+function isTlsFailure(err: NodeJS.ErrnoException): boolean {
   const code = err.code ?? '';
   if (NETWORK_CODES.test(code)) return false;
   return /^ERR_(SSL|TLS)_/.test(code) || /CERT|SIGNATURE|ISSUER/.test(code) || TLS_FAILURE.test(err.message);
@@ -64,8 +65,15 @@ export function isTlsFailure(err: NodeJS.ErrnoException): boolean {
  * route it like any private address, out of its default route to whoever answers
  * there; refuse to dial instead.
  */
+/** "host:port" (an IPv6 host in brackets) as its parts; the port is NaN when there is none. */
+export function splitHostPort(address: string): { host: string; port: number } {
+  const idx = address.lastIndexOf(':');
+  if (idx < 0) return { host: address, port: NaN };
+  return { host: address.slice(0, idx).replace(/^\[|\]$/g, ''), port: Number(address.slice(idx + 1)) };
+}
+
 export function assertManagementLink(address: string, sysClassNet = '/sys/class/net'): void {
-  const host = address.slice(0, address.lastIndexOf(':'));
+  const { host } = splitHostPort(address);
   if (!host.startsWith('192.168.100.')) return;
   if (!fs.existsSync(`${sysClassNet}/tmfifo_net0`)) {
     throw new DpuAgentError('unreachable', `DPU agent at ${address} unreachable: the management link tmfifo_net0 does not exist on this host (is the DPU up? heteropod dpu up)`);
@@ -210,17 +218,37 @@ export class AgentWriteStream<T> extends EventEmitter {
   }
 }
 
+/** One TLS connection to the agent, and what telling its failures apart needs. */
+class AgentConnection {
+  // The last error of its socket: a TLS alert after the handshake (the agent
+  // refusing our certificate, TLS 1.3) arrives as one, failing the calls in flight.
+  socketError: NodeJS.ErrnoException | null = null;
+  // Whether it has carried any answer. An agent that refuses our certificate
+  // closes the connection after the handshake without a word (Node's TLS server
+  // checks the certificate once the handshake is done).
+  answered = false;
+  readonly ttrpc: TtrpcClient;
+
+  constructor(socket: tls.TLSSocket, onDrain: () => void) {
+    socket.on('error', (err: NodeJS.ErrnoException) => (this.socketError = err));
+    socket.once('data', () => (this.answered = true));
+    this.ttrpc = TtrpcClient.over(socket);
+    this.ttrpc.on('drain', onDrain);
+  }
+
+  get closed(): boolean {
+    return this.ttrpc.closed;
+  }
+
+  close(): void {
+    this.ttrpc.close();
+  }
+}
+
 export class DpuAgentClient {
   private healthy: { at: number; answer: Promise<HealthResponse> } | null = null;
-  private connection: Promise<TtrpcClient> | null = null;
+  private readonly conn = new OneConnection<AgentConnection>();
   private failed: { at: number; err: DpuAgentError } | null = null;
-  // The last error of the current connection's socket: a TLS alert after the handshake
-  // (the agent refusing our certificate, TLS 1.3) arrives as one, failing the calls in flight.
-  private socketError: NodeJS.ErrnoException | null = null;
-  // Whether the current connection has carried any answer. An agent that refuses
-  // our certificate closes the connection after the handshake without a word
-  // (Node's TLS server checks the certificate once the handshake is done).
-  private answered = false;
   private closed = false;
   private readonly drains = new Set<() => void>();
 
@@ -258,12 +286,12 @@ export class DpuAgentClient {
     const timeoutMs = opts.timeoutMs === undefined ? this.timeoutMs : opts.timeoutMs;
     const payload = m.encodeRequest(request);
     const started = Date.now();
-    const client = await this.client(timeoutMs === null ? this.timeoutMs : Math.min(timeoutMs, this.timeoutMs));
+    const conn = await this.connection(timeoutMs === null ? this.timeoutMs : Math.min(timeoutMs, this.timeoutMs));
     const left = timeoutMs === null ? undefined : Math.max(1, timeoutMs - (Date.now() - started));
     try {
-      return m.decodeResponse(await client.call(AGENT_SERVICE, method, payload, { timeoutMs: left, signal: opts.signal })) as Res;
+      return m.decodeResponse(await conn.ttrpc.call(AGENT_SERVICE, method, payload, { timeoutMs: left, signal: opts.signal })) as Res;
     } catch (err) {
-      throw this.classify(err as Error, method);
+      throw this.classify(err as Error, method, conn);
     }
   }
 
@@ -272,19 +300,15 @@ export class DpuAgentClient {
     const m = agentMethod(method);
     const stream = new AgentReadStream<Res>();
     const payload = m.encodeRequest(request);
-    this.client(this.timeoutMs).then(
-      (client) => {
-        stream.attach(client.openStream(AGENT_SERVICE, method, payload, {
+    this.connection(this.timeoutMs).then(
+      (conn) => {
+        stream.attach(conn.ttrpc.openStream(AGENT_SERVICE, method, payload, {
           data: (p) => {
-            let message: Res;
-            try {
-              message = m.decodeResponse(p) as Res;
-            } catch (err) {
-              return stream.finish(new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: malformed message: ${(err as Error).message}`, Code.INTERNAL));
-            }
-            stream.push(message);
+            const message = this.decoded<Res>(m, method, p);
+            if (message instanceof DpuAgentError) stream.finish(message);
+            else stream.push(message);
           },
-          end: (err) => stream.finish(err ? this.classify(err, method) : null),
+          end: (err) => stream.finish(err ? this.classify(err, method, conn) : null),
         }));
       },
       (err: DpuAgentError) => stream.finish(err),
@@ -308,19 +332,15 @@ export class DpuAgentClient {
     );
     const drain = () => stream.emit('drain');
     this.drains.add(drain);
-    this.client(this.timeoutMs).then(
-      (client) => {
-        stream.attach(client.openStream(AGENT_SERVICE, method, new Uint8Array(0), {
+    this.connection(this.timeoutMs).then(
+      (conn) => {
+        stream.attach(conn.ttrpc.openStream(AGENT_SERVICE, method, new Uint8Array(0), {
           data: () => undefined,
           end: (err, p) => {
-            if (err) return finish(this.classify(err, method));
-            let res: Res;
-            try {
-              res = m.decodeResponse(p) as Res;
-            } catch (e) {
-              return finish(new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: malformed answer: ${(e as Error).message}`, Code.INTERNAL));
-            }
-            finish(null, res);
+            if (err) return finish(this.classify(err, method, conn));
+            const res = this.decoded<Res>(m, method, p);
+            if (res instanceof DpuAgentError) finish(res);
+            else finish(null, res);
           },
         }));
       },
@@ -353,38 +373,26 @@ export class DpuAgentClient {
 
   close(): void {
     this.closed = true;
-    const connection = this.connection;
-    this.connection = null;
-    connection?.then((c) => c.close(), () => undefined);
+    void this.conn.close();
   }
 
-  // The connection, made if there is none (or the last one broke).
-  private client(timeoutMs: number): Promise<TtrpcClient> {
+  // The open connection, or one made now (or being made). A dial that failed
+  // within RECONNECT_MS stands for this one.
+  private connection(timeoutMs: number): Promise<AgentConnection> {
     if (this.closed) return Promise.reject(new DpuAgentError('unreachable', `DPU agent at ${this.address}: the client is closed`));
-    if (this.connection) return this.connection;
+    const open = this.conn.pending();
+    if (open) return open;
     if (this.failed && Date.now() - this.failed.at < RECONNECT_MS) return Promise.reject(this.failed.err);
-    const connection = this.dial(timeoutMs);
-    this.connection = connection;
-    connection.then(
-      (c) => {
-        this.failed = null;
-        c.on('drain', () => this.drains.forEach((fn) => fn()));
-        c.once('close', () => {
-          if (this.connection === connection) this.connection = null;
-        });
-      },
-      (err: DpuAgentError) => {
-        if (this.connection === connection) this.connection = null;
-        this.failed = { at: Date.now(), err };
-      },
+    const made = this.conn.get(() => this.dial(timeoutMs));
+    made.then(
+      () => (this.failed = null),
+      (err: DpuAgentError) => (this.failed = { at: Date.now(), err }),
     );
-    return connection;
+    return made;
   }
 
-  private dial(timeoutMs: number): Promise<TtrpcClient> {
-    const idx = this.address.lastIndexOf(':');
-    const host = this.address.slice(0, idx).replace(/^\[|\]$/g, '');
-    const port = Number(this.address.slice(idx + 1));
+  private dial(timeoutMs: number): Promise<AgentConnection> {
+    const { host, port } = splitHostPort(this.address);
     const m = this.material;
     return new Promise((resolve, reject) => {
       const socket = tls.connect({ host, port, ca: m.ca, cert: m.cert, key: m.key, servername: m.serverName });
@@ -404,27 +412,32 @@ export class DpuAgentClient {
       socket.once('secureConnect', () => {
         clearTimeout(timer);
         socket.removeAllListeners('error');
-        this.socketError = null;
-        this.answered = false;
-        socket.on('error', (err: NodeJS.ErrnoException) => (this.socketError = err));
-        socket.once('data', () => (this.answered = true));
-        resolve(TtrpcClient.over(socket));
+        resolve(new AgentConnection(socket, () => this.drains.forEach((fn) => fn())));
       });
     });
   }
 
-  // A call's failure as one of the three kinds.
-  private classify(err: Error, method: string): DpuAgentError {
-    if (err instanceof DpuAgentError) return err;
-    if (err instanceof RpcError) {
-      if (err.code === Code.DEADLINE_EXCEEDED) return new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${method}: ${err.message}`, err.code);
-      // The agent's answer, or a local cancel; not the connection closing under the call.
-      const connectionLost = err.code === Code.UNAVAILABLE && err.message.startsWith('ttrpc: ');
-      if (!connectionLost) return new DpuAgentError('call', `DPU agent at ${this.address}: ${Code[err.code] ?? err.code}: ${err.message}`, err.code);
+  // A message from the agent, or why it could not be read.
+  private decoded<T>(m: AgentMethod, method: string, bytes: Buffer): T | DpuAgentError {
+    try {
+      return m.decodeResponse(bytes) as T;
+    } catch (err) {
+      return new DpuAgentError('call', `DPU agent at ${this.address}: ${method}: malformed message: ${(err as Error).message}`, Code.INTERNAL);
     }
-    const cause = this.socketError;
+  }
+
+  // A call's failure on `conn` as one of the three kinds: the connection's own
+  // failure is the network's or TLS's; any other error is the agent's answer, a
+  // deadline or a cancel.
+  private classify(err: Error, method: string, conn: AgentConnection): DpuAgentError {
+    if (err instanceof DpuAgentError) return err;
+    if (err !== conn.ttrpc.failure && err instanceof RpcError) {
+      if (err.code === Code.DEADLINE_EXCEEDED) return new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${method}: ${err.message}`, err.code);
+      return new DpuAgentError('call', `DPU agent at ${this.address}: ${Code[err.code] ?? err.code}: ${err.message}`, err.code);
+    }
+    const cause = conn.socketError;
     if (cause && isTlsFailure(cause)) return new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: ${cause.message}`);
-    if (!this.answered) return new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: it closed the connection after the handshake, before any answer (our certificate not accepted)`);
+    if (!conn.answered) return new DpuAgentError('tls', `TLS with the DPU agent at ${this.address} refused: it closed the connection after the handshake, before any answer (our certificate not accepted)`);
     return new DpuAgentError('unreachable', `DPU agent at ${this.address} unreachable: ${method}: ${(cause ?? err).message}`);
   }
 }

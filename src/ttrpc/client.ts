@@ -78,10 +78,24 @@ export class TtrpcClient extends EventEmitter {
     return this.closedError !== null;
   }
 
+  /**
+   * Why the connection ended (null while open): the very error every call and
+   * stream on it then fails with, so a caller can tell it from a status the peer sent.
+   */
+  get failure(): Error | null {
+    return this.closedError;
+  }
+
+  // Client stream ids: odd, increasing by two.
+  private newStreamId(): number {
+    const id = this.nextStreamId;
+    this.nextStreamId = (this.nextStreamId + 2) >>> 0 || 1;
+    return id;
+  }
+
   call(service: string, method: string, payload: Uint8Array, opts: CallOptions = {}): Promise<Buffer> {
     if (this.closedError) return Promise.reject(this.closedError);
-    const streamId = this.nextStreamId;
-    this.nextStreamId = (this.nextStreamId + 2) >>> 0 || 1;
+    const streamId = this.newStreamId();
     const metadata = [...(opts.metadata ?? [])];
     if (this.namespace && !metadata.some((kv) => kv.key === NAMESPACE_KEY)) metadata.push({ key: NAMESPACE_KEY, value: this.namespace });
     const request = encodeRequest({
@@ -121,8 +135,7 @@ export class TtrpcClient extends EventEmitter {
    * for a client stream). No deadline: streams last until ended or cancelled.
    */
   openStream(service: string, method: string, payload: Uint8Array, handlers: StreamHandlers, opts: { metadata?: KeyValue[] } = {}): StreamHandle {
-    const streamId = this.nextStreamId;
-    this.nextStreamId = (this.nextStreamId + 2) >>> 0 || 1;
+    const streamId = this.newStreamId();
     let localClosed = false;
     let dropped = false;
     const end = (err: Error | null, p: Buffer): void => {
@@ -148,7 +161,7 @@ export class TtrpcClient extends EventEmitter {
     };
     if (this.closedError) {
       const err = this.closedError;
-      queueMicrotask(() => handlers.end(RpcError.wrap(err, `${service}.${method}`), Buffer.alloc(0)));
+      queueMicrotask(() => handlers.end(err, Buffer.alloc(0)));
       localClosed = true;
       return handle;
     }

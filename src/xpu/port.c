@@ -331,10 +331,23 @@ static void *pump_tap_to_ring(void *arg)
 				xr_spin_paid(&sp);
 				spin_t0 = 0;
 			}
-			/* The read may have waited since the look above: a host's
-			 * device taken meanwhile is the frame's way out. */
-			if (host_tap < 0 && !up)
+			/* The read may have waited since the look above (a blocking
+			 * reader, on one CPU, waits there from before the peer opens):
+			 * look again. A host's device taken meanwhile is the frame's
+			 * way out; a link come up meanwhile, the ring (the first frame
+			 * after link-up, a SYN or its answer, was dropped and cost a
+			 * retransmission). */
+			if (host_tap < 0 && !up) {
 				host_tap = __atomic_load_n(&p->host_tap, __ATOMIC_ACQUIRE);
+				if (host_tap < 0 && link_is_up(p)) {
+					void *room = xr_reserve(r, XPU_FRAME_MAX);
+
+					if (room) {
+						memcpy(room, buf, (size_t)n);
+						up = 1;
+					}
+				}
+			}
 			if (host_tap >= 0) {
 				/* Served: into the host's TAP, whether or not the
 				 * host side's process is there. */
@@ -345,19 +358,6 @@ static void *pump_tap_to_ring(void *arg)
 					xr_stat_add(&c->prod.bytes, (uint64_t)n);
 				}
 				continue;
-			}
-			if (!up && link_is_up(p)) {
-				/* The read waited since the look above, and the link
-				 * came up meanwhile: the frame crosses. (A blocking
-				 * reader, on one CPU, waits there from before the peer
-				 * opens: the first frame after link-up, a SYN or its
-				 * answer, was dropped and cost a retransmission.) */
-				void *room = xr_reserve(r, XPU_FRAME_MAX);
-
-				if (room) {
-					memcpy(room, buf, (size_t)n);
-					up = 1;
-				}
 			}
 			if (!up) {
 				/* No peer, or no room: the frame cannot cross. */

@@ -7,6 +7,7 @@ import * as net from 'node:net';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Code, RpcError, TtrpcClient, TtrpcServer } from '../../src/ttrpc';
+import { aborted } from '../../src/agent/errors';
 
 const S = 'test.Streams';
 
@@ -49,13 +50,13 @@ test('a server stream: its messages in order (an empty one too), then its end', 
 
 test('cancelling a server stream aborts its handler, and nothing more arrives', async () => {
   const server = new TtrpcServer();
-  let aborted!: () => void;
-  const handlerAborted = new Promise<void>((resolve) => (aborted = resolve));
+  let sawAbort!: () => void;
+  const handlerAborted = new Promise<void>((resolve) => (sawAbort = resolve));
   server.registerServerStream(S, 'Forever', async (_p, sink, call) => {
     const timer = setInterval(() => sink.send(Buffer.from('tick')), 5);
-    await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+    await aborted(call.signal);
     clearInterval(timer);
-    aborted();
+    sawAbort();
   });
   const { client, close } = await pair(server);
   try {
@@ -124,7 +125,7 @@ test('a connection that closes ends its streams with an error, and the server ha
   server.registerServerStream(S, 'Hold', async (_p, sink, call) => {
     handlerSignal = call.signal;
     sink.send(Buffer.from('held'));
-    await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+    await aborted(call.signal);
   });
   const { client, serverSide } = await pair(server);
   const s = collect(client, 'Hold', Buffer.alloc(0));
@@ -179,7 +180,7 @@ test('many server streams on one connection (a node of pods) add no listener per
   const server = new TtrpcServer();
   server.registerServerStream(S, 'Hold', async (_p, sink, call) => {
     sink.send(Buffer.from('open'));
-    await new Promise<void>((resolve) => call.signal.addEventListener('abort', () => resolve(), { once: true }));
+    await aborted(call.signal);
   });
   const warnings: string[] = [];
   const onWarning = (w: Error) => warnings.push(w.name);
