@@ -14,7 +14,9 @@
 // own: it is the DPU's CPU). Each pod's start also counts the CPU the whole
 // machine (host and emulated DPU, every process: containerd, runc, the shims,
 // the daemon, the agent, this benchmark) spent while it started, from
-// /proc/stat: the pods start one at a time. Prints a markdown table and the ratios.
+// /proc/stat: the pods start one at a time; and how it divides: the host's CPUs
+// and the DPU's (when pinned), the node daemon's and the agent's own. Prints a
+// markdown table and the ratios.
 //
 // The host's processes are kept to the host's CPUs (every online CPU but the
 // emulated DPU's), as on a real node, where the DPU's cores run nothing of the
@@ -36,7 +38,7 @@ import { agentPid } from '../src/dpu/dpu';
 import { podWindowPath } from '../src/netns/half';
 import { readStats } from '../src/xpu/window';
 import { hostAndDpuCpus } from '../src/dpu/cgroup';
-import { arg, cpuSecondsBetween, cpuTicks, stats } from './bench-lib';
+import { arg, cpuSecondsBetween, cpuTicks, processSeconds, stats } from './bench-lib';
 
 const ALL = ['runc', 'heteropod', 'heteropod-offload'] as const;
 type Handler = (typeof ALL)[number];
@@ -56,6 +58,11 @@ interface PodSample {
   idleCpuMs: number;
   // CPU of the whole machine (host and DPU, every process) while it started, ms
   startCpuMs: number;
+  // of it: the host's CPUs and the DPU's (pinned runs only), the node daemon and the agent
+  startHostCpuMs: number;
+  startDpuCpuMs: number;
+  startDaemonCpuMs: number;
+  startAgentCpuMs: number;
 }
 
 // How long idle CPU is measured, every pod up.
@@ -143,6 +150,9 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     ...(handler === 'heteropod-offload' ? { annotations: { 'heteropod.io/offload': OFFLOADED, 'heteropod.io/offload-policy': 'require' } } : {}),
   };
   const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: OWN_PID_NAMESPACE };
+  const [daemon] = nodeDaemonPids();
+  const agent = agentPid();
+  const own0 = [processSeconds(daemon), processSeconds(agent)];
   const cpu0 = cpuTicks();
   const t0 = process.hrtime.bigint();
   const podId = await cri.runPodSandbox(pod, handler === 'runc' ? 'runc' : 'heteropod');
@@ -161,9 +171,23 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
       await sleep(20);
     }
   }
-  const cpus = [...cpu0.keys()];
-  const startCpuMs = cpuSecondsBetween(cpu0, cpuTicks(), cpus, 'busy') * 1000;
-  return { handler, podId, startMs, rssKiB: 0, pssKiB: 0, shims: 0, idleCpuMs: 0, startCpuMs };
+  const cpu1 = cpuTicks();
+  const ms = (cpus: number[]): number => cpuSecondsBetween(cpu0, cpu1, cpus, 'busy') * 1000;
+  const split = hostAndDpuCpus();
+  return {
+    handler,
+    podId,
+    startMs,
+    rssKiB: 0,
+    pssKiB: 0,
+    shims: 0,
+    idleCpuMs: 0,
+    startCpuMs: ms([...cpu0.keys()]),
+    startHostCpuMs: ms(split.host),
+    startDpuCpuMs: ms(split.dpu),
+    startDaemonCpuMs: (processSeconds(daemon) - own0[0]) * 1000,
+    startAgentCpuMs: (processSeconds(agent) - own0[1]) * 1000,
+  };
 }
 
 const PODS_CPUSET_DIR = '/sys/fs/cgroup/cpuset/k8s.io';
@@ -285,6 +309,12 @@ async function main(): Promise<void> {
     const floor = (offload / stats(by('runc').map((s) => s.pssKiB)).mean).toFixed(2);
     return `the node daemon's PSS: its node executable ${mib(m.executableKiB)} MiB, anonymous memory (V8's heap, malloc, stacks) ${mib(m.anonymousKiB)} MiB, libraries and other files ${mib(m.otherKiB)} MiB; with its executable's pages alone in their share, an offloading pod would be at ${floor}x runc's PSS`;
   };
+  // Where a start's CPU went (means: /proc/stat counts 10 ms ticks).
+  const startCpuLine = (h: Handler): string => {
+    const mean = (f: (s: PodSample) => number): string => stats(by(h).map(f)).mean.toFixed(0);
+    const where = pinned ? `host CPUs ${mean((s) => s.startHostCpuMs)} ms, DPU CPUs ${mean((s) => s.startDpuCpuMs)} ms` : 'not pinned: host and DPU not told apart';
+    return `CPU per start, ${h} (means): ${mean((s) => s.startCpuMs)} ms in all; ${where}; of it the node daemon ${mean((s) => s.startDaemonCpuMs)} ms, the DPU's agent ${mean((s) => s.startAgentCpuMs)} ms`;
+  };
   const lines = [
     `pods per handler: ${pods}, alternating; node: ${require('node:os').cpus().length} CPUs, ${new Date().toISOString()}`,
     cpusSaid,
@@ -294,6 +324,7 @@ async function main(): Promise<void> {
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...HANDLERS.map(row),
     '',
+    ...HANDLERS.map(startCpuLine),
     ...(node.pods ? [`idle, every pod up (${IDLE_MS / 1000} s): the node daemon ${node.idleCpuMs.toFixed(1)} ms of CPU a second (in the table, a share to each offloading pod); the DPU's agent ${node.agentIdleCpuMs.toFixed(1)} ms a second of the DPU's CPU, ${(node.agentIdleCpuMs / node.pods).toFixed(2)} per offloading pod`] : []),
     ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS (its node executable's pages counted whole), ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
     ...(node.pods && node.memory ? [memoryLine(node.memory, node.pods)] : []),

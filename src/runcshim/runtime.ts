@@ -13,6 +13,10 @@ export interface FirstTask {
 
 export interface Runtime {
   readonly name: string;
+  // Whether the daemon keeps only the task's Create and Delete: the proxy sends
+  // every other call for it straight to runc's shim (a sandbox wrapped by the
+  // daemon for the split network, whose other calls are runc's as they are).
+  readonly createAndDeleteOnly?: boolean;
   // Makes the runtime ready for the pod; `first` is the task that caused it.
   // Idempotent and safe to call concurrently.
   prepare(first: FirstTask): Promise<void>;

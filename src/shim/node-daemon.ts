@@ -2,7 +2,8 @@
 // offloading pod. Each pod still has its shim as containerd expects one: runc's
 // shim for its host containers behind a small C proxy (proxy.c), which sends
 // this daemon every Create of the pod and every call for a task the daemon
-// holds, on a connection that begins with Attach (who the pod is). The daemon
+// holds (of the sandbox, whose split network it joins, only the Delete), on a
+// connection that begins with Attach (who the pod is). The daemon
 // holds the pods' DPU containers (through one connection to the DPU agent), the
 // host ends of their XPU links, their stdio relays and events.
 //
@@ -80,7 +81,7 @@ export class NodeDaemon {
     this.server.register(TASK_SERVICE, 'Create', async (payload, call) => {
       const placed = await (await podOf(call)).create(payload);
       call.trailer = placedTrailer(placed);
-      return placed.placed === 'daemon' ? placed.response : Buffer.alloc(0);
+      return placed.placed === 'proxy' ? Buffer.alloc(0) : placed.response;
     });
     // Every other Task method: the pod's task service. Its handlers are made per
     // pod; the one for the method is looked up at each call.

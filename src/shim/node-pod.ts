@@ -69,9 +69,12 @@ export function encodeAttach(a: PodAttach): Buffer {
 export const podKey = (a: Pick<PodAttach, 'containerdAddress' | 'namespace' | 'group'>): string => `${a.containerdAddress}\0${a.namespace}\0${a.group}`;
 
 // Response field 15 (`placed`), appended after status and payload: 1 = the
-// daemon holds the task, 2 = the proxy gives the Create to runc's shim.
+// daemon holds the task, 2 = the proxy gives the Create to runc's shim, 3 = the
+// daemon made the task and keeps its Delete, the proxy sends it the rest to
+// runc's shim (Runtime.createAndDeleteOnly).
 const PLACED_FIELD = 15;
-export const placedTrailer = (p: Placed): Buffer => new MessageWriter().varint(PLACED_FIELD, p.placed === 'daemon' ? 1 : 2).finish();
+const PLACED_CODE = { daemon: 1, proxy: 2, sandbox: 3 } as const;
+export const placedTrailer = (p: Placed): Buffer => new MessageWriter().varint(PLACED_FIELD, PLACED_CODE[p.placed]).finish();
 
 export class NodePod {
   readonly service: TaskService;

@@ -43,10 +43,15 @@ type SandboxSpec = ContainerSpec & { annotations?: Annotations; hooks?: { postst
  * overlaps the sandbox's start and the kubelet's next calls. If runc's Create
  * fails, the network is separated again. It is separated before the sandbox's
  * Delete goes to runc, whose poststop hook then finds nothing left. runc's shim
- * itself is the router's to shut down.
+ * itself is the router's to shut down. Only the Create and the Delete come
+ * here (createAndDeleteOnly): the proxy sends the sandbox's other calls straight
+ * to runc's shim, one hop fewer on the pod's start, and they answer while the
+ * daemon is down; any that do come (from a proxy of an earlier release) pass
+ * through to runc.
  */
 class SandboxRuntime implements Runtime {
   readonly name: string;
+  readonly createAndDeleteOnly = true;
 
   constructor(
     private readonly runc: Runtime,

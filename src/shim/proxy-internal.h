@@ -155,9 +155,10 @@ struct conn {
 	struct conn *next;
 };
 
-/* A task the daemon holds (HP_PLACED_DAEMON). */
+/* A task the daemon holds (HP_PLACED_DAEMON), or only the Delete of (HP_PLACED_SANDBOX). */
 struct route {
 	struct route *next;
+	int delete_only; /* HP_PLACED_SANDBOX */
 	size_t len;
 	char id[];
 };

@@ -69,15 +69,18 @@ static struct route *route_find(struct loop *l, const unsigned char *id, size_t 
 	return NULL;
 }
 
-static int route_to_daemon(struct loop *l, const unsigned char *id, size_t len)
+static int route_to_daemon(struct loop *l, const unsigned char *id, size_t len, int delete_only)
 {
 	struct route *r;
 
-	if (route_find(l, id, len))
+	if ((r = route_find(l, id, len))) {
+		r->delete_only = delete_only;
 		return 0;
+	}
 	r = malloc(sizeof(*r) + len);
 	if (!r)
 		return -ENOMEM;
+	r->delete_only = delete_only;
 	r->len = len;
 	memcpy(r->id, id, len);
 	r->next = l->routes;
@@ -389,8 +392,8 @@ static int node_frame(struct loop *l, struct conn *c, unsigned char *frame, size
 	case CREATE:
 		placed = hp_take_placed(frame, &len);
 		if (frame_task_id(p->frame, p->len, &id, &idlen)) {
-			if (placed == HP_PLACED_DAEMON)
-				err = route_to_daemon(l, id, idlen);
+			if (placed == HP_PLACED_DAEMON || placed == HP_PLACED_SANDBOX)
+				err = route_to_daemon(l, id, idlen, placed == HP_PLACED_SANDBOX);
 			else if (placed == HP_PLACED_RUNC)
 				route_to_runc(l, id, idlen);
 		}
@@ -501,7 +504,11 @@ int route_request(struct loop *l, struct conn *c, size_t len)
 		kind = CREATE;
 	} else {
 		/* Shutdown is runc's: its shim exits once it holds no task, and we with it. */
-		if (is(e.method, e.mlen, "Shutdown") || !e.payload || !task_id(&e, &id, &idlen) || !route_find(l, id, idlen))
+		struct route *r;
+
+		if (is(e.method, e.mlen, "Shutdown") || !e.payload || !task_id(&e, &id, &idlen) || !(r = route_find(l, id, idlen)))
+			return 0;
+		if (r->delete_only && !is(e.method, e.mlen, "Delete"))
 			return 0;
 		kind = is(e.method, e.mlen, "Wait")	? WAIT
 		       : is(e.method, e.mlen, "Exec")	? EXEC

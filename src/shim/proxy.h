@@ -56,8 +56,9 @@
 #define HP_NODE_SERVICE "heteropod.node.v1.Node"
 #define HP_ATTACH_STREAM 0x7fffffffu /* containerd's stream ids are small odd numbers */
 #define HP_PLACED_FIELD 15u	     /* of ttrpc.Response, in the daemon's answer to Create */
-#define HP_PLACED_DAEMON 1u
-#define HP_PLACED_RUNC 2u
+#define HP_PLACED_DAEMON 1u  /* the daemon holds the task: its calls go there */
+#define HP_PLACED_RUNC 2u    /* the proxy sends the Create to runc's shim */
+#define HP_PLACED_SANDBOX 3u /* the daemon made it through runc's shim: its Delete goes there, the rest to runc */
 /* google.rpc.Code values the proxy answers with */
 #define HP_CODE_FAILED_PRECONDITION 9
 #define HP_CODE_UNAVAILABLE 14

@@ -35,7 +35,7 @@ export interface TaskServiceHooks {
 
 // Where a new task went: `daemon` holds it (response is Create's answer), or the
 // proxy is to give it to runc's shim.
-export type Placed = { placed: 'daemon'; response: Buffer } | { placed: 'proxy' };
+export type Placed = { placed: 'daemon' | 'sandbox'; response: Buffer } | { placed: 'proxy' };
 
 export class TaskService {
   readonly tasks = new TaskTable();
@@ -124,7 +124,7 @@ export class TaskService {
       task.transition('created');
       this.hooks.onChange?.();
       this.log.info('task created', { id: req.id, runtime: runtime.name });
-      return { placed: 'daemon', response: res };
+      return { placed: runtime.createAndDeleteOnly ? 'sandbox' : 'daemon', response: res };
     } catch (err) {
       this.tasks.remove(req.id);
       throw RpcError.wrap(err, `create task ${req.id}`);

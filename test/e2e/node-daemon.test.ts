@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import type { CriClient } from '../../src/cri/client';
 import type { CriObject } from '../../src/cri/config';
 import { readCriLog } from '../../src/cri/logs';
@@ -69,6 +69,9 @@ async function logFile(id: string): Promise<string> {
   return ((await cri.containerStatus(id)).status as CriObject).log_path as string;
 }
 
+/** ctr against the test bed's containerd, in CRI's namespace: what a node operator would run. */
+const ctr = (args: string[]): string => execFileSync('ctr', ['-a', TESTBED.socket, '-n', 'k8s.io', ...args], { encoding: 'utf8', timeout: 10_000 });
+
 const onDpu = (id: string): boolean => containerPids(id).some((pid) => memoryCgroup(pid).startsWith(`/${DPU.cgroupName}/`));
 
 test('50 offloading pods at once: one node daemon, no process of ours per pod but the C proxy; all reachable over their XPU links; removed with nothing left', async () => {
@@ -116,7 +119,7 @@ function echoClient(host: string, port: number): Promise<{ send: (s: string) => 
   });
 }
 
-test('kill -9 of the node daemon under load: pods run on; the TCP connection across the XPU link, exec, logs, stats and an exit during the outage all come back; a pod started meanwhile is placed per its policy', async () => {
+test('kill -9 of the node daemon under load: pods run on; the TCP connection across the XPU link, exec, logs, stats and an exit during the outage all come back; a pod started meanwhile is placed per its policy; the sandbox\'s own task answers throughout', async () => {
   const ECHO = 9000;
   const pod = offloadPod('outage', { 'heteropod.io/offload': 'echo,counter,quitter', 'heteropod.io/ports': `echo=${ECHO}` });
   const podId = await cri.runPodSandbox(pod, 'heteropod');
@@ -155,6 +158,10 @@ test('kill -9 of the node daemon under load: pods run on; the TCP connection acr
   // Nothing of the pod stopped: its host and DPU processes are the same.
   for (const pid of hostPids) assert.ok(fs.existsSync(`/proc/${pid}`), `host process ${pid} still runs`);
   assert.is((((await cri.containerStatus(counter)).status as CriObject).state), 'CONTAINER_RUNNING');
+  // The sandbox's task answers without the daemon (only its Create and Delete
+  // pass through it): its state and metrics come from runc's shim.
+  assert.match(ctr(['task', 'ls']), new RegExp(`^${podId}\\s+${containerPids(podId)[0]}\\s+RUNNING\\s*$`, 'm'), 'the sandbox task RUNNING during the outage');
+  assert.match(ctr(['task', 'metrics', podId]), /memory\.usage_in_bytes/, 'the sandbox\'s metrics during the outage');
 
   await startNodeDaemon();
   // The connection carried data across the outage.

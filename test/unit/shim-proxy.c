@@ -17,7 +17,8 @@
  *   Create placed=1 (the task's later requests reach the daemon, on any
  *   containerd connection; Shutdown and other ids reach runc) and placed=2 (the
  *   original Create reaches runc, rewritten; containerd gets runc's answer
- *   only); runc's 1 MiB answer and the daemon's interleaved whole; the daemon
+ *   only) and placed=3 (the daemon's answer is containerd's; the task's
+ *   later requests reach runc, its Delete the daemon); runc's 1 MiB answer and the daemon's interleaved whole; the daemon
  *   dying with a Wait, a State and a Create in flight (the Wait held, the others
  *   UNAVAILABLE); requests during the outage (UNAVAILABLE, Create to runc under
  *   prefer); the held Wait sent again after the daemon is back and answered on
@@ -983,6 +984,31 @@ static void test_offload(void)
 	CHECK(quiet_for(a, 150), "and nothing else");
 	n = task_request(in, 13, "State", "ctr-2");
 	CHECK(roundtrip(a, in, n, in, n, 0) == 0 && quiet_for(n1, 50), "State ctr-2 goes to runc");
+
+	/* placed=3 (a sandbox the daemon wraps): the daemon's answer is containerd's;
+	 * the task's later requests go straight to runc, but its Delete to the daemon. */
+	create_payload_for(&payload, "sbx-3", 1, "/b3");
+	sn = request(sent, 201, "containerd.task.v2.Task", "Create", &payload);
+	CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Create sbx-3 to the daemon");
+	n = daemon_answer(in, 201, &pid, 3);
+	CHECK(write_full(n1, in, n) == 0, "answer placed=3");
+	wn = daemon_answer(want, 201, &pid, 0);
+	CHECK(same_frame(got, read_frame(a, got), want, wn), "containerd gets the daemon's answer without field 15");
+	{
+		static const char *const direct[] = { "Start", "State", "Kill", "Wait", "Stats", "Connect" };
+		uint32_t stream = 203;
+		size_t i;
+
+		for (i = 0; i < sizeof(direct) / sizeof(direct[0]); i++, stream += 2) {
+			n = task_request(in, stream, direct[i], "sbx-3");
+			CHECK(roundtrip(a, in, n, in, n, 0) == 0, "%s sbx-3 goes to runc", direct[i]);
+		}
+		CHECK(quiet_for(n1, 100), "the daemon saw none of them");
+		sn = task_request(sent, stream, "Delete", "sbx-3");
+		CHECK(write_full(a, sent, sn) == 0 && same_frame(got, read_frame(n1, got), sent, sn), "Delete sbx-3 reaches the daemon");
+		n = daemon_answer(in, stream, &pid, 0);
+		CHECK(write_full(n1, in, n) == 0 && same_frame(got, read_frame(a, got), in, n), "its answer reaches containerd");
+	}
 
 	/* runc's large answer and the daemon's interleave only at frame boundaries. */
 	{
