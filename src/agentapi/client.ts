@@ -89,6 +89,12 @@ interface TlsMaterial {
 
 /** How long a healthy answer of the agent stands. */
 export const HEALTH_FRESH_MS = 5000;
+/**
+ * How long a Capacity answer stands. The DPU's free memory is a moment's reading
+ * either way (a container uses its memory once it runs, not at its Create), so
+ * a second's reading places a container as well as a new one would.
+ */
+export const CAPACITY_FRESH_MS = 1000;
 
 // After a connection attempt fails, calls within this long fail with its error
 // instead of each trying again (pods' streams retry every 500 ms).
@@ -246,7 +252,7 @@ class AgentConnection {
 }
 
 export class DpuAgentClient {
-  private healthy: { at: number; answer: Promise<HealthResponse> } | null = null;
+  private readonly kept = new Map<string, { at: number; answer: Promise<unknown> }>();
   private readonly conn = new OneConnection<AgentConnection>();
   private failed: { at: number; err: DpuAgentError } | null = null;
   private closed = false;
@@ -355,20 +361,27 @@ export class DpuAgentClient {
    * itself); an unhealthy answer or a failure is not kept.
    */
   health(): Promise<HealthResponse> {
-    const now = Date.now();
-    if (this.healthy && now - this.healthy.at < HEALTH_FRESH_MS) return this.healthy.answer;
-    const answer = this.call<HealthResponse>('Health');
-    const entry = { at: now, answer };
-    this.healthy = entry;
-    const forget = (): void => {
-      if (this.healthy === entry) this.healthy = null;
-    };
-    answer.then((h) => h.ok || forget(), forget);
-    return answer;
+    return this.keptFor('Health', HEALTH_FRESH_MS, (h: HealthResponse) => h.ok);
   }
 
+  /** The DPU's CPUs and memory; an answer stands for CAPACITY_FRESH_MS, so pods starting together ask once. */
   capacity(): Promise<CapacityResponse> {
-    return this.call('Capacity');
+    return this.keptFor('Capacity', CAPACITY_FRESH_MS, () => true);
+  }
+
+  // A call whose answer stands for `ms` while `keep` says so; a failure is not kept.
+  private keptFor<Res>(method: string, ms: number, keep: (res: Res) => boolean): Promise<Res> {
+    const now = Date.now();
+    const kept = this.kept.get(method);
+    if (kept && now - kept.at < ms) return kept.answer as Promise<Res>;
+    const answer = this.call<Res>(method);
+    const entry = { at: now, answer };
+    this.kept.set(method, entry);
+    const forget = (): void => {
+      if (this.kept.get(method) === entry) this.kept.delete(method);
+    };
+    answer.then((r) => keep(r) || forget(), forget);
+    return answer;
   }
 
   close(): void {

@@ -235,6 +235,9 @@ export class PodRouter {
     try {
       const health = await runtime.health();
       if (!health.ok) throw new Error(`DPU agent at ${d.address} is unhealthy: ${health.problem}`);
+      // Asked now, while runc creates the sandbox: the first container's
+      // placement finds the answer (it stands CAPACITY_FRESH_MS) and does not wait.
+      runtime.capacity().catch(() => undefined);
       const info = await runtime.podInfo();
       this.log.info('pod has a DPU half', { agent: d.address, netns: info.netns_path });
     } catch (err) {

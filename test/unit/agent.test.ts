@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { assertManagementLink, DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
+import { assertManagementLink, CAPACITY_FRESH_MS, DpuAgentClient, DpuAgentError } from '../../src/agentapi/client';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
 import { AgentError, aborted, clientStream, serverStream } from '../../src/agent/errors';
 import { Code } from '../../src/common/status';
@@ -103,6 +103,44 @@ test('a healthy answer stands a while, so pods starting together ask once; an un
     assert.is(asked, 4);
   } finally {
     d.close();
+    await own.stop();
+  }
+});
+
+test('a Capacity answer stands a second, so pods starting together ask once; then, or after a failure, it is asked again', async () => {
+  const MiB = 1024 * 1024;
+  let asked = 0;
+  let broken = false;
+  const api = new DpuAgentService({
+    version: 'test',
+    listenAddress: '127.0.0.1:0',
+    resources: () => {
+      asked++;
+      if (broken) throw new Error('cgroup gone');
+      return { cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: asked * MiB };
+    },
+  });
+  const own = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
+  const c = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  const later = () => new Promise((r) => setTimeout(r, CAPACITY_FRESH_MS + 50));
+  try {
+    const answers = await Promise.all([c.capacity(), c.capacity(), c.capacity()]);
+    assert.is(asked, 1, 'three pods at once: one Capacity');
+    assert.ok(answers.every((a) => a.memory_free_bytes === GiB - MiB));
+    await later();
+    assert.is((await c.capacity()).memory_free_bytes, GiB - 2 * MiB, 'asked again once a second has passed');
+    assert.is(asked, 2);
+    await later();
+    broken = true;
+    await c.capacity().then(
+      () => assert.unreachable('a failed Capacity'),
+      (err: DpuAgentError) => assert.match(err.message, /cgroup gone/),
+    );
+    broken = false;
+    assert.is((await c.capacity()).memory_free_bytes, GiB - 4 * MiB, 'a failure is not kept');
+    assert.is(asked, 4);
+  } finally {
+    c.close();
     await own.stop();
   }
 });
