@@ -111,6 +111,8 @@ export class PodRouter {
   private netnsPath = '';
   private link: { podIp: string; podPrefixLength: number } | null = null;
   private saving: NodeJS.Immediate | null = null;
+  // The record's text as last written (a save that changes nothing writes nothing).
+  private written = '';
   // The agent asked for the pod's DPU half (from the sandbox's Create).
   private connecting: Promise<void> | null = null;
   // The split network being joined (from the sandbox's Create): containers wait for it.
@@ -384,10 +386,13 @@ export class PodRouter {
     node.last_event = dpu?.lastEventSequence ?? 0;
     node.processes = dpu?.relayedProcesses() ?? [];
     this.record.node = node;
+    const text = JSON.stringify(this.record, null, 2);
+    if (text === this.written) return; // many changes leave what is kept as it was
     try {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o711 });
-      fs.writeFileSync(`${this.file}.tmp`, JSON.stringify(this.record, null, 2));
+      fs.writeFileSync(`${this.file}.tmp`, text);
       fs.renameSync(`${this.file}.tmp`, this.file);
+      this.written = text;
     } catch (err) {
       this.log.warn('write pod state', { file: this.file, error: (err as Error).message });
     }
