@@ -9,16 +9,16 @@ CFLAGS_COMMON := -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
 
 # Debian packages the project runs, with one command each that proves it is there.
 APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 ethtool \
-	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps openssl
+	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps openssl libssl-dev
 APT_PROBES := containerd runc /usr/lib/cni/bridge iptables ip ethtool busybox haproxy \
-	prometheus-node-exporter iperf3 sockperf wrk nsenter ps openssl
+	prometheus-node-exporter iperf3 sockperf wrk nsenter ps openssl /usr/include/openssl/ssl.h
 
 .PHONY: deps deps-apt deps-npm build build-ts build-c test test-unit test-e2e demo bench clean
 
 deps: deps-apt deps-npm
 
 deps-apt:
-	@missing=""; for p in $(APT_PROBES); do command -v $$p >/dev/null 2>&1 || [ -x $$p ] || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PROBES); do command -v $$p >/dev/null 2>&1 || [ -e $$p ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "deps: missing$$missing; installing Debian packages"; \
 		export DEBIAN_FRONTEND=noninteractive; \

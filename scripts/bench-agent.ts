@@ -1,8 +1,10 @@
 // What one call to the DPU agent costs the host: the node daemon's client (ttrpc
 // over mutual TLS, src/agentapi) against a gRPC baseline (grpc-js over the same
 // mutual TLS, the agent API's Health message), both served by one server process
-// as the agent serves, each client in a process with the node daemon's flags.
-// Sequential Health calls; rounds alternate between the two; medians of rounds.
+// as the agent serves, each client in a process with the node daemon's flags; and
+// the agent's API from C (src/agentapi/agent-conn.c, through
+// build/heteropod-agent-call --repeat), what a node daemon in C would pay.
+// Sequential Health calls; rounds alternate between the clients; medians of rounds.
 //
 //   node dist/scripts/bench-agent.js [--calls 1000] [--rounds 4]
 import { execFileSync, spawn } from 'node:child_process';
@@ -74,7 +76,16 @@ async function client(pkiDir: string, transport: string, port: number, calls: nu
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
+const AGENT_CALL = path.resolve(__dirname, '..', '..', 'build', 'heteropod-agent-call');
+
 function runClient(pkiDir: string, transport: string, port: number, calls: number): Result {
+  if (transport === 'c') {
+    const tls = ['--ca', `${pkiDir}/ca.crt`, '--cert', `${pkiDir}/shim.crt`, '--key', `${pkiDir}/shim.key`];
+    const line = execFileSync(AGENT_CALL, ['--address', `127.0.0.1:${port}`, ...tls, '--repeat', String(calls), 'Health'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    const m = /p50_ms ([\d.]+) p90_ms ([\d.]+) cpu_ms ([\d.]+)/.exec(line);
+    if (!m) throw new Error(`heteropod-agent-call said: ${line}`);
+    return { transport, medianMs: Number(m[1]), p90Ms: Number(m[2]), cpuMsPerCall: Number(m[3]) };
+  }
   const out = execFileSync(process.execPath, [...NODE_DAEMON_FLAGS, __filename, 'client', pkiDir, transport, String(port), String(calls)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   return JSON.parse(out.trim().split('\n').pop()!) as Result;
 }
@@ -96,9 +107,12 @@ async function main(): Promise<void> {
       });
       server.once('exit', (code) => reject(new Error(`the server exited (${code})`)));
     });
-    const results: Record<string, Result[]> = { ttrpc: [], grpc: [] };
+    if (!fs.existsSync(AGENT_CALL)) throw new Error(`${AGENT_CALL} is missing: run "make build"`);
+    const results: Record<string, Result[]> = { ttrpc: [], grpc: [], c: [] };
+    const order = ['ttrpc', 'grpc', 'c'];
     for (let r = 0; r < rounds; r++) {
-      for (const t of r % 2 ? ['grpc', 'ttrpc'] : ['ttrpc', 'grpc']) results[t].push(runClient(p, t, ports[t as 'ttrpc' | 'grpc'], calls));
+      // Each client first, second and last in turn.
+      for (const t of order.map((_, k) => order[(r + k) % order.length])) results[t].push(runClient(p, t, t === 'grpc' ? ports.grpc : ports.ttrpc, calls));
     }
     const sum = (t: string) => ({
       medianMs: median(results[t].map((x) => x.medianMs)),
@@ -107,12 +121,15 @@ async function main(): Promise<void> {
     });
     const a = sum('ttrpc');
     const b = sum('grpc');
+    const c = sum('c');
     console.log(`one Health call to the agent's server over mutual TLS on loopback, ${calls} calls a round, ${rounds} rounds alternating; ${new Date().toISOString().slice(0, 16)}Z`);
     console.log('| client | latency median ms | latency p90 ms | client CPU per call ms |');
     console.log('| --- | ---: | ---: | ---: |');
     console.log(`| ttrpc (the node daemon's) | ${a.medianMs.toFixed(3)} | ${a.p90Ms.toFixed(3)} | ${a.cpuMsPerCall.toFixed(3)} |`);
     console.log(`| gRPC, grpc-js (baseline) | ${b.medianMs.toFixed(3)} | ${b.p90Ms.toFixed(3)} | ${b.cpuMsPerCall.toFixed(3)} |`);
+    console.log(`| ttrpc from C (agent-conn.c) | ${c.medianMs.toFixed(3)} | ${c.p90Ms.toFixed(3)} | ${c.cpuMsPerCall.toFixed(3)} |`);
     console.log(`ratio ttrpc/gRPC: latency ${(a.medianMs / b.medianMs).toFixed(2)}x, client CPU per call ${(a.cpuMsPerCall / b.cpuMsPerCall).toFixed(2)}x`);
+    console.log(`ratio C/ttrpc (the node daemon's): latency ${(c.medianMs / a.medianMs).toFixed(2)}x, client CPU per call ${(c.cpuMsPerCall / a.cpuMsPerCall).toFixed(2)}x`);
   } finally {
     server.stdin!.end();
     server.kill();

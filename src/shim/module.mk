@@ -2,11 +2,12 @@
 # options and the bundle's annotations, launcher-util.c holds hashing, files and
 # sockets): containerd runs it cold for every task, so it must not pay for a
 # Node.js start-up. The same binary is the ttrpc proxy (proxy-start.c; proxy.c the
-# relay, proxy-codec.c its frames, proxy-node.c an offload pod's node daemon,
+# relay, proxy-codec.c its Create rewrite and messages (the protobuf and ttrpc
+# codec under them: src/proto/pb.c, src/ttrpc/frame.h), proxy-node.c an offload pod's node daemon,
 # proxy-stdio.c the fifos held for the daemon's processes) that serves every pod in
 # front of containerd-shim-runc-v2.
-SHIM_PROXY_SRC := src/shim/proxy.c src/shim/proxy-codec.c src/shim/proxy-node.c src/shim/proxy-stdio.c
-SHIM_PROXY_HDR := src/shim/proxy.h src/shim/proxy-internal.h
+SHIM_PROXY_SRC := src/shim/proxy.c src/shim/proxy-codec.c src/shim/proxy-node.c src/shim/proxy-stdio.c src/proto/pb.c
+SHIM_PROXY_HDR := src/shim/proxy.h src/shim/proxy-internal.h src/proto/pb.h src/ttrpc/frame.h
 SHIM_C_SRC := src/shim/launcher.c src/shim/launcher-bundle.c src/shim/launcher-util.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c
 SHIM_C_HDR := src/shim/launcher.h $(SHIM_PROXY_HDR) src/shim/shim-config.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
@@ -36,3 +37,20 @@ $(BUILD)/shim-test-proxy-asan: $(SHIM_PROXY_TEST) $(SHIM_PROXY_SRC) $(SHIM_PROXY
 $(BUILD)/shim-test-config-asan: $(SHIM_CONFIG_TEST) src/shim/shim-config.c src/shim/shim-config.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -Isrc/shim -o $@ $(SHIM_CONFIG_TEST) src/shim/shim-config.c
+
+# The DPU agent's API from C (src/agentapi/agent-conn.c: TLS with OpenSSL, ttrpc
+# frames) and its command heteropod-agent-call (src/shim/agent-call.c, the node's
+# shim config read by the reader above): the first part of a node daemon in C.
+# test/unit/agent-call.test.ts runs both builds against the agent's real server.
+AGENT_CALL_SRC := src/shim/agent-call.c src/agentapi/agent-conn.c src/proto/pb.c src/shim/shim-config.c
+AGENT_CALL_HDR := src/agentapi/agent-conn.h src/proto/pb.h src/ttrpc/frame.h src/shim/shim-config.h
+
+build-c: $(BUILD)/heteropod-agent-call $(BUILD)/heteropod-agent-call-asan
+
+$(BUILD)/heteropod-agent-call: $(AGENT_CALL_SRC) $(AGENT_CALL_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto
+
+$(BUILD)/heteropod-agent-call-asan: $(AGENT_CALL_SRC) $(AGENT_CALL_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto

@@ -12,73 +12,6 @@
 
 #define RUNC_OPTIONS_TYPE "containerd.runc.v1.Options"
 
-/* ---- protobuf, as far as the rewrite needs it ------------------------------ */
-
-static int pb_varint(const unsigned char *p, size_t len, size_t *i, uint64_t *v)
-{
-	uint64_t out = 0;
-	unsigned shift = 0;
-
-	for (;;) {
-		unsigned char b;
-
-		if (*i >= len || shift > 63)
-			return -EBADMSG;
-		b = p[(*i)++];
-		out |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80))
-			break;
-		shift += 7;
-	}
-	*v = out;
-	return 0;
-}
-
-/* The field of message p[0, len) at *i: 1 and `f`, 0 at the end, or -EBADMSG. */
-int pb_next(const unsigned char *p, size_t len, size_t *i, struct pb_field *f)
-{
-	size_t start = *i;
-	uint64_t tag, n;
-
-	if (*i >= len)
-		return 0;
-	if (pb_varint(p, len, i, &tag) < 0 || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
-		return -EBADMSG;
-	f->num = (uint32_t)(tag >> 3);
-	f->wire = (unsigned)(tag & 7);
-	f->val = NULL;
-	f->vlen = 0;
-	f->u = 0;
-	switch (f->wire) {
-	case 0:
-		if (pb_varint(p, len, i, &f->u) < 0)
-			return -EBADMSG;
-		break;
-	case 1:
-		if (len - *i < 8)
-			return -EBADMSG;
-		*i += 8;
-		break;
-	case 5:
-		if (len - *i < 4)
-			return -EBADMSG;
-		*i += 4;
-		break;
-	case 2:
-		if (pb_varint(p, len, i, &n) < 0 || n > len - *i)
-			return -EBADMSG;
-		f->val = p + *i;
-		f->vlen = (size_t)n;
-		*i += (size_t)n;
-		break;
-	default: /* groups (3, 4) are not proto3; 6 and 7 do not exist */
-		return -EBADMSG;
-	}
-	f->start = p + start;
-	f->total = *i - start;
-	return 1;
-}
-
 /* ---- the Create rewrite ---------------------------------------------------- */
 
 size_t hp_rewrite_bound(size_t len, size_t options_len)
@@ -224,57 +157,7 @@ int hp_runc_options(const char *binary_name, const char *root, int systemd_cgrou
 	return (int)o;
 }
 
-/* ---- the writer, and the node daemon's messages ------------------------------ */
-
-void pbw_raw(struct pb_writer *w, const void *v, size_t len)
-{
-	if (w->p)
-		memcpy(w->p + w->n, v, len);
-	w->n += len;
-}
-
-void pbw_varint(struct pb_writer *w, uint64_t v)
-{
-	unsigned char b[10];
-
-	pbw_raw(w, b, put_varint(b, v));
-}
-
-void pbw_bytes(struct pb_writer *w, uint32_t field, const void *v, size_t len)
-{
-	pbw_varint(w, (uint64_t)field << 3 | 2);
-	pbw_varint(w, len);
-	pbw_raw(w, v, len);
-}
-
-/* proto3: an empty string is not written */
-void pbw_string(struct pb_writer *w, uint32_t field, const char *s)
-{
-	if (s && *s)
-		pbw_bytes(w, field, s, strlen(s));
-}
-
-void pbw_uint(struct pb_writer *w, uint32_t field, uint64_t v)
-{
-	if (v) {
-		pbw_varint(w, (uint64_t)field << 3);
-		pbw_varint(w, v);
-	}
-}
-
-void put_header(unsigned char *out, size_t dlen, uint32_t stream, unsigned type)
-{
-	out[0] = (unsigned char)(dlen >> 24);
-	out[1] = (unsigned char)(dlen >> 16);
-	out[2] = (unsigned char)(dlen >> 8);
-	out[3] = (unsigned char)dlen;
-	out[4] = (unsigned char)(stream >> 24);
-	out[5] = (unsigned char)(stream >> 16);
-	out[6] = (unsigned char)(stream >> 8);
-	out[7] = (unsigned char)stream;
-	out[8] = (unsigned char)type;
-	out[9] = 0;
-}
+/* ---- the node daemon's messages ----------------------------------------------- */
 
 static void attach_request(struct pb_writer *w, const struct hp_attach *a)
 {

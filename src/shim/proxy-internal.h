@@ -11,6 +11,7 @@
 #define HETEROPOD_SHIM_PROXY_INTERNAL_H
 
 #include "proxy.h"
+#include "../proto/pb.h"
 
 #include <string.h>
 #include <sys/types.h>
@@ -18,20 +19,7 @@
 
 #define TASK_SERVICE "containerd.task.v2.Task"
 
-/* ---- protobuf and ttrpc (proxy-codec.c) ------------------------------------ */
-
-struct pb_field {
-	uint32_t num;
-	unsigned wire;
-	const unsigned char *start; /* the tag */
-	size_t total;		    /* tag to end of value */
-	const unsigned char *val;   /* length-delimited value (wire type 2) */
-	size_t vlen;
-	uint64_t u;		    /* varint value (wire type 0) */
-};
-
-/* The field of message p[0, len) at *i: 1 and `f`, 0 at the end, or -EBADMSG. */
-int pb_next(const unsigned char *p, size_t len, size_t *i, struct pb_field *f);
+/* ---- the request envelope (proxy-codec.c) ----------------------------------- */
 
 /* A request envelope: Request { service = 1; method = 2; payload = 3;
  * timeout_nano = 4; metadata = 5; }, as in Go the last occurrence of a field
@@ -43,55 +31,6 @@ struct envelope {
 
 /* 0, or -EBADMSG when the envelope (data of a frame) does not decode. */
 int envelope_read(const unsigned char *data, size_t dlen, struct envelope *e);
-
-/* A protobuf writer that only counts while `p` is NULL: the same calls size a
- * message and then write it. */
-struct pb_writer {
-	unsigned char *p;
-	size_t n;
-};
-
-void pbw_raw(struct pb_writer *w, const void *v, size_t len);
-void pbw_varint(struct pb_writer *w, uint64_t v);
-void pbw_bytes(struct pb_writer *w, uint32_t field, const void *v, size_t len);
-void pbw_string(struct pb_writer *w, uint32_t field, const char *s); /* proto3: "" is not written */
-void pbw_uint(struct pb_writer *w, uint32_t field, uint64_t v);	    /* nor is 0 */
-
-/* A ttrpc frame header: data length, stream id, type, flags 0. */
-void put_header(unsigned char *out, size_t dlen, uint32_t stream, unsigned type);
-
-static inline size_t varint_len(uint64_t v)
-{
-	size_t n = 1;
-
-	while (v >= 0x80) {
-		v >>= 7;
-		n++;
-	}
-	return n;
-}
-
-static inline size_t put_varint(unsigned char *out, uint64_t v)
-{
-	size_t n = 0;
-
-	while (v >= 0x80) {
-		out[n++] = (unsigned char)(v | 0x80);
-		v >>= 7;
-	}
-	out[n++] = (unsigned char)v;
-	return n;
-}
-
-static inline int is(const unsigned char *p, size_t n, const char *s)
-{
-	return p && n == strlen(s) && memcmp(p, s, n) == 0;
-}
-
-static inline uint32_t be32(const unsigned char *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 /* ---- the relay (proxy.c) ----------------------------------------------------- */
 

@@ -46,11 +46,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ttrpc framing (ttrpc 1.1, which containerd 1.6 uses). */
-#define HP_TTRPC_HEADER 10u
-#define HP_TTRPC_MAX_DATA (4u << 20)
-#define HP_TTRPC_REQUEST 1u
-#define HP_TTRPC_RESPONSE 2u
+#include "../ttrpc/frame.h"
+
 
 /* The node daemon's side of the contract. */
 #define HP_NODE_SERVICE "heteropod.node.v1.Node"
