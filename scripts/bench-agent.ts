@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { arg, median, stats } from './bench-lib';
-import { ensurePki, PkiFiles } from '../src/dpu/pki';
+import { ensurePki, pkiIn } from '../src/dpu/pki';
 import { NODE_DAEMON_FLAGS } from '../src/shim/install';
 
 type Result = { transport: string; medianMs: number; p90Ms: number; cpuMsPerCall: number };
@@ -95,7 +95,7 @@ async function main(): Promise<void> {
   const rounds = Number(arg('rounds', '4'));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-bench-agent-'));
   const p = path.join(dir, 'pki');
-  const pki: PkiFiles = { dir: p, caKey: `${p}/ca.key`, caCert: `${p}/ca.crt`, agentKey: `${p}/agent.key`, agentCert: `${p}/agent.crt`, shimKey: `${p}/shim.key`, shimCert: `${p}/shim.crt` };
+  const pki = pkiIn(p);
   await ensurePki(pki, '127.0.0.1');
   const server = spawn(process.execPath, [__filename, 'serve', p], { stdio: ['pipe', 'pipe', 'inherit'] });
   try {

@@ -241,25 +241,11 @@ fail:
 	return NULL;
 }
 
-static int ssl_write_all(struct hp_agent *a, const unsigned char *p, size_t n, long long deadline)
+/* All n bytes written from p (write) or read into it, by the deadline. */
+static int ssl_all(struct hp_agent *a, int write, unsigned char *p, size_t n, long long deadline)
 {
 	while (n > 0) {
-		int r = SSL_write(a->ssl, p, (int)n);
-
-		if (r > 0) {
-			p += r;
-			n -= (size_t)r;
-		} else if ((r = ssl_again(a, r, deadline)) < 0) {
-			return r;
-		}
-	}
-	return 0;
-}
-
-static int ssl_read_all(struct hp_agent *a, unsigned char *p, size_t n, long long deadline)
-{
-	while (n > 0) {
-		int r = SSL_read(a->ssl, p, (int)n);
+		int r = write ? SSL_write(a->ssl, p, (int)n) : SSL_read(a->ssl, p, (int)n);
 
 		if (r > 0) {
 			p += r;
@@ -339,13 +325,13 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 			w = (struct pb_writer){ frame + HP_TTRPC_HEADER, 0 };
 		}
 	}
-	r = ssl_write_all(a, frame, HP_TTRPC_HEADER + w.n, deadline);
+	r = ssl_all(a, 1, frame, HP_TTRPC_HEADER + w.n, deadline);
 	free(frame);
 	/* Frames of other streams (none: one call at a time) are read past. */
 	for (; r == 0; free(data), data = NULL) {
 		uint32_t len;
 
-		if ((r = ssl_read_all(a, head, sizeof(head), deadline)) < 0)
+		if ((r = ssl_all(a, 0, head, sizeof(head), deadline)) < 0)
 			break;
 		len = be32(head);
 		if (len > HP_TTRPC_MAX_DATA) {
@@ -357,7 +343,7 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 			r = -ENOMEM;
 			break;
 		}
-		if ((r = ssl_read_all(a, data, len, deadline)) < 0)
+		if ((r = ssl_all(a, 0, data, len, deadline)) < 0)
 			break;
 		if (be32(head + 4) != stream || head[8] != HP_TTRPC_RESPONSE)
 			continue;

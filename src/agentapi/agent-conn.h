@@ -9,7 +9,9 @@
  * a blocking socket whose every wait is bounded. agent-call.c is its command.
  *
  * Functions return a negative errno on failure and fill `err` with what went
- * wrong, naming the agent's address.
+ * wrong, naming the agent's address. The caller ignores SIGPIPE: writing to an
+ * agent that has closed the connection (one that refuses our certificate does
+ * at once) must fail the call, not end the process.
  */
 #ifndef HETEROPOD_AGENTAPI_AGENT_CONN_H
 #define HETEROPOD_AGENTAPI_AGENT_CONN_H

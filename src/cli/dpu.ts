@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { formatWires } from '../dpu/network';
 import { DPU } from '../dpu/paths';
-import { ensurePki, PkiFiles } from '../dpu/pki';
+import { ensurePki, pkiIn } from '../dpu/pki';
 import { printJson } from './table';
 
 const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -34,8 +34,7 @@ export function registerDpuCommands(program: Command): void {
       if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(o.agentIp)) throw new Error(`--agent-ip ${JSON.stringify(o.agentIp)}: expected an IPv4 address`);
       const out = path.resolve(dir);
       if (fs.existsSync(out) && fs.readdirSync(out).length > 0) throw new Error(`${out} is not empty: give a new directory (nothing there is overwritten)`);
-      const f = (name: string) => path.join(out, name);
-      const files: PkiFiles = { dir: out, caKey: f('ca.key'), caCert: f('ca.crt'), agentKey: f('agent.key'), agentCert: f('agent.crt'), shimKey: f('shim.key'), shimCert: f('shim.crt') };
+      const files = pkiIn(out);
       await ensurePki(files, o.agentIp);
       say(`made in ${out}:
   on the DPU (the agent's --tls-dir):  ca.crt agent.crt agent.key

@@ -18,6 +18,12 @@ export interface PkiFiles {
   shimCert: string;
 }
 
+/** The set's files in `dir`, by their usual names. */
+export function pkiIn(dir: string): PkiFiles {
+  const f = (name: string) => path.join(dir, name);
+  return { dir, caKey: f('ca.key'), caCert: f('ca.crt'), agentKey: f('agent.key'), agentCert: f('agent.crt'), shimKey: f('shim.key'), shimCert: f('shim.crt') };
+}
+
 const DAYS = '825';
 const KEY_ARGS = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
 

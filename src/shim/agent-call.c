@@ -17,6 +17,7 @@
 #include "../proto/pb.h"
 #include "shim-config.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,7 @@ int main(int argc, char **argv)
 	struct hp_agent *a;
 	char err[1024];
 
+	signal(SIGPIPE, SIG_IGN); /* an agent that closes the connection is an error, not the end */
 	for (int i = 1; i < argc; i++) {
 		const char *o = argv[i];
 		char *end;

@@ -14,7 +14,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
 import { DpuAgentService } from '../../src/agent/service';
-import { ensurePki, makeCa, makeLeaf, PkiFiles } from '../../src/dpu/pki';
+import { ensurePki, makeCa, makeLeaf, pkiIn, PkiFiles } from '../../src/dpu/pki';
 
 const build = path.resolve(__dirname, '..', '..', '..', 'build');
 const BUILDS = ['heteropod-agent-call', 'heteropod-agent-call-asan'].map((b) => path.join(build, b));
@@ -30,7 +30,7 @@ let broken = false;
 test.before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-call-'));
   const p = path.join(dir, 'pki');
-  pki = { dir: p, caKey: `${p}/ca.key`, caCert: `${p}/ca.crt`, agentKey: `${p}/agent.key`, agentCert: `${p}/agent.crt`, shimKey: `${p}/shim.key`, shimCert: `${p}/shim.crt` };
+  pki = pkiIn(p);
   assert.is(await ensurePki(pki, '127.0.0.1'), 'made');
   const api = new DpuAgentService({
     version: 'test-c',

@@ -16,7 +16,7 @@ import { Code } from '../../src/common/status';
 import type { LayerChunk, TaskEventMessage } from '../../src/agentapi/proto';
 import { DpuAgentService } from '../../src/agent/service';
 import { capacityOf, effectiveMemoryLimit, parseMemTotal, parseProcCgroup } from '../../src/agent/resources';
-import { ensurePki, makeCa, makeLeaf, PkiFiles } from '../../src/dpu/pki';
+import { ensurePki, makeCa, makeLeaf, pkiIn, PkiFiles } from '../../src/dpu/pki';
 
 let dir: string;
 let pki: PkiFiles;
@@ -27,7 +27,7 @@ const GiB = 1024 ** 3;
 test.before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-unit-'));
   const p = path.join(dir, 'pki');
-  pki = { dir: p, caKey: `${p}/ca.key`, caCert: `${p}/ca.crt`, agentKey: `${p}/agent.key`, agentCert: `${p}/agent.crt`, shimKey: `${p}/shim.key`, shimCert: `${p}/shim.crt` };
+  pki = pkiIn(p);
   assert.is(await ensurePki(pki, '127.0.0.1'), 'made');
   const api = new DpuAgentService({
     version: 'test',
@@ -64,43 +64,48 @@ test('the shim certificate gets Health and Capacity', async () => {
   }
 });
 
-test('a healthy answer stands a while, so pods starting together ask once; an unhealthy one is asked again', async () => {
-  let asked = 0;
-  let broken = false;
+/** An agent of its own whose resources are counted as they are read (and fail while `count.broken`), and a client. */
+async function countingAgent(used: (asked: number) => number): Promise<{ own: RunningServer; count: { asked: number; broken: boolean }; c: DpuAgentClient }> {
+  const count = { asked: 0, broken: false };
   const api = new DpuAgentService({
     version: 'test',
     listenAddress: '127.0.0.1:0',
     resources: () => {
-      asked++;
-      if (broken) throw new Error('cgroup gone');
-      return { cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: 0 };
+      count.asked++;
+      if (count.broken) throw new Error('cgroup gone');
+      return { cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: used(count.asked) };
     },
   });
   const own = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
   const c = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  return { own, count, c };
+}
+
+test('a healthy answer stands a while, so pods starting together ask once; an unhealthy one is asked again', async () => {
+  const { own, count, c } = await countingAgent(() => 0);
   try {
     const answers = await Promise.all([c.health(), c.health(), c.health()]);
     assert.ok(answers.every((h) => h.ok));
-    assert.is(asked, 1, 'three pods at once: one Health');
+    assert.is(count.asked, 1, 'three pods at once: one Health');
     await c.health();
-    assert.is(asked, 1, 'still fresh');
+    assert.is(count.asked, 1, 'still fresh');
     // A new connection (another daemon) asks for itself.
     const other = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
     await other.health().finally(() => other.close());
-    assert.is(asked, 2);
+    assert.is(count.asked, 2);
   } finally {
     c.close();
   }
   // Unhealthy: not kept, the next call asks again (and sees it healthy once it is).
   const d = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
   try {
-    broken = true;
+    count.broken = true;
     const bad = await d.health();
     assert.is(bad.ok, false);
     assert.match(bad.problem, /cgroup gone/);
-    broken = false;
+    count.broken = false;
     assert.is((await d.health()).ok, true);
-    assert.is(asked, 4);
+    assert.is(count.asked, 4);
   } finally {
     d.close();
     await own.stop();
@@ -109,36 +114,24 @@ test('a healthy answer stands a while, so pods starting together ask once; an un
 
 test('a Capacity answer stands a second, so pods starting together ask once; then, or after a failure, it is asked again', async () => {
   const MiB = 1024 * 1024;
-  let asked = 0;
-  let broken = false;
-  const api = new DpuAgentService({
-    version: 'test',
-    listenAddress: '127.0.0.1:0',
-    resources: () => {
-      asked++;
-      if (broken) throw new Error('cgroup gone');
-      return { cpus: [3], memoryTotalBytes: GiB, memoryUsedBytes: asked * MiB };
-    },
-  });
-  const own = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
-  const c = DpuAgentClient.connect({ address: `127.0.0.1:${own.port}`, caFile: pki.caCert, certFile: pki.shimCert, keyFile: pki.shimKey });
+  const { own, count, c } = await countingAgent((asked) => asked * MiB);
   const later = () => new Promise((r) => setTimeout(r, CAPACITY_FRESH_MS + 50));
   try {
     const answers = await Promise.all([c.capacity(), c.capacity(), c.capacity()]);
-    assert.is(asked, 1, 'three pods at once: one Capacity');
+    assert.is(count.asked, 1, 'three pods at once: one Capacity');
     assert.ok(answers.every((a) => a.memory_free_bytes === GiB - MiB));
     await later();
     assert.is((await c.capacity()).memory_free_bytes, GiB - 2 * MiB, 'asked again once a second has passed');
-    assert.is(asked, 2);
+    assert.is(count.asked, 2);
     await later();
-    broken = true;
+    count.broken = true;
     await c.capacity().then(
       () => assert.unreachable('a failed Capacity'),
       (err: DpuAgentError) => assert.match(err.message, /cgroup gone/),
     );
-    broken = false;
+    count.broken = false;
     assert.is((await c.capacity()).memory_free_bytes, GiB - 4 * MiB, 'a failure is not kept');
-    assert.is(asked, 4);
+    assert.is(count.asked, 4);
   } finally {
     c.close();
     await own.stop();
