@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -288,20 +289,48 @@ static int decode_response(const unsigned char *d, size_t n, int *code, const un
 	return r;
 }
 
-int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_t req_len, unsigned char **resp, size_t *resp_len,
-		  char *err, size_t err_len)
+/* Writes a frame: the header, then `len` bytes of data. */
+static int send_frame(struct hp_agent *a, uint32_t stream, unsigned type, unsigned flags, const unsigned char *data, size_t len,
+		      long long deadline)
 {
-	long long deadline = now_ms() + a->timeout_ms;
+	unsigned char *frame = malloc(HP_TTRPC_HEADER + len);
+	int r;
+
+	if (!frame)
+		return -ENOMEM;
+	put_header_flags(frame, len, stream, type, flags);
+	if (len)
+		memcpy(frame + HP_TTRPC_HEADER, data, len);
+	r = ssl_all(a, 1, frame, HP_TTRPC_HEADER + len, deadline);
+	free(frame);
+	return r;
+}
+
+/*
+ * One call on a new stream: the request, then the stream's frames until its
+ * Response. A server stream (`on_message` set) opens with REMOTE_OPEN and has
+ * no deadline while messages come; each data frame goes to on_message, and a
+ * nonzero return cancels the stream (the client's side closed, as the agent's
+ * clients do), after which the agent's Response is waited for within the
+ * timeout. Returns as hp_agent_call does.
+ */
+static int exchange(struct hp_agent *a, const char *method, const void *req, size_t req_len,
+		    int (*on_message)(void *ctx, const unsigned char *m, size_t len), void *ctx, unsigned char **resp, size_t *resp_len,
+		    char *err, size_t err_len)
+{
+	long long deadline = on_message ? LLONG_MAX : now_ms() + a->timeout_ms;
 	uint32_t stream = a->next_stream;
 	struct pb_writer w = { NULL, 0 };
-	unsigned char head[HP_TTRPC_HEADER], *frame, *data = NULL;
+	unsigned char head[HP_TTRPC_HEADER], *request, *data = NULL;
 	const unsigned char *msg, *payload;
 	size_t msg_len, payload_len;
 	char why[256] = "";
 	int r, code;
 
-	*resp = NULL;
-	*resp_len = 0;
+	if (resp) {
+		*resp = NULL;
+		*resp_len = 0;
+	}
 	if (a->fd < 0) {
 		say(err, err_len, "DPU agent at %s: %s: the connection has failed", a->address, method);
 		return -ENOTCONN;
@@ -312,21 +341,19 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 		pbw_string(&w, 1, HP_AGENT_SERVICE);
 		pbw_string(&w, 2, method);
 		pbw_bytes(&w, 3, req, req_len);
-		pbw_uint(&w, 4, (uint64_t)a->timeout_ms * 1000000);
+		pbw_uint(&w, 4, on_message ? 0 : (uint64_t)a->timeout_ms * 1000000);
 		if (pass == 0) {
 			if (w.n > HP_TTRPC_MAX_DATA) {
 				say(err, err_len, "DPU agent at %s: %s: a request of %zu bytes is over ttrpc's limit", a->address, method, w.n);
 				return -EMSGSIZE;
 			}
-			frame = malloc(HP_TTRPC_HEADER + w.n);
-			if (!frame)
+			if (!(request = malloc(w.n ? w.n : 1)))
 				return -ENOMEM;
-			put_header(frame, w.n, stream, HP_TTRPC_REQUEST);
-			w = (struct pb_writer){ frame + HP_TTRPC_HEADER, 0 };
+			w = (struct pb_writer){ request, 0 };
 		}
 	}
-	r = ssl_all(a, 1, frame, HP_TTRPC_HEADER + w.n, deadline);
-	free(frame);
+	r = send_frame(a, stream, HP_TTRPC_REQUEST, on_message ? HP_TTRPC_REMOTE_OPEN : 0, request, w.n, deadline);
+	free(request);
 	/* Frames of other streams (none: one call at a time) are read past. */
 	for (; r == 0; free(data), data = NULL) {
 		uint32_t len;
@@ -345,7 +372,17 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 		}
 		if ((r = ssl_all(a, 0, data, len, deadline)) < 0)
 			break;
-		if (be32(head + 4) != stream || head[8] != HP_TTRPC_RESPONSE)
+		if (be32(head + 4) != stream)
+			continue;
+		if (head[8] == HP_TTRPC_DATA && on_message) {
+			a->answered = 1;
+			if (deadline == LLONG_MAX && !(head[9] & HP_TTRPC_NO_DATA) && on_message(ctx, data, len) != 0) {
+				deadline = now_ms() + a->timeout_ms;
+				r = send_frame(a, stream, HP_TTRPC_DATA, HP_TTRPC_REMOTE_CLOSED | HP_TTRPC_NO_DATA, NULL, 0, deadline);
+			}
+			continue;
+		}
+		if (head[8] != HP_TTRPC_RESPONSE)
 			continue;
 		if (decode_response(data, len, &code, &msg, &msg_len, &payload, &payload_len) < 0) {
 			r = -EBADMSG;
@@ -353,15 +390,20 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 			break;
 		}
 		a->answered = 1;
-		if (code != 0) {
+		/* A stream we cancelled ends however the agent says; any other failure is reported. */
+		if (code != 0 && !(on_message && deadline != LLONG_MAX)) {
 			say(err, err_len, "DPU agent at %s: %s: %.*s", a->address, method, (int)msg_len, msg ? (const char *)msg : "");
 			free(data);
 			return code;
 		}
-		memmove(data, payload ? payload : data, payload_len);
-		*resp = data;
-		*resp_len = payload_len;
-		return 0;
+		if (resp) {
+			memmove(data, payload ? payload : data, payload_len);
+			*resp = data;
+			*resp_len = payload_len;
+			return 0;
+		}
+		free(data);
+		return 0; /* the stream's end (or our cancel answered, with whatever code) */
 	}
 	free(data);
 	if (r == -EPROTO && !why[0])
@@ -382,6 +424,18 @@ int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_
 	close(a->fd);
 	a->fd = -1;
 	return r;
+}
+
+int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_t req_len, unsigned char **resp, size_t *resp_len,
+		  char *err, size_t err_len)
+{
+	return exchange(a, method, req, req_len, NULL, NULL, resp, resp_len, err, err_len);
+}
+
+int hp_agent_stream(struct hp_agent *a, const char *method, const void *req, size_t req_len,
+		    int (*on_message)(void *ctx, const unsigned char *m, size_t len), void *ctx, char *err, size_t err_len)
+{
+	return exchange(a, method, req, req_len, on_message, ctx, NULL, NULL, err, err_len);
 }
 
 void hp_agent_close(struct hp_agent *a)

@@ -5,8 +5,9 @@
  * The TLS rules are the same: the agent's certificate must chain to the node's
  * CA and name AGENT_SERVER_NAME; the node's own certificate is presented.
  *
- * This is the first part of a node daemon in C: unary calls, one at a time, on
- * a blocking socket whose every wait is bounded. agent-call.c is its command.
+ * This is the first part of a node daemon in C: unary calls and server streams,
+ * one at a time, on a socket whose every wait but a stream's next message is
+ * bounded. agent-call.c is its command.
  *
  * Functions return a negative errno on failure and fill `err` with what went
  * wrong, naming the agent's address. The caller ignores SIGPIPE: writing to an
@@ -43,6 +44,18 @@ struct hp_agent *hp_agent_connect(const char *address, const struct hp_agent_tls
  */
 int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_t req_len, unsigned char **resp, size_t *resp_len,
 		  char *err, size_t err_len);
+
+/*
+ * A server-streamed call (Events, Output, WatchPorts): each message, encoded, to
+ * on_message in order, with no deadline while they come. on_message returning
+ * nonzero cancels the stream (our side closed, as the TS client does), and the
+ * agent's end of it is then waited for within the timeout. Returns 0 when the
+ * stream ended cleanly or was cancelled, the agent's google.rpc.Code when it
+ * failed it (`err` then holds its message), a negative errno when the
+ * connection failed.
+ */
+int hp_agent_stream(struct hp_agent *a, const char *method, const void *req, size_t req_len,
+		    int (*on_message)(void *ctx, const unsigned char *m, size_t len), void *ctx, char *err, size_t err_len);
 
 void hp_agent_close(struct hp_agent *a);
 

@@ -5,8 +5,12 @@
  *
  *   heteropod-agent-call [--config FILE] [--address HOST:PORT --ca F --cert F --key F]
  *                        [--timeout-ms N] [--repeat N] Health|Capacity
+ *   heteropod-agent-call [...] [--after SEQ] [--count N] Events POD_ID
  *
- * Prints the answer's fields, one `name value` a line. With --repeat N it makes
+ * Prints the answer's fields, one `name value` a line. Events follows the pod's
+ * task events on the DPU (after sequence SEQ, default 0: every one the agent
+ * keeps), one line each as it comes, `sequence S topic T forward_bytes B`,
+ * until the agent ends the stream or, with --count, N have come. With --repeat N it makes
  * N calls on one connection and prints only what they cost: `calls N wall_ms
  * W p50_ms M p90_ms P cpu_ms C` (per call: the mean, median and 90th
  * percentile of the wall time, and this process's CPU; the connection's set-up
@@ -81,6 +85,33 @@ static int print_answer(const char *method, const unsigned char *p, size_t n)
 	return 0;
 }
 
+struct events {
+	long count, left;
+};
+
+/* TaskEvent { sequence = 1, topic = 2, forward = 3, termination_message = 4 }: one line. */
+static int print_event(void *ctx, const unsigned char *m, size_t len)
+{
+	struct events *e = ctx;
+	unsigned long long sequence = 0;
+	const unsigned char *topic = NULL;
+	size_t topic_len = 0, forward = 0, i = 0;
+	struct pb_field f;
+
+	while (pb_next(m, len, &i, &f) > 0) {
+		if (f.num == 1 && f.wire == 0)
+			sequence = f.u;
+		else if (f.num == 2 && f.wire == 2) {
+			topic = f.val;
+			topic_len = f.vlen;
+		} else if (f.num == 3 && f.wire == 2)
+			forward = f.vlen;
+	}
+	printf("sequence %llu topic %.*s forward_bytes %zu\n", sequence, (int)topic_len, topic ? (const char *)topic : "", forward);
+	fflush(stdout);
+	return e->count > 0 && --e->left == 0;
+}
+
 static int by_value(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -91,14 +122,17 @@ static int by_value(const void *a, const void *b)
 static int usage(const char *why)
 {
 	fprintf(stderr, "heteropod-agent-call: %s\n"
-			"usage: heteropod-agent-call [--config FILE] [--address HOST:PORT --ca F --cert F --key F] [--timeout-ms N] [--repeat N] Health|Capacity\n",
+			"usage: heteropod-agent-call [--config FILE] [--address HOST:PORT --ca F --cert F --key F] [--timeout-ms N] [--repeat N] Health|Capacity\n"
+			"       heteropod-agent-call [...] [--after SEQ] [--count N] Events POD_ID\n",
 		why);
 	return 2;
 }
 
 int main(int argc, char **argv)
 {
-	const char *config = NULL, *address = NULL, *method = NULL;
+	const char *config = NULL, *address = NULL, *method = NULL, *pod = NULL;
+	struct events events = { 0, 0 };
+	long after = 0;
 	struct hp_agent_tls tls = { NULL, NULL, NULL };
 	struct shim_config c;
 	long timeout_ms = -1, repeat = 0;
@@ -112,9 +146,9 @@ int main(int argc, char **argv)
 		char *end;
 
 		if (o[0] != '-') {
-			if (method)
-				return usage("one method only");
-			method = o;
+			if (method && (pod || strcmp(method, "Events") != 0))
+				return usage("one method only (and a pod for Events)");
+			*(method ? &pod : &method) = o;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -129,18 +163,24 @@ int main(int argc, char **argv)
 			tls.cert_file = argv[++i];
 		else if (strcmp(o, "--key") == 0)
 			tls.key_file = argv[++i];
-		else if (strcmp(o, "--timeout-ms") == 0 || strcmp(o, "--repeat") == 0) {
+		else if (strcmp(o, "--timeout-ms") == 0 || strcmp(o, "--repeat") == 0 || strcmp(o, "--count") == 0) {
 			long v = strtol(argv[++i], &end, 10);
 
 			if (*end || v < 1)
-				return usage("--timeout-ms and --repeat take a positive number");
-			*(strcmp(o, "--repeat") == 0 ? &repeat : &timeout_ms) = v;
+				return usage("--timeout-ms, --repeat and --count take a positive number");
+			*(strcmp(o, "--repeat") == 0 ? &repeat : strcmp(o, "--count") == 0 ? &events.count : &timeout_ms) = v;
+		} else if (strcmp(o, "--after") == 0) {
+			after = strtol(argv[++i], &end, 10);
+			if (*end || after < 0)
+				return usage("--after takes a sequence number");
 		} else {
 			return usage("unknown option");
 		}
 	}
-	if (!method || (strcmp(method, "Health") != 0 && strcmp(method, "Capacity") != 0))
-		return usage("the method is Health or Capacity");
+	if (!method || (strcmp(method, "Health") != 0 && strcmp(method, "Capacity") != 0 && strcmp(method, "Events") != 0))
+		return usage("the method is Health, Capacity or Events");
+	if (strcmp(method, "Events") == 0 && (!pod || repeat))
+		return usage("Events takes a pod id, and no --repeat");
 	if (!address || !tls.ca_file || !tls.cert_file || !tls.key_file) {
 		if (shim_config_load(config ? config : DEFAULT_CONFIG, &c, err, sizeof(err)) != 0) {
 			fprintf(stderr, "heteropod-agent-call: %s\n", err);
@@ -162,6 +202,27 @@ int main(int argc, char **argv)
 	if (!a) {
 		fprintf(stderr, "heteropod-agent-call: %s\n", err);
 		status = 1;
+	} else if (pod) {
+		/* EventsRequest { pod_id = 1, after = 2 } */
+		unsigned char req[512];
+		struct pb_writer w = { NULL, 0 };
+
+		pbw_string(&w, 1, pod);
+		pbw_uint(&w, 2, (uint64_t)after);
+		if (w.n > sizeof(req)) {
+			fprintf(stderr, "heteropod-agent-call: the pod id is too long\n");
+			status = 1;
+		} else {
+			w = (struct pb_writer){ req, 0 };
+			pbw_string(&w, 1, pod);
+			pbw_uint(&w, 2, (uint64_t)after);
+			events.left = events.count;
+			if (hp_agent_stream(a, "Events", req, w.n, print_event, &events, err, sizeof(err)) != 0) {
+				fprintf(stderr, "heteropod-agent-call: %s\n", err);
+				status = 1;
+			}
+		}
+		hp_agent_close(a);
 	} else {
 		double wall = seconds(CLOCK_MONOTONIC), cpu = seconds(CLOCK_PROCESS_CPUTIME_ID);
 		long n = repeat ? repeat : 1;

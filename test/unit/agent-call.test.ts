@@ -2,9 +2,10 @@
 // build/heteropod-agent-call, plain and under the sanitizers, against the
 // agent's real TLS server (src/agent/server.ts) on loopback: the answers'
 // fields, the node's shim config read for the address and files, a status the
-// agent answers with, and each way the connection can fail (an agent whose
-// certificate another CA signed, a client certificate the agent refuses,
-// nothing listening), each named in one line on stderr.
+// agent answers with, a server stream (Events: followed to its end, failed,
+// and cancelled, the agent seeing the cancel), and each way the connection can
+// fail (an agent whose certificate another CA signed, a client certificate the
+// agent refuses, nothing listening), each named in one line on stderr.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -13,6 +14,8 @@ import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { startAgentServer, RunningServer } from '../../src/agent/server';
+import { AgentError, aborted, serverStream } from '../../src/agent/errors';
+import { Code } from '../../src/common/status';
 import { DpuAgentService } from '../../src/agent/service';
 import { ensurePki, makeCa, makeLeaf, pkiIn, PkiFiles } from '../../src/dpu/pki';
 
@@ -26,6 +29,8 @@ let pki: PkiFiles;
 let server: RunningServer;
 let address: string;
 let broken = false;
+// Each Events stream the agent saw cancelled, by pod id.
+const cancelled: string[] = [];
 
 test.before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-agent-call-'));
@@ -40,7 +45,16 @@ test.before(async () => {
       return { cpus: [2, 3], memoryTotalBytes: GiB, memoryUsedBytes: 100 * MiB };
     },
   });
-  server = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api);
+  server = await startAgentServer('127.0.0.1:0', { caFile: pki.caCert, certFile: pki.agentCert, keyFile: pki.agentKey }, api, {
+    // Three events after `after`; then the end ('ends'), or until cancelled.
+    Events: serverStream('Events', async (req: { pod_id: string; after: number }, out, signal) => {
+      if (req.pod_id === 'missing') throw new AgentError(Code.NOT_FOUND, 'pod missing: not found');
+      for (let i = 1; i <= 3; i++) out.write({ sequence: req.after + i, topic: '/tasks/start', forward: Buffer.alloc(i) });
+      if (req.pod_id === 'ends') return;
+      await aborted(signal);
+      cancelled.push(req.pod_id);
+    }),
+  });
   address = `127.0.0.1:${server.port}`;
 });
 
@@ -135,8 +149,23 @@ for (const bin of BUILDS) {
     assert.match(nobody.stderr, `DPU agent at 127.0.0.1:${port} unreachable: Connection refused`);
   });
 
+  test(`${name}: Events followed to the agent's end, failed with its status, and cancelled after --count`, async () => {
+    const ends = await call(bin, [...tlsArgs(), '--after', '10', 'Events', 'ends']);
+    assert.is(ends.status, 0, ends.stderr);
+    assert.is(ends.stdout, [1, 2, 3].map((i) => `sequence ${10 + i} topic /tasks/start forward_bytes ${i}\n`).join(''));
+    const missing = await call(bin, [...tlsArgs(), 'Events', 'missing']);
+    assert.is(missing.status, 1);
+    assert.match(missing.stderr, `DPU agent at ${address}: Events: pod missing: not found`);
+    const pod = `forever-${name}`;
+    const two = await call(bin, [...tlsArgs(), '--count', '2', 'Events', pod]);
+    assert.is(two.status, 0, two.stderr);
+    assert.is(two.stdout.trim().split('\n').length, 2);
+    for (let i = 0; i < 50 && !cancelled.includes(pod); i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(cancelled.includes(pod), 'the agent saw the stream cancelled');
+  });
+
   test(`${name}: a bad command line`, async () => {
-    for (const args of [['Stats'], [], ['--repeat', '0', 'Health'], ['--bogus', 'x', 'Health']]) {
+    for (const args of [['Stats'], [], ['--repeat', '0', 'Health'], ['--bogus', 'x', 'Health'], ['Events'], ['Health', 'extra']]) {
       const r = await call(bin, args);
       assert.is(r.status, 2, args.join(' '));
       assert.match(r.stderr, 'usage: heteropod-agent-call');
