@@ -231,7 +231,10 @@ test('an upgrade: the old node daemon stopped and the new one started at once (i
     assert.ok(onDpu(echo), 'echo on the DPU');
     const old = started.pid;
     assert.equal(nodeDaemonPids(), [old]);
-    assert.equal(xpuThreadNames(old), ['xpu-monitor', 'xpu-ring2tap', 'xpu-tap2ring'], 'the old daemon pumps the link\'s host end');
+    // Other offloading pods on the bed (a user's) have links of their own: each
+    // adds its threads, so the names are looked for, not counted.
+    const pumps = (names: string[]): string[] => names.filter((n) => n === 'xpu-ring2tap' || n === 'xpu-tap2ring');
+    assert.equal([...new Set(pumps(xpuThreadNames(old)))], ['xpu-ring2tap', 'xpu-tap2ring'], 'the old daemon pumps the link\'s host end');
     const c = await waitFor('the echo server to accept', 10_000, async () => echoClient(await podIp(podId), ECHO).catch(() => undefined));
     conn = c;
     c.send('before\n');
@@ -248,7 +251,8 @@ test('an upgrade: the old node daemon stopped and the new one started at once (i
     c.send('after\n');
     await waitFor('the echo after the upgrade', 10_000, () => c.received().includes('after\n') || undefined);
     assert.is(c.received(), 'before\nduring\nafter\n');
-    assert.equal(xpuThreadNames(now), ['xpu-monitor'], 'the new daemon\'s host end is served: no pump thread');
+    assert.equal(pumps(xpuThreadNames(now)), [], 'the new daemon\'s host ends are served: no pump thread');
+    assert.ok(xpuThreadNames(now).includes('xpu-monitor'), 'the new daemon watches the link');
     assert.ok(readStats(podWindowPath(podId)).linkUp, 'the link is up');
     const r = await cri.execSync(echo, ['sh', '-c', 'echo exec-ok']);
     assert.equal([r.exitCode, r.stdout.toString()], [0, 'exec-ok\n']);
