@@ -1,7 +1,8 @@
 // `heteropod install`: makes this checkout's shim the runtime of containerd
 // handler `heteropod` on this node: the shim on PATH, a containerd config drop-in,
 // a default shim config, the node daemon's systemd unit, and the Kubernetes
-// RuntimeClass that selects it.
+// RuntimeClass that selects it; and heteropod-agent-call, which asks the DPU
+// agent with this node's shim config.
 // Everything lands under `root` (default /) so a package build or a test can
 // install into a staging directory.
 import * as fs from 'node:fs';
@@ -10,6 +11,7 @@ import * as path from 'node:path';
 export const HANDLER = 'heteropod';
 export const RUNTIME_TYPE = 'io.containerd.heteropod.v2';
 export const SHIM_BINARY = 'containerd-shim-heteropod-v2';
+export const AGENT_CALL_BINARY = 'heteropod-agent-call';
 
 export interface InstallOptions {
   root: string;
@@ -84,6 +86,14 @@ exec ${launcher} "$@"
 `;
 }
 
+// heteropod-agent-call with the shim's config unless told another.
+function agentCallLauncher(repoRoot: string, configPath: string): string {
+  return `#!/bin/sh
+# Installed by heteropod install from ${repoRoot}: the DPU agent asked with this node's shim config.
+exec ${path.join(repoRoot, 'build', AGENT_CALL_BINARY)} --config ${configPath} "$@"
+`;
+}
+
 /**
  * The node daemon's unit. Restart=always: a crash costs the pods nothing but the
  * outage (their proxies hold containerd's connections). KillMode=process: a stop
@@ -116,7 +126,7 @@ function put(file: string, text: string, mode: number): void {
 
 export function install(o: InstallOptions): InstallResult {
   const at = (p: string): string => path.join(o.root, p);
-  for (const built of [path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js'), path.join(o.repoRoot, 'build', SHIM_BINARY)]) {
+  for (const built of [path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js'), path.join(o.repoRoot, 'build', SHIM_BINARY), path.join(o.repoRoot, 'build', AGENT_CALL_BINARY)]) {
     if (!fs.existsSync(built)) throw new Error(`install: ${built} is missing; build first (make build)`);
   }
   const written: string[] = [];
@@ -132,7 +142,10 @@ export function install(o: InstallOptions): InstallResult {
     const unit = at(path.join(o.systemdDir, NODE_UNIT));
     put(unit, nodeUnit(o.nodePath, o.repoRoot, o.configPath), 0o644);
     done.push(unit);
-    written.push(shim, drop, unit);
+    const agentCall = at(path.join(o.binDir, AGENT_CALL_BINARY));
+    put(agentCall, agentCallLauncher(o.repoRoot, o.configPath), 0o755);
+    done.push(agentCall);
+    written.push(shim, drop, unit, agentCall);
     const config = at(o.configPath);
     if (!fs.existsSync(config)) {
       put(config, defaultShimConfig(), 0o644);

@@ -3,19 +3,25 @@ import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { install, dropIn, runtimeClassManifest } from '../../src/shim/install';
 
 const repoRoot = path.resolve(__dirname, '../../..');
 const base = { binDir: '/usr/local/bin', dropInDir: '/etc/containerd/conf.d', configPath: '/etc/heteropod/shim.toml', containerdConfig: '/etc/containerd/config.toml', systemdDir: '/etc/systemd/system', repoRoot, nodePath: process.execPath };
 
-test('install into a staging root: launcher, drop-in, node daemon unit, default config; notes the missing import', () => {
+test('install into a staging root: launcher, drop-in, node daemon unit, heteropod-agent-call, default config; notes the missing import', () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'hp-install-'));
   try {
     const r = install({ ...base, root });
     const shim = path.join(root, 'usr/local/bin/containerd-shim-heteropod-v2');
     const unit = path.join(root, 'etc/systemd/system/heteropod-node.service');
-    assert.equal(r.written, [shim, path.join(root, 'etc/containerd/conf.d/heteropod.toml'), unit, path.join(root, 'etc/heteropod/shim.toml')]);
+    const agentCall = path.join(root, 'usr/local/bin/heteropod-agent-call');
+    assert.equal(r.written, [shim, path.join(root, 'etc/containerd/conf.d/heteropod.toml'), unit, agentCall, path.join(root, 'etc/heteropod/shim.toml')]);
+    // It runs the built command with the node's config: the staged default names no agent.
+    assert.is(fs.statSync(agentCall).mode & 0o777, 0o755);
+    assert.match(fs.readFileSync(agentCall, 'utf8'), `--config /etc/heteropod/shim.toml "$@"`);
+    const asked = spawnSync(agentCall, ['--config', path.join(root, 'etc/heteropod/shim.toml'), 'Health'], { encoding: 'utf8' });
+    assert.equal([asked.status, asked.stderr.trim()], [1, `heteropod-agent-call: ${path.join(root, 'etc/heteropod/shim.toml')}: no DPU agent is configured ([dpu] address)`]);
     const unitText = fs.readFileSync(unit, 'utf8');
     assert.match(unitText, `ExecStart=${process.execPath} --max-semi-space-size=1 --lite-mode ${path.join(repoRoot, 'dist/src/shim/node-main.js')} --config /etc/heteropod/shim.toml\n`);
     assert.match(unitText, 'Restart=always');
