@@ -140,7 +140,14 @@ function podShims(podId: string): number[] {
     .map((p) => p.pid);
 }
 
-async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodSample> {
+// The processes and CPUs a start's CPU is divided between, looked up once a run.
+interface StartCpuParts {
+  daemon: number | undefined;
+  agent: number | undefined;
+  cpus: { host: number[]; dpu: number[] };
+}
+
+async function runPod(cri: CriClient, handler: Handler, n: number, parts: StartCpuParts): Promise<PodSample> {
   const pod: CriObject = {
     metadata: { name: `bench-${handler}-${n}`, namespace: 'bench', uid: `bench-${handler}-${n}-${process.pid}`, attempt: 0 },
     log_directory: `/tmp/hp-bench-${process.pid}/${handler}-${n}`,
@@ -150,8 +157,7 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     ...(handler === 'heteropod-offload' ? { annotations: { 'heteropod.io/offload': OFFLOADED, 'heteropod.io/offload-policy': 'require' } } : {}),
   };
   const container: CriObject = { metadata: { name: handler === 'heteropod-offload' ? OFFLOADED : 'app', attempt: 0 }, image: { image: 'heteropod.local/busybox:1' }, command: ['sleep', '3600'], log_path: 'app.log', linux: OWN_PID_NAMESPACE };
-  const [daemon] = nodeDaemonPids();
-  const agent = agentPid();
+  const { daemon, agent } = parts;
   const own0 = [processSeconds(daemon), processSeconds(agent)];
   const cpu0 = cpuTicks();
   const t0 = process.hrtime.bigint();
@@ -173,7 +179,6 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
   }
   const cpu1 = cpuTicks();
   const ms = (cpus: number[]): number => cpuSecondsBetween(cpu0, cpu1, cpus, 'busy') * 1000;
-  const split = hostAndDpuCpus();
   return {
     handler,
     podId,
@@ -183,8 +188,8 @@ async function runPod(cri: CriClient, handler: Handler, n: number): Promise<PodS
     shims: 0,
     idleCpuMs: 0,
     startCpuMs: ms([...cpu0.keys()]),
-    startHostCpuMs: ms(split.host),
-    startDpuCpuMs: ms(split.dpu),
+    startHostCpuMs: ms(parts.cpus.host),
+    startDpuCpuMs: ms(parts.cpus.dpu),
     startDaemonCpuMs: (processSeconds(daemon) - own0[0]) * 1000,
     startAgentCpuMs: (processSeconds(agent) - own0[1]) * 1000,
   };
@@ -231,12 +236,13 @@ async function main(): Promise<void> {
   const cpusSaid = pinned ? pinned.said : 'not pinned (--no-pin): the host\'s processes may run on every CPU';
   say(cpusSaid);
   const cri = CriClient.connect(TESTBED.endpoint, 120_000);
+  const parts: StartCpuParts = { daemon: nodeDaemonPids()[0], agent: agentPid(), cpus: hostAndDpuCpus() };
   const samples: PodSample[] = [];
   const node = { pods: 0, rssKiB: 0, pssKiB: 0, memory: null as DaemonMemory | null, threads: 0, idleCpuMs: 0, agentIdleCpuMs: 0 };
   try {
     // Warm-up, one pod each, not counted: page cache, image unpack.
     for (const h of HANDLERS) {
-      const w = await runPod(cri, h, -1);
+      const w = await runPod(cri, h, -1, parts);
       await cri.stopPodSandbox(w.podId);
       await cri.removePodSandbox(w.podId);
     }
@@ -244,7 +250,7 @@ async function main(): Promise<void> {
       // Each handler goes first, second, … in turn.
       const order = HANDLERS.map((_, k) => HANDLERS[(i + k) % HANDLERS.length]);
       for (const h of order) {
-        const s = await runPod(cri, h, i);
+        const s = await runPod(cri, h, i, parts);
         samples.push(s);
         say(`pod ${i} ${h}: ${s.startMs.toFixed(0)} ms`);
       }

@@ -289,23 +289,6 @@ static int decode_response(const unsigned char *d, size_t n, int *code, const un
 	return r;
 }
 
-/* Writes a frame: the header, then `len` bytes of data. */
-static int send_frame(struct hp_agent *a, uint32_t stream, unsigned type, unsigned flags, const unsigned char *data, size_t len,
-		      long long deadline)
-{
-	unsigned char *frame = malloc(HP_TTRPC_HEADER + len);
-	int r;
-
-	if (!frame)
-		return -ENOMEM;
-	put_header_flags(frame, len, stream, type, flags);
-	if (len)
-		memcpy(frame + HP_TTRPC_HEADER, data, len);
-	r = ssl_all(a, 1, frame, HP_TTRPC_HEADER + len, deadline);
-	free(frame);
-	return r;
-}
-
 /*
  * One call on a new stream: the request, then the stream's frames until its
  * Response. A server stream (`on_message` set) opens with REMOTE_OPEN and has
@@ -321,11 +304,11 @@ static int exchange(struct hp_agent *a, const char *method, const void *req, siz
 	long long deadline = on_message ? LLONG_MAX : now_ms() + a->timeout_ms;
 	uint32_t stream = a->next_stream;
 	struct pb_writer w = { NULL, 0 };
-	unsigned char head[HP_TTRPC_HEADER], *request, *data = NULL;
+	unsigned char head[HP_TTRPC_HEADER], *frame, *data = NULL;
 	const unsigned char *msg, *payload;
 	size_t msg_len, payload_len;
 	char why[256] = "";
-	int r, code;
+	int r, code, cancelled = 0;
 
 	if (resp) {
 		*resp = NULL;
@@ -336,7 +319,7 @@ static int exchange(struct hp_agent *a, const char *method, const void *req, siz
 		return -ENOTCONN;
 	}
 	a->next_stream += 2;
-	/* Request { service = 1, method = 2, payload = 3, timeout_nano = 4 }, sized, then written */
+	/* Request { service = 1, method = 2, payload = 3, timeout_nano = 4 }, sized, then written after its header */
 	for (int pass = 0; pass < 2; pass++) {
 		pbw_string(&w, 1, HP_AGENT_SERVICE);
 		pbw_string(&w, 2, method);
@@ -347,13 +330,14 @@ static int exchange(struct hp_agent *a, const char *method, const void *req, siz
 				say(err, err_len, "DPU agent at %s: %s: a request of %zu bytes is over ttrpc's limit", a->address, method, w.n);
 				return -EMSGSIZE;
 			}
-			if (!(request = malloc(w.n ? w.n : 1)))
+			if (!(frame = malloc(HP_TTRPC_HEADER + w.n)))
 				return -ENOMEM;
-			w = (struct pb_writer){ request, 0 };
+			put_header_flags(frame, w.n, stream, HP_TTRPC_REQUEST, on_message ? HP_TTRPC_REMOTE_OPEN : 0);
+			w = (struct pb_writer){ frame + HP_TTRPC_HEADER, 0 };
 		}
 	}
-	r = send_frame(a, stream, HP_TTRPC_REQUEST, on_message ? HP_TTRPC_REMOTE_OPEN : 0, request, w.n, deadline);
-	free(request);
+	r = ssl_all(a, 1, frame, HP_TTRPC_HEADER + w.n, deadline);
+	free(frame);
 	/* Frames of other streams (none: one call at a time) are read past. */
 	for (; r == 0; free(data), data = NULL) {
 		uint32_t len;
@@ -376,9 +360,12 @@ static int exchange(struct hp_agent *a, const char *method, const void *req, siz
 			continue;
 		if (head[8] == HP_TTRPC_DATA && on_message) {
 			a->answered = 1;
-			if (deadline == LLONG_MAX && !(head[9] & HP_TTRPC_NO_DATA) && on_message(ctx, data, len) != 0) {
+			if (!cancelled && !(head[9] & HP_TTRPC_NO_DATA) && on_message(ctx, data, len) != 0) {
+				/* Our side closed, with no message: the agent ends the stream. */
+				cancelled = 1;
 				deadline = now_ms() + a->timeout_ms;
-				r = send_frame(a, stream, HP_TTRPC_DATA, HP_TTRPC_REMOTE_CLOSED | HP_TTRPC_NO_DATA, NULL, 0, deadline);
+				put_header_flags(head, 0, stream, HP_TTRPC_DATA, HP_TTRPC_REMOTE_CLOSED | HP_TTRPC_NO_DATA);
+				r = ssl_all(a, 1, head, sizeof(head), deadline);
 			}
 			continue;
 		}
@@ -391,7 +378,7 @@ static int exchange(struct hp_agent *a, const char *method, const void *req, siz
 		}
 		a->answered = 1;
 		/* A stream we cancelled ends however the agent says; any other failure is reported. */
-		if (code != 0 && !(on_message && deadline != LLONG_MAX)) {
+		if (code != 0 && !cancelled) {
 			say(err, err_len, "DPU agent at %s: %s: %.*s", a->address, method, (int)msg_len, msg ? (const char *)msg : "");
 			free(data);
 			return code;

@@ -42,21 +42,19 @@ static int print_answer(const char *method, const unsigned char *p, size_t n)
 {
 	static const char *const health[] = { "ok", "version", "uptime_seconds", "problem", "listen_address" };
 	static const char *const capacity[] = { "cpus", "cpuset", "memory_total_bytes", "memory_free_bytes", "running_containers" };
-	const char *const *names = strcmp(method, "Health") == 0 ? health : capacity;
-	char values[5][256] = { "", "", "", "", "" };
+	/* proto3's defaults, for fields the answer leaves out */
+	static const char *const health_unset[] = { "false", "", "0", "", "" };
+	static const char *const capacity_unset[] = { "0", "", "0", "0", "0" };
+	int is_health = strcmp(method, "Health") == 0;
+	const char *const *names = is_health ? health : capacity;
+	char values[5][256];
 	struct pb_field f;
-	size_t i = 0;
+	size_t i;
 	int r;
 
-	if (names == health) {
-		strcpy(values[0], "false");
-		strcpy(values[2], "0");
-	} else {
-		strcpy(values[0], "0");
-		strcpy(values[2], "0");
-		strcpy(values[3], "0");
-		strcpy(values[4], "0");
-	}
+	for (i = 0; i < 5; i++)
+		snprintf(values[i], sizeof(values[i]), "%s", (is_health ? health_unset : capacity_unset)[i]);
+	i = 0;
 	while ((r = pb_next(p, n, &i, &f)) > 0) {
 		char *v;
 
@@ -65,7 +63,7 @@ static int print_answer(const char *method, const unsigned char *p, size_t n)
 		v = values[f.num - 1];
 		if (f.wire == 2)
 			snprintf(v, 256, "%.*s", (int)(f.vlen > 255 ? 255 : f.vlen), (const char *)f.val);
-		else if (f.wire == 0 && names == health && f.num == 1)
+		else if (f.wire == 0 && is_health && f.num == 1)
 			snprintf(v, 256, "%s", f.u ? "true" : "false");
 		else if (f.wire == 0)
 			snprintf(v, 256, "%llu", (unsigned long long)f.u);
@@ -83,6 +81,13 @@ static int print_answer(const char *method, const unsigned char *p, size_t n)
 	for (i = 0; i < 5; i++)
 		printf("%s %s\n", names[i], values[i]);
 	return 0;
+}
+
+/* EventsRequest { pod_id = 1, after = 2 }; sizes it when w->p is NULL. */
+static void events_request(struct pb_writer *w, const char *pod, long after)
+{
+	pbw_string(w, 1, pod);
+	pbw_uint(w, 2, (uint64_t)after);
 }
 
 struct events {
@@ -203,19 +208,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "heteropod-agent-call: %s\n", err);
 		status = 1;
 	} else if (pod) {
-		/* EventsRequest { pod_id = 1, after = 2 } */
 		unsigned char req[512];
 		struct pb_writer w = { NULL, 0 };
 
-		pbw_string(&w, 1, pod);
-		pbw_uint(&w, 2, (uint64_t)after);
+		events_request(&w, pod, after);
 		if (w.n > sizeof(req)) {
 			fprintf(stderr, "heteropod-agent-call: the pod id is too long\n");
 			status = 1;
 		} else {
 			w = (struct pb_writer){ req, 0 };
-			pbw_string(&w, 1, pod);
-			pbw_uint(&w, 2, (uint64_t)after);
+			events_request(&w, pod, after);
 			events.left = events.count;
 			if (hp_agent_stream(a, "Events", req, w.n, print_event, &events, err, sizeof(err)) != 0) {
 				fprintf(stderr, "heteropod-agent-call: %s\n", err);
