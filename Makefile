@@ -9,9 +9,9 @@ CFLAGS_COMMON := -O2 -Wall -Wextra -Werror -D_GNU_SOURCE
 
 # Debian packages the project runs, with one command each that proves it is there.
 APT_PACKAGES := containerd runc containernetworking-plugins iptables iproute2 ethtool \
-	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps openssl libssl-dev
+	busybox-static haproxy prometheus-node-exporter iperf3 sockperf wrk util-linux procps openssl libssl-dev libjansson-dev
 APT_PROBES := containerd runc /usr/lib/cni/bridge iptables ip ethtool busybox haproxy \
-	prometheus-node-exporter iperf3 sockperf wrk nsenter ps openssl /usr/include/openssl/ssl.h
+	prometheus-node-exporter iperf3 sockperf wrk nsenter ps openssl /usr/include/openssl/ssl.h /usr/include/jansson.h
 
 .PHONY: deps deps-apt deps-npm build build-ts build-c test test-unit test-e2e demo bench clean
 

@@ -1,27 +1,33 @@
 /*
- * The DPU agent's API from C: one mutually authenticated TLS connection to the
- * agent (OpenSSL), speaking ttrpc with heteropod.agent.v1.DpuAgent's messages
- * (cri-proto/heteropod/agent/v1/agent.proto), as src/agentapi/client.ts does.
- * The TLS rules are the same: the agent's certificate must chain to the node's
- * CA and name AGENT_SERVER_NAME; the node's own certificate is presented.
+ * The DPU agent's API from C: the node's connection to the agent, mutually
+ * authenticated TLS (OpenSSL) speaking ttrpc with heteropod.agent.v1.DpuAgent's
+ * messages (cri-proto/heteropod/agent/v1/agent.proto), on the event loop
+ * (src/common/loop.h, src/ttrpc/client.h), as src/agentapi/client.ts does. The
+ * TLS rules are the same: the agent's certificate must chain to the node's CA
+ * and name HP_AGENT_SERVER_NAME; the node's own certificate is presented.
  *
- * This is the first part of a node daemon in C: unary calls and server streams,
- * one at a time, on a socket whose every wait but a stream's next message is
- * bounded. agent-call.c is its command.
+ * One connection, made on the first call and again by the first call after it
+ * failed; a connection that could not be made stands for HP_AGENT_REDIAL_MS
+ * (calls meanwhile fail at once with its reason). Calls and streams of any
+ * number share it. agent-call.c is its command.
  *
- * Functions return a negative errno on failure and fill `err` with what went
- * wrong, naming the agent's address. The caller ignores SIGPIPE: writing to an
- * agent that has closed the connection (one that refuses our certificate does
- * at once) must fail the call, not end the process.
+ * The caller ignores SIGPIPE: writing to an agent that has closed the
+ * connection (one that refuses our certificate does at once) must fail the
+ * call, not end the process.
  */
 #ifndef HETEROPOD_AGENTAPI_AGENT_CONN_H
 #define HETEROPOD_AGENTAPI_AGENT_CONN_H
 
 #include <stddef.h>
 
+#include "../ttrpc/client.h"
+
 #define HP_AGENT_SERVICE "heteropod.agent.v1.DpuAgent"
 /* The name the agent's certificate carries (src/dpu/pki.ts), whatever its address. */
 #define HP_AGENT_SERVER_NAME "heteropod-dpu-agent"
+#define HP_AGENT_REDIAL_MS 200
+
+struct hp_loop;
 
 struct hp_agent_tls {
 	const char *ca_file, *cert_file, *key_file;
@@ -30,33 +36,25 @@ struct hp_agent_tls {
 struct hp_agent;
 
 /*
- * Connects to `address` (host:port, [v6]:port) and completes the TLS handshake
- * within timeout_ms, which also bounds every later wait. NULL on failure, `err`
- * saying whether the agent was unreachable or TLS failed.
+ * The agent at `address` (host:port, [v6]:port). Its TLS files are read now:
+ * NULL when one cannot be (`err` names it). `timeout_ms` bounds a connection
+ * and is each unary call's deadline unless the call gives its own.
  */
-struct hp_agent *hp_agent_connect(const char *address, const struct hp_agent_tls *tls, int timeout_ms, char *err, size_t err_len);
+struct hp_agent *hp_agent_new(struct hp_loop *l, const char *address, const struct hp_agent_tls *tls, long long timeout_ms, char *err,
+			      size_t err_len);
 
-/*
- * One unary call: `method` of HP_AGENT_SERVICE with the encoded request. On an
- * answer: its google.rpc.Code (0: *resp holds the encoded response, malloc'd,
- * the caller's to free; otherwise `err` holds the agent's message). A negative
- * errno when the connection failed (it is then of no further use).
- */
-int hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_t req_len, unsigned char **resp, size_t *resp_len,
-		  char *err, size_t err_len);
+/* Closes the connection: calls still open end CANCELLED. */
+void hp_agent_free(struct hp_agent *a);
 
-/*
- * A server-streamed call (Events, Output, WatchPorts): each message, encoded, to
- * on_message in order, with no deadline while they come. on_message returning
- * nonzero cancels the stream (our side closed, as the TS client does), and the
- * agent's end of it is then waited for within the timeout. Returns 0 when the
- * stream ended cleanly or was cancelled, the agent's google.rpc.Code when it
- * failed it (`err` then holds its message), a negative errno when the
- * connection failed.
- */
-int hp_agent_stream(struct hp_agent *a, const char *method, const void *req, size_t req_len,
-		    int (*on_message)(void *ctx, const unsigned char *m, size_t len), void *ctx, char *err, size_t err_len);
+/* A unary call; timeout_ms < 0: the agent's timeout, 0: none. As hp_tcall_start. */
+struct hp_tcall *hp_agent_call(struct hp_agent *a, const char *method, const void *req, size_t req_len, long long timeout_ms,
+			       const struct hp_tcall_fns *fns, void *ctx);
 
-void hp_agent_close(struct hp_agent *a);
+/* A server stream (Events, Output, WatchPorts) or client stream (Input), with no deadline. */
+struct hp_tcall *hp_agent_stream(struct hp_agent *a, const char *method, enum hp_tcall_kind kind, const void *req, size_t req_len,
+				 const struct hp_tcall_fns *fns, void *ctx);
+
+/* Bytes waiting to be written to the agent. */
+size_t hp_agent_queued(const struct hp_agent *a);
 
 #endif

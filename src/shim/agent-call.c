@@ -14,10 +14,11 @@
  * N calls on one connection and prints only what they cost: `calls N wall_ms
  * W p50_ms M p90_ms P cpu_ms C` (per call: the mean, median and 90th
  * percentile of the wall time, and this process's CPU; the connection's set-up
- * not counted), for bench-agent. Exit status: 0 answered, 1 failed (the reason on
+ * not counted: one call more sets it up), for bench-agent. Exit status: 0 answered, 1 failed (the reason on
  * stderr), 2 a bad command line.
  */
 #include "../agentapi/agent-conn.h"
+#include "../common/loop.h"
 #include "../proto/pb.h"
 #include "shim-config.h"
 
@@ -90,19 +91,38 @@ static void events_request(struct pb_writer *w, const char *pod, long after)
 	pbw_uint(w, 2, (uint64_t)after);
 }
 
-struct events {
+/* What main waits for: the calls' outcome, on the loop. */
+struct run {
+	struct hp_loop *loop;
+	struct hp_agent *agent;
+	const char *method;
+	int status;
+	/* unary, with --repeat: the timed calls' times, and their totals */
+	long calls, made;
+	double *times, started, wall0, cpu0, total_ms, cpu_ms;
+	/* Events */
 	long count, left;
+	struct hp_tcall *stream;
 };
 
-/* TaskEvent { sequence = 1, topic = 2, forward = 3, termination_message = 4 }: one line. */
-static int print_event(void *ctx, const unsigned char *m, size_t len)
+static void failed(struct run *r, const struct hp_tstatus *st)
 {
-	struct events *e = ctx;
+	fprintf(stderr, "heteropod-agent-call: %s\n", st->message);
+	r->status = 1;
+	hp_loop_stop(r->loop);
+}
+
+/* TaskEvent { sequence = 1, topic = 2, forward = 3, termination_message = 4 }: one line. */
+static void print_event(void *ctx, const unsigned char *m, size_t len)
+{
+	struct run *r = ctx;
 	unsigned long long sequence = 0;
 	const unsigned char *topic = NULL;
 	size_t topic_len = 0, forward = 0, i = 0;
 	struct pb_field f;
 
+	if (!r->stream)
+		return;
 	while (pb_next(m, len, &i, &f) > 0) {
 		if (f.num == 1 && f.wire == 0)
 			sequence = f.u;
@@ -114,7 +134,63 @@ static int print_event(void *ctx, const unsigned char *m, size_t len)
 	}
 	printf("sequence %llu topic %.*s forward_bytes %zu\n", sequence, (int)topic_len, topic ? (const char *)topic : "", forward);
 	fflush(stdout);
-	return e->count > 0 && --e->left == 0;
+	if (r->count > 0 && --r->left == 0) {
+		/* Our side closed, with no message: the agent ends its handler. */
+		hp_tcall_cancel(r->stream);
+		r->stream = NULL;
+		hp_loop_stop(r->loop);
+	}
+}
+
+static void events_done(void *ctx, const struct hp_tstatus *st)
+{
+	struct run *r = ctx;
+
+	r->stream = NULL;
+	if (st->code != 0)
+		failed(r, st);
+	hp_loop_stop(r->loop);
+}
+
+static void unary_done(void *ctx, const struct hp_tstatus *st);
+
+static void next_call(struct run *r)
+{
+	static const struct hp_tcall_fns fns = { NULL, unary_done };
+
+	r->started = seconds(CLOCK_MONOTONIC);
+	hp_agent_call(r->agent, r->method, NULL, 0, -1, &fns, r);
+}
+
+/* A --repeat run makes one call more than it times: the first sets the connection up. */
+static void unary_done(void *ctx, const struct hp_tstatus *st)
+{
+	struct run *r = ctx;
+	double now = seconds(CLOCK_MONOTONIC);
+
+	if (st->code != 0) {
+		failed(r, st);
+		return;
+	}
+	if (!r->times) {
+		r->status = print_answer(r->method, st->payload, st->len);
+		hp_loop_stop(r->loop);
+		return;
+	}
+	if (r->made == 0) {
+		r->wall0 = now;
+		r->cpu0 = seconds(CLOCK_PROCESS_CPUTIME_ID);
+	} else {
+		r->times[r->made - 1] = (now - r->started) * 1000;
+	}
+	if (r->made == r->calls) {
+		r->total_ms = (now - r->wall0) * 1000;
+		r->cpu_ms = (seconds(CLOCK_PROCESS_CPUTIME_ID) - r->cpu0) * 1000;
+		hp_loop_stop(r->loop);
+		return;
+	}
+	r->made++;
+	next_call(r);
 }
 
 static int by_value(const void *a, const void *b)
@@ -136,13 +212,12 @@ static int usage(const char *why)
 int main(int argc, char **argv)
 {
 	const char *config = NULL, *address = NULL, *method = NULL, *pod = NULL;
-	struct events events = { 0, 0 };
+	struct run run = { 0 };
 	long after = 0;
 	struct hp_agent_tls tls = { NULL, NULL, NULL };
 	struct shim_config c;
 	long timeout_ms = -1, repeat = 0;
 	int have_config = 0, status = 0;
-	struct hp_agent *a;
 	char err[1024];
 
 	signal(SIGPIPE, SIG_IGN); /* an agent that closes the connection is an error, not the end */
@@ -173,7 +248,7 @@ int main(int argc, char **argv)
 
 			if (*end || v < 1)
 				return usage("--timeout-ms, --repeat and --count take a positive number");
-			*(strcmp(o, "--repeat") == 0 ? &repeat : strcmp(o, "--count") == 0 ? &events.count : &timeout_ms) = v;
+			*(strcmp(o, "--repeat") == 0 ? &repeat : strcmp(o, "--count") == 0 ? &run.count : &timeout_ms) = v;
 		} else if (strcmp(o, "--after") == 0) {
 			after = strtol(argv[++i], &end, 10);
 			if (*end || after < 0)
@@ -203,11 +278,15 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	a = hp_agent_connect(address, &tls, (int)(timeout_ms > 0 ? timeout_ms : DEFAULT_DPU_TIMEOUT_MS), err, sizeof(err));
-	if (!a) {
+	if (hp_loop_new(&run.loop) < 0) {
+		fprintf(stderr, "heteropod-agent-call: no event loop\n");
+		status = 1;
+	} else if (!(run.agent = hp_agent_new(run.loop, address, &tls, timeout_ms > 0 ? timeout_ms : DEFAULT_DPU_TIMEOUT_MS, err,
+					      sizeof(err)))) {
 		fprintf(stderr, "heteropod-agent-call: %s\n", err);
 		status = 1;
 	} else if (pod) {
+		static const struct hp_tcall_fns fns = { print_event, events_done };
 		unsigned char req[512];
 		struct pb_writer w = { NULL, 0 };
 
@@ -218,46 +297,37 @@ int main(int argc, char **argv)
 		} else {
 			w = (struct pb_writer){ req, 0 };
 			events_request(&w, pod, after);
-			events.left = events.count;
-			if (hp_agent_stream(a, "Events", req, w.n, print_event, &events, err, sizeof(err)) != 0) {
-				fprintf(stderr, "heteropod-agent-call: %s\n", err);
-				status = 1;
-			}
+			run.left = run.count;
+			run.stream = hp_agent_stream(run.agent, "Events", HP_TCALL_SERVER_STREAM, req, w.n, &fns, &run);
+			if (run.stream)
+				hp_loop_run(run.loop);
+			/* A cancel still queued reaches the agent before we go. */
+			for (long long until = hp_now_ms() + 2000; hp_agent_queued(run.agent) > 0 && hp_now_ms() < until;)
+				hp_loop_run_once(run.loop, 50);
+			status = run.status;
 		}
-		hp_agent_close(a);
 	} else {
-		double wall = seconds(CLOCK_MONOTONIC), cpu = seconds(CLOCK_PROCESS_CPUTIME_ID);
-		long n = repeat ? repeat : 1;
-		double *times = calloc((size_t)n, sizeof(double));
-
-		for (long k = 0; k < n && status == 0 && times; k++) {
-			double t0 = seconds(CLOCK_MONOTONIC);
-			unsigned char *resp;
-			size_t len;
-			int r = hp_agent_call(a, method, NULL, 0, &resp, &len, err, sizeof(err));
-
-			times[k] = (seconds(CLOCK_MONOTONIC) - t0) * 1000;
-			if (r != 0) {
-				fprintf(stderr, "heteropod-agent-call: %s\n", err);
-				status = 1;
-			} else if (!repeat) {
-				status = print_answer(method, resp, len);
-			}
-			free(resp);
-		}
-		if (!times) {
+		run.method = method;
+		run.calls = repeat;
+		if (repeat && !(run.times = calloc((size_t)repeat, sizeof(double)))) {
 			fprintf(stderr, "heteropod-agent-call: out of memory\n");
 			status = 1;
+		} else {
+			next_call(&run);
+			hp_loop_run(run.loop);
+			status = run.status;
 		}
 		if (status == 0 && repeat) {
-			double w = (seconds(CLOCK_MONOTONIC) - wall) * 1000 / (double)n, c = (seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu) * 1000 / (double)n;
+			long n = repeat;
+			double w = run.total_ms / (double)n, c = run.cpu_ms / (double)n;
 
-			qsort(times, (size_t)n, sizeof(double), by_value);
-			printf("calls %ld wall_ms %.4f p50_ms %.4f p90_ms %.4f cpu_ms %.4f\n", n, w, times[(n - 1) / 2], times[(n * 9 + 9) / 10 - 1], c);
+			qsort(run.times, (size_t)n, sizeof(double), by_value);
+			printf("calls %ld wall_ms %.4f p50_ms %.4f p90_ms %.4f cpu_ms %.4f\n", n, w, run.times[(n - 1) / 2], run.times[(n * 9 + 9) / 10 - 1], c);
 		}
-		free(times);
-		hp_agent_close(a);
+		free(run.times);
 	}
+	hp_agent_free(run.agent);
+	hp_loop_free(run.loop);
 	if (have_config)
 		shim_config_free(&c);
 	return status;

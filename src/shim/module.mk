@@ -38,19 +38,22 @@ $(BUILD)/shim-test-config-asan: $(SHIM_CONFIG_TEST) src/shim/shim-config.c src/s
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -Isrc/shim -o $@ $(SHIM_CONFIG_TEST) src/shim/shim-config.c
 
-# The DPU agent's API from C (src/agentapi/agent-conn.c: TLS with OpenSSL, ttrpc
-# frames) and its command heteropod-agent-call (src/shim/agent-call.c, the node's
-# shim config read by the reader above): the first part of a node daemon in C.
+# The DPU agent's API from C (src/agentapi/agent-conn.c: TLS with OpenSSL, on the
+# ttrpc client of src/ttrpc/client.c and the event loop of src/common/loop.c) and
+# its command heteropod-agent-call (src/shim/agent-call.c, the node's shim config
+# read by the reader above): the first part of a node daemon in C.
 # test/unit/agent-call.test.ts runs both builds against the agent's real server.
-AGENT_CALL_SRC := src/shim/agent-call.c src/agentapi/agent-conn.c src/proto/pb.c src/shim/shim-config.c
-AGENT_CALL_HDR := src/agentapi/agent-conn.h src/proto/pb.h src/ttrpc/frame.h src/shim/shim-config.h
+AGENT_CONN_SRC := src/agentapi/agent-conn.c src/ttrpc/client.c src/common/loop.c src/proto/pb.c
+AGENT_CONN_HDR := src/agentapi/agent-conn.h src/ttrpc/client.h src/common/loop.h src/proto/pb.h src/ttrpc/frame.h
+AGENT_CALL_SRC := src/shim/agent-call.c $(AGENT_CONN_SRC) src/shim/shim-config.c
+AGENT_CALL_HDR := $(AGENT_CONN_HDR) src/shim/shim-config.h
 
 build-c: $(BUILD)/heteropod-agent-call $(BUILD)/heteropod-agent-call-asan
 
 $(BUILD)/heteropod-agent-call: $(AGENT_CALL_SRC) $(AGENT_CALL_HDR)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto
+	$(CC) $(CFLAGS_COMMON) -pthread -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto
 
 $(BUILD)/heteropod-agent-call-asan: $(AGENT_CALL_SRC) $(AGENT_CALL_HDR)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto
+	$(CC) $(CFLAGS_COMMON) $(SHIM_SAN) -pthread -o $@ $(AGENT_CALL_SRC) -lssl -lcrypto
