@@ -1,6 +1,8 @@
 // Port ownership in a split network namespace: which half a TCP port belongs to.
 // Pure functions only; the rules (rules.ts) and the halves (half.ts) are built
-// on what these decide.
+// on what these decide. The decisions are libxpu's (src/xpu/rules.c:
+// xpu_ports_*), the one implementation the node daemon uses too; the functions
+// below are its wrappers.
 //
 // Ownership, in order of precedence:
 //  1. A port declared in `heteropod.io/ports` belongs to the DPU half, from
@@ -16,6 +18,7 @@
 // there, as it would be in one namespace.
 
 import { AnnotationError, checkNoWhitespace, PORTS, quoted } from '../placement/annotations';
+import { RawPortView, errnoText, native, portArray } from '../xpu/native';
 
 export { AnnotationError };
 export const PORTS_ANNOTATION = PORTS;
@@ -82,8 +85,10 @@ export function declaredPortList(declared: DeclaredPorts): number[] {
   return sortedPorts([...declared.values()].flat());
 }
 
+/** The ports, each once, in ascending order. */
 export function sortedPorts(ports: Iterable<number>): number[] {
-  return [...new Set(ports)].sort((a, b) => a - b);
+  const list = portArray(ports);
+  return portsResult('sorted ports', list.length, (out) => native().portsSorted(list, list.length, out, out.length));
 }
 
 /** What one half knows: the declaration, and the listeners seen in each half. */
@@ -93,13 +98,36 @@ export interface PortView {
   dpuListening: readonly number[];
 }
 
+// A port list of libxpu; room: as many as it can hold (no more than its input).
+function portsResult(what: string, room: number, call: (out: Uint16Array) => number): number[] {
+  const out = new Uint16Array(room);
+  const n = call(out);
+  if (n < 0) throw new Error(`${what}: ${errnoText(-n)}`);
+  if (n > room) throw new Error(`${what}: libxpu found ${n} ports in ${room}`);
+  return Array.from(out.subarray(0, n));
+}
+
+function ownership(what: string, v: PortView, fn: (raw: RawPortView, out: Uint16Array, max: number) => number): number[] {
+  const declared = portArray(v.declaredDpu);
+  const host = portArray(v.hostListening);
+  const dpu = portArray(v.dpuListening);
+  const raw: RawPortView = {
+    declared_dpu: declared,
+    host_listening: host,
+    dpu_listening: dpu,
+    declared_dpu_count: declared.length,
+    host_listening_count: host.length,
+    dpu_listening_count: dpu.length,
+  };
+  return portsResult(what, declared.length + host.length + dpu.length, (out) => fn(raw, out, out.length));
+}
+
 /**
  * Ports the DPU half serves, seen from the host half: traffic for them to
  * 127.0.0.1 or to the pod IP crosses to the DPU half.
  */
 export function dpuOwnedPorts(v: PortView): number[] {
-  const host = new Set(v.hostListening);
-  return sortedPorts([...v.declaredDpu, ...v.dpuListening.filter((p) => !host.has(p))]);
+  return ownership('DPU-owned ports', v, (raw, out, max) => native().portsDpuOwned(raw, out, max));
 }
 
 /**
@@ -108,12 +136,10 @@ export function dpuOwnedPorts(v: PortView): number[] {
  * the host half anyway, by its default route.)
  */
 export function hostOwnedPorts(v: PortView): number[] {
-  const dpu = new Set([...v.dpuListening, ...v.declaredDpu]);
-  return sortedPorts(v.hostListening.filter((p) => !dpu.has(p)));
+  return ownership('host-owned ports', v, (raw, out, max) => native().portsHostOwned(raw, out, max));
 }
 
 /** Ports seen listening in both halves (rule 3 above). */
 export function conflictingPorts(v: PortView): number[] {
-  const dpu = new Set(v.dpuListening);
-  return sortedPorts(v.hostListening.filter((p) => dpu.has(p)));
+  return ownership('conflicting ports', v, (raw, out, max) => native().portsConflicting(raw, out, max));
 }

@@ -1,13 +1,16 @@
 # libxpu and its C test programs. Included by the top-level Makefile.
-XPU_SRC := src/xpu/window.c src/xpu/port.c src/xpu/diag.c src/xpu/netns.c
+# The rules and port ownership (pure functions, no thread or namespace).
+XPU_RULES_SRC := src/xpu/rules.c src/xpu/sha256.c
+XPU_SRC := src/xpu/window.c src/xpu/port.c src/xpu/diag.c src/xpu/netns.c $(XPU_RULES_SRC)
 XPU_HDR := $(wildcard src/xpu/*.h)
 XPU_MAP := src/xpu/libxpu.map
 XPU_RING_TEST := test/unit/xpu-rings.c
 XPU_WINDOW_TEST := test/unit/xpu-window.c
+XPU_RULES_TEST := test/unit/xpu-rules.c
 XPU_SAN := -O1 -g -fno-omit-frame-pointer
 
 build-c: $(BUILD)/libxpu.so $(BUILD)/xpu-test-rings $(BUILD)/xpu-test-rings-asan $(BUILD)/xpu-test-rings-tsan \
-	$(BUILD)/xpu-test-window $(BUILD)/xpu-test-window-asan
+	$(BUILD)/xpu-test-window $(BUILD)/xpu-test-window-asan $(BUILD)/xpu-test-rules $(BUILD)/xpu-test-rules-asan
 
 # Exported: the xpu_* symbols of the version script; everything else hidden.
 $(BUILD)/libxpu.so: $(XPU_SRC) $(XPU_HDR) $(XPU_MAP)
@@ -40,6 +43,17 @@ $(BUILD)/xpu-test-window-asan: $(XPU_WINDOW_TEST) $(XPU_SRC) $(XPU_HDR)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS_COMMON) $(XPU_SAN) -fsanitize=address,undefined -fno-sanitize-recover=all \
 		-pthread -Isrc/xpu -o $@ $< $(XPU_SRC)
+
+# The rules and port ownership through the public header, with their sources
+# compiled in (the internal SHA-256 too).
+$(BUILD)/xpu-test-rules: $(XPU_RULES_TEST) $(XPU_RULES_SRC) $(XPU_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) -Isrc/xpu -o $@ $< $(XPU_RULES_SRC)
+
+$(BUILD)/xpu-test-rules-asan: $(XPU_RULES_TEST) $(XPU_RULES_SRC) $(XPU_HDR)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS_COMMON) $(XPU_SAN) -fsanitize=address,undefined -fno-sanitize-recover=all \
+		-Isrc/xpu -o $@ $< $(XPU_RULES_SRC)
 
 # The XPU benchmark (not a test): veth vs XPU elastic vs XPU poll. About 4 minutes.
 .PHONY: bench-xpu

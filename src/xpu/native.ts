@@ -77,6 +77,56 @@ const Stats = koffi.struct('xpu_stats', {
   dir: koffi.array(DirStats, 2),
 });
 
+// Inputs of the rules and port ownership: koffi converts the strings (UTF-8)
+// and the Uint16Arrays behind the pointers for the call's duration.
+const HalfRules = koffi.struct('xpu_half_rules', {
+  side: 'int32_t',
+  flags: 'uint32_t',
+  pod_id: 'const char *',
+  pod_ip: 'const char *',
+  tap: 'const char *',
+  peer_ports: 'const uint16_t *',
+  own_pod_ip_ports: 'const uint16_t *',
+  peer_ports_count: 'uint32_t',
+  own_pod_ip_ports_count: 'uint32_t',
+});
+
+const PortView = koffi.struct('xpu_port_view', {
+  declared_dpu: 'const uint16_t *',
+  host_listening: 'const uint16_t *',
+  dpu_listening: 'const uint16_t *',
+  declared_dpu_count: 'uint32_t',
+  host_listening_count: 'uint32_t',
+  dpu_listening_count: 'uint32_t',
+});
+
+/** struct xpu_half_rules.flags */
+export const RULES_JUMPS = 1;
+export const RULES_POD_IP_LOCAL = 2;
+
+/** struct xpu_half_rules; the counts are the arrays' lengths. */
+export interface RawHalfRules {
+  side: number;
+  flags: number;
+  pod_id: string;
+  pod_ip: string | null;
+  tap: string | null;
+  peer_ports: Uint16Array;
+  own_pod_ip_ports: Uint16Array;
+  peer_ports_count: number;
+  own_pod_ip_ports_count: number;
+}
+
+/** struct xpu_port_view */
+export interface RawPortView {
+  declared_dpu: Uint16Array;
+  host_listening: Uint16Array;
+  dpu_listening: Uint16Array;
+  declared_dpu_count: number;
+  host_listening_count: number;
+  dpu_listening_count: number;
+}
+
 koffi.opaque('xpu_window');
 koffi.opaque('xpu_port');
 
@@ -110,6 +160,18 @@ export interface Native {
   netnsSysctls(netnsPath: string, reads: string, writes: string, out: Buffer, outLen: number): number;
   /** Sets the link's device up in the namespace; why: the step that failed. 0 or -errno. */
   netnsLink4(netnsPath: string, dev: string, mac: string, cidr: string, peer: string, peerMac: string, route: string, loUp: number, why: Buffer, whyLen: number): number;
+  // The rules and port ownership. Texts: the whole length (snprintf's way), or -errno; see nativeText.
+  rulesChainTag(podId: string, out: Buffer, outLen: number): number;
+  rulesChainName(podId: string, builtin: string, out: Buffer, outLen: number): number;
+  rulesMultiport(ports: Uint16Array, count: number, out: Buffer, outLen: number): number;
+  /** -EINVAL: out holds why the input makes no rules. */
+  rulesHalf(r: RawHalfRules, out: Buffer, outLen: number): number;
+  rulesRemoval(saved: string, podId: string, out: Buffer, outLen: number): number;
+  // Port lists: how many there are (out holds the first max), or -errno.
+  portsSorted(ports: Uint16Array, count: number, out: Uint16Array, max: number): number;
+  portsDpuOwned(v: RawPortView, out: Uint16Array, max: number): number;
+  portsHostOwned(v: RawPortView, out: Uint16Array, max: number): number;
+  portsConflicting(v: RawPortView, out: Uint16Array, max: number): number;
   /** xpu_run_in, on a worker thread: a program run to its end; the callback gets its wait status or -errno. */
   runIn: {
     async(
@@ -144,6 +206,10 @@ export function native(): Native {
   }
   const addr4Bytes = lib.func('uint32_t xpu_addr4_size(void)')() as number;
   if (addr4Bytes !== ADDR4_BYTES) throw new Error(`libxpu at ${file}: struct xpu_addr4 is ${addr4Bytes} bytes, binding expects ${ADDR4_BYTES}`);
+  for (const [name, type] of [['xpu_half_rules', HalfRules], ['xpu_port_view', PortView]] as const) {
+    const have = lib.func(`uint32_t ${name}_size(void)`)() as number;
+    if (have !== koffi.sizeof(type)) throw new Error(`libxpu at ${file}: struct ${name} is ${have} bytes, binding expects ${koffi.sizeof(type)}`);
+  }
   const n: Native = {
     windowCreate: lib.func('int xpu_window_create(const char *path, uint32_t ring_bytes, _Out_ xpu_window **out)'),
     windowAttach: lib.func('int xpu_window_attach(const char *path, _Out_ xpu_window **out)'),
@@ -162,12 +228,48 @@ export function native(): Native {
     netnsLink4: lib.func(
       'int xpu_netns_link4(const char *netns, const char *dev, const char *mac, const char *cidr, const char *peer, const char *peer_mac, const char *route, int lo_up, void *why, uint32_t why_len)',
     ),
+    rulesChainTag: lib.func('int xpu_rules_chain_tag(const char *pod_id, void *out, uint32_t out_len)'),
+    rulesChainName: lib.func('int xpu_rules_chain_name(const char *pod_id, const char *builtin, void *out, uint32_t out_len)'),
+    rulesMultiport: lib.func('int xpu_rules_multiport(const uint16_t *ports, uint32_t count, void *out, uint32_t out_len)'),
+    rulesHalf: lib.func('int xpu_rules_half(const xpu_half_rules *r, void *out, uint32_t out_len)'),
+    rulesRemoval: lib.func('int xpu_rules_removal(const char *saved, const char *pod_id, void *out, uint32_t out_len)'),
+    portsSorted: lib.func('int xpu_ports_sorted(const uint16_t *ports, uint32_t count, void *out, uint32_t max)'),
+    portsDpuOwned: lib.func('int xpu_ports_dpu_owned(const xpu_port_view *v, void *out, uint32_t max)'),
+    portsHostOwned: lib.func('int xpu_ports_host_owned(const xpu_port_view *v, void *out, uint32_t max)'),
+    portsConflicting: lib.func('int xpu_ports_conflicting(const xpu_port_view *v, void *out, uint32_t max)'),
     runIn: lib.func(
       'int xpu_run_in(const char *netns, const char *cwd, void *env, uint32_t env_len, void *args, uint32_t args_len, void *input, uint32_t input_len, void *out, uint32_t out_len, _Out_ uint32_t *out_used, void *err, uint32_t err_len, _Out_ uint32_t *err_used)',
     ),
   };
   loaded = n;
   return n;
+}
+
+/**
+ * A text of libxpu written snprintf's way: call(out, outLen) returns the
+ * whole length, and is called again with room for it when that did not fit.
+ * rc: the length or -errno; text: the text, or on an error what out holds.
+ */
+export function nativeText(call: (out: Buffer, outLen: number) => number, room = 1024): { rc: number; text: string } {
+  for (;;) {
+    const out = Buffer.alloc(room);
+    const rc = call(out, out.length);
+    if (rc < 0) {
+      const end = out.indexOf(0);
+      return { rc, text: out.toString('utf8', 0, end < 0 ? out.length : end) };
+    }
+    if (rc < out.length) return { rc, text: out.toString('utf8', 0, rc) };
+    room = rc + 1;
+  }
+}
+
+/** TCP ports as libxpu takes them (uint16_t); a number that is not one is refused, not wrapped. */
+export function portArray(ports: Iterable<number>): Uint16Array {
+  const list = Array.isArray(ports) ? (ports as number[]) : [...ports];
+  for (const p of list) {
+    if (!Number.isInteger(p) || p < 0 || p > 65535) throw new RangeError(`${p} is not a TCP port number`);
+  }
+  return Uint16Array.from(list);
 }
 
 /** The few C library calls made beside libxpu's. */

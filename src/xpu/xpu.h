@@ -10,7 +10,9 @@
  *
  * The library also answers, for the namespace of either half, which TCP ports
  * are listened on (xpu_diag_*), and does the namespace work around a port
- * without starting a process (xpu_netns_*).
+ * without starting a process (xpu_netns_*). It makes the netfilter rules of
+ * each half and decides which half owns a TCP port (xpu_rules_*, xpu_ports_*),
+ * for every program that sets up a split network, so that all make the same.
  *
  * Contract for every function: a return value < 0 is a negative errno; nothing
  * is read from the global errno. Handles are opaque and owned by the caller until
@@ -219,6 +221,123 @@ XPU_API int xpu_run(const char *netns_path, const char *args, uint32_t args_len,
 XPU_API int xpu_run_in(const char *netns_path, const char *cwd, const char *env, uint32_t env_len, const char *args,
 		       uint32_t args_len, const char *input, uint32_t input_len, char *out, uint32_t out_len,
 		       uint32_t *out_used, char *err, uint32_t err_len, uint32_t *err_used);
+
+/* ---- The split network's netfilter rules and port ownership ---- */
+
+/* Text results are written like snprintf(3): the return value is the length of
+ * the whole text, not counting its NUL (-EOVERFLOW: more than an int holds);
+ * when that is >= out_len, out holds as much as fits, NUL-ended (when
+ * out_len > 0), and the caller may ask again with return value + 1 bytes.
+ * Port lists are uint16_t in host byte order, written like
+ * xpu_diag_listeners: the return value is how many there are, which may exceed
+ * max; out holds the first max. NULL with a count or length of 0 is allowed
+ * everywhere. Nothing here enters a namespace or runs a program. */
+
+/* The link between the halves: its two addresses, its subnet and the device
+ * that carries it in each half. */
+#define XPU_HOST_LINK_IP "169.254.77.1"
+#define XPU_DPU_LINK_IP "169.254.77.2"
+#define XPU_LINK_NET "169.254.77.0/30"
+#define XPU_LINK_TAP "xpu0"
+
+/* The length of a pod's tag in chain names. */
+#define XPU_CHAIN_TAG_LEN 12
+/* iptables' multiport match takes at most this many ports a rule. */
+#define XPU_MULTIPORT_MAX 15
+
+/* The pod's tag in chain names: the first 12 characters of a CRI sandbox id
+ * (12 or more of [0-9a-f], as `crictl pods` shows them), or of the hex SHA-256
+ * of any other id. Returns 12. Chain names are at most 28 characters:
+ * "HP-" + 12 + "-POSTROUTING" is 27. */
+XPU_API int xpu_rules_chain_tag(const char *pod_id, char *out, uint32_t out_len);
+
+/* The pod's chain hung off the built-in chain builtin: "HP-<tag>-<builtin>". */
+XPU_API int xpu_rules_chain_name(const char *pod_id, const char *builtin, char *out, uint32_t out_len);
+
+/* ports, in the order given, as multiport lists of at most XPU_MULTIPORT_MAX:
+ * "1,2,…,15\n16\n", one line each; "" for no ports. */
+XPU_API int xpu_rules_multiport(const uint16_t *ports, uint32_t count, char *out, uint32_t out_len);
+
+/* xpu_half_rules.flags */
+enum {
+	/* Also insert the jumps from the built-in chains (the first install only:
+	 * updates rewrite the pod's chains and leave the jumps in place). */
+	XPU_RULES_JUMPS = 1u << 0,
+	/* DPU half only: the pod IP is an address of this half (it has the DPU's
+	 * uplink): its own traffic to the pod IP stays local by itself, and for
+	 * the host half's ports (peer_ports) crosses to the host half. */
+	XPU_RULES_POD_IP_LOCAL = 1u << 1,
+};
+
+/* What the rules of one half are made from. */
+struct xpu_half_rules {
+	int32_t side;       /* enum xpu_side */
+	uint32_t flags;     /* XPU_RULES_* */
+	const char *pod_id;
+	const char *pod_ip; /* IPv4; required for the host half; NULL or "": none */
+	const char *tap;    /* the link's device; NULL: XPU_LINK_TAP */
+	/* Ports whose listener is in the other half: this half's traffic for them
+	 * crosses. In the order given. */
+	const uint16_t *peer_ports;
+	/* DPU half only: ports it serves at the pod IP. Its own traffic to the pod
+	 * IP for them stays local instead of going out to the host half and back. */
+	const uint16_t *own_pod_ip_ports;
+	uint32_t peer_ports_count;
+	uint32_t own_pod_ip_ports_count;
+};
+
+/* The iptables-restore --noflush input of one half: the nat table (and on the
+ * host half the filter table), each in chains of the pod's own (emptied by
+ * being declared), reached by jumps that carry the comment
+ * "heteropod pod <pod id> <side> half". -EINVAL when r does not make rules (no
+ * pod id, or one with a quote, backslash or control character, which a rule's
+ * comment cannot carry; the host half without a pod IP; a pod IP that is not
+ * IPv4; an unknown side or flag; a device name that cannot be one): then out
+ * holds why ("the pod IP is required"), the text for a message. */
+XPU_API int xpu_rules_half(const struct xpu_half_rules *r, char *out, uint32_t out_len);
+
+/* sizeof(struct xpu_half_rules), for bindings that check their layout. */
+XPU_API uint32_t xpu_half_rules_size(void);
+
+/* From iptables-save output, the iptables-restore --noflush input that removes
+ * every jump to the pod's chains from a chain not the pod's, and the pod's
+ * chains; "" (0) when nothing of the pod's is there. Rules of anyone else are
+ * left alone; lines outside a "*table" … "COMMIT" section are ignored. */
+XPU_API int xpu_rules_removal(const char *saved, const char *pod_id, char *out, uint32_t out_len);
+
+/* The ports, each once, in ascending order. out may be ports itself. */
+XPU_API int xpu_ports_sorted(const uint16_t *ports, uint32_t count, uint16_t *out, uint32_t max);
+
+/* What one half knows of a pod's ports: the ports declared for offloaded
+ * containers in heteropod.io/ports, and the listeners seen in each half. */
+struct xpu_port_view {
+	const uint16_t *declared_dpu;
+	const uint16_t *host_listening;
+	const uint16_t *dpu_listening;
+	uint32_t declared_dpu_count;
+	uint32_t host_listening_count;
+	uint32_t dpu_listening_count;
+};
+
+/* sizeof(struct xpu_port_view), for bindings that check their layout. */
+XPU_API uint32_t xpu_port_view_size(void);
+
+/* Port ownership, in order of precedence: a declared port is the DPU half's,
+ * whether or not a host process also listens on it; otherwise a port is the
+ * half's in which it is listened on; listened on in both halves (a conflict),
+ * each half's localhost reaches its own listener and the pod IP the host
+ * half. Each result is sorted, each port once. */
+
+/* Ports the DPU half serves, seen from the host half: traffic for them to
+ * 127.0.0.1 or to the pod IP crosses to the DPU half. */
+XPU_API int xpu_ports_dpu_owned(const struct xpu_port_view *v, uint16_t *out, uint32_t max);
+
+/* Ports the host half serves, seen from the DPU half: its traffic for them to
+ * 127.0.0.1 crosses to the host half. */
+XPU_API int xpu_ports_host_owned(const struct xpu_port_view *v, uint16_t *out, uint32_t max);
+
+/* Ports listened on in both halves. */
+XPU_API int xpu_ports_conflicting(const struct xpu_port_view *v, uint16_t *out, uint32_t max);
 
 #ifdef __cplusplus
 }
