@@ -1,0 +1,303 @@
+/*
+ * The C node daemon's socket and pods (noded.h), as node-daemon.ts: every
+ * connection attaches a pod first; a pod lives while its proxy does, and goes
+ * once its proxy has exited and its last connection closed (looked at again
+ * every ND_SWEEP_MS). At start, the pods an earlier daemon served (their
+ * records) are taken over when their proxies still run and forgotten when not.
+ */
+#include "noded.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct nd_pod *find_pod(struct nd_daemon *d, const char *key)
+{
+	struct nd_pod *p;
+
+	for (p = d->pods; p && strcmp(p->key, key) != 0; p = p->next)
+		;
+	return p;
+}
+
+static void drop(struct nd_pod *p)
+{
+	struct nd_daemon *d = p->d;
+	struct nd_pod **at;
+
+	for (at = &d->pods; *at && *at != p; at = &(*at)->next)
+		;
+	if (*at)
+		*at = p->next;
+	nd_pod_dispose(p);
+}
+
+/* ---- connections ---- */
+
+static void conn_closed(struct hp_tsconn *c, void *value)
+{
+	struct nd_pod *p = value;
+
+	(void)c;
+	if (--p->connections == 0)
+		nd_pod_idle(p);
+}
+
+static void idle_check(struct hp_timer *t)
+{
+	struct nd_pod *p = container_of(t, struct nd_pod, idle_timer);
+
+	if (p->connections > 0)
+		return;
+	if (!nd_proxy_alive(p)) {
+		drop(p);
+		return;
+	}
+	if (hp_now_ms() < p->idle_deadline)
+		hp_timer_start(p->d->loop, &p->idle_timer, 100, idle_check);
+}
+
+void nd_pod_idle(struct nd_pod *p)
+{
+	p->idle_deadline = hp_now_ms() + ND_PROXY_EXIT_MS;
+	hp_timer_start(p->d->loop, &p->idle_timer, 0, idle_check);
+}
+
+static void attach(struct nd_daemon *d, struct hp_treq *r)
+{
+	struct hp_tsconn_user *u = hp_tsconn_user(r->conn);
+	struct nd_attach a;
+	struct nd_pod *p;
+	char err[512], *key;
+
+	if (u->value) {
+		nd_fail(r, HP_CODE_FAILED_PRECONDITION, "%s.Attach: the connection has attached a pod already", ND_NODE_SERVICE);
+		return;
+	}
+	if (nd_attach_decode(r->payload, r->len, &a, err, sizeof(err)) < 0) {
+		nd_fail(r, HP_CODE_INVALID_ARGUMENT, "%s", err);
+		return;
+	}
+	if (!(key = nd_pod_key(&a)))
+		goto nomem;
+	p = find_pod(d, key);
+	free(key);
+	if (p) {
+		nd_attach_free(&a);
+	} else {
+		char pid[16];
+
+		if (!(p = nd_pod_new(d, &a))) {
+			nd_attach_free(&a);
+			goto nomem;
+		}
+		p->next = d->pods;
+		d->pods = p;
+		snprintf(pid, sizeof(pid), "%d", (int)p->a.proxy_pid);
+		nd_log(&p->fifo, p->log_ctx, ND_INFO, "pod attached", "proxy_pid", pid, NULL);
+	}
+	p->connections++;
+	hp_timer_stop(d->loop, &p->idle_timer);
+	u->value = p;
+	u->on_close = conn_closed;
+	hp_treq_reply(r, 0, NULL, NULL, 0, NULL, 0);
+	return;
+nomem:
+	nd_fail(r, HP_CODE_INTERNAL, "Attach: out of memory");
+}
+
+static void handle(void *ctx, struct hp_treq *r)
+{
+	struct nd_daemon *d = ctx;
+	struct nd_pod *p = hp_tsconn_user(r->conn)->value;
+	long long t0 = nd_debug_enabled ? hp_now_ms() : 0;
+
+	if (strcmp(r->service, ND_NODE_SERVICE) == 0 && strcmp(r->method, "Attach") == 0)
+		attach(d, r);
+	else if (strcmp(r->service, ND_TASK_SERVICE) != 0)
+		nd_fail(r, HP_CODE_UNIMPLEMENTED, "%s.%s: no such service here", r->service, r->method);
+	else if (!p)
+		nd_fail(r, HP_CODE_FAILED_PRECONDITION, "%s.%s: the connection has not attached a pod (%s.Attach first)", r->service,
+			r->method, ND_NODE_SERVICE);
+	else if (strcmp(r->method, "Create") == 0)
+		nd_pod_create(p, r);
+	else
+		nd_pod_call(p, r);
+	if (nd_debug_enabled) {
+		char ms[24];
+
+		snprintf(ms, sizeof(ms), "%lld", hp_now_ms() - t0);
+		nd_log(NULL, NULL, ND_DEBUG, "ttrpc call handled", "ms", ms, NULL);
+	}
+}
+
+static void on_error(void *ctx, const char *what)
+{
+	(void)ctx;
+	nd_log(NULL, NULL, ND_WARN, "ttrpc connection error", "error", what, NULL);
+}
+
+/* ---- the daemon's life ---- */
+
+static void sweep(struct hp_timer *t)
+{
+	struct nd_daemon *d = container_of(t, struct nd_daemon, sweep);
+	struct nd_pod *p, *next;
+
+	for (p = d->pods; p; p = next) {
+		next = p->next;
+		if (p->connections == 0 && !nd_proxy_alive(p))
+			drop(p);
+	}
+	hp_timer_start(d->loop, &d->sweep, ND_SWEEP_MS, sweep);
+}
+
+static void on_signal(struct hp_watch *w, uint32_t events)
+{
+	struct nd_daemon *d = container_of(w, struct nd_daemon, signals);
+	struct signalfd_siginfo si;
+
+	(void)events;
+	while (read(w->fd, &si, sizeof(si)) == sizeof(si))
+		;
+	d->stopping = 1;
+	hp_loop_stop(d->loop);
+}
+
+/*
+ * The pods an earlier node daemon served (their records): each whose proxy
+ * still runs is taken over; each whose proxy is gone has its record removed.
+ */
+static void restore_all(struct nd_daemon *d)
+{
+	char dir[PATH_MAX];
+	struct dirent *e;
+	DIR *dp;
+
+	snprintf(dir, sizeof(dir), "%s/placement", d->cfg.state_dir);
+	if (!(dp = opendir(dir)))
+		return;
+	while ((e = readdir(dp))) {
+		size_t n = strlen(e->d_name);
+		char file[PATH_MAX + 512];
+		json_t *rec, *attach;
+		struct nd_attach a;
+		struct nd_pod *p;
+		int alive;
+
+		if (n < 6 || strcmp(e->d_name + n - 5, ".json") != 0)
+			continue;
+		snprintf(file, sizeof(file), "%s/%s", dir, e->d_name);
+		if (!(rec = json_load_file(file, 0, NULL)))
+			continue;
+		attach = json_object_get(json_object_get(rec, "node"), "attach");
+		if (!json_is_object(attach)) {
+			json_decref(rec);
+			continue;
+		}
+		memset(&a, 0, sizeof(a));
+		a.namespace = strdup(json_string_value(json_object_get(attach, "namespace")) ?: "");
+		a.group = strdup(json_string_value(json_object_get(attach, "group")) ?: "");
+		a.containerd_address = strdup(json_string_value(json_object_get(attach, "containerdAddress")) ?: "");
+		a.ttrpc_address = strdup(json_string_value(json_object_get(attach, "ttrpcAddress")) ?: "");
+		a.runc_address = strdup(json_string_value(json_object_get(attach, "runcAddress")) ?: "");
+		a.publish_binary = strdup(json_string_value(json_object_get(attach, "publishBinary")) ?: "");
+		a.bundle = strdup(json_string_value(json_object_get(attach, "bundle")) ?: "");
+		a.config_path = strdup(json_string_value(json_object_get(attach, "configPath")) ?: "");
+		a.proxy_pid = (pid_t)json_integer_value(json_object_get(attach, "proxyPid"));
+		a.debug = json_is_true(json_object_get(attach, "debug"));
+		alive = a.proxy_pid > 0 && (kill(a.proxy_pid, 0) == 0 || errno == EPERM);
+		if (!a.group || !a.group[0] || !alive || !(p = nd_pod_new(d, &a))) {
+			nd_log(NULL, NULL, ND_INFO, "a pod was removed while no node daemon ran: cleaning up after it", "pod",
+			       json_string_value(json_object_get(rec, "pod_id")), NULL);
+			unlink(file);
+			nd_attach_free(&a);
+			json_decref(rec);
+			continue;
+		}
+		p->next = d->pods;
+		d->pods = p;
+		nd_pod_restore(p, rec);
+		nd_log(&p->fifo, p->log_ctx, ND_INFO, "pod taken over from an earlier node daemon", NULL);
+		json_decref(rec);
+	}
+	closedir(dp);
+}
+
+int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *socket, char *err, size_t err_len)
+{
+	struct hp_tserver_opts o = { handle, d, on_error };
+	char dir[PATH_MAX], *slash;
+	sigset_t mask;
+	int r, fd;
+
+	memset(d, 0, sizeof(*d));
+	if ((r = shim_config_load(config_path, &d->cfg, err, err_len)) < 0)
+		return r;
+	nd_debug_enabled = d->cfg.debug || getenv("HETEROPOD_DEBUG") != NULL;
+	snprintf(d->socket, sizeof(d->socket), "%s", socket && socket[0] ? socket : "");
+	if (!d->socket[0])
+		snprintf(d->socket, sizeof(d->socket), "%s/node.sock", d->cfg.state_dir);
+	if ((r = hp_loop_new(&d->loop)) < 0) {
+		snprintf(err, err_len, "event loop: %s", strerror(-r));
+		return r;
+	}
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if ((fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) < 0 || hp_watch_start(d->loop, &d->signals, fd, EPOLLIN, on_signal) < 0) {
+		snprintf(err, err_len, "signals: %s", strerror(errno));
+		return -errno;
+	}
+	restore_all(d);
+	snprintf(dir, sizeof(dir), "%s", d->socket);
+	if ((slash = strrchr(dir, '/')) && slash != dir) {
+		*slash = '\0';
+		mkdir(dir, 0711);
+	}
+	unlink(d->socket); /* the last daemon's, if it died */
+	if ((r = hp_tserver_listen(d->loop, d->socket, &o, &d->server)) < 0) {
+		snprintf(err, err_len, "listen on %s: %s", d->socket, strerror(-r));
+		return r;
+	}
+	hp_timer_start(d->loop, &d->sweep, ND_SWEEP_MS, sweep);
+	{
+		char pid[16];
+
+		snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		nd_log(NULL, NULL, ND_INFO, "node daemon serving", "socket", d->socket, "pid", pid, NULL);
+	}
+	return 0;
+}
+
+void nd_daemon_stop(struct nd_daemon *d)
+{
+	/* Each pod's record as it is now, for the next daemon to take it over. */
+	for (struct nd_pod *p = d->pods; p; p = p->next)
+		nd_pod_flush(p);
+	hp_tserver_close(d->server);
+	d->server = NULL;
+	unlink(d->socket);
+	while (d->pods) {
+		struct nd_pod *p = d->pods;
+
+		d->pods = p->next;
+		nd_pod_free(p);
+	}
+	hp_timer_stop(d->loop, &d->sweep);
+	hp_watch_stop(d->loop, &d->signals);
+	close(d->signals.fd);
+	hp_loop_free(d->loop);
+	shim_config_free(&d->cfg);
+	nd_log(NULL, NULL, ND_INFO, "node daemon stopped", NULL);
+}
