@@ -8,6 +8,7 @@ import { registerShimCommands } from './shim';
 import { registerDpuCommands } from './dpu';
 import { registerXpuCommands } from './xpu';
 import { registerPodsCommand } from './pods';
+import { registerLayerCommands } from './layers';
 
 export function buildProgram(): Command {
   const program = new Command('heteropod')
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerDpuCommands(program);
   registerXpuCommands(program);
   registerPodsCommand(program);
+  registerLayerCommands(program);
   return program;
 }
 

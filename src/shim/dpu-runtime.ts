@@ -24,16 +24,15 @@
 //
 // The pod's split network (SplitLink below): the host half in this process, the
 // DPU half in the agent, and their listening ports exchanged both ways.
-import { Readable } from 'node:stream';
 import { AgentReadStream, DpuAgentClient, DpuAgentError } from '../agentapi/client';
-import type { CapacityResponse, CreateReply, HealthResponse, LayerChunk, LinkInfo, ListeningPorts, MountedFile, PodInfo, PutLayerResponse, TaskEventMessage, TaskReply } from '../agentapi/proto';
+import type { CapacityResponse, CreateReply, HealthResponse, LinkInfo, ListeningPorts, MountedFile, PodInfo, TaskEventMessage, TaskReply } from '../agentapi/proto';
 import { NetnsHalf, openHostHalf } from '../netns';
 import { MessageWriter, readFields, replaceField, str, bool, uint } from '../proto/wire';
 import type { OciMount } from '../oci/mounts';
 import { Code, RpcError, unimplemented } from '../ttrpc';
 import { CreateCall, TaskCall, createTaskPid, encodeConnectResponse, encodeIdRequest, forwardedEvent, isCreateCall, taskExit, withCreateOptions } from '../taskapi/messages';
 import { readSpec } from './bundle';
-import { LayerStore, ShipResult, layerDigest, overlayLowerdirs, shipLayers } from './layers';
+import { ShipResult, agentLayerStore, layerDigest, overlayLowerdirs, shipLayers } from './layers';
 import { mountedFiles, terminationLogSource, writeTerminationMessage } from './mounted-files';
 import { MountWatch, MountWatchOptions } from './mount-watch';
 import type { HostMode } from './config';
@@ -455,7 +454,7 @@ export class DpuAgentRuntime implements Runtime {
     let shipped: ShipResult = { digests, bytesSent: 0, layersSent: 0 };
     let reply = await createOnDpu(digests);
     if (reply.missing_layers.length) {
-      shipped = await shipLayers(dirs, this.layerStore(), this.opts.layerIndexDir);
+      shipped = await shipLayers(dirs, agentLayerStore(this.client), this.opts.layerIndexDir);
       reply = await createOnDpu(shipped.digests);
       if (reply.missing_layers.length) {
         throw new RpcError(Code.UNAVAILABLE, `create ${req.id} on the DPU: its cache lost layers just sent (${reply.missing_layers.join(', ')})`);
@@ -644,35 +643,6 @@ export class DpuAgentRuntime implements Runtime {
       return; // forwarded as is; containerd decides
     }
     if (exit.id === '' || exit.id === exit.containerId) this.writeTerminationMessage(exit.containerId, e.termination_message);
-  }
-
-  private layerStore(): LayerStore {
-    const client = this.client;
-    return {
-      async missing(digests: string[]): Promise<string[]> {
-        return (await client.call<{ digests: string[] }>('MissingLayers', { digests })).digests;
-      },
-      put(digest: string, size: number, data: Readable): Promise<{ bytesReceived: number; alreadyPresent: boolean }> {
-        return new Promise((resolve, reject) => {
-          const upload = client.clientStream<LayerChunk, PutLayerResponse>('PutLayer', (err, res) => {
-            if (err || !res) return reject(err ?? new Error('PutLayer: no answer'));
-            resolve({ bytesReceived: Number(res.bytes_received), alreadyPresent: res.already_present });
-          });
-          upload.write({ digest, size, data: Buffer.alloc(0) });
-          data.on('data', (chunk: Buffer) => {
-            if (!upload.write({ digest: '', size: 0, data: chunk })) {
-              data.pause();
-              upload.once('drain', () => data.resume());
-            }
-          });
-          data.on('end', () => upload.end());
-          data.on('error', (err) => {
-            upload.cancel();
-            reject(err);
-          });
-        });
-      },
-    };
   }
 
   async shutdown(): Promise<void> {

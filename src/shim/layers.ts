@@ -16,6 +16,8 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { OPAQUE_PAX_KEY, OPAQUE_XATTR, ROOT_ENTRY_NAME } from '../layers/format';
 import { getXattr } from '../common/linux-fs';
+import type { DpuAgentClient } from '../agentapi/client';
+import type { LayerChunk, PutLayerResponse } from '../agentapi/proto';
 
 // ---------------------------------------------------------------------------
 // Rootfs mounts → layer directories
@@ -417,6 +419,40 @@ export interface LayerStore {
    * the layer. The caller destroys `data` once this settles.
    */
   put(digest: string, size: number, data: Readable): Promise<{ bytesReceived: number; alreadyPresent: boolean }>;
+}
+
+/**
+ * The DPU agent's layer cache as a LayerStore: MissingLayers, and PutLayer with
+ * the first message naming the layer and the tar stream in the rest, sent as
+ * fast as the connection takes it. The one store of the shim and of
+ * `heteropod layers ship`.
+ */
+export function agentLayerStore(client: DpuAgentClient): LayerStore {
+  return {
+    async missing(digests: string[]): Promise<string[]> {
+      return (await client.call<{ digests: string[] }>('MissingLayers', { digests })).digests;
+    },
+    put(digest: string, size: number, data: Readable): Promise<{ bytesReceived: number; alreadyPresent: boolean }> {
+      return new Promise((resolve, reject) => {
+        const upload = client.clientStream<LayerChunk, PutLayerResponse>('PutLayer', (err, res) => {
+          if (err || !res) return reject(err ?? new Error('PutLayer: no answer'));
+          resolve({ bytesReceived: Number(res.bytes_received), alreadyPresent: res.already_present });
+        });
+        upload.write({ digest, size, data: Buffer.alloc(0) });
+        data.on('data', (chunk: Buffer) => {
+          if (!upload.write({ digest: '', size: 0, data: chunk })) {
+            data.pause();
+            upload.once('drain', () => data.resume());
+          }
+        });
+        data.on('end', () => upload.end());
+        data.on('error', (err) => {
+          upload.cancel();
+          reject(err);
+        });
+      });
+    },
+  };
 }
 
 export interface ShipResult {
