@@ -1,6 +1,7 @@
 /*
  * Where one container of a pod runs (placement.h), as src/placement/placement.ts
- * decides it, with isBindMount and isSandboxShm of src/oci/mounts.ts.
+ * decides it, with isBindMount and isSandboxShm of src/oci/mounts.ts (their C
+ * port, src/oci/mounts.c, shared with the node daemon).
  *
  * The spec is read the way JavaScript reads the parsed JSON: `a?.b` of a value
  * that is no object is undefined; `x ?? []` makes null an empty list; `===`
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../oci/mounts.h"
 #include "placement-internal.h"
 #include "placement.h"
 
@@ -249,22 +251,6 @@ static int shares_pod_pid_namespace(json_t *spec, char *err, size_t err_len)
 	return 0;
 }
 
-/* isSandboxShm's /\/sandboxes\/[^/]+\/shm$/ on String(source). */
-static int is_sandbox_shm_source(const char *s, size_t len)
-{
-	static const char prefix[] = "/sandboxes/";
-	size_t end, slash;
-
-	if (len < 4 || memcmp(s + len - 4, "/shm", 4) != 0)
-		return 0;
-	end = len - 4; /* the [^/]+ is s[slash + 1, end) */
-	for (slash = end; slash > 0 && s[slash - 1] != '/'; slash--)
-		;
-	if (slash == 0 || slash == end || slash < sizeof(prefix) - 1)
-		return 0;
-	return memcmp(s + slash - (sizeof(prefix) - 1), prefix, sizeof(prefix) - 1) == 0;
-}
-
 /*
  * One mount of unshippableMounts: 1 (a writable directory bind mount, its
  * description added to `list`), 0, or -EINVAL/-ENOMEM.
@@ -278,16 +264,15 @@ static int unshippable_mount(json_t *m, size_t i, int (*is_directory)(const char
 			     size_t err_len)
 {
 	json_t *options = member(m, "options"), *source = member(m, "source"), *destination = member(m, "destination");
-	int writable;
+	int writable, bind;
 
 	if (json_is_null(m))
 		return placement_errf(err, err_len, -EINVAL, "spec: mounts[%zu] is null", i);
-	if (!is_string(member(m, "type"), "bind")) {
-		if (options && !json_is_null(options) && !json_is_array(options))
-			return placement_errf(err, err_len, -EINVAL, "spec: mounts[%zu].options is not an array", i);
-		if (!array_has(options, "bind", "rbind"))
-			return 0;
-	}
+	/* a mount that is not null fails only for its options */
+	if ((bind = hp_oci_is_bind_mount(m)) < 0)
+		return placement_errf(err, err_len, -EINVAL, "spec: mounts[%zu].options is not an array", i);
+	if (!bind)
+		return 0;
 	if (is_string(destination, "/dev/shm") && source && !json_is_null(source)) {
 		struct text s = { 0 };
 		int shm;
@@ -297,7 +282,7 @@ static int unshippable_mount(json_t *m, size_t i, int (*is_directory)(const char
 			free(s.s);
 			return placement_errf(err, err_len, -ENOMEM, "out of memory reading the spec's mounts");
 		}
-		shm = is_sandbox_shm_source(s.s ? s.s : "", s.len);
+		shm = hp_oci_sandbox_shm_source(s.s ? s.s : "", s.len);
 		free(s.s);
 		if (shm)
 			return 0;
