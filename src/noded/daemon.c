@@ -7,6 +7,10 @@
  */
 #include "noded.h"
 
+#include "../agentapi/agent-conn.h"
+#include "../proto/pb.h"
+#include "../shim/proxy.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -38,6 +42,122 @@ static void drop(struct nd_pod *p)
 	if (*at)
 		*at = p->next;
 	nd_pod_dispose(p);
+}
+
+/* ---- the DPU agent ---- */
+
+struct hp_agent *nd_agent(struct nd_daemon *d, const char **problem)
+{
+	struct hp_agent_tls tls = { d->cfg.dpu_ca, d->cfg.dpu_cert, d->cfg.dpu_key };
+
+	*problem = NULL;
+	if (!d->cfg.dpu_address[0]) {
+		*problem = "no DPU agent is configured ([dpu] address in the shim config)";
+		return NULL;
+	}
+	if (!d->agent && !(d->agent = hp_agent_new(d->loop, d->cfg.dpu_address, &tls, d->cfg.dpu_timeout_ms, d->agent_problem,
+						   sizeof(d->agent_problem)))) {
+		*problem = d->agent_problem;
+		return NULL;
+	}
+	return d->agent;
+}
+
+static void kept_answered(void *ctx, const struct hp_tstatus *st)
+{
+	struct nd_kept *k = ctx;
+	struct nd_kept_waiter *w;
+
+	k->inflight = NULL;
+	if (st->code == 0 && (!k->keep || k->keep(st->payload, st->len))) {
+		unsigned char *copy = malloc(st->len ? st->len : 1);
+
+		if (copy) {
+			memcpy(copy, st->payload, st->len);
+			free(k->answer);
+			k->answer = copy;
+			k->len = st->len;
+			k->have = 1;
+			k->at = hp_now_ms();
+		}
+	}
+	/* Each waiter once; one may ask again (and wait anew). */
+	while ((w = k->waiters)) {
+		k->waiters = w->next;
+		w->fn(w, st);
+	}
+}
+
+void nd_kept_get(struct nd_daemon *d, struct nd_kept *k, struct nd_kept_waiter *w)
+{
+	static const struct hp_tcall_fns fns = { NULL, kept_answered };
+	const char *problem;
+	struct hp_agent *agent;
+
+	if (k->have && hp_now_ms() - k->at < k->fresh_ms) {
+		struct hp_tstatus st = { .payload = k->answer, .len = k->len };
+
+		w->fn(w, &st);
+		return;
+	}
+	w->next = k->waiters;
+	k->waiters = w;
+	if (k->inflight)
+		return;
+	if (!(agent = nd_agent(d, &problem))) {
+		struct hp_tstatus st = { .code = HP_CODE_UNAVAILABLE, .message = problem };
+
+		kept_answered(k, &st);
+		return;
+	}
+	k->inflight = (struct hp_tcall *)1;
+	{
+		struct hp_tcall *c = hp_agent_call(agent, k->method, NULL, 0, -1, &fns, k);
+
+		if (k->inflight == (struct hp_tcall *)1)
+			k->inflight = c;
+	}
+}
+
+void nd_kept_cancel(struct nd_kept *k, struct nd_kept_waiter *w)
+{
+	for (struct nd_kept_waiter **at = &k->waiters; *at; at = &(*at)->next) {
+		if (*at == w) {
+			*at = w->next;
+			return;
+		}
+	}
+}
+
+/* HealthResponse { ok = 1 }: only a healthy answer is kept. */
+static int healthy(const unsigned char *m, size_t n)
+{
+	struct pb_field f;
+	size_t i = 0;
+	int ok = 0;
+
+	while (pb_next(m, n, &i, &f) > 0)
+		if (f.num == 1 && f.wire == 0)
+			ok = f.u != 0;
+	return ok;
+}
+
+struct nd_forwarder *nd_forwarder_for(struct nd_daemon *d, const char *address)
+{
+	struct nd_forwarder *f, **grown;
+
+	for (size_t i = 0; i < d->n_forwarders; i++)
+		if (strcmp(nd_forwarder_address(d->forwarders[i]), address) == 0)
+			return d->forwarders[i];
+	if (!(f = nd_forwarder_new(d->loop, address)))
+		return NULL;
+	if (!(grown = realloc(d->forwarders, (d->n_forwarders + 1) * sizeof(*grown)))) {
+		nd_forwarder_free(f);
+		return NULL;
+	}
+	d->forwarders = grown;
+	d->forwarders[d->n_forwarders++] = f;
+	return f;
 }
 
 /* ---- connections ---- */
@@ -242,6 +362,11 @@ int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *so
 	memset(d, 0, sizeof(*d));
 	if ((r = shim_config_load(config_path, &d->cfg, err, err_len)) < 0)
 		return r;
+	d->config_path = strdup(config_path && config_path[0] ? config_path : DEFAULT_CONFIG);
+	d->health = (struct nd_kept){ .method = "Health", .fresh_ms = 5000, .keep = healthy };
+	d->capacity = (struct nd_kept){ .method = "Capacity", .fresh_ms = 1000 };
+	r = hp_runc_options(d->cfg.runc_binary_name, d->cfg.runc_root, d->cfg.runc_systemd_cgroup, d->runc_options, sizeof(d->runc_options));
+	d->runc_options_len = r > 0 ? (size_t)r : 0;
 	nd_debug_enabled = d->cfg.debug || getenv("HETEROPOD_DEBUG") != NULL;
 	snprintf(d->socket, sizeof(d->socket), "%s", socket && socket[0] ? socket : "");
 	if (!d->socket[0])
@@ -297,7 +422,14 @@ void nd_daemon_stop(struct nd_daemon *d)
 	hp_timer_stop(d->loop, &d->sweep);
 	hp_watch_stop(d->loop, &d->signals);
 	close(d->signals.fd);
+	for (size_t i = 0; i < d->n_forwarders; i++)
+		nd_forwarder_free(d->forwarders[i]);
+	free(d->forwarders);
+	hp_agent_free(d->agent);
+	free(d->health.answer);
+	free(d->capacity.answer);
 	hp_loop_free(d->loop);
+	free(d->config_path);
 	shim_config_free(&d->cfg);
 	nd_log(NULL, NULL, ND_INFO, "node daemon stopped", NULL);
 }

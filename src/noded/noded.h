@@ -24,7 +24,9 @@
 #include "../shim/shim-config.h"
 #include "../ttrpc/client.h"
 #include "../ttrpc/server.h"
+#include "events.h"
 #include "log.h"
+#include "relay.h"
 
 #define ND_NODE_SERVICE "heteropod.node.v1.Node"
 #define ND_TASK_SERVICE "containerd.task.v2.Task"
@@ -59,8 +61,63 @@ struct nd_task {
 	char *id, *bundle;
 	enum nd_status status;
 	enum nd_runtime runtime;
+	uint32_t init_pid;	/* a DPU container's, from its Create: Connect needs no round trip */
+	char *termination_log; /* the host file its termination message goes to, or NULL */
+	struct nd_watch *watch; /* its mounts, kept up to date (watch.c) */
 	struct nd_task *next;
 };
+
+/* A process whose stdio the daemon relays (kept in the record for a takeover). */
+struct nd_proc {
+	char *id, *exec_id, *stdin_path, *stdout_path, *stderr_path;
+	struct nd_relay *relay;
+	struct nd_proc *next;
+};
+
+/* An answer of the agent kept a while (Health, Capacity), and who waits for it. */
+struct nd_kept_waiter {
+	void (*fn)(struct nd_kept_waiter *w, const struct hp_tstatus *st);
+	struct nd_kept_waiter *next;
+};
+
+struct nd_kept {
+	const char *method;
+	long long fresh_ms;
+	int (*keep)(const unsigned char *answer, size_t len); /* NULL: any answer */
+	long long at;
+	unsigned char *answer;
+	size_t len;
+	int have;
+	struct hp_tcall *inflight;
+	struct nd_kept_waiter *waiters;
+};
+
+struct nd_dpu;
+struct nd_sandbox_op;
+struct nd_sandbox_delete;
+struct nd_pod;
+
+/* A task's Create while it is placed and made (pod.c, dpu.c). */
+struct nd_create {
+	struct nd_pod *p;
+	struct hp_treq *r;
+	char *id, *bundle, *name;
+	json_t *spec;
+	unsigned char *spec_raw; /* config.json's bytes, sent to the agent as they are */
+	size_t spec_len;
+	struct nd_kept_waiter capacity;
+	struct nd_create *next; /* waiting for the join */
+	/* on the DPU (dpu.c) */
+	char **layers; /* digests, top first */
+	size_t n_layers;
+	char **dirs; /* the layer directories */
+	size_t n_dirs;
+	unsigned char *files; /* CreateRequest.files, encoded */
+	size_t files_len;
+	struct nd_mount_watch *watch; /* made before the files were read */
+	int shipped;
+};
+void nd_create_free(struct nd_create *c);
 
 /* A container as the pod's record has it (placement). */
 struct nd_placed {
@@ -94,11 +151,32 @@ struct nd_pod {
 	/* the wait for its proxy to exit once no connection is left */
 	struct hp_timer idle_timer;
 	long long idle_deadline;
+	/* its DPU half (dpu.c), while it has one; the connection to runc's shim */
+	struct nd_dpu *dpu;
+	struct hp_tclient *runc;
+	int connecting, joining;   /* the DPU half being asked for; the split network being joined */
+	struct nd_create *waiting; /* container Creates waiting for the join */
+	struct nd_sandbox_op *sandbox_op; /* the sandbox's Create, while runc and the agent are asked */
+	struct nd_sandbox_delete *pending_delete; /* its Delete, while the halves are separated */
+	struct nd_forwarder *events;
+	int refs; /* async work that will come back to the pod: it is freed once disposed and none is left */
 };
+
+void nd_pod_ref(struct nd_pod *p);
+/* Returns 1 when the pod was freed (disposed, and this was the last). */
+int nd_pod_unref(struct nd_pod *p);
 
 struct nd_daemon {
 	struct hp_loop *loop;
 	struct shim_config cfg;
+	struct hp_agent *agent; /* the node's one connection to the DPU agent, made on first use */
+	char agent_problem[512];
+	struct nd_kept health, capacity;
+	struct nd_forwarder **forwarders;
+	size_t n_forwarders;
+	char *config_path;
+	unsigned char runc_options[1024]; /* containerd.runc.v1.Options for the sandbox's Create, as an Any */
+	size_t runc_options_len;
 	char socket[4096];
 	struct hp_tserver *server;
 	struct nd_pod *pods;
@@ -113,7 +191,62 @@ void nd_daemon_stop(struct nd_daemon *d);
 /* The pod's proxy closed its last connection, or the sweep found it gone: it goes once its proxy has exited. */
 void nd_pod_idle(struct nd_pod *p);
 
+/* The node's agent, or NULL with why there is none (no address, unreadable TLS files). */
+struct hp_agent *nd_agent(struct nd_daemon *d, const char **problem);
+/* The kept answer of k (at once when fresh), or the one asked now; w->fn gets it. */
+void nd_kept_get(struct nd_daemon *d, struct nd_kept *k, struct nd_kept_waiter *w);
+void nd_kept_cancel(struct nd_kept *k, struct nd_kept_waiter *w);
+/* The forwarder of containerd's ttrpc address (one per address). */
+struct nd_forwarder *nd_forwarder_for(struct nd_daemon *d, const char *address);
+
+/* A blocking call on a worker thread, then `done` on the loop; the job is freed after `done`. */
+struct nd_work {
+	struct hp_job job;
+	void (*run)(struct nd_work *w);
+	void (*done)(struct nd_work *w);
+	void *ctx;
+	int rc;
+	char err[1024];
+};
+void nd_work(struct nd_daemon *d, struct nd_work *w);
+
+/* dpu.c: a pod's DPU half, its split network, its sandbox's Create and Delete */
+/* The sandbox of a pod asking for a DPU half: runc's Create, the agent asked meanwhile. */
+void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, const char *bundle);
+/* A container's Create once its placement says the DPU (the split network joined). */
+void nd_dpu_create(struct nd_pod *p, struct nd_create *c);
+/* A call for a task the daemon holds. */
+void nd_task_call(struct nd_pod *p, struct nd_task *t, struct hp_treq *r);
+/* The pod is gone: its DPU half, relays and split network (in the background). */
+void nd_dpu_shutdown(struct nd_pod *p);
+/* Takes the DPU half of a pod over from its record; its tasks' mounts once they are back. */
+void nd_dpu_resume(struct nd_pod *p, json_t *record);
+void nd_dpu_resume_tasks(struct nd_pod *p);
+/* A process's stdio relayed (its Create's or Exec's paths). */
+void nd_dpu_attach(struct nd_pod *p, const char *id, const char *exec_id, const char *in, const char *out, const char *err);
+/* mounts (mounts.c): the copies of a container's bind mounts, kept up to date; its termination message. */
+int nd_mounted_files(json_t *spec, uint32_t field, unsigned char **out, size_t *len, char *err, size_t err_len);
+char *nd_termination_log_source(json_t *spec);
+void nd_dpu_termination_message(struct nd_task *t, const unsigned char *msg, size_t len, struct nd_pod *p);
+void nd_dpu_watch_mounts(struct nd_pod *p, struct nd_task *t, json_t *spec, int resend);
+void nd_dpu_unwatch_mounts(struct nd_pod *p, struct nd_task *t);
+void nd_dpu_start_watch(struct nd_pod *p, struct nd_task *t, struct nd_mount_watch *w, int resend);
+/* What the record keeps of the DPU half. */
+void nd_dpu_record(struct nd_pod *p, json_t *node);
+
 /* pod.c */
+void nd_pod_save(struct nd_pod *p);
+struct nd_task *nd_task_find(struct nd_pod *p, const char *id);
+struct nd_task *nd_task_add(struct nd_pod *p, const char *id, const char *bundle, enum nd_runtime rt, enum nd_status st);
+void nd_task_remove(struct nd_pod *p, const char *id);
+/* A lifecycle event observed (an exit, a Start): ignored when the lifecycle does not allow it. */
+void nd_task_observe(struct nd_task *t, enum nd_status to);
+/* What was decided for a container, and why. */
+void nd_pod_note(struct nd_pod *p, const char *id, const char *name, int dpu, const char *reason);
+/* Answers a Create with Response field 15 after the record is on disk. */
+void nd_reply_placed(struct nd_pod *p, struct hp_treq *r, int placed, const void *payload, size_t len);
+/* A container's Create resumed once the split network is joined (or not). */
+void nd_create_resume(struct nd_create *c);
 struct nd_pod *nd_pod_new(struct nd_daemon *d, const struct nd_attach *a);
 /* Takes the pod over from its record (an earlier daemon's); 0 or -errno. */
 int nd_pod_restore(struct nd_pod *p, json_t *record);

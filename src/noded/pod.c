@@ -145,8 +145,10 @@ static json_t *record_json(struct nd_pod *p)
 						       "runtime", t->runtime == ND_RT_DPU ? "dpu" : "sandbox"));
 	for (size_t i = 0; i < p->n_declared; i++)
 		json_array_append_new(ports, json_integer(p->declared_ports[i]));
-	node = json_pack("{s:o, s:o, s:o, s:i, s:[]}", "attach", attach_json(&p->a), "tasks", tasks, "declared_dpu_ports", ports,
-			 "last_event", (json_int_t)0, "processes");
+	node = json_pack("{s:o, s:o, s:o, s:i}", "attach", attach_json(&p->a), "tasks", tasks, "declared_dpu_ports", ports, "last_event",
+			 (json_int_t)0);
+	if (node)
+		nd_dpu_record(p, node);
 	rec = json_pack("{s:s, s:s, s:s, s:o, s:s, s:s}", "pod_id", p->a.group, "name", p->name ? p->name : "", "namespace",
 			p->pod_namespace ? p->pod_namespace : "", "offload", offload, "policy", p->offload.require ? "require" : "prefer",
 			"dpu_problem", p->dpu_problem ? p->dpu_problem : "");
@@ -210,6 +212,11 @@ static void save(struct nd_pod *p)
 		hp_timer_start(p->d->loop, &p->save_timer, 0, save_now);
 }
 
+void nd_pod_save(struct nd_pod *p)
+{
+	save(p);
+}
+
 void nd_pod_flush(struct nd_pod *p)
 {
 	if (!p->save_timer.armed)
@@ -229,7 +236,7 @@ static void set_str(char **field, const char *v)
 }
 
 /* What was decided for a container, and why (the record keeps it for the life of the pod). */
-static void note(struct nd_pod *p, const char *id, const char *name, int dpu, const char *reason)
+void nd_pod_note(struct nd_pod *p, const char *id, const char *name, int dpu, const char *reason)
 {
 	struct nd_placed **at, *c;
 
@@ -303,6 +310,7 @@ static void free_tasks(struct nd_task *t)
 		next = t->next;
 		free(t->id);
 		free(t->bundle);
+		free(t->termination_log);
 		free(t);
 	}
 }
@@ -311,6 +319,7 @@ void nd_pod_free(struct nd_pod *p)
 {
 	hp_timer_stop(p->d->loop, &p->save_timer);
 	hp_timer_stop(p->d->loop, &p->idle_timer);
+	hp_tclient_destroy(p->runc);
 	nd_fifo_close(&p->fifo);
 	nd_attach_free(&p->a);
 	hp_offload_free(&p->offload);
@@ -327,12 +336,34 @@ void nd_pod_free(struct nd_pod *p)
 	free(p);
 }
 
+void nd_pod_ref(struct nd_pod *p)
+{
+	p->refs++;
+}
+
+int nd_pod_unref(struct nd_pod *p)
+{
+	if (--p->refs > 0 || !p->disposed)
+		return 0;
+	nd_pod_free(p);
+	return 1;
+}
+
 void nd_pod_dispose(struct nd_pod *p)
 {
 	char *slash;
+	struct nd_create *c;
 
+	/* Held until the end: what is stopped here may drop the last other reference. */
+	p->refs++;
 	p->disposed = 1;
 	hp_timer_stop(p->d->loop, &p->save_timer);
+	while ((c = p->waiting)) {
+		p->waiting = c->next;
+		nd_fail(c->r, HP_CODE_UNAVAILABLE, "create task %s: the pod is gone", c->id);
+		nd_create_free(c);
+	}
+	nd_dpu_shutdown(p);
 	unlink(p->file);
 	if ((slash = strrchr(p->file, '/'))) {
 		*slash = '\0';
@@ -340,7 +371,8 @@ void nd_pod_dispose(struct nd_pod *p)
 		*slash = '/';
 	}
 	nd_log(&p->fifo, p->log_ctx, ND_INFO, "pod gone", NULL);
-	nd_pod_free(p);
+	/* Freed now, or when the last work that comes back to it has (nd_pod_unref). */
+	nd_pod_unref(p);
 }
 
 /* A string member of a JSON object, or `fallback`. */
@@ -372,15 +404,99 @@ int nd_pod_restore(struct nd_pod *p, json_t *rec)
 		const char *id = jstr(e, "id", NULL);
 
 		if (id)
-			note(p, id, jstr(e, "name", id), strcmp(jstr(e, "where", "host"), "dpu") == 0, jstr(e, "reason", ""));
+			nd_pod_note(p, id, jstr(e, "name", id), strcmp(jstr(e, "where", "host"), "dpu") == 0, jstr(e, "reason", ""));
 	}
 	v = json_object_get(node, "declared_dpu_ports");
 	if (json_array_size(v) && (p->declared_ports = calloc(json_array_size(v), sizeof(uint16_t)))) {
 		json_array_foreach (v, i, e)
 			p->declared_ports[p->n_declared++] = (uint16_t)json_integer_value(e);
 	}
+	/* the tasks it held: a sandbox's only with a DPU half, which the agent is asked for again */
+	nd_dpu_resume(p, rec);
+	json_array_foreach (json_object_get(node, "tasks"), i, e) {
+		const char *status = jstr(e, "status", "created"), *id = jstr(e, "id", NULL);
+		enum nd_status st = ND_CREATED;
+		int dpu = strcmp(jstr(e, "runtime", ""), "dpu") == 0;
+
+		if (!id)
+			continue;
+		if (!p->dpu) {
+			nd_log(&p->fifo, p->log_ctx, ND_WARN, "a task of the pod cannot be taken over: the pod has no DPU half", "id", id, NULL);
+			continue;
+		}
+		for (int k = 0; k < 5; k++)
+			if (strcmp(status, STATUS[k]) == 0)
+				st = (enum nd_status)k;
+		nd_task_add(p, id, jstr(e, "bundle", ""), dpu ? ND_RT_DPU : ND_RT_SANDBOX, st);
+	}
+	nd_dpu_resume_tasks(p);
+	save(p);
 	return 0;
 }
+
+/* ---- the task table ---- */
+
+struct nd_task *nd_task_find(struct nd_pod *p, const char *id)
+{
+	struct nd_task *t;
+
+	for (t = p->tasks; t && strcmp(t->id, id) != 0; t = t->next)
+		;
+	return t;
+}
+
+struct nd_task *nd_task_add(struct nd_pod *p, const char *id, const char *bundle, enum nd_runtime rt, enum nd_status st)
+{
+	struct nd_task *t = calloc(1, sizeof(*t)), **at;
+
+	if (!t || !(t->id = strdup(id)) || !(t->bundle = strdup(bundle))) {
+		if (t)
+			free(t->id);
+		free(t);
+		return NULL;
+	}
+	t->runtime = rt;
+	t->status = st;
+	for (at = &p->tasks; *at; at = &(*at)->next)
+		;
+	*at = t;
+	save(p);
+	return t;
+}
+
+void nd_task_remove(struct nd_pod *p, const char *id)
+{
+	for (struct nd_task **at = &p->tasks; *at; at = &(*at)->next) {
+		struct nd_task *t = *at;
+
+		if (strcmp(t->id, id) == 0) {
+			*at = t->next;
+			free(t->id);
+			free(t->bundle);
+			free(t->termination_log);
+			free(t);
+			save(p);
+			return;
+		}
+	}
+}
+
+/* The lifecycle (tasks.ts): creating → created → running → stopped → deleted; late events are ignored. */
+void nd_task_observe(struct nd_task *t, enum nd_status to)
+{
+	static const unsigned char next[5] = {
+		[ND_CREATING] = 1u << ND_CREATED | 1u << ND_DELETED,
+		[ND_CREATED] = 1u << ND_RUNNING | 1u << ND_STOPPED | 1u << ND_DELETED,
+		[ND_RUNNING] = 1u << ND_STOPPED | 1u << ND_DELETED,
+		[ND_STOPPED] = 1u << ND_DELETED,
+		[ND_DELETED] = 0,
+	};
+
+	if (next[t->status] & (1u << to))
+		t->status = to;
+}
+
+
 
 /* ---- Create ---- */
 
@@ -398,7 +514,7 @@ static int create_ids(const unsigned char *d, size_t n, char **id, char **bundle
 		free(f.num == 1 ? *id : *bundle);
 		*(f.num == 1 ? id : bundle) = dup_n(f.val, f.vlen);
 	}
-	if (r == 0 && (!*id || !*bundle)) {
+	if (r == 0) {
 		if (!*id)
 			*id = strdup("");
 		if (!*bundle)
@@ -408,7 +524,7 @@ static int create_ids(const unsigned char *d, size_t n, char **id, char **bundle
 }
 
 /* The record reaches the disk before the answer leaves: what containerd is told, a new daemon finds. */
-static void reply_placed(struct nd_pod *p, struct hp_treq *r, int placed, const void *payload, size_t len)
+void nd_reply_placed(struct nd_pod *p, struct hp_treq *r, int placed, const void *payload, size_t len)
 {
 	unsigned char trailer[8];
 	struct pb_writer w = { trailer, 0 };
@@ -418,16 +534,35 @@ static void reply_placed(struct nd_pod *p, struct hp_treq *r, int placed, const 
 	hp_treq_reply(r, 0, NULL, payload, len, trailer, w.n);
 }
 
-static json_t *read_spec(const char *bundle, char *err, size_t err_len)
+/* The bundle's config.json: its bytes (sent to the agent as they are) and what they parse to. */
+static json_t *read_spec(const char *bundle, unsigned char **raw, size_t *raw_len, char *err, size_t err_len)
 {
 	char file[PATH_MAX + 16];
 	json_error_t je;
-	json_t *spec;
+	json_t *spec = NULL;
+	FILE *f;
+	long n;
 
+	*raw = NULL;
+	*raw_len = 0;
 	snprintf(file, sizeof(file), "%s/config.json", bundle);
-	spec = json_load_file(file, 0, &je);
-	if (!spec)
-		snprintf(err, err_len, "read bundle spec %.2048s: %s", file, je.text);
+	if (!(f = fopen(file, "rb"))) {
+		snprintf(err, err_len, "read bundle spec %.2048s: %s", file, strerror(errno));
+		return NULL;
+	}
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 && (*raw = malloc((size_t)n + 1)) &&
+	    fread(*raw, 1, (size_t)n, f) == (size_t)n) {
+		*raw_len = (size_t)n;
+		if (!(spec = json_loadb((const char *)*raw, *raw_len, 0, &je)))
+			snprintf(err, err_len, "read bundle spec %.2048s: %s", file, je.text);
+	} else {
+		snprintf(err, err_len, "read bundle spec %.2048s: %s", file, strerror(errno ? errno : EIO));
+	}
+	fclose(f);
+	if (!spec) {
+		free(*raw);
+		*raw = NULL;
+	}
 	return spec;
 }
 
@@ -448,15 +583,15 @@ static const char *netns_of(json_t *spec)
 }
 
 /*
- * The pod's offload, from the sandbox's spec. Its DPU half: without one (no
- * agent configured, hostNetwork), the pod runs on the host (prefer) or the
- * sandbox fails (require). Returns 0 when the sandbox goes to runc's shim as
- * it is, or a negative errno with the reply made.
+ * The pod's offload, from the sandbox's spec. Returns 1 when the pod is to have
+ * a DPU half (the agent is then asked, while runc creates the sandbox), 0 when
+ * the sandbox goes to runc's shim as it is (no offload, or no DPU half to be
+ * had under prefer), or a negative errno with the reply made.
  */
 static int sandbox(struct nd_pod *p, struct hp_treq *r, const char *id, json_t *spec, json_t *annotations)
 {
 	char err[HP_ERR_MAX];
-	const char *ports = NULL, *problem, *netns = netns_of(spec);
+	const char *ports = NULL, *problem = NULL, *netns = netns_of(spec), *why;
 
 	hp_offload_free(&p->offload);
 	free(p->declared_ports);
@@ -470,17 +605,18 @@ static int sandbox(struct nd_pod *p, struct hp_treq *r, const char *id, json_t *
 	}
 	set_str(&p->name, jstr(annotations, "io.kubernetes.cri.sandbox-name", ""));
 	set_str(&p->pod_namespace, jstr(annotations, "io.kubernetes.cri.sandbox-namespace", ""));
-	if (p->offload.n == 0) {
-		set_str(&p->dpu_problem, "");
+	free(p->netns_path);
+	p->netns_path = netns ? strdup(netns) : NULL;
+	set_str(&p->dpu_problem, "");
+	if (p->offload.n == 0)
 		return 0;
-	}
 	/* hostNetwork: there is no pod namespace to split, and the DPU has no way to the node's. */
 	if (!netns)
 		problem = "the pod uses the node's network namespace (hostNetwork), which cannot be split with the DPU";
-	else if (!p->d->cfg.dpu_address[0])
-		problem = "no DPU agent is configured ([dpu] address in the shim config)";
-	else
-		problem = "the node daemon in C does not run containers on the DPU yet";
+	else if (!nd_agent(p->d, &why))
+		problem = why;
+	if (!problem)
+		return 1;
 	set_str(&p->dpu_problem, problem);
 	/* A refused sandbox leaves no record: the pod never ran. */
 	if (p->offload.require) {
@@ -488,18 +624,103 @@ static int sandbox(struct nd_pod *p, struct hp_treq *r, const char *id, json_t *
 		return -EPERM;
 	}
 	save(p);
-	nd_log(&p->fifo, p->log_ctx, ND_WARN, "offload fallback: the pod runs on the host", "offload", ports ? ports : "", "reason",
-	       problem, NULL);
+	nd_log(&p->fifo, p->log_ctx, ND_WARN, "offload fallback: the pod runs on the host", "reason", problem, NULL);
 	return 0;
+}
+
+struct capacity_wait {
+	struct nd_kept_waiter w;
+	struct nd_create *c;
+};
+
+static void place(struct nd_create *c, const char *unavailable, uint64_t memory_free)
+{
+	struct nd_pod *p = c->p;
+	struct hp_dpu_state dpu = { unavailable, memory_free };
+	struct hp_placement placement = { 0 };
+	char err[HP_ERR_MAX];
+	int rc;
+
+	if ((rc = hp_place_container(&p->offload, c->name, c->spec, &dpu, NULL, &placement, err, sizeof(err))) < 0) {
+		nd_fail(c->r, rc == -EPERM ? HP_CODE_FAILED_PRECONDITION : rc == -EINVAL ? HP_CODE_INVALID_ARGUMENT : HP_CODE_INTERNAL,
+			"create task %s: %s", c->id, err);
+		nd_create_free(c);
+		return;
+	}
+	if (placement.reason)
+		nd_log(&p->fifo, p->log_ctx, ND_WARN, "offload fallback: container runs on the host", "container", c->name, "id", c->id, "reason",
+		       placement.reason, NULL);
+	nd_pod_note(p, c->id, c->name, placement.dpu && p->dpu, placement.reason);
+	if (placement.dpu && p->dpu) {
+		hp_placement_free(&placement);
+		nd_dpu_create(p, c);
+		return;
+	}
+	hp_placement_free(&placement);
+	nd_reply_placed(p, c->r, ND_PLACED_PROXY, NULL, 0);
+	nd_create_free(c);
+}
+
+/* CapacityResponse { memory_free_bytes = 4 } */
+static void capacity_answered(struct nd_kept_waiter *w, const struct hp_tstatus *st)
+{
+	struct capacity_wait *cw = container_of(w, struct capacity_wait, w);
+	struct nd_create *c = cw->c;
+	struct nd_pod *p = c->p;
+	struct pb_field f;
+	size_t i = 0;
+	uint64_t free_bytes = 0;
+
+	free(cw);
+	if (nd_pod_unref(p)) {
+		return; /* c went with the pod's requests */
+	}
+	if (st->code != 0) {
+		place(c, st->message, 0);
+		return;
+	}
+	while (pb_next(st->payload, st->len, &i, &f) > 0)
+		if (f.num == 4 && f.wire == 0)
+			free_bytes = f.u;
+	place(c, NULL, free_bytes);
+}
+
+/*
+ * A container's Create once the split network is joined: where it may go
+ * depends on the DPU's free memory (under require, a network that could not be
+ * joined fails it; under prefer it took the DPU half away).
+ */
+void nd_create_resume(struct nd_create *c)
+{
+	struct nd_pod *p = c->p;
+	struct capacity_wait *cw;
+
+	if (!hp_offload_names(&p->offload, c->name)) {
+		place(c, NULL, 0);
+		return;
+	}
+	if (!p->dpu) {
+		place(c, p->dpu_problem && p->dpu_problem[0] ? p->dpu_problem : "the pod has no DPU half", 0);
+		return;
+	}
+	if (!(cw = calloc(1, sizeof(*cw)))) {
+		place(c, "out of memory", 0);
+		return;
+	}
+	cw->c = c;
+	cw->w.fn = capacity_answered;
+	nd_pod_ref(p);
+	nd_kept_get(p->d, &p->d->capacity, &cw->w);
 }
 
 void nd_pod_create(struct nd_pod *p, struct hp_treq *r)
 {
 	char err[HP_ERR_MAX], *id = NULL, *bundle = NULL;
+	unsigned char *raw = NULL;
+	size_t raw_len = 0;
 	json_t *spec = NULL, *annotations;
-	const char *type, *name;
-	struct hp_placement placement = { 0 };
-	struct hp_dpu_state dpu = { NULL, 0 };
+	const char *type;
+	struct nd_create *c;
 	int rc;
 
 	if (create_ids(r->payload, r->len, &id, &bundle) < 0) {
@@ -510,35 +731,55 @@ void nd_pod_create(struct nd_pod *p, struct hp_treq *r)
 		nd_fail(r, HP_CODE_INVALID_ARGUMENT, "create task: id is required");
 		goto out;
 	}
-	if (!(spec = read_spec(bundle, err, sizeof(err)))) {
+	if (nd_task_find(p, id)) {
+		nd_fail(r, 6 /* ALREADY_EXISTS */, "create task %s: task %s", id, id);
+		goto out;
+	}
+	if (!(spec = read_spec(bundle, &raw, &raw_len, err, sizeof(err)))) {
 		nd_fail(r, HP_CODE_INVALID_ARGUMENT, "create task %s: %s", id, err);
 		goto out;
 	}
 	annotations = json_object_get(spec, "annotations");
 	type = jstr(annotations, "io.kubernetes.cri.container-type", "");
 	if (strcmp(type, "container") != 0) {
-		if (strcmp(type, "sandbox") == 0 && sandbox(p, r, id, spec, annotations) < 0)
+		rc = strcmp(type, "sandbox") == 0 ? sandbox(p, r, id, spec, annotations) : 0;
+		if (rc < 0)
 			goto out;
-		note(p, id, json_object_get(annotations, "io.kubernetes.cri.sandbox-name") ? "(sandbox)" : id, 0, NULL);
-		reply_placed(p, r, ND_PLACED_PROXY, NULL, 0);
+		nd_pod_note(p, id, json_object_get(annotations, "io.kubernetes.cri.sandbox-name") ? "(sandbox)" : id, 0, NULL);
+		if (rc == 1)
+			nd_sandbox_create(p, r, id, bundle);
+		else
+			nd_reply_placed(p, r, ND_PLACED_PROXY, NULL, 0);
 		goto out;
 	}
-	name = jstr(annotations, "io.kubernetes.cri.container-name", id);
-	if (hp_offload_names(&p->offload, name))
-		dpu.unavailable = p->dpu_problem && p->dpu_problem[0] ? p->dpu_problem : "the pod has no DPU half";
-	if ((rc = hp_place_container(&p->offload, name, spec, &dpu, NULL, &placement, err, sizeof(err))) < 0) {
-		nd_fail(r, rc == -EPERM ? HP_CODE_FAILED_PRECONDITION : rc == -EINVAL ? HP_CODE_INVALID_ARGUMENT : HP_CODE_INTERNAL,
-			"create task %s: %s", id, err);
+	if (!(c = calloc(1, sizeof(*c))) || !(c->name = strdup(jstr(annotations, "io.kubernetes.cri.container-name", id)))) {
+		free(c);
+		nd_fail(r, HP_CODE_INTERNAL, "create task %s: out of memory", id);
 		goto out;
 	}
-	if (placement.reason)
-		nd_log(&p->fifo, p->log_ctx, ND_WARN, "offload fallback: container runs on the host", "container", name, "id", id, "reason",
-		       placement.reason, NULL);
-	note(p, id, name, 0, placement.reason);
-	reply_placed(p, r, ND_PLACED_PROXY, NULL, 0);
+	c->p = p;
+	c->r = r;
+	c->id = id;
+	c->bundle = bundle;
+	c->spec = spec;
+	c->spec_raw = raw;
+	c->spec_len = raw_len;
+	id = bundle = NULL;
+	spec = NULL;
+	raw = NULL;
+	/* The container waits for the split network being joined. */
+	if (p->joining || p->connecting) {
+		struct nd_create **at;
+
+		for (at = &p->waiting; *at; at = &(*at)->next)
+			;
+		*at = c;
+	} else {
+		nd_create_resume(c);
+	}
 out:
-	hp_placement_free(&placement);
 	json_decref(spec);
+	free(raw);
 	free(id);
 	free(bundle);
 }
@@ -560,13 +801,11 @@ static char *task_id(const unsigned char *d, size_t n)
 void nd_pod_call(struct nd_pod *p, struct hp_treq *r)
 {
 	char *id = task_id(r->payload, r->len);
-	struct nd_task *t;
+	struct nd_task *t = id ? nd_task_find(p, id) : NULL;
 
-	for (t = p->tasks; t && id && strcmp(t->id, id) != 0; t = t->next)
-		;
 	if (!t)
 		nd_fail(r, HP_CODE_NOT_FOUND, "task %s", id ? id : "");
 	else
-		nd_fail(r, HP_CODE_UNIMPLEMENTED, "%s.%s: not served by the node daemon in C yet", r->service, r->method);
+		nd_task_call(p, t, r);
 	free(id);
 }

@@ -175,7 +175,11 @@ async function start(log: Log): Promise<void> {
 /** The test bed's node daemon, found by its command line (process.title names its socket). */
 export function nodeDaemonPids(): number[] {
   return listProcesses()
-    .filter((p) => (p.cmdline.startsWith('heteropod-node ') && p.cmdline.includes(TESTBED.nodeSocket)) || (/node-main\.js --config /.test(p.cmdline) && p.cmdline.includes(TESTBED.shimConfig)))
+    .filter(
+      (p) =>
+        (p.cmdline.startsWith('heteropod-node ') && p.cmdline.includes(TESTBED.nodeSocket)) ||
+        (/(node-main\.js|heteropod-noded) --config /.test(p.cmdline) && p.cmdline.includes(TESTBED.shimConfig)),
+    )
     .map((p) => p.pid);
 }
 
@@ -206,6 +210,8 @@ export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
 
 /** The test bed's node daemon's command line, as startNodeDaemon runs it. */
 export function nodeDaemonArgv(): string[] {
+  // HETEROPOD_NODE_DAEMON=c: the node daemon in C (build/heteropod-noded), while it is not the default.
+  if (process.env.HETEROPOD_NODE_DAEMON === 'c') return [path.join(REPO_ROOT, 'build', 'heteropod-noded'), '--config', TESTBED.shimConfig];
   return [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
 }
 

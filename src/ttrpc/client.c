@@ -203,7 +203,8 @@ static int flush(struct hp_tclient *c)
 		}
 	}
 out:
-	memmove(c->out, c->out + done, c->out_len - done);
+	if (done)
+		memmove(c->out, c->out + done, c->out_len - done);
 	c->out_len -= done;
 	return r;
 }
@@ -422,7 +423,8 @@ static void on_frames(struct hp_tclient *c)
 	}
 	if (c->destroyed || c->state == FAILED)
 		return;
-	memmove(c->in, c->in + at, c->in_len - at);
+	if (at)
+		memmove(c->in, c->in + at, c->in_len - at);
 	c->in_len -= at;
 }
 

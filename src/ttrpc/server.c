@@ -135,7 +135,8 @@ static int flush(struct hp_tsconn *c)
 		}
 		done += (size_t)n;
 	}
-	memmove(c->out, c->out + done, c->out_len - done);
+	if (done)
+		memmove(c->out, c->out + done, c->out_len - done);
 	c->out_len -= done;
 	hp_watch_set(c->server->loop, &c->w, EPOLLIN | (c->out_len ? EPOLLOUT : 0));
 	return 0;
@@ -291,7 +292,8 @@ static void conn_event(struct hp_watch *w, uint32_t events)
 		}
 		if (c->closing)
 			break;
-		memmove(c->in, c->in + at, c->in_len - at);
+		if (at)
+			memmove(c->in, c->in + at, c->in_len - at);
 		c->in_len -= at;
 		if ((size_t)n < READ_CHUNK)
 			break;
