@@ -8,7 +8,7 @@
 // and the resident memory of every host process serving it: its shims (runc's
 // and our proxy), plus, for an offloading pod, the node daemon's memory divided
 // by the pods it serves (RSS, and PSS, which shares the binaries' pages fairly
-// among the processes that map them; the daemon's node executable is counted
+// among the processes that map them; the daemon's executable is counted
 // whole, see daemonMemory). Then, every pod up and idle, the CPU those processes
 // use (the node daemon's divided as its memory is; the DPU's agent reported on its
 // own: it is the DPU's CPU). Each pod's start also counts the CPU the whole
@@ -96,22 +96,22 @@ function kib(file: string, field: string): number {
 
 /** The node daemon's memory by kind of mapping, in KiB. */
 interface DaemonMemory {
-  /** every mapping's PSS, its node executable's pages counted whole (RSS) */
+  /** every mapping's PSS, its executable's pages counted whole (RSS) */
   pssKiB: number;
-  /** its node executable's resident pages */
+  /** its executable's resident pages */
   executableKiB: number;
-  /** anonymous memory: V8's heap, malloc's arenas, the threads' stacks */
+  /** anonymous memory: malloc's arenas (V8's heap for a Node.js daemon), the threads' stacks */
   anonymousKiB: number;
   /** the rest: shared libraries (PSS), the links' windows, other files */
   otherKiB: number;
 }
 
 /**
- * The node daemon's PSS with the pages of its own executable (node) counted whole,
- * and what it is made of. On the test bed the DPU's agent and this benchmark are
- * Node.js processes too and would take shares of the executable's pages; on a
- * real node the agent runs on the DPU's own memory and no benchmark runs, so the
- * daemon alone maps them.
+ * The node daemon's PSS with the pages of its own executable counted whole, and
+ * what it is made of. (For the daemon in C its executable is its own; for the
+ * TypeScript one, HETEROPOD_NODE_DAEMON=node, it is node, which on the test bed
+ * the DPU's agent and this benchmark map too, while on a real node the daemon
+ * alone would.)
  */
 function daemonMemory(pid: number): DaemonMemory {
   const exe = fs.readlinkSync(`/proc/${pid}/exe`);
@@ -308,12 +308,12 @@ async function main(): Promise<void> {
   const ratios = (h: Handler): string =>
     `ratio ${h}/runc: start (median) ${ratio(h, (s) => s.startMs, 'median')}x, start (mean) ${ratio(h, (s) => s.startMs, 'mean')}x, CPU per start (median) ${ratio(h, (s) => s.startCpuMs, 'median')}x, RSS ${ratio(h, (s) => s.rssKiB, 'mean')}x, PSS ${ratio(h, (s) => s.pssKiB, 'mean')}x`;
   // What the daemon's PSS is made of, and the least an offloading pod's PSS could
-  // be with this daemon: its share of the node executable's pages alone.
+  // be with this daemon: its share of its executable's pages alone.
   const memoryLine = (m: DaemonMemory, pods: number): string => {
     const mib = (k: number) => (k / 1024).toFixed(1);
     const offload = stats(by('heteropod-offload').map((s) => s.pssKiB - m.pssKiB / pods + m.executableKiB / pods)).mean;
     const floor = (offload / stats(by('runc').map((s) => s.pssKiB)).mean).toFixed(2);
-    return `the node daemon's PSS: its node executable ${mib(m.executableKiB)} MiB, anonymous memory (V8's heap, malloc, stacks) ${mib(m.anonymousKiB)} MiB, libraries and other files ${mib(m.otherKiB)} MiB; with its executable's pages alone in their share, an offloading pod would be at ${floor}x runc's PSS`;
+    return `the node daemon's PSS: its executable ${mib(m.executableKiB)} MiB, anonymous memory (heap, stacks) ${mib(m.anonymousKiB)} MiB, libraries and other files ${mib(m.otherKiB)} MiB; with its executable's pages alone in their share, an offloading pod would be at ${floor}x runc's PSS`;
   };
   // Where a start's CPU went (means: /proc/stat counts 10 ms ticks).
   const startCpuLine = (h: Handler): string => {
@@ -332,7 +332,7 @@ async function main(): Promise<void> {
     '',
     ...HANDLERS.map(startCpuLine),
     ...(node.pods ? [`idle, every pod up (${IDLE_MS / 1000} s): the node daemon ${node.idleCpuMs.toFixed(1)} ms of CPU a second (in the table, a share to each offloading pod); the DPU's agent ${node.agentIdleCpuMs.toFixed(1)} ms a second of the DPU's CPU, ${(node.agentIdleCpuMs / node.pods).toFixed(2)} per offloading pod`] : []),
-    ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS (its node executable's pages counted whole), ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
+    ...(node.pods ? [`node daemon, serving ${node.pods} offloading pods: ${(node.rssKiB / 1024).toFixed(1)} MiB RSS, ${(node.pssKiB / 1024).toFixed(1)} MiB PSS (its executable's pages counted whole), ${node.threads} threads (goal: RSS at most 80 MiB at 50 pods); each offloading pod counts 1/${node.pods} of it`] : []),
     ...(node.pods && node.memory ? [memoryLine(node.memory, node.pods)] : []),
     `${ratios('heteropod')} (target: within 1.1x)`,
     ...HANDLERS.filter((h) => h === 'heteropod-offload').map((h) => `${ratios(h)} (targets: PSS at most 1.2x, RSS at most 1.3x, start median at most 1.1x)`),

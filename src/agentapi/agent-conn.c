@@ -17,6 +17,7 @@
 struct hp_agent {
 	struct hp_loop *loop;
 	SSL_CTX *ctx;
+	char *ca_file, *cert_file, *key_file;
 	struct hp_tclient *conn;
 	long long dialed_at;
 	long long timeout_ms;
@@ -47,11 +48,40 @@ static const char *tls_reason(char *buf, size_t len, const char *fallback)
 	return buf;
 }
 
+/* The TLS context from the files as they are now: a DPU that was set up again has a new CA. */
+static SSL_CTX *load_tls(const char *address, const char *ca, const char *cert, const char *key, char *err, size_t err_len)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char why[256];
+
+	if (!ctx || SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+		say(err, err_len, "TLS for the DPU agent at %s: %s", address, tls_reason(why, sizeof(why), "no context"));
+		goto fail;
+	}
+	if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1) {
+		say(err, err_len, "TLS for the DPU agent at %s: CA %s: %s", address, ca, tls_reason(why, sizeof(why), "unreadable"));
+		goto fail;
+	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+		say(err, err_len, "TLS for the DPU agent at %s: certificate %s: %s", address, cert, tls_reason(why, sizeof(why), "unreadable"));
+		goto fail;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+		say(err, err_len, "TLS for the DPU agent at %s: key %s: %s", address, key, tls_reason(why, sizeof(why), "unreadable"));
+		goto fail;
+	}
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	return ctx;
+fail:
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
 struct hp_agent *hp_agent_new(struct hp_loop *l, const char *address, const struct hp_agent_tls *tls, long long timeout_ms, char *err,
 			      size_t err_len)
 {
 	struct hp_agent *a;
-	char why[256], host[256];
+	char host[256];
 	const char *port;
 
 	if (hp_split_address(address, host, sizeof(host), &port) < 0) {
@@ -66,25 +96,13 @@ struct hp_agent *hp_agent_new(struct hp_loop *l, const char *address, const stru
 	a->timeout_ms = timeout_ms;
 	snprintf(a->address, sizeof(a->address), "%s", address);
 	snprintf(a->name, sizeof(a->name), "DPU agent at %s", address);
-	a->ctx = SSL_CTX_new(TLS_client_method());
-	if (!a->ctx || SSL_CTX_set_min_proto_version(a->ctx, TLS1_2_VERSION) != 1) {
-		say(err, err_len, "TLS for the DPU agent at %s: %s", address, tls_reason(why, sizeof(why), "no context"));
+	if (!(a->ca_file = strdup(tls->ca_file)) || !(a->cert_file = strdup(tls->cert_file)) || !(a->key_file = strdup(tls->key_file))) {
+		say(err, err_len, "DPU agent at %s: out of memory", address);
 		goto fail;
 	}
-	if (SSL_CTX_load_verify_locations(a->ctx, tls->ca_file, NULL) != 1) {
-		say(err, err_len, "TLS for the DPU agent at %s: CA %s: %s", address, tls->ca_file, tls_reason(why, sizeof(why), "unreadable"));
+	/* Read now, so that a file missing or broken is said at once. */
+	if (!(a->ctx = load_tls(address, a->ca_file, a->cert_file, a->key_file, err, err_len)))
 		goto fail;
-	}
-	if (SSL_CTX_use_certificate_chain_file(a->ctx, tls->cert_file) != 1) {
-		say(err, err_len, "TLS for the DPU agent at %s: certificate %s: %s", address, tls->cert_file,
-		    tls_reason(why, sizeof(why), "unreadable"));
-		goto fail;
-	}
-	if (SSL_CTX_use_PrivateKey_file(a->ctx, tls->key_file, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(a->ctx) != 1) {
-		say(err, err_len, "TLS for the DPU agent at %s: key %s: %s", address, tls->key_file, tls_reason(why, sizeof(why), "unreadable"));
-		goto fail;
-	}
-	SSL_CTX_set_verify(a->ctx, SSL_VERIFY_PEER, NULL);
 	return a;
 fail:
 	hp_agent_free(a);
@@ -98,6 +116,9 @@ void hp_agent_free(struct hp_agent *a)
 	hp_tclient_destroy(a->conn);
 	if (a->ctx)
 		SSL_CTX_free(a->ctx);
+	free(a->ca_file);
+	free(a->cert_file);
+	free(a->key_file);
 	free(a);
 }
 
@@ -111,6 +132,13 @@ static struct hp_tclient *conn(struct hp_agent *a, char *err, size_t err_len)
 		a->conn = NULL;
 	}
 	if (!a->conn) {
+		/* Each new connection reads the TLS files again (the TS client does too). */
+		SSL_CTX *ctx = load_tls(a->address, a->ca_file, a->cert_file, a->key_file, err, err_len);
+
+		if (!ctx)
+			return NULL;
+		SSL_CTX_free(a->ctx);
+		a->ctx = ctx;
 		a->conn = hp_tclient_tls(a->loop, a->address, a->ctx, HP_AGENT_SERVER_NAME, a->name, a->timeout_ms, err, err_len);
 		a->dialed_at = now;
 	}

@@ -7,7 +7,8 @@
  * and name HP_AGENT_SERVER_NAME; the node's own certificate is presented.
  *
  * One connection, made on the first call and again by the first call after it
- * failed; a connection that could not be made stands for HP_AGENT_REDIAL_MS
+ * failed, each with the TLS files as they are then (a DPU set up again has a new
+ * CA); a connection that could not be made stands for HP_AGENT_REDIAL_MS
  * (calls meanwhile fail at once with its reason). Calls and streams of any
  * number share it. agent-call.c is its command.
  *
@@ -36,8 +37,8 @@ struct hp_agent_tls {
 struct hp_agent;
 
 /*
- * The agent at `address` (host:port, [v6]:port). Its TLS files are read now:
- * NULL when one cannot be (`err` names it). `timeout_ms` bounds a connection
+ * The agent at `address` (host:port, [v6]:port). Its TLS files are read now
+ * (and again for each new connection): NULL when one cannot be (`err` names it). `timeout_ms` bounds a connection
  * and is each unary call's deadline unless the call gives its own.
  */
 struct hp_agent *hp_agent_new(struct hp_loop *l, const char *address, const struct hp_agent_tls *tls, long long timeout_ms, char *err,

@@ -70,6 +70,6 @@ void hp_timer_stop(struct hp_loop *l, struct hp_timer *t);
 /* Queues j for a worker thread (started on first use, HP_LOOP_WORKERS of them). */
 int hp_job_submit(struct hp_loop *l, struct hp_job *j);
 
-#define HP_LOOP_WORKERS 2
+#define HP_LOOP_WORKERS 4
 
 #endif

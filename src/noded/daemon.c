@@ -9,6 +9,7 @@
 
 #include "../agentapi/agent-conn.h"
 #include "../proto/pb.h"
+#include "../proto/pbuf.h"
 #include "../shim/proxy.h"
 
 #include <dirent.h>
@@ -20,8 +21,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+extern char **environ;
 
 static struct nd_pod *find_pod(struct nd_daemon *d, const char *key)
 {
@@ -272,6 +277,7 @@ static void sweep(struct hp_timer *t)
 	struct nd_daemon *d = container_of(t, struct nd_daemon, sweep);
 	struct nd_pod *p, *next;
 
+	nd_guard_management(d);
 	for (p = d->pods; p; p = next) {
 		next = p->next;
 		if (p->connections == 0 && !nd_proxy_alive(p))
@@ -293,8 +299,102 @@ static void on_signal(struct hp_watch *w, uint32_t events)
 }
 
 /*
+ * What a pod removed while no daemon ran left (dpu-cleanup.ts deleteOnDpu): the
+ * host half of its split network (its rules and window, by the clean-up hook,
+ * on a worker), then its DPU half (RemovePod), then its record. A record whose
+ * DPU half could not be removed stays, for `heteropod delete` or the next daemon.
+ */
+struct cleanup {
+	struct nd_daemon *d;
+	char *pod, *netns, *file;
+	int has_half;
+};
+
+static void cleanup_free(struct cleanup *c)
+{
+	free(c->pod);
+	free(c->netns);
+	free(c->file);
+	free(c);
+}
+
+static void cleanup_removed(void *ctx, const struct hp_tstatus *st)
+{
+	struct cleanup *c = ctx;
+
+	/* The agent goes on removing after our deadline; only a refusal is a failure. */
+	if (st->code != 0 && st->code != HP_CODE_DEADLINE_EXCEEDED)
+		nd_log(NULL, NULL, ND_WARN, "remove the pod's DPU half", "pod", c->pod, "error", st->message, NULL);
+	else
+		unlink(c->file);
+	cleanup_free(c);
+}
+
+static void cleanup_hook_run(struct nd_work *w)
+{
+	struct cleanup *c = w->ctx;
+	char exe[PATH_MAX], hook[PATH_MAX + 64];
+	char *argv[] = { hook, "--pod", c->pod, "--netns", c->netns, NULL };
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash;
+	pid_t pid;
+	int status;
+
+	if (!c->netns || n < 0)
+		return;
+	exe[n] = '\0';
+	for (int i = 0; i < 2 && (slash = strrchr(exe, '/')); i++)
+		*slash = '\0';
+	snprintf(hook, sizeof(hook), "%s/hooks/heteropod-netns-cleanup", exe);
+	if ((w->rc = posix_spawn(&pid, hook, NULL, NULL, argv, environ)) == 0)
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+}
+
+static void cleanup_hook_done(struct nd_work *w)
+{
+	static const struct hp_tcall_fns fns = { NULL, cleanup_removed };
+	struct cleanup *c = w->ctx;
+	const char *problem;
+	struct hp_agent *agent = c->has_half ? nd_agent(c->d, &problem) : NULL;
+	struct pbuf b = { 0 };
+
+	if (!agent) {
+		if (!c->has_half)
+			unlink(c->file);
+		cleanup_free(c);
+		return;
+	}
+	pbuf_string(&b, 1, c->pod);
+	hp_agent_call(agent, "RemovePod", b.p, b.n, 3000, &fns, c);
+	pbuf_free(&b);
+}
+
+static void clean_up_after(struct nd_daemon *d, json_t *rec, const char *file)
+{
+	struct cleanup *c = calloc(1, sizeof(*c));
+	struct nd_work *w = calloc(1, sizeof(*w));
+	const char *netns = json_string_value(json_object_get(rec, "netns_path"));
+	const char *problem = json_string_value(json_object_get(rec, "dpu_problem"));
+
+	if (!c || !w || !(c->pod = strdup(json_string_value(json_object_get(rec, "pod_id")) ?: "")) || !(c->file = strdup(file))) {
+		free(w);
+		if (c)
+			cleanup_free(c);
+		return;
+	}
+	c->d = d;
+	c->netns = netns && netns[0] ? strdup(netns) : NULL;
+	c->has_half = json_array_size(json_object_get(rec, "offload")) > 0 && !(problem && problem[0]) && d->cfg.dpu_address[0];
+	w->run = cleanup_hook_run;
+	w->done = cleanup_hook_done;
+	w->ctx = c;
+	nd_work(d, w);
+}
+
+/*
  * The pods an earlier node daemon served (their records): each whose proxy
- * still runs is taken over; each whose proxy is gone has its record removed.
+ * still runs is taken over; each whose proxy is gone is cleaned up after.
  */
 static void restore_all(struct nd_daemon *d)
 {
@@ -338,7 +438,7 @@ static void restore_all(struct nd_daemon *d)
 		if (!a.group || !a.group[0] || !alive || !(p = nd_pod_new(d, &a))) {
 			nd_log(NULL, NULL, ND_INFO, "a pod was removed while no node daemon ran: cleaning up after it", "pod",
 			       json_string_value(json_object_get(rec, "pod_id")), NULL);
-			unlink(file);
+			clean_up_after(d, rec, file);
 			nd_attach_free(&a);
 			json_decref(rec);
 			continue;
@@ -402,6 +502,7 @@ int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *so
 		snprintf(pid, sizeof(pid), "%d", (int)getpid());
 		nd_log(NULL, NULL, ND_INFO, "node daemon serving", "socket", d->socket, "pid", pid, NULL);
 	}
+	nd_guard_management(d);
 	return 0;
 }
 
@@ -410,26 +511,24 @@ void nd_daemon_stop(struct nd_daemon *d)
 	/* Each pod's record as it is now, for the next daemon to take it over. */
 	for (struct nd_pod *p = d->pods; p; p = p->next)
 		nd_pod_flush(p);
+	/* Events still queued reach containerd first (at most 2 s). */
+	for (long long until = hp_now_ms() + 2000; hp_now_ms() < until;) {
+		size_t pending = 0;
+
+		for (size_t i = 0; i < d->n_forwarders; i++)
+			pending += nd_forwarder_pending(d->forwarders[i]);
+		if (!pending)
+			break;
+		hp_loop_run_once(d->loop, 50);
+	}
 	hp_tserver_close(d->server);
 	d->server = NULL;
 	unlink(d->socket);
-	while (d->pods) {
-		struct nd_pod *p = d->pods;
-
-		d->pods = p->next;
-		nd_pod_free(p);
-	}
-	hp_timer_stop(d->loop, &d->sweep);
-	hp_watch_stop(d->loop, &d->signals);
-	close(d->signals.fd);
-	for (size_t i = 0; i < d->n_forwarders; i++)
-		nd_forwarder_free(d->forwarders[i]);
-	free(d->forwarders);
-	hp_agent_free(d->agent);
-	free(d->health.answer);
-	free(d->capacity.answer);
-	hp_loop_free(d->loop);
-	free(d->config_path);
-	shim_config_free(&d->cfg);
+	/*
+	 * Nothing else is undone: the pods' DPU halves, split networks and
+	 * relays are the next daemon's to take over, and what this process holds
+	 * goes with it (the daemon is reachable from main's static, so a leak
+	 * checker sees no leak).
+	 */
 	nd_log(NULL, NULL, ND_INFO, "node daemon stopped", NULL);
 }

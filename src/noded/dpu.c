@@ -78,6 +78,11 @@ struct nd_dpu {
 	struct hp_tcall *watch;
 	struct hp_timer reopen_timer;
 	int outage;
+	int link_closed; /* closed for good: never opened again */
+	int close_pending; /* a close asked while the link was being joined */
+	int resume_link;   /* a takeover's: the host half taken over once the agent answers */
+	void (*close_then)(struct nd_pod *p); /* told once both halves are closed */
+	struct hp_timer create_retry;
 };
 
 static const char *problem_of(struct nd_pod *p)
@@ -334,14 +339,28 @@ static void settle(struct nd_pod *p, const char *problem)
 	}
 }
 
+/* The pod went while the agent was asked: its sandbox's Create is answered all the same. */
+static void connect_abandoned(struct nd_pod *p)
+{
+	struct nd_sandbox_op *op = p->sandbox_op;
+
+	p->connecting = 0;
+	if (op) {
+		op->connect_done = 1;
+		sandbox_settled(op);
+	}
+}
+
 static void create_pod_done(void *ctx, const struct hp_tstatus *st)
 {
 	struct nd_pod *p = ctx;
 
 	if (nd_pod_unref(p))
 		return;
-	if (p->disposed || !p->dpu)
+	if (p->disposed || !p->dpu) {
+		connect_abandoned(p);
 		return;
+	}
 	if (st->code != 0) {
 		settle(p, st->message);
 		return;
@@ -394,8 +413,12 @@ static void health_answered(struct nd_kept_waiter *w, const struct hp_tstatus *s
 	char problem[1024];
 
 	free(h);
-	if (nd_pod_unref(p) || p->disposed)
+	if (nd_pod_unref(p))
 		return;
+	if (p->disposed || !p->dpu) {
+		connect_abandoned(p);
+		return;
+	}
 	if (st->code != 0) {
 		settle(p, st->message);
 		return;
@@ -597,8 +620,12 @@ static int host_mode(const char *mode)
 
 struct open_link {
 	struct nd_pod *p;
+	struct nd_daemon *d;
 	char *netns;
 	int resume;
+	struct nd_half_opts ho; /* what the worker opens, copied on the loop thread */
+	char pod_id[256], pod_ip[64], *sysctls;
+	uint16_t *declared;
 	/* the host half: opened on a worker; the DPU half: OpenLink */
 	int host_done, dpu_done;
 	struct nd_half *half;
@@ -616,7 +643,12 @@ static void join_failed(struct nd_pod *p, const char *problem)
 	free(p->dpu_problem);
 	p->dpu_problem = strdup(problem);
 	if (p->dpu) {
+		void (*then)(struct nd_pod *) = p->dpu->close_pending ? p->dpu->close_then : NULL;
+
+		p->dpu->close_pending = 0;
 		nd_dpu_shutdown(p);
+		if (then)
+			then(p);
 	}
 	nd_pod_save(p);
 	if (!p->offload.require)
@@ -638,6 +670,10 @@ static void joined(struct nd_pod *p)
 	struct nd_create *c;
 
 	p->joining = 0;
+	if (p->dpu && p->dpu->close_pending) {
+		p->dpu->close_pending = 0;
+		close_link(p, p->dpu->close_then);
+	}
 	nd_pod_save(p);
 	while ((c = p->waiting)) {
 		p->waiting = c->next;
@@ -648,18 +684,8 @@ static void joined(struct nd_pod *p)
 static void half_open_run(struct nd_work *w)
 {
 	struct open_link *o = w->ctx;
-	struct nd_pod *p = o->p;
-	struct nd_half_opts ho = { .pod_id = p->a.group,
-				   .netns_path = o->netns,
-				   .pod_ip = p->dpu->pod_ip,
-				   .declared_dpu_ports = p->declared_ports,
-				   .n_declared = p->n_declared,
-				   .mode = host_mode(p->d->cfg.xpu_host_mode),
-				   .resume_sysctls = o->resume ? p->dpu->saved_sysctls : NULL,
-				   .log = half_log,
-				   .log_ctx = p };
 
-	w->rc = nd_half_open(&ho, &o->half, o->host_err, sizeof(o->host_err));
+	w->rc = nd_half_open(&o->ho, &o->half, o->host_err, sizeof(o->host_err));
 }
 
 static void half_open_done(struct nd_work *w)
@@ -748,6 +774,8 @@ static void open_link_free(struct open_link *o)
 {
 	free(o->netns);
 	free(o->dpu_ports);
+	free(o->sysctls);
+	free(o->declared);
 	free(o);
 }
 
@@ -774,14 +802,19 @@ static void close_half_later(struct nd_daemon *d, struct nd_half *h)
 static void link_opened(struct open_link *o)
 {
 	struct nd_pod *p = o->p;
+	struct nd_daemon *d = o->d;
 	char problem[2200];
+	int freed;
 
 	if (!o->host_done || !o->dpu_done)
 		return;
-	if (nd_pod_unref(p) || p->disposed || !p->dpu || p->dpu->stopping) {
+	freed = nd_pod_unref(p);
+	if (freed || p->disposed || !p->dpu || p->dpu->stopping || p->dpu->link_closed) {
 		if (o->half)
-			close_half_later(p->d, o->half);
+			close_half_later(d, o->half);
 		open_link_free(o);
+		if (!freed)
+			joined(p);
 		return;
 	}
 	if (!o->half || o->dpu_err[0]) {
@@ -797,6 +830,13 @@ static void link_opened(struct open_link *o)
 			hp_agent_call(agent, "CloseLink", b.p, b.n, CLOSE_LINK_TIMEOUT_MS, &ignore, NULL);
 		pbuf_free(&b);
 		snprintf(problem, sizeof(problem), "open the split network of pod %s: %s", p->a.group, o->half ? o->dpu_err : o->host_err);
+		if (o->resume) {
+			/* A takeover keeps the DPU half and its containers: only the link is missing. */
+			open_link_free(o);
+			nd_log(&p->fifo, p->log_ctx, ND_ERROR, "take the pod over from the earlier node daemon", "error", problem, NULL);
+			joined(p);
+			return;
+		}
 		open_link_free(o);
 		join_failed(p, problem);
 		return;
@@ -813,6 +853,8 @@ static void link_opened(struct open_link *o)
 	nd_log(&p->fifo, p->log_ctx, ND_INFO, o->resume ? "split network open again" : "split network open", "netns", o->netns, "pod_ip",
 	       p->dpu->pod_ip, "window", nd_half_window_path(o->half), NULL);
 	open_link_free(o);
+	free(p->netns_path);
+	p->netns_path = strdup(p->netns ? p->netns : "");
 	p->dpu->changed_at = hp_now_ms();
 	run_half_ops(p);
 	follow_ports(p);
@@ -824,14 +866,30 @@ static void start_open(struct nd_pod *p, const char *netns, int resume)
 	struct open_link *o = calloc(1, sizeof(*o));
 	struct nd_work *w = new_work(half_open_run, half_open_done, o);
 
-	if (!o || !w || !(o->netns = strdup(netns))) {
-		free(o);
+	if (!o || !w || !(o->netns = strdup(netns)) || (resume && p->dpu->saved_sysctls && !(o->sysctls = strdup(p->dpu->saved_sysctls))) ||
+	    (p->n_declared && !(o->declared = malloc(p->n_declared * sizeof(uint16_t))))) {
+		if (o)
+			open_link_free(o);
 		free(w);
 		join_failed(p, "open the split network: out of memory");
 		return;
 	}
 	o->p = p;
+	o->d = p->d;
 	o->resume = resume;
+	snprintf(o->pod_id, sizeof(o->pod_id), "%s", p->a.group);
+	snprintf(o->pod_ip, sizeof(o->pod_ip), "%s", p->dpu->pod_ip);
+	if (p->n_declared)
+		memcpy(o->declared, p->declared_ports, p->n_declared * sizeof(uint16_t));
+	o->ho = (struct nd_half_opts){ .pod_id = o->pod_id,
+				       .netns_path = o->netns,
+				       .pod_ip = o->pod_ip,
+				       .declared_dpu_ports = o->declared,
+				       .n_declared = p->n_declared,
+				       .mode = host_mode(p->d->cfg.xpu_host_mode),
+				       .resume_sysctls = o->sysctls,
+				       .log = half_log,
+				       .log_ctx = p };
 	nd_pod_ref(p);
 	/* The host half makes (or takes over) the window; the agent's half attaches to it meanwhile. */
 	nd_work(p->d, w);
@@ -877,7 +935,7 @@ static void join(struct nd_pod *p)
 	struct nd_work *w = new_work(address_run, address_done, a);
 
 	p->joining = 1;
-	if (!a || !w || !(a->netns = strdup(p->netns_path ? p->netns_path : ""))) {
+	if (!a || !w || !(a->netns = strdup(p->netns ? p->netns : ""))) {
 		free(a);
 		free(w);
 		join_failed(p, "open the split network: out of memory");
@@ -892,6 +950,7 @@ static void join(struct nd_pod *p)
 
 struct half_op {
 	struct nd_pod *p;
+	struct nd_half *half; /* the worker's to use: no other op runs on it meanwhile */
 	int poll;
 	uint16_t *ports;
 	size_t n;
@@ -901,7 +960,7 @@ struct half_op {
 static void half_op_run(struct nd_work *w)
 {
 	struct half_op *op = w->ctx;
-	struct nd_half *h = op->p->dpu->half;
+	struct nd_half *h = op->half;
 
 	if (op->poll)
 		w->rc = nd_half_poll(h, &op->changed, w->err, sizeof(w->err));
@@ -941,6 +1000,7 @@ static void half_op_done(struct nd_work *w)
 }
 
 static void shutdown_finish(struct nd_pod *p);
+static void link_ended(struct nd_pod *p);
 
 struct half_close {
 	struct nd_pod *p;
@@ -959,9 +1019,7 @@ static void half_closed(struct nd_work *w)
 		nd_log(&p->fifo, p->log_ctx, ND_INFO, "split network closed", NULL);
 	if (p->dpu) {
 		p->dpu->half_busy = 0;
-		p->dpu->closing = 0;
-		if (p->dpu->stopping)
-			shutdown_finish(p);
+		link_ended(p);
 	}
 	nd_pod_unref(p);
 }
@@ -1004,6 +1062,7 @@ static void run_half_ops(struct nd_pod *p)
 		return;
 	}
 	op->p = p;
+	op->half = dpu->half;
 	if (dpu->apply_dpu_ports) {
 		dpu->apply_dpu_ports = 0;
 		op->n = dpu->n_dpu_ports;
@@ -1148,7 +1207,7 @@ static void watch_done(void *ctx, const struct hp_tstatus *st)
 	if (nd_pod_unref(p) || !p->dpu)
 		return;
 	p->dpu->watch = NULL;
-	if (p->dpu->stopping || p->dpu->closing)
+	if (p->dpu->stopping || p->dpu->closing || p->dpu->link_closed)
 		return;
 	p->dpu->dpu_open = 0;
 	hp_timer_start(p->d->loop, &p->dpu->reopen_timer, RETRY_MS, reopen_dpu_half);
@@ -1166,15 +1225,16 @@ static void follow_ports(struct nd_pod *p)
 	if (!agent)
 		return;
 	pbuf_string(&b, 1, p->a.group);
-	nd_pod_ref(p);
-	p->dpu->watch = (struct hp_tcall *)1;
+	nd_pod_ref(p); /* the stream's */
+	nd_pod_ref(p); /* while it starts: a stream that fails at once has ended (and unref'd) before it returns */
 	k = hp_agent_stream(agent, "WatchPorts", HP_TCALL_SERVER_STREAM, b.p, b.n, &fns, p);
-	if (p->dpu && p->dpu->watch == (struct hp_tcall *)1)
-		p->dpu->watch = k;
 	pbuf_free(&b);
-	if (p->dpu && !p->dpu->poll_timer.armed && p->dpu->half)
+	if (k && p->dpu)
+		p->dpu->watch = k;
+	if (p->dpu && !p->dpu->poll_timer.armed && p->dpu->half && !p->dpu->closing)
 		schedule_poll(p);
 	send_ports(p);
+	nd_pod_unref(p);
 }
 
 static void dpu_half_reopened(void *ctx, const struct hp_tstatus *st)
@@ -1182,7 +1242,7 @@ static void dpu_half_reopened(void *ctx, const struct hp_tstatus *st)
 	struct nd_pod *p = ctx;
 	struct nd_dpu *dpu;
 
-	if (nd_pod_unref(p) || !(dpu = p->dpu) || dpu->stopping || dpu->closing)
+	if (nd_pod_unref(p) || !(dpu = p->dpu) || dpu->stopping || dpu->closing || dpu->link_closed)
 		return;
 	if (st->code != 0) {
 		if (!dpu->outage)
@@ -1208,83 +1268,88 @@ static void reopen_dpu_half(struct hp_timer *t)
 {
 	struct nd_dpu *dpu = container_of(t, struct nd_dpu, reopen_timer);
 
-	if (dpu->stopping || dpu->closing)
+	if (dpu->stopping || dpu->closing || dpu->link_closed)
 		return;
 	nd_pod_ref(dpu->p);
 	open_dpu_half(dpu->p, dpu_half_reopened, dpu->p);
 }
 
-struct close_call {
-	struct nd_pod *p;
-	void (*then)(struct nd_pod *p);
-};
+/* Both halves are closed: whoever asked is told (the sandbox's Delete goes on to runc). */
+static void link_ended(struct nd_pod *p)
+{
+	struct nd_dpu *dpu = p->dpu;
+	void (*then)(struct nd_pod *) = dpu->close_then;
+
+	dpu->closing = 0;
+	dpu->close_then = NULL;
+	if (then)
+		then(p);
+	if (p->dpu && p->dpu->stopping)
+		shutdown_finish(p);
+}
 
 static void link_closed_by_agent(void *ctx, const struct hp_tstatus *st)
 {
-	struct close_call *cc = ctx;
-	struct nd_pod *p = cc->p;
+	struct nd_pod *p = ctx;
 
 	if (st->code != 0)
 		nd_log(&p->fifo, p->log_ctx, ND_ERROR, "close the pod's split network", "error", st->message, NULL);
-	if (!nd_pod_unref(p)) {
-		if (p->dpu && p->dpu->half) {
-			/* then the host half (after the operation on it in flight, if any) */
-			run_half_ops(p);
-		} else if (p->dpu) {
-			p->dpu->closing = 0;
-			if (p->dpu->stopping)
-				shutdown_finish(p);
-		}
-		if (cc->then)
-			cc->then(p);
-	}
-	free(cc);
+	if (nd_pod_unref(p) || !p->dpu)
+		return;
+	/* then the host half (after the operation on it in flight, if any); its end tells */
+	if (p->dpu->half || p->dpu->half_busy)
+		run_half_ops(p);
+	else
+		link_ended(p);
 }
 
-/* Both halves go: the DPU half (asked of the agent), then the host half and the window. */
+/*
+ * Both halves go, for good: the DPU half (asked of the agent), then the host
+ * half and the window; `then` once both are closed. A join under way is
+ * finished first (joined() comes back here).
+ */
 static void close_link(struct nd_pod *p, void (*then)(struct nd_pod *p))
 {
 	static const struct hp_tcall_fns fns = { NULL, link_closed_by_agent };
 	struct nd_dpu *dpu = p->dpu;
-	struct close_call *cc;
 	struct pbuf b = { 0 };
 	const char *problem;
 	struct hp_agent *agent;
 
-	if (!dpu || dpu->closing || (!dpu->half && !dpu->dpu_open)) {
+	if (dpu && p->joining && !dpu->closing) {
+		dpu->close_pending = 1;
+		dpu->close_then = then;
+		return;
+	}
+	if (!dpu || dpu->closing || (!dpu->half && !dpu->dpu_open && !dpu->half_busy)) {
+		if (dpu)
+			dpu->link_closed = 1;
 		if (then)
 			then(p);
 		return;
 	}
+	dpu->link_closed = 1;
 	dpu->closing = 1;
+	dpu->close_then = then;
 	hp_timer_stop(p->d->loop, &dpu->poll_timer);
 	hp_timer_stop(p->d->loop, &dpu->reopen_timer);
 	hp_timer_stop(p->d->loop, &dpu->ports_retry);
-	if (dpu->watch && dpu->watch != (struct hp_tcall *)1) {
+	if (dpu->watch) {
 		hp_tcall_cancel(dpu->watch);
 		dpu->watch = NULL;
-		nd_pod_unref(p); /* the watch's reference */
+		nd_pod_unref(p); /* the watch's reference (the caller holds one of its own) */
 	}
-	agent = nd_agent(p->d, &problem);
-	if (!agent || !(cc = calloc(1, sizeof(*cc)))) {
-		dpu->dpu_open = 0;
-		if (dpu->half) {
+	dpu->dpu_open = 0;
+	if (!(agent = nd_agent(p->d, &problem))) {
+		if (dpu->half || dpu->half_busy)
 			run_half_ops(p);
-		} else {
-			dpu->closing = 0;
-			if (dpu->stopping)
-				shutdown_finish(p);
-		}
-		if (then)
-			then(p);
+		else
+			link_ended(p);
 		return;
 	}
-	cc->p = p;
-	cc->then = then;
 	pbuf_string(&b, 1, p->a.group);
-	dpu->dpu_open = 0;
 	nd_pod_ref(p);
-	hp_agent_call(agent, "CloseLink", b.p, b.n, CLOSE_LINK_TIMEOUT_MS, &fns, cc);
+	hp_agent_call(agent, "CloseLink", b.p, b.n, CLOSE_LINK_TIMEOUT_MS, &fns, p);
 	pbuf_free(&b);
 }
 
@@ -1381,6 +1446,7 @@ static void dpu_free(struct nd_dpu *dpu)
 	hp_timer_stop(dpu->p->d->loop, &dpu->poll_timer);
 	hp_timer_stop(dpu->p->d->loop, &dpu->reopen_timer);
 	hp_timer_stop(dpu->p->d->loop, &dpu->ports_retry);
+	hp_timer_stop(dpu->p->d->loop, &dpu->create_retry);
 	if (dpu->events && dpu->events != (struct hp_tcall *)1)
 		hp_tcall_cancel(dpu->events);
 	for (struct nd_proc *pr = dpu->procs, *next; pr; pr = next) {
@@ -1655,8 +1721,11 @@ static void prepare_free(struct prepare *pr)
 static void fail_create(struct nd_create *c, int code, const char *fmt, const char *detail)
 {
 	struct nd_pod *p = c->p;
+	char what[HP_ERR_MAX + 256];
 
-	nd_fail(c->r, code, fmt, c->id, detail);
+	/* as the task service wraps it: "create task ID: create ID on the DPU: why" */
+	snprintf(what, sizeof(what), fmt, c->id, detail);
+	nd_fail(c->r, code, "create task %s: %s", c->id, what);
 	nd_create_free(c);
 	nd_pod_unref(p);
 }
@@ -1711,9 +1780,7 @@ static void created(void *ctx, const struct hp_tstatus *st)
 		return;
 	}
 	if (st->code != 0) {
-		nd_fail(c->r, st->code, "create %s on the DPU: %s", c->id, st->message);
-		nd_create_free(c);
-		nd_pod_unref(p);
+		fail_create(c, st->code, "create %s on the DPU: %s", st->message);
 		return;
 	}
 	while (pb_next(st->payload, st->len, &i, &f) > 0)
@@ -1896,6 +1963,9 @@ struct relay_call {
 	char method[64];
 	struct hp_timer retry;
 	int cancelled;
+	int connect; /* a Connect asked as State */
+	unsigned char *request; /* what goes to the agent when not the request's own bytes */
+	size_t request_len;
 };
 
 static void relay_call_free(struct relay_call *rc)
@@ -1905,6 +1975,7 @@ static void relay_call_free(struct relay_call *rc)
 	hp_timer_stop(p->d->loop, &rc->retry);
 	free(rc->id);
 	free(rc->exec_id);
+	free(rc->request);
 	free(rc);
 	nd_pod_unref(p);
 }
@@ -1939,6 +2010,17 @@ static struct relay_call *relay_call_new(struct nd_pod *p, struct hp_treq *r)
 	}
 	nd_pod_ref(p);
 	return rc;
+}
+
+/* ConnectResponse { shim_pid = 1, task_pid = 2 }: containerd knows the pod's proxy as the shim. */
+static void reply_connect(struct nd_pod *p, struct hp_treq *r, uint64_t task_pid)
+{
+	struct pbuf b = { 0 };
+
+	pbuf_uint(&b, 1, (uint64_t)p->a.proxy_pid);
+	pbuf_uint(&b, 2, task_pid);
+	hp_treq_reply(r, 0, NULL, b.p ? b.p : (unsigned char *)"", b.n, NULL, 0);
+	pbuf_free(&b);
 }
 
 /* StateResponse { stdin = 5, stdout = 6, stderr = 7 }: containerd's fifos, not the agent's. */
@@ -2018,6 +2100,11 @@ static void agent_answered(void *ctx, const struct hp_tstatus *st)
 		free(in);
 		free(out);
 		free(errp);
+	} else if (strcmp(rc->method, "State") == 0 && rc->connect) {
+		/* Connect, asked of the agent as State { pid = 3 } */
+		reply_connect(p, rc->r, field_uint(res, len, 3));
+		relay_call_free(rc);
+		return;
 	} else if (strcmp(rc->method, "State") == 0) {
 		state_answered(rc, res, len);
 		relay_call_free(rc);
@@ -2056,19 +2143,19 @@ static void send_to_agent(struct relay_call *rc)
 	struct hp_tcall *k;
 	int wait = strcmp(rc->method, "Wait") == 0;
 
-	if (!agent || task_call(&b, p->a.group, rc->r->payload, rc->r->len) < 0) {
+	if (!agent || task_call(&b, p->a.group, rc->request ? rc->request : rc->r->payload, rc->request ? rc->request_len : rc->r->len) < 0) {
 		struct hp_tstatus st = { .code = HP_CODE_UNAVAILABLE, .local = -ENOTCONN, .message = agent ? "out of memory" : problem };
 
 		pbuf_free(&b);
 		agent_answered(rc, &st);
 		return;
 	}
-	rc->call = (struct hp_tcall *)1;
+	/* A call that fails at once has ended (rc may be gone) before this returns NULL. */
 	k = hp_agent_call(agent, rc->method, b.p, b.n, wait ? 0 : -1, &fns, rc);
 	pbuf_free(&b);
-	if (rc->call == (struct hp_tcall *)1) {
+	if (k) {
 		rc->call = k;
-		if (wait && k) {
+		if (wait) {
 			rc->r->user = rc;
 			rc->r->on_cancel = request_cancelled;
 		}
@@ -2109,7 +2196,10 @@ static void delete_go(struct delete_wait *dw)
 
 static void delete_relay_done(void *ctx)
 {
-	delete_go(ctx);
+	struct delete_wait *dw = ctx;
+
+	dw->relay = NULL; /* done, or closed: not to be told again */
+	delete_go(dw);
 }
 
 static void delete_timeout(struct hp_timer *t)
@@ -2155,18 +2245,28 @@ static void dpu_call(struct nd_pod *p, struct nd_task *t, struct hp_treq *r)
 		return;
 	}
 	if (strcmp(r->method, "Connect") == 0 && t->init_pid) {
-		/* ConnectResponse { shim_pid = 1, task_pid = 2 }: containerd knows the pod's proxy as the shim */
-		struct pbuf b = { 0 };
-
-		pbuf_uint(&b, 1, (uint64_t)p->a.proxy_pid);
-		pbuf_uint(&b, 2, t->init_pid);
-		hp_treq_reply(r, 0, NULL, b.p ? b.p : (unsigned char *)"", b.n, NULL, 0);
-		pbuf_free(&b);
+		reply_connect(p, r, t->init_pid);
 		return;
 	}
 	if (!(rc = relay_call_new(p, r))) {
 		nd_fail(r, HP_CODE_INTERNAL, "%s on the DPU: out of memory", r->method);
 		return;
+	}
+	if (strcmp(r->method, "Connect") == 0) {
+		/* A task taken over, or deleted: its pid asked of the agent (StateRequest { id = 1 }) */
+		struct pbuf b = { 0 };
+
+		pbuf_string(&b, 1, rc->id);
+		rc->connect = 1;
+		snprintf(rc->method, sizeof(rc->method), "State");
+		rc->request = b.p;
+		rc->request_len = b.n;
+		if (b.oom) {
+			nd_fail(r, HP_CODE_INTERNAL, "Connect on the DPU: out of memory");
+			rc->r = NULL;
+			relay_call_free(rc);
+			return;
+		}
 	}
 	if (strcmp(r->method, "Delete") == 0) {
 		struct nd_proc *pr = find_proc(p->dpu, rc->id, rc->exec_id);
@@ -2238,6 +2338,22 @@ static void runc_answered(void *ctx, const struct hp_tstatus *st)
 	hp_treq_reply(r, st->code, st->code ? st->message : NULL, st->payload, st->len, NULL, 0);
 }
 
+/* containerd knows the pod's proxy as the shim, whatever runs behind it (ConnectResponse { task_pid = 2 }). */
+static void runc_connected(void *ctx, const struct hp_tstatus *st)
+{
+	struct hp_treq *r = ctx;
+	struct pbuf b = { 0 };
+
+	if (st->code != 0 || !r->conn) {
+		runc_answered(ctx, st);
+		return;
+	}
+	pbuf_uint(&b, 1, (uint64_t)((struct nd_pod *)hp_tsconn_user(r->conn)->value)->a.proxy_pid);
+	pbuf_uint(&b, 2, field_uint(st->payload, st->len, 2));
+	hp_treq_reply(r, 0, NULL, b.p ? b.p : (unsigned char *)"", b.n, NULL, 0);
+	pbuf_free(&b);
+}
+
 void nd_task_call(struct nd_pod *p, struct nd_task *t, struct hp_treq *r)
 {
 	size_t exec_len;
@@ -2255,6 +2371,12 @@ void nd_task_call(struct nd_pod *p, struct nd_task *t, struct hp_treq *r)
 			nd_fail(r, HP_CODE_INTERNAL, "Delete: out of memory");
 			return;
 		}
+		if (p->pending_delete) {
+			free(sd->id);
+			free(sd);
+			nd_fail(r, HP_CODE_FAILED_PRECONDITION, "Delete of %s: a Delete of the sandbox is under way", t->id);
+			return;
+		}
 		sd->p = p;
 		sd->r = r;
 		nd_pod_ref(p);
@@ -2262,7 +2384,7 @@ void nd_task_call(struct nd_pod *p, struct nd_task *t, struct hp_treq *r)
 		close_link(p, separated);
 		return;
 	}
-	runc_call(p, r->method, r->payload, r->len, runc_answered, r);
+	runc_call(p, r->method, r->payload, r->len, strcmp(r->method, "Connect") == 0 ? runc_connected : runc_answered, r);
 }
 
 /* ---- the DPU half's end, record and takeover ---- */
@@ -2335,7 +2457,7 @@ void nd_dpu_record(struct nd_pod *p, json_t *node)
 						       pr->stdin_path, "stdout", pr->stdout_path, "stderr", pr->stderr_path));
 	json_object_set_new(node, "processes", procs);
 	json_object_set_new(node, "last_event", json_integer((json_int_t)dpu->last_event));
-	if (dpu->pod_ip[0]) {
+	if (dpu->pod_ip[0] && p->netns_path) {
 		json_object_set_new(node, "pod_ip", json_string(dpu->pod_ip));
 		json_object_set_new(node, "pod_prefix_length", json_integer(dpu->prefix));
 	}
@@ -2356,18 +2478,37 @@ void nd_dpu_record(struct nd_pod *p, json_t *node)
 	}
 }
 
+static void resumed_pod(void *ctx, const struct hp_tstatus *st);
+
+static void resume_again(struct hp_timer *t)
+{
+	struct nd_dpu *dpu = container_of(t, struct nd_dpu, create_retry);
+
+	if (!dpu->stopping)
+		create_pod(dpu->p, resumed_pod);
+}
+
+/* The pod's DPU half asked for again (the agent keeps it): then its events and its split network. */
 static void resumed_pod(void *ctx, const struct hp_tstatus *st)
 {
 	struct nd_pod *p = ctx;
+	struct nd_dpu *dpu;
 
-	if (nd_pod_unref(p) || p->disposed || !p->dpu)
+	if (nd_pod_unref(p) || p->disposed || !(dpu = p->dpu) || dpu->stopping)
 		return;
 	if (st->code != 0) {
-		nd_log(&p->fifo, p->log_ctx, ND_ERROR, "take the pod over from the earlier node daemon", "error", st->message, NULL);
+		if (!dpu->outage)
+			nd_log(&p->fifo, p->log_ctx, ND_ERROR, "take the pod over from the earlier node daemon; asking the agent again", "error",
+			       st->message, NULL);
+		dpu->outage = 1;
+		hp_timer_start(p->d->loop, &dpu->create_retry, RETRY_MS, resume_again);
 		return;
 	}
-	p->dpu->ready = 1;
-	follow_events(p->dpu);
+	dpu->outage = 0;
+	dpu->ready = 1;
+	follow_events(dpu);
+	if (dpu->resume_link)
+		start_open(p, p->netns_path, 1);
 }
 
 void nd_dpu_resume(struct nd_pod *p, json_t *rec)
@@ -2382,7 +2523,6 @@ void nd_dpu_resume(struct nd_pod *p, json_t *rec)
 	dpu->p = p;
 	p->dpu = dpu;
 	dpu->last_event = (uint64_t)json_integer_value(json_object_get(node, "last_event"));
-	create_pod(p, resumed_pod);
 	/* the stdio of every process the earlier daemon relayed (the agent held their output meanwhile) */
 	json_array_foreach (json_object_get(node, "processes"), i, e) {
 		json_t *paths = json_object_get(e, "paths");
@@ -2408,9 +2548,11 @@ void nd_dpu_resume(struct nd_pod *p, json_t *rec)
 		dpu->saved_sysctls = lines.oom ? NULL : (char *)lines.p;
 		if (!dpu->saved_sysctls)
 			pbuf_free(&lines);
+		/* once the agent answers for the pod (resumed_pod); its containers' Creates wait */
 		p->joining = 1;
-		start_open(p, p->netns_path, 1);
+		dpu->resume_link = 1;
 	}
+	create_pod(p, resumed_pod);
 }
 
 /* After the tasks of a taken-over pod are back: their mounts, each live one's sent again at once. */

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +11,9 @@
 #include <unistd.h>
 
 int nd_debug_enabled;
+
+/* Workers log too (the host half, the mount watch): a pod's fifo is opened, written and closed under it. */
+static pthread_mutex_t fifo_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const LEVELS[] = { "debug", "info", "warning", "error" };
 
@@ -83,13 +87,18 @@ void nd_log(struct nd_fifo *fifo, const char *const *ctx, enum nd_level level, c
 	if (write(2, line, at) < 0) {
 		/* nowhere else to say it */
 	}
-	if (fifo)
+	if (fifo) {
+		pthread_mutex_lock(&fifo_lock);
 		to_fifo(fifo, line, at);
+		pthread_mutex_unlock(&fifo_lock);
+	}
 }
 
 void nd_fifo_close(struct nd_fifo *f)
 {
+	pthread_mutex_lock(&fifo_lock);
 	if (f->fd >= 0)
 		close(f->fd);
 	f->fd = -1;
+	pthread_mutex_unlock(&fifo_lock);
 }

@@ -13,8 +13,8 @@
 
 int main(int argc, char **argv)
 {
+	static struct nd_daemon d; /* lives until the process ends */
 	const char *config = NULL, *socket = NULL;
-	struct nd_daemon d;
 	char err[SHIM_CONFIG_ERROR_MAX];
 	int r;
 

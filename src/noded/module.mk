@@ -6,7 +6,7 @@
 # sources compiled in; the shim config read by the shim's one reader. jansson is
 # linked statically.
 NODED_SRC = src/noded/main.c src/noded/daemon.c src/noded/pod.c src/noded/dpu.c src/noded/relay.c src/noded/events.c \
-	src/noded/log.c src/noded/watch.c $(HALF_SRC) $(LAYERS_SRC) $(MOUNTS_SRC) src/ttrpc/server.c \
+	src/noded/log.c src/noded/watch.c src/noded/mgmt.c $(HALF_SRC) $(LAYERS_SRC) $(MOUNTS_SRC) src/ttrpc/server.c \
 	$(AGENT_CONN_SRC) src/shim/shim-config.c src/shim/proxy-codec.c $(PLACEMENT_SRC) $(XPU_SRC)
 NODED_HDR = $(wildcard src/noded/*.h) src/ttrpc/server.h $(AGENT_CONN_HDR) src/shim/shim-config.h src/shim/proxy.h \
 	src/placement/placement.h $(XPU_HDR) src/proto/pbuf.h

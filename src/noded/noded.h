@@ -139,7 +139,9 @@ struct nd_pod {
 	const char *log_ctx[7]; /* runtime, namespace, pod */
 	struct nd_task *tasks;
 	/* the record */
-	char *name, *pod_namespace, *netns_path;
+	char *name, *pod_namespace;
+	char *netns;	  /* the sandbox's network namespace (its spec's) */
+	char *netns_path; /* the record's: the host half's namespace, once the split network is open */
 	struct hp_offload offload;
 	char *dpu_problem;
 	struct nd_placed *placed; /* in the order first placed */
@@ -183,7 +185,11 @@ struct nd_daemon {
 	struct hp_timer sweep;
 	struct hp_watch signals;
 	int stopping;
+	int guarded, guarding, unguarded_said; /* the management link's guard (mgmt.c) */
 };
+
+/* mgmt.c: the chain that drops what the host forwards onto the DPU's management link. */
+void nd_guard_management(struct nd_daemon *d);
 
 /* daemon.c */
 int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *socket, char *err, size_t err_len);

@@ -329,6 +329,7 @@ void nd_pod_free(struct nd_pod *p)
 	free(p->name);
 	free(p->pod_namespace);
 	free(p->netns_path);
+	free(p->netns);
 	free(p->dpu_problem);
 	free(p->written);
 	free(p->key);
@@ -391,8 +392,10 @@ int nd_pod_restore(struct nd_pod *p, json_t *rec)
 	set_str(&p->name, jstr(rec, "name", ""));
 	set_str(&p->pod_namespace, jstr(rec, "namespace", ""));
 	set_str(&p->dpu_problem, jstr(rec, "dpu_problem", ""));
-	if ((v = json_object_get(rec, "netns_path")) && json_is_string(v))
+	if ((v = json_object_get(rec, "netns_path")) && json_is_string(v)) {
 		set_str(&p->netns_path, json_string_value(v));
+		set_str(&p->netns, json_string_value(v));
+	}
 	p->offload.require = strcmp(jstr(rec, "policy", "prefer"), "require") == 0;
 	v = json_object_get(rec, "offload");
 	p->offload.containers = calloc(json_array_size(v) + 1, sizeof(char *));
@@ -605,8 +608,8 @@ static int sandbox(struct nd_pod *p, struct hp_treq *r, const char *id, json_t *
 	}
 	set_str(&p->name, jstr(annotations, "io.kubernetes.cri.sandbox-name", ""));
 	set_str(&p->pod_namespace, jstr(annotations, "io.kubernetes.cri.sandbox-namespace", ""));
-	free(p->netns_path);
-	p->netns_path = netns ? strdup(netns) : NULL;
+	free(p->netns);
+	p->netns = netns ? strdup(netns) : NULL;
 	set_str(&p->dpu_problem, "");
 	if (p->offload.n == 0)
 		return 0;
@@ -672,9 +675,13 @@ static void capacity_answered(struct nd_kept_waiter *w, const struct hp_tstatus 
 	uint64_t free_bytes = 0;
 
 	free(cw);
-	if (nd_pod_unref(p)) {
-		return; /* c went with the pod's requests */
+	if (p->disposed) {
+		nd_fail(c->r, HP_CODE_UNAVAILABLE, "create task %s: the pod is gone", c->id);
+		nd_create_free(c);
+		nd_pod_unref(p);
+		return;
 	}
+	nd_pod_unref(p);
 	if (st->code != 0) {
 		place(c, st->message, 0);
 		return;

@@ -46,9 +46,10 @@ struct nd_relay {
 	struct hp_tcall *input;
 	void (*stdin_closed)(void *ctx);
 	void *stdin_ctx;
-	/* done */
+	/* done: told on the loop's next turn, never from inside the relay's own work */
 	void (*on_done)(void *ctx);
 	void *done_ctx;
+	struct hp_timer done_timer;
 	int closed;
 };
 
@@ -71,14 +72,20 @@ int nd_relay_done(const struct nd_relay *r)
 	return 1;
 }
 
+static void tell_done(struct hp_timer *t)
+{
+	struct nd_relay *r = container_of(t, struct nd_relay, done_timer);
+	void (*fn)(void *) = r->on_done;
+
+	r->on_done = NULL;
+	if (fn)
+		fn(r->done_ctx);
+}
+
 static void check_done(struct nd_relay *r)
 {
-	if (r->on_done && nd_relay_done(r)) {
-		void (*fn)(void *) = r->on_done;
-
-		r->on_done = NULL;
-		fn(r->done_ctx);
-	}
+	if (r->on_done && nd_relay_done(r) && !r->done_timer.armed)
+		hp_timer_start(r->loop, &r->done_timer, 0, tell_done);
 }
 
 void nd_relay_when_done(struct nd_relay *r, void (*fn)(void *ctx), void *ctx)
@@ -87,6 +94,8 @@ void nd_relay_when_done(struct nd_relay *r, void (*fn)(void *ctx), void *ctx)
 	r->done_ctx = ctx;
 	if (fn)
 		check_done(r);
+	else
+		hp_timer_stop(r->loop, &r->done_timer);
 }
 
 /* ---- output ---- */
@@ -342,7 +351,8 @@ static void send_input(struct nd_relay *r, const unsigned char *data, size_t len
 		b.n = 0;
 	}
 	pbuf_bytes(&b, 4, data, len);
-	if (!b.oom)
+	/* a send that failed the connection ended the stream (input_done) */
+	if (!b.oom && r->input)
 		hp_tcall_send(r->input, b.p, b.n);
 	pbuf_free(&b);
 }
@@ -371,7 +381,8 @@ void nd_relay_close_stdin(struct nd_relay *r, void (*then)(void *ctx), void *ctx
 		hp_watch_stop(r->loop, &r->in);
 		close(r->in.fd);
 	}
-	if (!r->input) {
+	if (!r->input || r->stdin_closed) {
+		/* nothing sent, or input already being closed: nothing to wait for */
 		then(ctx);
 		return;
 	}
@@ -448,8 +459,17 @@ struct nd_relay *nd_relay_start(const struct nd_relay_opts *o, char *err, size_t
 
 void nd_relay_close(struct nd_relay *r)
 {
+	void (*done)(void *), (*stdin_closed)(void *);
+	void *done_ctx, *stdin_ctx;
+
 	if (!r)
 		return;
+	/* Whoever waits for it is told, once it is gone. */
+	done = r->on_done;
+	done_ctx = r->done_ctx;
+	stdin_closed = r->stdin_closed;
+	stdin_ctx = r->stdin_ctx;
+	hp_timer_stop(r->loop, &r->done_timer);
 	r->closed = 1;
 	hp_timer_stop(r->loop, &r->reopen);
 	hp_timer_stop(r->loop, &r->ack_retry);
@@ -469,4 +489,8 @@ void nd_relay_close(struct nd_relay *r)
 	free(r->container_id);
 	free(r->exec_id);
 	free(r);
+	if (done)
+		done(done_ctx);
+	if (stdin_closed)
+		stdin_closed(stdin_ctx);
 }

@@ -49,8 +49,9 @@ static inline void pbuf_raw(struct pbuf *b, const void *v, size_t len)
 
 static inline void pbuf_varint(struct pbuf *b, uint64_t v)
 {
-	if (pbuf_reserve(b, 10) == 0)
-		b->n += put_varint(b->p + b->n, v);
+	unsigned char tmp[10];
+
+	pbuf_raw(b, tmp, put_varint(tmp, v));
 }
 
 /* Length-delimited field, written even when empty (bytes, messages). */

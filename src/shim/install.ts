@@ -67,15 +67,18 @@ handler: ${HANDLER}
 
 export const NODE_UNIT = 'heteropod-node.service';
 
+/** The node daemon (in C, src/noded) in a built checkout. */
+export const NODE_DAEMON_BINARY = 'heteropod-noded';
+export const nodeDaemonBinary = (repoRoot: string): string => path.join(repoRoot, 'build', NODE_DAEMON_BINARY);
+
 /**
- * Node.js flags of the node daemon: a young generation of 1 MiB semi-spaces (the
- * default grows to 16 MiB each), which keeps its resident memory near what it
- * holds rather than what it once allocated; and V8's lite mode (no optimising
- * compiler, and its memory), since its hot paths are C (the XPU pumps) and I/O.
+ * Node.js flags of the node daemon written in TypeScript (src/shim/node-main.ts),
+ * which the test bed still runs when told (HETEROPOD_NODE_DAEMON=node): a young
+ * generation of 1 MiB semi-spaces and V8's lite mode, to keep its memory down.
  */
 export const NODE_DAEMON_FLAGS = ['--max-semi-space-size=1', '--lite-mode'];
 
-/** The node daemon's entry point in a built checkout. */
+/** The TypeScript node daemon's entry point in a built checkout. */
 export const nodeDaemonMain = (repoRoot: string): string => path.join(repoRoot, 'dist', 'src', 'shim', 'node-main.js');
 
 function shimLauncher(repoRoot: string): string {
@@ -97,16 +100,19 @@ exec ${path.join(repoRoot, 'build', AGENT_CALL_BINARY)} --config ${configPath} "
 /**
  * The node daemon's unit. Restart=always: a crash costs the pods nothing but the
  * outage (their proxies hold containerd's connections). KillMode=process: a stop
- * or restart ends the daemon alone.
+ * or restart ends the daemon alone. Its PATH finds node first: the programs it
+ * runs for rare work (heteropod layers, the sandbox's clean-up hook) are Node.js.
  */
 export function nodeUnit(nodePath: string, repoRoot: string, configPath: string): string {
+  const dirs = [path.dirname(nodePath), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
   return `# Written by heteropod install: the HeteroPod node daemon.
 [Unit]
 Description=HeteroPod node daemon (the DPU side of offloading pods)
 After=containerd.service
 
 [Service]
-ExecStart=${nodePath} ${NODE_DAEMON_FLAGS.join(' ')} ${nodeDaemonMain(repoRoot)} --config ${configPath}
+Environment=PATH=${[...new Set(dirs)].join(':')}
+ExecStart=${nodeDaemonBinary(repoRoot)} --config ${configPath}
 Restart=always
 RestartSec=1
 KillMode=process
@@ -126,7 +132,7 @@ function put(file: string, text: string, mode: number): void {
 
 export function install(o: InstallOptions): InstallResult {
   const at = (p: string): string => path.join(o.root, p);
-  for (const built of [path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js'), path.join(o.repoRoot, 'build', SHIM_BINARY), path.join(o.repoRoot, 'build', AGENT_CALL_BINARY)]) {
+  for (const built of [path.join(o.repoRoot, 'dist', 'src', 'shim', 'main.js'), path.join(o.repoRoot, 'build', SHIM_BINARY), path.join(o.repoRoot, 'build', AGENT_CALL_BINARY), nodeDaemonBinary(o.repoRoot)]) {
     if (!fs.existsSync(built)) throw new Error(`install: ${built} is missing; build first (make build)`);
   }
   const written: string[] = [];

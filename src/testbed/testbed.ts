@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { socketAnswers } from '../common/sockets';
-import { NODE_DAEMON_FLAGS, nodeDaemonMain } from '../shim/install';
+import { NODE_DAEMON_FLAGS, nodeDaemonBinary, nodeDaemonMain } from '../shim/install';
 import { removeManagementGuard } from '../shim/mgmt-filter';
 import { CriClient } from '../cri/client';
 import * as dpu from '../dpu/dpu';
@@ -210,9 +210,9 @@ export async function startNodeDaemon(log: Log = () => {}): Promise<number> {
 
 /** The test bed's node daemon's command line, as startNodeDaemon runs it. */
 export function nodeDaemonArgv(): string[] {
-  // HETEROPOD_NODE_DAEMON=c: the node daemon in C (build/heteropod-noded), while it is not the default.
-  if (process.env.HETEROPOD_NODE_DAEMON === 'c') return [path.join(REPO_ROOT, 'build', 'heteropod-noded'), '--config', TESTBED.shimConfig];
-  return [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
+  // HETEROPOD_NODE_DAEMON=node: the node daemon written in TypeScript, to compare.
+  if (process.env.HETEROPOD_NODE_DAEMON === 'node') return [process.execPath, ...NODE_DAEMON_FLAGS, nodeDaemonMain(REPO_ROOT), '--config', TESTBED.shimConfig];
+  return [nodeDaemonBinary(REPO_ROOT), '--config', TESTBED.shimConfig];
 }
 
 /** Stops the node daemon: SIGTERM (as systemd does), SIGKILL after 5 s. */

@@ -68,6 +68,7 @@ struct hp_tclient {
 	char failure[400]; /* why it failed, once FAILED */
 	int fail_errno;
 	int fail_tls_refused;
+	int was_ready; /* it had connected before it failed */
 };
 
 static void client_event(struct hp_watch *w, uint32_t events);
@@ -267,8 +268,8 @@ static int leave(struct hp_tclient *c)
 	return 1;
 }
 
-/* Fails every open call with the connection's failure. */
-static void fail_calls(struct hp_tclient *c, int code)
+/* Fails every open call with the connection's failure (`ready`: it had been made). */
+static void fail_calls(struct hp_tclient *c, int code, int ready)
 {
 	char msg[1024];
 
@@ -278,7 +279,7 @@ static void fail_calls(struct hp_tclient *c, int code)
 
 			if (code == HP_CODE_CANCELLED)
 				snprintf(msg, sizeof(msg), "%s: %s: cancelled: the connection was closed", c->name, k->method);
-			else if (c->state == READY || c->answered)
+			else if (ready || c->answered)
 				snprintf(msg, sizeof(msg), "%s: %s: %s", c->name, k->method, c->failure);
 			else
 				snprintf(msg, sizeof(msg), "%s", c->failure);
@@ -290,6 +291,7 @@ static void fail_calls(struct hp_tclient *c, int code)
 static void fail(struct hp_tclient *c, int err, int tls_refused, const char *fmt, ...)
 {
 	va_list ap;
+	int ready;
 
 	if (c->state == FAILED)
 		return;
@@ -304,8 +306,11 @@ static void fail(struct hp_tclient *c, int err, int tls_refused, const char *fmt
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
-	fail_calls(c, HP_CODE_UNAVAILABLE);
+	/* Failed before any call hears of it: a call made from a failure's callback fails at once. */
+	ready = c->state == READY;
+	c->was_ready = ready;
 	c->state = FAILED;
+	fail_calls(c, HP_CODE_UNAVAILABLE, ready);
 }
 
 void hp_tclient_destroy(struct hp_tclient *c)
@@ -319,8 +324,8 @@ void hp_tclient_destroy(struct hp_tclient *c)
 		c->fail_errno = -ECANCELED;
 	}
 	enter(c);
-	fail_calls(c, HP_CODE_CANCELLED);
 	c->state = FAILED;
+	fail_calls(c, HP_CODE_CANCELLED, 1);
 	leave(c);
 }
 
@@ -774,7 +779,7 @@ struct hp_tcall *hp_tcall_start(struct hp_tclient *c, const char *service, const
 		struct hp_tstatus st = { .code = c->destroyed ? HP_CODE_CANCELLED : HP_CODE_UNAVAILABLE, .local = c->fail_errno,
 					 .tls_refused = c->fail_tls_refused, .message = msg };
 
-		if (c->state == READY || c->answered)
+		if (c->was_ready || c->answered)
 			snprintf(msg, sizeof(msg), "%s: %s: %s", c->name, method, c->failure);
 		else
 			snprintf(msg, sizeof(msg), "%s", c->failure);

@@ -23,7 +23,8 @@ test('install into a staging root: launcher, drop-in, node daemon unit, heteropo
     const asked = spawnSync(agentCall, ['--config', path.join(root, 'etc/heteropod/shim.toml'), 'Health'], { encoding: 'utf8' });
     assert.equal([asked.status, asked.stderr.trim()], [1, `heteropod-agent-call: ${path.join(root, 'etc/heteropod/shim.toml')}: no DPU agent is configured ([dpu] address)`]);
     const unitText = fs.readFileSync(unit, 'utf8');
-    assert.match(unitText, `ExecStart=${process.execPath} --max-semi-space-size=1 --lite-mode ${path.join(repoRoot, 'dist/src/shim/node-main.js')} --config /etc/heteropod/shim.toml\n`);
+    assert.match(unitText, `ExecStart=${path.join(repoRoot, 'build/heteropod-noded')} --config /etc/heteropod/shim.toml\n`);
+    assert.match(unitText, `Environment=PATH=${path.dirname(process.execPath)}:`);
     assert.match(unitText, 'Restart=always');
     assert.match(unitText, 'KillMode=process');
     assert.ok(r.notes.some((n) => n.includes('systemctl enable --now heteropod-node.service')));
