@@ -41,7 +41,7 @@ $(BUILD)/shim-test-config-asan: $(SHIM_CONFIG_TEST) src/shim/shim-config.c src/s
 # The DPU agent's API from C (src/agentapi/agent-conn.c: TLS with OpenSSL, on the
 # ttrpc client of src/ttrpc/client.c and the event loop of src/common/loop.c) and
 # its command heteropod-agent-call (src/shim/agent-call.c, the node's shim config
-# read by the reader above): the first part of a node daemon in C.
+# read by the reader above); the node daemon in C (src/noded) uses the same client.
 # test/unit/agent-call.test.ts runs both builds against the agent's real server.
 AGENT_CONN_SRC := src/agentapi/agent-conn.c src/ttrpc/client.c src/common/loop.c src/proto/pb.c
 AGENT_CONN_HDR := src/agentapi/agent-conn.h src/ttrpc/client.h src/common/loop.h src/proto/pb.h src/ttrpc/frame.h
