@@ -201,6 +201,24 @@ static int replace_field(const unsigned char *m, size_t n, uint32_t num, const v
 	return out->oom ? -ENOMEM : 0;
 }
 
+/* A call to the agent for the pod, or `done` at once with why it cannot be made; b is freed. */
+static void agent_call(struct nd_pod *p, const char *method, struct pbuf *b, long long timeout_ms,
+		       void (*done)(void *ctx, const struct hp_tstatus *st), void *ctx)
+{
+	const struct hp_tcall_fns fns = { NULL, done };
+	const char *problem;
+	struct hp_agent *agent = nd_agent(p->d, &problem);
+
+	if (!agent || b->oom) {
+		struct hp_tstatus st = { .code = HP_CODE_UNAVAILABLE, .local = -ENOTCONN, .message = agent ? "out of memory" : problem };
+
+		done(ctx, &st);
+	} else {
+		hp_agent_call(agent, method, b->p, b->n, timeout_ms, &fns, ctx);
+	}
+	pbuf_free(b);
+}
+
 /* ---- the sandbox: runc's shim ---- */
 
 struct nd_sandbox_op {
@@ -351,20 +369,28 @@ static void connect_abandoned(struct nd_pod *p)
 	}
 }
 
+/* An answer of the agent while the DPU half is asked for: 1 when it is to be read on. */
+static int connect_answered(struct nd_pod *p, const struct hp_tstatus *st)
+{
+	if (nd_pod_unref(p))
+		return 0;
+	if (p->disposed || !p->dpu) {
+		connect_abandoned(p);
+		return 0;
+	}
+	if (st->code != 0) {
+		settle(p, st->message);
+		return 0;
+	}
+	return 1;
+}
+
 static void create_pod_done(void *ctx, const struct hp_tstatus *st)
 {
 	struct nd_pod *p = ctx;
 
-	if (nd_pod_unref(p))
+	if (!connect_answered(p, st))
 		return;
-	if (p->disposed || !p->dpu) {
-		connect_abandoned(p);
-		return;
-	}
-	if (st->code != 0) {
-		settle(p, st->message);
-		return;
-	}
 	p->dpu->ready = 1;
 	follow_events(p->dpu);
 	settle(p, NULL);
@@ -373,25 +399,14 @@ static void create_pod_done(void *ctx, const struct hp_tstatus *st)
 /* CreatePodRequest { pod_id = 1, namespace = 2, pod_name = 3, pod_namespace = 4 } */
 static void create_pod(struct nd_pod *p, void (*done)(void *ctx, const struct hp_tstatus *st))
 {
-	static struct hp_tcall_fns fns;
 	struct pbuf b = { 0 };
-	const char *problem;
-	struct hp_agent *agent = nd_agent(p->d, &problem);
 
-	fns.done = done;
 	pbuf_string(&b, 1, p->a.group);
 	pbuf_string(&b, 2, p->a.namespace);
 	pbuf_string(&b, 3, p->name);
 	pbuf_string(&b, 4, p->pod_namespace);
 	nd_pod_ref(p);
-	if (!agent || b.oom) {
-		struct hp_tstatus st = { .code = HP_CODE_UNAVAILABLE, .message = agent ? "out of memory" : problem };
-
-		done(p, &st);
-	} else {
-		hp_agent_call(agent, "CreatePod", b.p, b.n, -1, &fns, p);
-	}
-	pbuf_free(&b);
+	agent_call(p, "CreatePod", &b, -1, done, p);
 }
 
 static void capacity_prefetched(struct nd_kept_waiter *w, const struct hp_tstatus *st)
@@ -413,16 +428,8 @@ static void health_answered(struct nd_kept_waiter *w, const struct hp_tstatus *s
 	char problem[1024];
 
 	free(h);
-	if (nd_pod_unref(p))
+	if (!connect_answered(p, st))
 		return;
-	if (p->disposed || !p->dpu) {
-		connect_abandoned(p);
-		return;
-	}
-	if (st->code != 0) {
-		settle(p, st->message);
-		return;
-	}
 	if (!field_uint(st->payload, st->len, 1)) {
 		char *why = field_str(st->payload, st->len, 4);
 
@@ -750,24 +757,13 @@ static void open_link_answered(void *ctx, const struct hp_tstatus *st)
 /* OpenLinkRequest { pod_id = 1, pod_ip = 2, declared_dpu_ports = 3, pod_prefix_length = 4 } */
 static void open_dpu_half(struct nd_pod *p, void (*done)(void *, const struct hp_tstatus *), void *ctx)
 {
-	static struct hp_tcall_fns fns;
 	struct pbuf b = { 0 };
-	const char *problem;
-	struct hp_agent *agent = nd_agent(p->d, &problem);
 
-	fns.done = done;
 	pbuf_string(&b, 1, p->a.group);
 	pbuf_string(&b, 2, p->dpu->pod_ip);
 	pbuf_packed(&b, 3, p->declared_ports, p->n_declared);
 	pbuf_uint(&b, 4, (uint64_t)p->dpu->prefix);
-	if (!agent || b.oom) {
-		struct hp_tstatus st = { .code = HP_CODE_UNAVAILABLE, .message = agent ? "out of memory" : problem };
-
-		done(ctx, &st);
-	} else {
-		hp_agent_call(agent, "OpenLink", b.p, b.n, OPEN_LINK_TIMEOUT_MS, &fns, ctx);
-	}
-	pbuf_free(&b);
+	agent_call(p, "OpenLink", &b, OPEN_LINK_TIMEOUT_MS, done, ctx);
 }
 
 static void open_link_free(struct open_link *o)

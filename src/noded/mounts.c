@@ -153,28 +153,9 @@ int nd_fs_error(char *err, size_t err_len, int e, const char *syscall, const cha
 
 /* ---- which mounts ---------------------------------------------------------------- */
 
-/* Boolean(v) of a JSON value; absent is false. */
-static int truthy(json_t *v)
-{
-	switch (v ? json_typeof(v) : JSON_NULL) {
-	case JSON_STRING: return json_string_length(v) > 0;
-	case JSON_INTEGER:
-	case JSON_REAL: return json_number_value(v) != 0;
-	case JSON_TRUE:
-	case JSON_ARRAY:
-	case JSON_OBJECT: return 1;
-	default: return 0;
-	}
-}
-
-static json_t *member(json_t *v, const char *key)
-{
-	return json_is_object(v) ? json_object_get(v, key) : NULL;
-}
-
 int nd_shipped_mounts(json_t *spec, struct nd_shipped_mount **mounts, size_t *n, char *err, size_t err_len)
 {
-	json_t *all = member(spec, "mounts");
+	json_t *all = hp_json_member(spec, "mounts");
 	struct nd_shipped_mount *out = NULL;
 	size_t count = 0, cap = 0;
 
@@ -195,8 +176,8 @@ int nd_shipped_mounts(json_t *spec, struct nd_shipped_mount **mounts, size_t *n,
 				return nd_mounts_errf(err, err_len, -EINVAL, "spec: mounts[%zu] is null", i);
 			return nd_mounts_errf(err, err_len, -EINVAL, "spec: mounts[%zu].options is not an array", i);
 		}
-		source = member(m, "source");
-		if (!bind || !truthy(source))
+		source = hp_json_member(m, "source");
+		if (!bind || !hp_json_truthy(source))
 			continue;
 		if (!json_is_string(source) || strlen(json_string_value(source)) != json_string_length(source)) {
 			free(out);
@@ -204,7 +185,7 @@ int nd_shipped_mounts(json_t *spec, struct nd_shipped_mount **mounts, size_t *n,
 		}
 		if (hp_oci_is_sandbox_shm(m))
 			continue;
-		destination = member(m, "destination");
+		destination = hp_json_member(m, "destination");
 		if (destination && !json_is_null(destination) &&
 		    (!json_is_string(destination) || strlen(json_string_value(destination)) != json_string_length(destination))) {
 			free(out);

@@ -8,27 +8,15 @@
 #include <errno.h>
 #include <string.h>
 
-/* `v?.key`: the member of an object; NULL (undefined) for anything else. */
-static json_t *member(json_t *v, const char *key)
-{
-	return json_is_object(v) ? json_object_get(v, key) : NULL;
-}
-
-/* `v === 'literal'`. */
-static int is_string(json_t *v, const char *literal)
-{
-	return json_is_string(v) && json_string_length(v) == strlen(literal) && strcmp(json_string_value(v), literal) == 0;
-}
-
 int hp_oci_is_bind_mount(json_t *m)
 {
 	json_t *options;
 
 	if (!m || json_is_null(m))
 		return -EINVAL;
-	if (is_string(member(m, "type"), "bind"))
+	if (hp_json_is(hp_json_member(m, "type"), "bind"))
 		return 1;
-	options = member(m, "options");
+	options = hp_json_member(m, "options");
 	if (!options || json_is_null(options))
 		return 0;
 	if (!json_is_array(options))
@@ -36,7 +24,7 @@ int hp_oci_is_bind_mount(json_t *m)
 	for (size_t i = 0; i < json_array_size(options); i++) {
 		json_t *o = json_array_get(options, i);
 
-		if (is_string(o, "bind") || is_string(o, "rbind"))
+		if (hp_json_is(o, "bind") || hp_json_is(o, "rbind"))
 			return 1;
 	}
 	return 0;
@@ -92,24 +80,10 @@ int hp_oci_termination_log_source(const char *s, size_t len)
 
 int hp_oci_is_sandbox_shm(json_t *m)
 {
-	json_t *source = member(m, "source");
+	json_t *source = hp_json_member(m, "source");
 
-	return is_string(member(m, "destination"), "/dev/shm") && json_is_string(source) &&
+	return hp_json_is(hp_json_member(m, "destination"), "/dev/shm") && json_is_string(source) &&
 	       hp_oci_sandbox_shm_source(json_string_value(source), json_string_length(source));
-}
-
-/* Boolean(v) of a JSON value; absent is false. */
-static int truthy(json_t *v)
-{
-	switch (v ? json_typeof(v) : JSON_NULL) {
-	case JSON_STRING: return json_string_length(v) > 0;
-	case JSON_INTEGER:
-	case JSON_REAL: return json_number_value(v) != 0;
-	case JSON_TRUE:
-	case JSON_ARRAY:
-	case JSON_OBJECT: return 1;
-	default: return 0;
-	}
 }
 
 int hp_oci_is_termination_log(json_t *m)
@@ -119,10 +93,10 @@ int hp_oci_is_termination_log(json_t *m)
 
 	if (bind <= 0)
 		return bind;
-	source = member(m, "source");
-	if (!truthy(source))
+	source = hp_json_member(m, "source");
+	if (!hp_json_truthy(source))
 		return 0;
-	if (is_string(member(m, "destination"), HP_OCI_DEFAULT_TERMINATION_MESSAGE_PATH))
+	if (hp_json_is(hp_json_member(m, "destination"), HP_OCI_DEFAULT_TERMINATION_MESSAGE_PATH))
 		return 1;
 	return json_is_string(source) && hp_oci_termination_log_source(json_string_value(source), json_string_length(source));
 }

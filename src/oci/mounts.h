@@ -12,6 +12,7 @@
 #define HETEROPOD_OCI_MOUNTS_H
 
 #include <jansson.h>
+#include <string.h>
 #include <stddef.h>
 
 /* The kubelet's default terminationMessagePath. */
@@ -20,6 +21,34 @@
 /* What the kubelet reads of a termination-message file: its last 4096 bytes
  * (kubecontainer.MaxContainerTerminationMessageLength). */
 #define HP_OCI_MAX_TERMINATION_MESSAGE_BYTES 4096
+
+/* ---- JSON as the TS reads it (the OCI spec's fields) ---- */
+
+/* v[key] of an object; NULL for anything else or absent. */
+static inline json_t *hp_json_member(json_t *v, const char *key)
+{
+	return json_is_object(v) ? json_object_get(v, key) : NULL;
+}
+
+/* `v === 'literal'`. */
+static inline int hp_json_is(json_t *v, const char *literal)
+{
+	return json_is_string(v) && json_string_length(v) == strlen(literal) && strcmp(json_string_value(v), literal) == 0;
+}
+
+/* Boolean(v) of a JSON value; absent is false. */
+static inline int hp_json_truthy(json_t *v)
+{
+	switch (v ? json_typeof(v) : JSON_NULL) {
+	case JSON_STRING: return json_string_length(v) > 0;
+	case JSON_INTEGER:
+	case JSON_REAL: return json_number_value(v) != 0;
+	case JSON_TRUE:
+	case JSON_ARRAY:
+	case JSON_OBJECT: return 1;
+	default: return 0;
+	}
+}
 
 /*
  * isBindMount: type "bind", or "bind" or "rbind" among the options. 1 or 0;

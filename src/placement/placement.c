@@ -179,32 +179,6 @@ static void js_string(struct text *t, json_t *v)
 
 /* ---- reading the spec -------------------------------------------------------- */
 
-/* `v?.key`: the member of an object; NULL (undefined) for anything else. */
-static json_t *member(json_t *v, const char *key)
-{
-	return json_is_object(v) ? json_object_get(v, key) : NULL;
-}
-
-/* `x === 'literal'`. */
-static int is_string(json_t *v, const char *literal)
-{
-	return json_is_string(v) && json_string_length(v) == strlen(literal) && strcmp(json_string_value(v), literal) == 0;
-}
-
-/* Boolean(v) of a JSON value; absent is false. */
-static int truthy(json_t *v)
-{
-	switch (v ? json_typeof(v) : JSON_NULL) {
-	case JSON_STRING: return json_string_length(v) > 0;
-	case JSON_INTEGER:
-	case JSON_REAL: return json_number_value(v) != 0;
-	case JSON_TRUE:
-	case JSON_ARRAY:
-	case JSON_OBJECT: return 1;
-	default: return 0;
-	}
-}
-
 /* Whether the array holds the string `a` or `b` (NULL: only a). */
 static int array_has(json_t *array, const char *a, const char *b)
 {
@@ -213,7 +187,7 @@ static int array_has(json_t *array, const char *a, const char *b)
 	for (i = 0; i < json_array_size(array); i++) {
 		json_t *e = json_array_get(array, i);
 
-		if (is_string(e, a) || (b && is_string(e, b)))
+		if (hp_json_is(e, a) || (b && hp_json_is(e, b)))
 			return 1;
 	}
 	return 0;
@@ -233,7 +207,7 @@ static int is_directory_stat(const char *path)
  */
 static int shares_pod_pid_namespace(json_t *spec, char *err, size_t err_len)
 {
-	json_t *namespaces = member(member(spec, "linux"), "namespaces");
+	json_t *namespaces = hp_json_member(hp_json_member(spec, "linux"), "namespaces");
 	size_t i;
 
 	if (!namespaces || json_is_null(namespaces))
@@ -245,7 +219,7 @@ static int shares_pod_pid_namespace(json_t *spec, char *err, size_t err_len)
 
 		if (json_is_null(ns))
 			return placement_errf(err, err_len, -EINVAL, "spec: linux.namespaces[%zu] is null", i);
-		if (is_string(member(ns, "type"), "pid") && truthy(member(ns, "path")))
+		if (hp_json_is(hp_json_member(ns, "type"), "pid") && hp_json_truthy(hp_json_member(ns, "path")))
 			return 1;
 	}
 	return 0;
@@ -263,7 +237,7 @@ static int shares_pod_pid_namespace(json_t *spec, char *err, size_t err_len)
 static int unshippable_mount(json_t *m, size_t i, int (*is_directory)(const char *), struct text *list, char *err,
 			     size_t err_len)
 {
-	json_t *options = member(m, "options"), *source = member(m, "source"), *destination = member(m, "destination");
+	json_t *options = hp_json_member(m, "options"), *source = hp_json_member(m, "source"), *destination = hp_json_member(m, "destination");
 	int writable, bind;
 
 	if (json_is_null(m))
@@ -273,7 +247,7 @@ static int unshippable_mount(json_t *m, size_t i, int (*is_directory)(const char
 		return placement_errf(err, err_len, -EINVAL, "spec: mounts[%zu].options is not an array", i);
 	if (!bind)
 		return 0;
-	if (is_string(destination, "/dev/shm") && source && !json_is_null(source)) {
+	if (hp_json_is(destination, "/dev/shm") && source && !json_is_null(source)) {
 		struct text s = { 0 };
 		int shm;
 
@@ -313,7 +287,7 @@ static int unshippable_mount(json_t *m, size_t i, int (*is_directory)(const char
 static int unshippable_mounts(json_t *spec, int (*is_directory)(const char *), struct text *list, char *err,
 			      size_t err_len)
 {
-	json_t *mounts = member(spec, "mounts");
+	json_t *mounts = hp_json_member(spec, "mounts");
 	size_t i;
 	int rc;
 
@@ -333,7 +307,7 @@ static int unshippable_mounts(json_t *spec, int (*is_directory)(const char *), s
 /* memoryLimit: linux.resources.memory.limit when a number above 0, else 0. */
 static double memory_limit(json_t *spec)
 {
-	json_t *limit = member(member(member(member(spec, "linux"), "resources"), "memory"), "limit");
+	json_t *limit = hp_json_member(hp_json_member(hp_json_member(hp_json_member(spec, "linux"), "resources"), "memory"), "limit");
 
 	return json_is_number(limit) && json_number_value(limit) > 0 ? json_number_value(limit) : 0;
 }

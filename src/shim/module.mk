@@ -8,8 +8,8 @@
 # front of containerd-shim-runc-v2.
 SHIM_PROXY_SRC := src/shim/proxy.c src/shim/proxy-codec.c src/shim/proxy-node.c src/shim/proxy-stdio.c src/proto/pb.c
 SHIM_PROXY_HDR := src/shim/proxy.h src/shim/proxy-internal.h src/proto/pb.h src/ttrpc/frame.h
-SHIM_C_SRC := src/shim/launcher.c src/shim/launcher-bundle.c src/shim/launcher-util.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c
-SHIM_C_HDR := src/shim/launcher.h $(SHIM_PROXY_HDR) src/shim/shim-config.h
+SHIM_C_SRC := src/shim/launcher.c src/shim/launcher-bundle.c src/shim/launcher-util.c src/shim/proxy-start.c $(SHIM_PROXY_SRC) src/shim/shim-config.c src/xpu/sha256.c
+SHIM_C_HDR := src/shim/launcher.h $(SHIM_PROXY_HDR) src/shim/shim-config.h src/xpu/sha256.h
 SHIM_PROXY_TEST := test/unit/shim-proxy.c
 SHIM_CONFIG_TEST := test/unit/shim-config.c
 SHIM_SAN := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -44,7 +44,7 @@ $(BUILD)/shim-test-config-asan: $(SHIM_CONFIG_TEST) src/shim/shim-config.c src/s
 # read by the reader above); the node daemon in C (src/noded) uses the same client.
 # test/unit/agent-call.test.ts runs both builds against the agent's real server.
 AGENT_CONN_SRC := src/agentapi/agent-conn.c src/ttrpc/client.c src/common/loop.c src/proto/pb.c
-AGENT_CONN_HDR := src/agentapi/agent-conn.h src/ttrpc/client.h src/common/loop.h src/proto/pb.h src/ttrpc/frame.h
+AGENT_CONN_HDR := src/agentapi/agent-conn.h src/ttrpc/client.h src/common/loop.h src/common/grow.h src/proto/pb.h src/ttrpc/frame.h
 AGENT_CALL_SRC := src/shim/agent-call.c $(AGENT_CONN_SRC) src/shim/shim-config.c
 AGENT_CALL_HDR := $(AGENT_CONN_HDR) src/shim/shim-config.h
 

@@ -10,6 +10,7 @@
  */
 #include "client.h"
 
+#include "../common/grow.h"
 #include "../common/loop.h"
 #include "../proto/pb.h"
 #include "frame.h"
@@ -135,22 +136,6 @@ static void finish_local(struct hp_tcall *k, int code, int err, int tls_refused,
 
 /* ---- output ---- */
 
-static int reserve(unsigned char **buf, size_t *cap, size_t need)
-{
-	size_t n = *cap ? *cap : 4096;
-	unsigned char *p;
-
-	if (need <= *cap)
-		return 0;
-	while (n < need)
-		n *= 2;
-	if (!(p = realloc(*buf, n)))
-		return -ENOMEM;
-	*buf = p;
-	*cap = n;
-	return 0;
-}
-
 static void watch_for(struct hp_tclient *c)
 {
 	uint32_t want = EPOLLIN;
@@ -215,7 +200,7 @@ static int queue_frame(struct hp_tclient *c, uint32_t stream, unsigned type, uns
 {
 	if (len > HP_TTRPC_MAX_DATA)
 		return -EMSGSIZE;
-	if (reserve(&c->out, &c->out_cap, c->out_len + HP_TTRPC_HEADER + len) < 0)
+	if (hp_grow(&c->out, &c->out_cap, c->out_len + HP_TTRPC_HEADER + len) < 0)
 		return -ENOMEM;
 	put_header_flags(c->out + c->out_len, len, stream, type, flags);
 	if (len)
@@ -439,7 +424,7 @@ static int read_some(struct hp_tclient *c)
 	for (int rounds = 0; rounds < 16; rounds++) {
 		ssize_t n;
 
-		if (reserve(&c->in, &c->in_cap, c->in_len + READ_CHUNK) < 0)
+		if (hp_grow(&c->in, &c->in_cap, c->in_len + READ_CHUNK) < 0)
 			return -ENOMEM;
 		if (c->ssl) {
 			int r = SSL_read(c->ssl, c->in + c->in_len, READ_CHUNK);
@@ -821,7 +806,7 @@ struct hp_tcall *hp_tcall_start(struct hp_tclient *c, const char *service, const
 					fns->done(ctx, &st);
 				return NULL;
 			}
-			if (reserve(&c->out, &c->out_cap, at + HP_TTRPC_HEADER + w.n) < 0) {
+			if (hp_grow(&c->out, &c->out_cap, at + HP_TTRPC_HEADER + w.n) < 0) {
 				free(k);
 				goto nomem;
 			}

@@ -6,6 +6,7 @@
  */
 #include "server.h"
 
+#include "../common/grow.h"
 #include "../common/loop.h"
 #include "../proto/pb.h"
 #include "frame.h"
@@ -40,22 +41,6 @@ struct hp_tserver {
 	struct hp_tserver_opts o;
 	struct hp_tsconn *conns;
 };
-
-static int reserve(unsigned char **buf, size_t *cap, size_t need)
-{
-	size_t n = *cap ? *cap : 4096;
-	unsigned char *p;
-
-	if (need <= *cap)
-		return 0;
-	while (n < need)
-		n *= 2;
-	if (!(p = realloc(*buf, n)))
-		return -ENOMEM;
-	*buf = p;
-	*cap = n;
-	return 0;
-}
 
 struct hp_tsconn_user *hp_tsconn_user(struct hp_tsconn *c)
 {
@@ -181,7 +166,7 @@ again:
 				w = (struct pb_writer){ NULL, 0 };
 				goto again;
 			}
-			if (reserve(&c->out, &c->out_cap, at + HP_TTRPC_HEADER + w.n) < 0) {
+			if (hp_grow(&c->out, &c->out_cap, at + HP_TTRPC_HEADER + w.n) < 0) {
 				close_conn(c);
 				goto out;
 			}
@@ -261,7 +246,7 @@ static void conn_event(struct hp_watch *w, uint32_t events)
 		ssize_t n;
 		size_t at = 0;
 
-		if (reserve(&c->in, &c->in_cap, c->in_len + READ_CHUNK) < 0) {
+		if (hp_grow(&c->in, &c->in_cap, c->in_len + READ_CHUNK) < 0) {
 			eof = 1;
 			break;
 		}

@@ -1,5 +1,6 @@
-/* SHA-256 (FIPS 180-4), for the library's own use: a pod's tag in chain names.
- * Not exported. libcrypto is not linked on purpose: the library is loaded into
+/* SHA-256 (FIPS 180-4), the project's one: libxpu's (a pod's tag in chain names;
+ * not exported from the library), and compiled into the C programs that need it
+ * (the shim's socket names, the node daemon's layer index and fingerprints). libcrypto is not linked on purpose: the library is loaded into
  * Node, whose binary exports OpenSSL symbols of its own. */
 #ifndef XPU_SHA256_H
 #define XPU_SHA256_H

@@ -70,7 +70,7 @@ class CDaemon implements Daemon {
     const child = spawn(file, ['--config', toml, '--socket', socket], { stdio: ['ignore', 'ignore', 'pipe'] });
     child.stderr!.on('data', (d: Buffer) => (this.log += d.toString()));
     this.child = child;
-    for (let i = 0; i < 200 && !this.log.includes('node daemon serving'); i++) {
+    for (let i = 0; i < 1000 && !this.log.includes('node daemon serving'); i++) {
       if (child.exitCode !== null) assert.unreachable(`${this.binary} exited ${child.exitCode}:\n${this.log}`);
       await new Promise((r) => setTimeout(r, 10));
     }
@@ -227,7 +227,7 @@ function cases(name: string, daemon: Daemon): void {
     await c.call(TASK, 'Create', create('p4', b));
     assert.ok(fs.existsSync(podRecordPath(config.stateDir, 'p4')));
     c.close();
-    for (let i = 0; i < 50 && fs.existsSync(podRecordPath(config.stateDir, 'p4')); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 250 && fs.existsSync(podRecordPath(config.stateDir, 'p4')); i++) await new Promise((r) => setTimeout(r, 20));
     assert.not.ok(fs.existsSync(podRecordPath(config.stateDir, 'p4')));
     // p1's proxy (this process) lives: its record stays.
     assert.ok(fs.existsSync(podRecordPath(config.stateDir, 'p1')));

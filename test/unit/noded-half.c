@@ -31,29 +31,13 @@
 
 #include "half.h"
 #include "xpu.h"
+#include "check.h"
 
 #define POD_IP "10.200.0.5"
 
-static int failures, checks;
 static char ns_name[64], ns_path[128], fake_bin[128], saved_path[8192];
 static char *test_pods[8];
 static int n_test_pods;
-
-__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	if (ok)
-		return;
-	failures++;
-	fputs("FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-	fflush(stdout);
-}
 
 /* ---- the test's namespace and files ---- */
 

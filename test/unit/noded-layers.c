@@ -24,23 +24,8 @@
 
 #include "../../src/xpu/sha256.h"
 #include "layers.h"
+#include "check.h"
 
-static int failures, checks;
-
-__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	if (ok)
-		return;
-	failures++;
-	fputs("FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-}
 
 #define OPTS(...) ((const char *const[]){ __VA_ARGS__ })
 #define NOPTS(...) (sizeof(OPTS(__VA_ARGS__)) / sizeof(char *))

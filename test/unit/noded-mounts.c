@@ -32,25 +32,9 @@
 #include "../../src/oci/mounts.h"
 #include "../../src/proto/pb.h"
 #include "mounts.h"
+#include "check.h"
 
-static int failures, checks;
 static char root[256];
-
-__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	if (ok)
-		return;
-	failures++;
-	fputs("FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-	fflush(stdout);
-}
 
 static void die(const char *what)
 {

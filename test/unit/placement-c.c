@@ -18,25 +18,10 @@
 #include <unistd.h>
 
 #include "placement.h"
+#include "check.h"
 
 #define MiB (1024ull * 1024)
 
-static int failures, checks;
-
-__attribute__((format(printf, 2, 3))) static void check(int ok, const char *fmt, ...)
-{
-	va_list ap;
-
-	checks++;
-	if (ok)
-		return;
-	failures++;
-	fputs("FAIL ", stdout);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-}
 
 static json_t *parse(const char *what, const char *text, size_t flags)
 {

@@ -5,24 +5,13 @@
 // must exit 0; its output is shown when it does not. Then the binding: the
 // link's constants of rules.ts are the ones the C text is made with, and what
 // the wrappers refuse.
-import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { runCTest } from '../lib/c-tests';
 import { DPU_LINK_IP, HOST_LINK_IP, LINK_PREFIX, LINK_TAP, chainName, halfRules, multiportChunks, removalRules } from '../../src/netns/rules';
 import { sortedPorts } from '../../src/netns/ports';
 
-const build = path.resolve(__dirname, '..', '..', '..', 'build');
-
-function run(binary: string): void {
-  const file = path.join(build, binary);
-  assert.ok(fs.existsSync(file), `${file} is missing: run "make build"`);
-  const r = spawnSync(file, [], { encoding: 'utf8', timeout: 120_000 });
-  const output = `${r.stdout ?? ''}${r.stderr ?? ''}`;
-  if (r.status !== 0) assert.unreachable(`${binary} failed (${r.error?.message ?? r.signal ?? `exit ${r.status}`}):\n${output}`);
-  assert.match(output, /all rules tests passed\n$/);
-}
+const run = (binary: string): string => runCTest(binary, /all rules tests passed\n$/);
 
 test('rules: SHA-256, chain tags, short buffers, multiport, half rules, removal, ownership', () => {
   run('xpu-test-rules');
