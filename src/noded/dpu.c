@@ -1479,8 +1479,8 @@ static int heteropod_cli(char *out, size_t len)
  * Runs `heteropod layers ACTION --config FILE --pod POD DIR...` and reads its
  * one JSON line: {"digests": [...], ...}. Blocking (a worker's).
  */
-static int layers_cli(const char *action, const char *config, const char *pod, char *const *dirs, size_t n, char ***digests, char *err,
-		      size_t err_len)
+static int layers_cli(const char *action, const char *config, const char *pod, char *const *dirs, size_t n, char ***digests,
+		      uint64_t sent[2], char *err, size_t err_len)
 {
 	char cli[PATH_MAX + 32], out[65536];
 	const char **argv = calloc(n + 8, sizeof(char *));
@@ -1539,6 +1539,11 @@ static int layers_cli(const char *action, const char *config, const char *pod, c
 		json_decref(j);
 		snprintf(err, err_len, "heteropod layers %s: an answer without the digests", action);
 		return -EBADMSG;
+	}
+	/* ship's: {"layers_sent": N, "bytes_sent": N} */
+	if (sent) {
+		sent[0] = (uint64_t)json_integer_value(json_object_get(j, "layers_sent"));
+		sent[1] = (uint64_t)json_integer_value(json_object_get(j, "bytes_sent"));
 	}
 	if (!(*digests = calloc(n + 1, sizeof(char *))))
 		r = -ENOMEM;
@@ -1681,7 +1686,7 @@ static void prepare_run(struct nd_work *w)
 	if (cold) {
 		free_strings(c->layers, c->n_layers);
 		c->layers = NULL;
-		w->rc = layers_cli("digest", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, w->err, sizeof(w->err));
+		w->rc = layers_cli("digest", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, NULL, w->err, sizeof(w->err));
 		if (w->rc < 0)
 			goto out;
 	}
@@ -1700,7 +1705,7 @@ static void ship_run(struct nd_work *w)
 
 	free_strings(c->layers, c->n_layers);
 	c->layers = NULL;
-	w->rc = layers_cli("ship", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, w->err, sizeof(w->err));
+	w->rc = layers_cli("ship", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, c->sent, w->err, sizeof(w->err));
 	c->shipped = 1;
 }
 
@@ -1769,7 +1774,7 @@ static void created(void *ctx, const struct hp_tstatus *st)
 	struct pb_field f;
 	size_t i = 0, missing = 0;
 	struct nd_task *t;
-	char sent[16];
+	char layers[24], layers_sent[24], bytes_sent[24];
 
 	if (p->disposed) {
 		fail_create(c, HP_CODE_UNAVAILABLE, "create %s on the DPU: %s", "the pod is gone");
@@ -1811,9 +1816,12 @@ static void created(void *ctx, const struct hp_tstatus *st)
 	}
 	nd_dpu_start_watch(p, t, c->watch, 0);
 	c->watch = NULL;
-	snprintf(sent, sizeof(sent), "%zu", c->n_layers);
-	nd_log(&p->fifo, p->log_ctx, ND_INFO, "container created on the DPU", "id", c->id, "name", c->name, "layers", sent, "shipped",
-	       c->shipped ? "yes" : "no", NULL);
+	/* as the TS logs it (bench-offload reads these) */
+	snprintf(layers, sizeof(layers), "%zu", c->n_layers);
+	snprintf(layers_sent, sizeof(layers_sent), "%llu", (unsigned long long)c->sent[0]);
+	snprintf(bytes_sent, sizeof(bytes_sent), "%llu", (unsigned long long)c->sent[1]);
+	nd_log(&p->fifo, p->log_ctx, ND_INFO, "container created on the DPU", "id", c->id, "name", c->name, "layers", layers, "layers_sent",
+	       layers_sent, "bytes_sent", bytes_sent, NULL);
 	nd_reply_placed(p, c->r, ND_PLACED_DAEMON, res ? res : (const unsigned char *)"", rlen);
 	nd_create_free(c);
 	nd_pod_unref(p);

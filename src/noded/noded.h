@@ -115,6 +115,7 @@ struct nd_create {
 	unsigned char *files; /* CreateRequest.files, encoded */
 	size_t files_len;
 	struct nd_mount_watch *watch; /* made before the files were read */
+	uint64_t sent[2];		 /* layers and bytes `heteropod layers ship` sent */
 	int shipped;
 };
 void nd_create_free(struct nd_create *c);
