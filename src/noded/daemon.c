@@ -124,16 +124,6 @@ void nd_kept_get(struct nd_daemon *d, struct nd_kept *k, struct nd_kept_waiter *
 	}
 }
 
-void nd_kept_cancel(struct nd_kept *k, struct nd_kept_waiter *w)
-{
-	for (struct nd_kept_waiter **at = &k->waiters; *at; at = &(*at)->next) {
-		if (*at == w) {
-			*at = w->next;
-			return;
-		}
-	}
-}
-
 /* HealthResponse { ok = 1 }: only a healthy answer is kept. */
 static int healthy(const unsigned char *m, size_t n)
 {
@@ -333,20 +323,13 @@ static void cleanup_removed(void *ctx, const struct hp_tstatus *st)
 static void cleanup_hook_run(struct nd_work *w)
 {
 	struct cleanup *c = w->ctx;
-	char exe[PATH_MAX], hook[PATH_MAX + 64];
-	char *argv[] = { hook, "--pod", c->pod, "--netns", c->netns, NULL };
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	char *slash;
+	char *argv[] = { c->d->hook_path, "--pod", c->pod, "--netns", c->netns, NULL };
 	pid_t pid;
 	int status;
 
-	if (!c->netns || n < 0)
+	if (!c->netns)
 		return;
-	exe[n] = '\0';
-	for (int i = 0; i < 2 && (slash = strrchr(exe, '/')); i++)
-		*slash = '\0';
-	snprintf(hook, sizeof(hook), "%s/hooks/heteropod-netns-cleanup", exe);
-	if ((w->rc = posix_spawn(&pid, hook, NULL, NULL, argv, environ)) == 0)
+	if ((w->rc = posix_spawn(&pid, c->d->hook_path, NULL, NULL, argv, environ)) == 0)
 		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 			;
 }
@@ -452,6 +435,48 @@ static void restore_all(struct nd_daemon *d)
 	closedir(dp);
 }
 
+/*
+ * This checkout's programs (the daemon is its build/heteropod-noded), and the
+ * clean-up hook's PATH: node's directory first (the hook is a Node.js program,
+ * src/netns/hook.ts cleanupHook), then the node's tools.
+ */
+static int find_programs(struct nd_daemon *d)
+{
+	static const char *const dirs[] = { "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin" };
+	char dir[PATH_MAX], node[PATH_MAX] = "/usr/local/bin", probe[PATH_MAX + 8], *slash;
+	ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+	const char *path = getenv("PATH");
+
+	if (n < 0)
+		return -errno;
+	dir[n] = '\0';
+	for (int i = 0; i < 2; i++) {
+		if (!(slash = strrchr(dir, '/')))
+			return -ENOENT;
+		*slash = '\0';
+	}
+	snprintf(d->cli, sizeof(d->cli), "%s/bin/heteropod", dir);
+	snprintf(d->hook_path, sizeof(d->hook_path), "%s/hooks/heteropod-netns-cleanup", dir);
+	for (const char *at = path ? path : ""; *at;) {
+		size_t len = strcspn(at, ":");
+
+		snprintf(probe, sizeof(probe), "%.*s/node", (int)len, at);
+		if (len && access(probe, X_OK) == 0) {
+			snprintf(node, sizeof(node), "%.*s", (int)len, at);
+			break;
+		}
+		at += len + (at[len] == ':');
+	}
+	snprintf(d->hook_env, sizeof(d->hook_env), "PATH=%s", node);
+	for (size_t k = 0; k < sizeof(dirs) / sizeof(dirs[0]); k++) {
+		if (strcmp(node, dirs[k]) != 0) {
+			strncat(d->hook_env, ":", sizeof(d->hook_env) - strlen(d->hook_env) - 1);
+			strncat(d->hook_env, dirs[k], sizeof(d->hook_env) - strlen(d->hook_env) - 1);
+		}
+	}
+	return 0;
+}
+
 int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *socket, char *err, size_t err_len)
 {
 	struct hp_tserver_opts o = { handle, d, on_error };
@@ -462,6 +487,10 @@ int nd_daemon_start(struct nd_daemon *d, const char *config_path, const char *so
 	memset(d, 0, sizeof(*d));
 	if ((r = shim_config_load(config_path, &d->cfg, err, err_len)) < 0)
 		return r;
+	if ((r = find_programs(d)) < 0) {
+		snprintf(err, err_len, "this program's checkout (/proc/self/exe): %s", strerror(-r));
+		return r;
+	}
 	d->config_path = strdup(config_path && config_path[0] ? config_path : DEFAULT_CONFIG);
 	d->health = (struct nd_kept){ .method = "Health", .fresh_ms = 5000, .keep = healthy };
 	d->capacity = (struct nd_kept){ .method = "Capacity", .fresh_ms = 1000 };

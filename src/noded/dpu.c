@@ -170,7 +170,7 @@ static uint64_t field_uint(const unsigned char *m, size_t n, uint32_t num)
 	return v;
 }
 
-static char *field_str(const unsigned char *m, size_t n, uint32_t num)
+char *nd_field_str(const unsigned char *m, size_t n, uint32_t num)
 {
 	size_t len;
 	const unsigned char *v = field_bytes(m, n, num, &len);
@@ -431,7 +431,7 @@ static void health_answered(struct nd_kept_waiter *w, const struct hp_tstatus *s
 	if (!connect_answered(p, st))
 		return;
 	if (!field_uint(st->payload, st->len, 1)) {
-		char *why = field_str(st->payload, st->len, 4);
+		char *why = nd_field_str(st->payload, st->len, 4);
 
 		snprintf(problem, sizeof(problem), "DPU agent at %s is unhealthy: %s", p->d->cfg.dpu_address, why ? why : "");
 		free(why);
@@ -469,72 +469,19 @@ static void connect_dpu(struct nd_pod *p)
 
 /* ---- the sandbox's spec: the clean-up hook ---- */
 
-/* The program's directory (…/build), to find the checkout's hooks/ and node. */
-static int checkout_dir(char *out, size_t len)
-{
-	ssize_t n = readlink("/proc/self/exe", out, len - 1);
-	char *slash;
-
-	if (n < 0)
-		return -errno;
-	out[n] = '\0';
-	for (int i = 0; i < 2; i++) {
-		if (!(slash = strrchr(out, '/')))
-			return -ENOENT;
-		*slash = '\0';
-	}
-	return 0;
-}
-
-/* The directory of `node` on PATH, or NULL. */
-static int node_dir(char *out, size_t len)
-{
-	const char *path = getenv("PATH");
-	char buf[PATH_MAX];
-
-	for (const char *at = path ? path : "/usr/local/bin:/usr/bin:/bin"; *at;) {
-		const char *end = strchr(at, ':');
-		size_t n = end ? (size_t)(end - at) : strlen(at);
-
-		snprintf(buf, sizeof(buf), "%.*s/node", (int)n, at);
-		if (n && access(buf, X_OK) == 0) {
-			snprintf(out, len, "%.*s", (int)n, at);
-			return 0;
-		}
-		at += n + (end ? 1 : 0);
-	}
-	return -ENOENT;
-}
-
 /*
  * The poststop hook the daemon puts in an offloading pod's sandbox spec
  * (hooks/heteropod-netns-cleanup, src/netns/hook.ts cleanupHook): runc runs it
  * with an environment of its own, whose PATH finds node and the node's tools.
  */
-static int add_cleanup_hook(const char *bundle, json_t *spec, char *err, size_t err_len)
+static int add_cleanup_hook(struct nd_daemon *d, const char *bundle, json_t *spec, char *err, size_t err_len)
 {
-	char dir[PATH_MAX], hook[PATH_MAX + 64], node[PATH_MAX], env[PATH_MAX + 128], file[PATH_MAX + 16], tmp[PATH_MAX + 32];
+	const char *hook = d->hook_path;
+	char file[PATH_MAX + 16], tmp[PATH_MAX + 32];
 	json_t *hooks, *poststop, *h, *copy;
 	size_t i;
 	int r;
 
-	if (checkout_dir(dir, sizeof(dir)) < 0) {
-		snprintf(err, err_len, "add the network clean-up hook: where is this program?");
-		return -ENOENT;
-	}
-	snprintf(hook, sizeof(hook), "%s/hooks/heteropod-netns-cleanup", dir);
-	if (node_dir(node, sizeof(node)) < 0)
-		snprintf(node, sizeof(node), "/usr/local/bin");
-	snprintf(env, sizeof(env), "PATH=%s", node);
-	{
-		static const char *const dirs[] = { "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin" };
-
-		for (size_t k = 0; k < sizeof(dirs) / sizeof(dirs[0]); k++)
-			if (strcmp(node, dirs[k]) != 0) {
-				strncat(env, ":", sizeof(env) - strlen(env) - 1);
-				strncat(env, dirs[k], sizeof(env) - strlen(env) - 1);
-			}
-	}
 	copy = json_deep_copy(spec);
 	hooks = json_object_get(copy, "hooks");
 	if (!json_is_object(hooks)) {
@@ -554,8 +501,8 @@ static int add_cleanup_hook(const char *bundle, json_t *spec, char *err, size_t 
 			return 0;
 		}
 	}
-	json_array_append_new(poststop, json_pack("{s:s, s:[s], s:[s], s:i}", "path", hook, "args", "heteropod-netns-cleanup", "env", env,
-						  "timeout", 30));
+	json_array_append_new(poststop, json_pack("{s:s, s:[s], s:[s], s:i}", "path", hook, "args", "heteropod-netns-cleanup", "env",
+						  d->hook_env, "timeout", 30));
 	snprintf(file, sizeof(file), "%s/config.json", bundle);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
 	r = json_dump_file(copy, tmp, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -568,12 +515,11 @@ static int add_cleanup_hook(const char *bundle, json_t *spec, char *err, size_t 
 	return 0;
 }
 
-void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, const char *bundle)
+void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, const char *bundle, json_t *spec)
 {
 	struct nd_sandbox_op *op = calloc(1, sizeof(*op));
 	struct pbuf b = { 0 };
 	char err[HP_ERR_MAX + 64];
-	json_t *spec;
 
 	if (!op || !(op->id = strdup(id))) {
 		free(op);
@@ -581,14 +527,11 @@ void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, cons
 		return;
 	}
 	/* Only an offloading pod's spec is touched: the hook, for a daemon that dies. */
-	snprintf(err, sizeof(err), "%s/config.json", bundle);
-	if (!(spec = json_load_file(err, 0, NULL)) || add_cleanup_hook(bundle, spec, err, sizeof(err)) < 0) {
-		json_decref(spec);
+	if (add_cleanup_hook(p->d, bundle, spec, err, sizeof(err)) < 0) {
 		sandbox_op_free(op);
 		nd_fail(r, HP_CODE_INTERNAL, "create task %s: %s", id, err);
 		return;
 	}
-	json_decref(spec);
 	op->p = p;
 	op->r = r;
 	p->sandbox_op = op;
@@ -1365,8 +1308,8 @@ static int exit_of(const unsigned char *fwd, size_t n, char **container, char **
 	*container = *exec = NULL;
 	if (!env || !(any = field_bytes(env, elen, 4, &alen)) || !(value = field_bytes(any, alen, 2, &vlen)))
 		return -EBADMSG;
-	*container = field_str(value, vlen, 1);
-	*exec = field_str(value, vlen, 2);
+	*container = nd_field_str(value, vlen, 1);
+	*exec = nd_field_str(value, vlen, 2);
 	return *container && *exec ? 0 : -ENOMEM;
 }
 
@@ -1376,7 +1319,7 @@ static void on_event(void *ctx, const unsigned char *m, size_t len)
 	struct nd_dpu *dpu = ctx;
 	struct nd_pod *p = dpu->p;
 	uint64_t seq = field_uint(m, len, 1);
-	char *topic = field_str(m, len, 2);
+	char *topic = nd_field_str(m, len, 2);
 	size_t flen, tlen;
 	const unsigned char *fwd = field_bytes(m, len, 3, &flen), *tmsg = field_bytes(m, len, 4, &tlen);
 
@@ -1464,25 +1407,14 @@ static void dpu_free(struct nd_dpu *dpu)
 
 /* ---- containers on the DPU ---- */
 
-/* The checkout's bin/heteropod, for the cold paths that stay in TypeScript. */
-static int heteropod_cli(char *out, size_t len)
-{
-	char dir[PATH_MAX];
-	int r = checkout_dir(dir, sizeof(dir));
-
-	if (r == 0)
-		snprintf(out, len, "%s/bin/heteropod", dir);
-	return r;
-}
-
 /*
  * Runs `heteropod layers ACTION --config FILE --pod POD DIR...` and reads its
  * one JSON line: {"digests": [...], ...}. Blocking (a worker's).
  */
-static int layers_cli(const char *action, const char *config, const char *pod, char *const *dirs, size_t n, char ***digests,
-		      uint64_t sent[2], char *err, size_t err_len)
+static int layers_cli(const char *cli, const char *action, const char *config, const char *pod, char *const *dirs, size_t n,
+		      char ***digests, uint64_t sent[2], char *err, size_t err_len)
 {
-	char cli[PATH_MAX + 32], out[65536];
+	char out[65536];
 	const char **argv = calloc(n + 8, sizeof(char *));
 	int pipefd[2], status, r = 0;
 	posix_spawn_file_actions_t fa;
@@ -1491,7 +1423,7 @@ static int layers_cli(const char *action, const char *config, const char *pod, c
 	json_t *j;
 
 	*digests = NULL;
-	if (!argv || heteropod_cli(cli, sizeof(cli)) < 0 || pipe2(pipefd, O_CLOEXEC) < 0) {
+	if (!argv || pipe2(pipefd, O_CLOEXEC) < 0) {
 		free(argv);
 		snprintf(err, err_len, "heteropod layers %s: cannot run it", action);
 		return -EIO;
@@ -1686,7 +1618,7 @@ static void prepare_run(struct nd_work *w)
 	if (cold) {
 		free_strings(c->layers, c->n_layers);
 		c->layers = NULL;
-		w->rc = layers_cli("digest", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, NULL, w->err, sizeof(w->err));
+		w->rc = layers_cli(c->p->d->cli, "digest", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, NULL, w->err, sizeof(w->err));
 		if (w->rc < 0)
 			goto out;
 	}
@@ -1705,7 +1637,7 @@ static void ship_run(struct nd_work *w)
 
 	free_strings(c->layers, c->n_layers);
 	c->layers = NULL;
-	w->rc = layers_cli("ship", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, c->sent, w->err, sizeof(w->err));
+	w->rc = layers_cli(c->p->d->cli, "ship", pr->config, pr->pod, c->dirs, c->n_dirs, &c->layers, c->sent, w->err, sizeof(w->err));
 	c->shipped = 1;
 }
 
@@ -1806,8 +1738,8 @@ static void created(void *ctx, const struct hp_tstatus *st)
 	t->termination_log = nd_termination_log_source(c->spec);
 	{
 		/* CreateTaskRequest { stdin = 5, stdout = 6, stderr = 7 } */
-		char *in = field_str(c->r->payload, c->r->len, 5), *out = field_str(c->r->payload, c->r->len, 6),
-		     *errp = field_str(c->r->payload, c->r->len, 7);
+		char *in = nd_field_str(c->r->payload, c->r->len, 5), *out = nd_field_str(c->r->payload, c->r->len, 6),
+		     *errp = nd_field_str(c->r->payload, c->r->len, 7);
 
 		nd_dpu_attach(p, c->id, "", in, out, errp);
 		free(in);
@@ -2004,8 +1936,8 @@ static struct relay_call *relay_call_new(struct nd_pod *p, struct hp_treq *r)
 	rc->p = p;
 	rc->r = r;
 	snprintf(rc->method, sizeof(rc->method), "%s", r->method);
-	rc->id = field_str(r->payload, r->len, 1);
-	rc->exec_id = has_exec_id(r->method) ? field_str(r->payload, r->len, 2) : strdup("");
+	rc->id = nd_field_str(r->payload, r->len, 1);
+	rc->exec_id = has_exec_id(r->method) ? nd_field_str(r->payload, r->len, 2) : strdup("");
 	if (!rc->id || !rc->exec_id) {
 		free(rc->id);
 		free(rc->exec_id);
@@ -2097,8 +2029,8 @@ static void agent_answered(void *ctx, const struct hp_tstatus *st)
 		nd_pod_save(p);
 	} else if (strcmp(rc->method, "Exec") == 0) {
 		/* ExecProcessRequest { stdin = 4, stdout = 5, stderr = 6 } */
-		char *in = field_str(rc->r->payload, rc->r->len, 4), *out = field_str(rc->r->payload, rc->r->len, 5),
-		     *errp = field_str(rc->r->payload, rc->r->len, 6);
+		char *in = nd_field_str(rc->r->payload, rc->r->len, 4), *out = nd_field_str(rc->r->payload, rc->r->len, 5),
+		     *errp = nd_field_str(rc->r->payload, rc->r->len, 6);
 
 		nd_dpu_attach(p, rc->id, rc->exec_id, in, out, errp);
 		free(in);

@@ -178,6 +178,9 @@ struct nd_daemon {
 	struct nd_forwarder **forwarders;
 	size_t n_forwarders;
 	char *config_path;
+	/* this checkout's programs, found once at start: bin/heteropod (the rare work
+	 * left to TypeScript) and the sandbox's clean-up hook with its PATH (node first) */
+	char cli[4096 + 32], hook_path[4096 + 64], hook_env[4096 + 128];
 	unsigned char runc_options[1024]; /* containerd.runc.v1.Options for the sandbox's Create, as an Any */
 	size_t runc_options_len;
 	char socket[4096];
@@ -202,7 +205,6 @@ void nd_pod_idle(struct nd_pod *p);
 struct hp_agent *nd_agent(struct nd_daemon *d, const char **problem);
 /* The kept answer of k (at once when fresh), or the one asked now; w->fn gets it. */
 void nd_kept_get(struct nd_daemon *d, struct nd_kept *k, struct nd_kept_waiter *w);
-void nd_kept_cancel(struct nd_kept *k, struct nd_kept_waiter *w);
 /* The forwarder of containerd's ttrpc address (one per address). */
 struct nd_forwarder *nd_forwarder_for(struct nd_daemon *d, const char *address);
 
@@ -219,7 +221,9 @@ void nd_work(struct nd_daemon *d, struct nd_work *w);
 
 /* dpu.c: a pod's DPU half, its split network, its sandbox's Create and Delete */
 /* The sandbox of a pod asking for a DPU half: runc's Create, the agent asked meanwhile. */
-void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, const char *bundle);
+void nd_sandbox_create(struct nd_pod *p, struct hp_treq *r, const char *id, const char *bundle, json_t *spec);
+/* A string field of a protobuf message (malloc'd; "" when absent), NULL without memory. */
+char *nd_field_str(const unsigned char *m, size_t n, uint32_t num);
 /* A container's Create once its placement says the DPU (the split network joined). */
 void nd_dpu_create(struct nd_pod *p, struct nd_create *c);
 /* A call for a task the daemon holds. */

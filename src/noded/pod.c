@@ -754,7 +754,7 @@ void nd_pod_create(struct nd_pod *p, struct hp_treq *r)
 			goto out;
 		nd_pod_note(p, id, json_object_get(annotations, "io.kubernetes.cri.sandbox-name") ? "(sandbox)" : id, 0, NULL);
 		if (rc == 1)
-			nd_sandbox_create(p, r, id, bundle);
+			nd_sandbox_create(p, r, id, bundle, spec);
 		else
 			nd_reply_placed(p, r, ND_PLACED_PROXY, NULL, 0);
 		goto out;
@@ -793,21 +793,9 @@ out:
 
 /* ---- the tasks the daemon holds ---- */
 
-/* The task id (field 1 of every task request). */
-static char *task_id(const unsigned char *d, size_t n)
-{
-	struct pb_field f;
-	size_t i = 0;
-
-	while (pb_next(d, n, &i, &f) > 0)
-		if (f.num == 1 && f.wire == 2)
-			return dup_n(f.val, f.vlen);
-	return strdup("");
-}
-
 void nd_pod_call(struct nd_pod *p, struct hp_treq *r)
 {
-	char *id = task_id(r->payload, r->len);
+	char *id = nd_field_str(r->payload, r->len, 1); /* every task request's id */
 	struct nd_task *t = id ? nd_task_find(p, id) : NULL;
 
 	if (!t)

@@ -31,7 +31,6 @@ struct hp_tsconn {
 	struct hp_treq *reqs; /* open */
 	struct hp_tsconn_user user;
 	struct hp_tsconn *prev, *next;
-	pid_t peer;
 	int busy, closing;
 };
 
@@ -45,11 +44,6 @@ struct hp_tserver {
 struct hp_tsconn_user *hp_tsconn_user(struct hp_tsconn *c)
 {
 	return &c->user;
-}
-
-int hp_tsconn_peer_pid(const struct hp_tsconn *c)
-{
-	return c->peer;
 }
 
 static void unlink_req(struct hp_treq *r)
@@ -298,8 +292,6 @@ static void accept_event(struct hp_watch *w, uint32_t events)
 	for (;;) {
 		int fd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		struct hp_tsconn *c;
-		struct ucred cred;
-		socklen_t len = sizeof(cred);
 
 		if (fd < 0)
 			return;
@@ -308,8 +300,6 @@ static void accept_event(struct hp_watch *w, uint32_t events)
 			continue;
 		}
 		c->server = s;
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
-			c->peer = cred.pid;
 		if (hp_watch_start(s->loop, &c->w, fd, EPOLLIN, conn_event) < 0) {
 			close(fd);
 			free(c);

@@ -52,8 +52,6 @@ int hp_tserver_listen(struct hp_loop *l, const char *path, const struct hp_tserv
 void hp_tserver_close(struct hp_tserver *s);
 
 struct hp_tsconn_user *hp_tsconn_user(struct hp_tsconn *c);
-/* The peer's credentials (SO_PEERCRED): its pid. */
-int hp_tsconn_peer_pid(const struct hp_tsconn *c);
 
 /*
  * Answers r and frees it: Response { status = 1 { code = 1, message = 2 },
